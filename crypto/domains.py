@@ -1,0 +1,15 @@
+"""Domain tags: one per kind of signed thing.
+
+A signature always covers ``[tag, *fields]``; a tag never changes meaning.
+A new format gets a new tag (``/v2``), never a reinterpretation of an old one.
+"""
+
+RPC = "workmesh/rpc/v1"
+SUBMIT = "workmesh/submit/v1"
+CLAIM = "workmesh/claim/v1"
+RENEW = "workmesh/renew/v1"
+GRANT = "workmesh/grant/v1"
+RESULT = "workmesh/result/v1"
+CANCEL = "workmesh/cancel/v1"
+
+ALL = frozenset({RPC, SUBMIT, CLAIM, RENEW, GRANT, RESULT, CANCEL})

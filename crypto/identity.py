@@ -1,0 +1,130 @@
+"""Ed25519 identities: created once per data directory, reused after restarts.
+
+A node id is the 160-bit BLAKE2b hash of the public key, so nobody can pick an
+id without holding the matching private key, and ids fit Kademlia's 160-bit
+keyspace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.signing
+
+from crypto.canonical import signing_bytes
+from crypto.errors import BadSignature, CryptoError
+
+KEY_FILE = "identity.key"
+NODE_ID_BYTES = 20
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+def node_id_of(public_key: bytes) -> bytes:
+    """The 160-bit node id that belongs to ``public_key``."""
+    return hashlib.blake2b(public_key, digest_size=NODE_ID_BYTES).digest()
+
+
+class _VerifiedCache:
+    """A bounded memory of signatures that already verified.
+
+    The same fact reaches a node several times (gossip, repair, a result that
+    carries the grants it depends on); verifying it once is enough. Only
+    successes are cached, keyed by everything the check depends on.
+    """
+
+    def __init__(self, size_max: int = 65536) -> None:
+        self._entries: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+        self._size_max = size_max
+        self.hits = 0
+        self.misses = 0
+
+    def seen(self, key: tuple[bytes, bytes, bytes]) -> bool:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return True
+        self.misses += 1
+        return False
+
+    def add(self, key: tuple[bytes, bytes, bytes]) -> None:
+        self._entries[key] = None
+        if len(self._entries) > self._size_max:
+            self._entries.popitem(last=False)
+
+
+_cache = _VerifiedCache()
+
+
+def verify_statistics() -> dict[str, int]:
+    """Counters of the process-wide verification cache."""
+    return {"verify_cache_hits": _cache.hits, "verify_cache_misses": _cache.misses}
+
+
+def verify(domain: str, public_key: bytes, fields: list | tuple, signature: bytes) -> None:
+    """Check ``signature`` over ``[domain, *fields]``; raise :class:`BadSignature`."""
+    if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        raise BadSignature("malformed key or signature length")
+    message = signing_bytes(domain, fields)
+    key = (public_key, signature, message)
+    if _cache.seen(key):
+        return
+    try:
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+        raise BadSignature(f"bad signature for {domain}") from None
+    _cache.add(key)
+
+
+class Identity:
+    """A node's key pair and the id derived from it."""
+
+    def __init__(self, signing_key: nacl.signing.SigningKey) -> None:
+        self._signing_key = signing_key
+        self.public_key: bytes = bytes(signing_key.verify_key)
+        self.node_id: bytes = node_id_of(self.public_key)
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(nacl.signing.SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Identity:
+        """A deterministic identity (simulator and tests)."""
+        if len(seed) != 32:
+            raise CryptoError("an identity seed is 32 bytes")
+        return cls(nacl.signing.SigningKey(seed))
+
+    @classmethod
+    def load_or_create(cls, data_dir: str | os.PathLike[str]) -> Identity:
+        """Load the identity of ``data_dir``, creating it (mode 0600) on first use."""
+        path = Path(data_dir) / KEY_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            seed = path.read_bytes()
+        except FileNotFoundError:
+            identity = cls.generate()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(bytes(identity._signing_key))
+                handle.flush()
+                os.fsync(handle.fileno())
+            return identity
+        if len(seed) != 32:
+            raise CryptoError(f"{path} is not a workmesh identity (expected 32 bytes)")
+        return cls.from_seed(seed)
+
+    def sign(self, domain: str, fields: list | tuple) -> bytes:
+        """Sign ``[domain, *fields]`` canonically; returns the 64-byte signature."""
+        return self._signing_key.sign(signing_bytes(domain, fields)).signature
+
+    @property
+    def short_id(self) -> str:
+        return self.node_id.hex()[:12]
+
+    def __repr__(self) -> str:
+        return f"Identity({self.short_id})"

@@ -1,0 +1,75 @@
+"""The one error hierarchy of the node layer.
+
+The REST layer maps these types to HTTP problem details in one middleware
+(``api/errors.py``); the DHT layer counts and drops :class:`InvalidFact` from
+peers.
+"""
+
+
+class WorkmeshError(Exception):
+    """Base class: ``status`` is the HTTP status the API answers with."""
+
+    status = 500
+    title = "Internal error"
+
+
+class InvalidFact(WorkmeshError):
+    """A fact is malformed, wrongly signed, too large, or filed under the wrong key."""
+
+    status = 422
+    title = "Invalid fact"
+
+
+class BadRequest(WorkmeshError):
+    status = 400
+    title = "Bad request"
+
+
+class ValidationFailed(WorkmeshError):
+    status = 422
+    title = "Validation failed"
+
+
+class UnknownJobType(ValidationFailed):
+    title = "Unknown job type"
+
+
+class PayloadTooLarge(WorkmeshError):
+    status = 413
+    title = "Payload too large"
+
+
+class Unauthorized(WorkmeshError):
+    status = 401
+    title = "Unauthorized"
+
+
+class JobNotFound(WorkmeshError):
+    status = 404
+    title = "Job not found"
+
+
+class Conflict(WorkmeshError):
+    status = 409
+    title = "Conflict"
+
+
+class RateLimited(WorkmeshError):
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after_s: float) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class QuorumUnavailable(WorkmeshError):
+    """Fewer replicas than the write quorum answered."""
+
+    status = 503
+    title = "Replica quorum unavailable"
+
+
+class NotReady(WorkmeshError):
+    status = 503
+    title = "Node not ready"

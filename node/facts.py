@@ -1,0 +1,386 @@
+"""Job facts: the signed records a job is made of. Pure: no I/O, no clock.
+
+A job is the set of signed facts filed under its key in the DHT:
+
+========  ===========  ====================================================
+kind      signed by    body
+========  ===========  ====================================================
+submit    submitter    [type, payload_json, max_attempts, lease_ms,
+                        timeout_ms, replicas, quorum, nonce, created_ms]
+claim     worker       [job_id, attempt, ts_ms]
+renew     worker       [job_id, attempt, ts_ms]
+grant     replica      [job_id, action, attempt, subject, ts_ms]
+                        action "lease": subject = the worker's node id
+                        action "seal":  subject = fact id of a result/cancel
+result    worker       [job_id, attempt, outcome, data_json, grants, ts_ms]
+                        outcome "ok" (data = result) or "error"
+                        (data = {"error": message}); grants = raw lease
+                        grants for this attempt and worker
+cancel    submitter    [job_id, reason, ts_ms]
+========  ===========  ====================================================
+
+On the wire a fact is ``canonical_pack([kind, author_public_key, body,
+signature])``; the signature covers ``[domain(kind), author_public_key, body]``.
+The fact id is the BLAKE2b-256 of those exact bytes (the encoding is
+canonical, so a fact has one byte form). The job id is the BLAKE2b-160 of the
+submit fact: it proves the spec, and it is the DHT key of the job.
+
+:func:`decode` checks everything a fact can prove on its own (form, sizes,
+signature, the key it is filed under, embedded grants). Checks that need the
+job's submission (cancel signed by the submitter, enough grants for the job's
+quorum, attempt bounds) are in :func:`check_in_context`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from crypto import domains
+from crypto.canonical import canonical_pack, canonical_unpack
+from crypto.errors import BadSignature, EncodingError
+from crypto.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, node_id_of, verify
+from node.errors import InvalidFact
+
+SUBMIT = "submit"
+CLAIM = "claim"
+RENEW = "renew"
+GRANT = "grant"
+RESULT = "result"
+CANCEL = "cancel"
+
+KINDS = {
+    SUBMIT: domains.SUBMIT,
+    CLAIM: domains.CLAIM,
+    RENEW: domains.RENEW,
+    GRANT: domains.GRANT,
+    RESULT: domains.RESULT,
+    CANCEL: domains.CANCEL,
+}
+
+LEASE = "lease"
+SEAL = "seal"
+OK = "ok"
+ERROR = "error"
+
+# Bounds (bytes unless named otherwise).
+FACT_BYTES_MAX = 16384
+PAYLOAD_BYTES_MAX = 8192
+RESULT_BYTES_MAX = 8192
+TYPE_CHARS_MAX = 64
+REASON_CHARS_MAX = 256
+NONCE_BYTES = 16
+ATTEMPTS_MAX = 100
+REPLICAS_MAX = 16
+LEASE_MS_MIN = 500
+LEASE_MS_MAX = 3_600_000
+TIMEOUT_MS_MAX = 86_400_000
+FACT_ID_BYTES = 32
+
+
+def fact_id_of(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=FACT_ID_BYTES).digest()
+
+
+def job_id_of(submit_raw: bytes) -> bytes:
+    return hashlib.blake2b(submit_raw, digest_size=NODE_ID_BYTES).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    job_type: str
+    payload_json: bytes
+    max_attempts: int
+    lease_ms: int
+    timeout_ms: int
+    replicas: int
+    quorum: int
+    nonce: bytes
+    created_ms: int
+
+    @property
+    def payload(self) -> Any:
+        return json.loads(self.payload_json)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    job_id: bytes
+    attempt: int
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    job_id: bytes
+    attempt: int
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    job_id: bytes
+    action: str
+    attempt: int
+    subject: bytes
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    job_id: bytes
+    attempt: int
+    outcome: str
+    data_json: bytes
+    grants: tuple[Fact, ...]
+    ts_ms: int
+
+    @property
+    def data(self) -> Any:
+        return json.loads(self.data_json)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    job_id: bytes
+    reason: str
+    ts_ms: int
+
+
+Body = Submit | Claim | Renew | Grant | Result | Cancel
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Fact:
+    """A verified fact. Equality and hashing go by fact id."""
+
+    kind: str
+    author: bytes
+    body: Body
+    signature: bytes
+    raw: bytes
+    fact_id: bytes
+    author_id: bytes
+
+    # The DHT's record interface (see dht/records.py).
+    @property
+    def record_id(self) -> bytes:
+        return self.fact_id
+
+    @property
+    def slot(self) -> bytes | None:
+        """Facts sharing a slot replace each other (highest version wins)."""
+        if self.kind == RENEW:
+            return b"renew" + self.author_id + self.body.attempt.to_bytes(2, "big")
+        return None
+
+    @property
+    def version(self) -> int:
+        return self.body.ts_ms if self.kind == RENEW else 0
+
+    @property
+    def job_id(self) -> bytes:
+        if self.kind == SUBMIT:
+            return job_id_of(self.raw)
+        return self.body.job_id
+
+    @property
+    def attempt(self) -> int:
+        return getattr(self.body, "attempt", 0)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Fact) and other.fact_id == self.fact_id
+
+    def __hash__(self) -> int:
+        return hash(self.fact_id)
+
+    def __repr__(self) -> str:
+        return f"Fact({self.kind}, job={self.job_id.hex()[:8]}, attempt={self.attempt}, by={self.author_id.hex()[:8]})"
+
+
+# --------------------------------------------------------------------------
+# Encoding
+
+
+def _body_fields(kind: str, body: Body) -> list:
+    if kind == SUBMIT:
+        b = body
+        return [b.job_type, b.payload_json, b.max_attempts, b.lease_ms, b.timeout_ms, b.replicas, b.quorum, b.nonce, b.created_ms]
+    if kind in (CLAIM, RENEW):
+        return [body.job_id, body.attempt, body.ts_ms]
+    if kind == GRANT:
+        return [body.job_id, body.action, body.attempt, body.subject, body.ts_ms]
+    if kind == RESULT:
+        return [body.job_id, body.attempt, body.outcome, body.data_json, [g.raw for g in body.grants], body.ts_ms]
+    if kind == CANCEL:
+        return [body.job_id, body.reason, body.ts_ms]
+    raise InvalidFact(f"unknown fact kind {kind!r}")
+
+
+def sign(identity: Identity, kind: str, body: Body) -> Fact:
+    """Sign ``body`` as a fact of ``kind`` by ``identity``; checks the result."""
+    fields = _body_fields(kind, body)
+    signature = identity.sign(KINDS[kind], [identity.public_key, fields])
+    raw = canonical_pack([kind, identity.public_key, fields, signature])
+    if len(raw) > FACT_BYTES_MAX:
+        raise InvalidFact(f"{kind} fact of {len(raw)} bytes exceeds {FACT_BYTES_MAX}")
+    fact = Fact(kind, identity.public_key, body, signature, raw, fact_id_of(raw), identity.node_id)
+    _check_body(fact)
+    return fact
+
+
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys and no spaces: one byte form per value."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidFact(f"not JSON-serialisable: {exc}") from None
+
+
+# --------------------------------------------------------------------------
+# Decoding and validation
+
+
+def _need(cond: bool, why: str) -> None:
+    if not cond:
+        raise InvalidFact(why)
+
+
+def _is_int(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_bytes(v: Any, n: int | None = None) -> bool:
+    return isinstance(v, bytes) and (n is None or len(v) == n)
+
+
+def _is_json(data: bytes, limit: int) -> bool:
+    if not isinstance(data, bytes) or len(data) > limit:
+        return False
+    try:
+        json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+_TS_MAX = 2**53
+
+
+def _parse_body(kind: str, f: list) -> Body:
+    if kind == SUBMIT:
+        _need(len(f) == 9, "submit has 9 fields")
+        job_type, payload, max_att, lease, timeout, replicas, quorum, nonce, created = f
+        _need(isinstance(job_type, str) and 0 < len(job_type) <= TYPE_CHARS_MAX, "bad job type")
+        _need(_is_json(payload, PAYLOAD_BYTES_MAX), "payload is not JSON within bounds")
+        _need(_is_int(max_att, 1, ATTEMPTS_MAX), "max_attempts out of range")
+        _need(_is_int(lease, LEASE_MS_MIN, LEASE_MS_MAX), "lease_ms out of range")
+        _need(_is_int(timeout, 1, TIMEOUT_MS_MAX), "timeout_ms out of range")
+        _need(_is_int(replicas, 1, REPLICAS_MAX), "replicas out of range")
+        _need(_is_int(quorum, replicas // 2 + 1, replicas), "quorum must be a majority of replicas")
+        _need(_is_bytes(nonce, NONCE_BYTES), "bad nonce")
+        _need(_is_int(created, 0, _TS_MAX), "bad created_ms")
+        return Submit(job_type, payload, max_att, lease, timeout, replicas, quorum, nonce, created)
+    if kind in (CLAIM, RENEW):
+        _need(len(f) == 3, f"{kind} has 3 fields")
+        job_id, attempt, ts = f
+        _need(_is_bytes(job_id, NODE_ID_BYTES), "bad job id")
+        _need(_is_int(attempt, 1, ATTEMPTS_MAX + 1), "attempt out of range")
+        _need(_is_int(ts, 0, _TS_MAX), "bad ts_ms")
+        return (Claim if kind == CLAIM else Renew)(job_id, attempt, ts)
+    if kind == GRANT:
+        _need(len(f) == 5, "grant has 5 fields")
+        job_id, action, attempt, subject, ts = f
+        _need(_is_bytes(job_id, NODE_ID_BYTES), "bad job id")
+        _need(action in (LEASE, SEAL), "bad grant action")
+        _need(_is_int(attempt, 0, ATTEMPTS_MAX + 1), "attempt out of range")
+        want = NODE_ID_BYTES if action == LEASE else FACT_ID_BYTES
+        _need(_is_bytes(subject, want), "bad grant subject")
+        _need(_is_int(ts, 0, _TS_MAX), "bad ts_ms")
+        return Grant(job_id, action, attempt, subject, ts)
+    if kind == RESULT:
+        _need(len(f) == 6, "result has 6 fields")
+        job_id, attempt, outcome, data, grants_raw, ts = f
+        _need(_is_bytes(job_id, NODE_ID_BYTES), "bad job id")
+        _need(_is_int(attempt, 1, ATTEMPTS_MAX + 1), "attempt out of range")
+        _need(outcome in (OK, ERROR), "bad outcome")
+        _need(_is_json(data, RESULT_BYTES_MAX), "result data is not JSON within bounds")
+        _need(isinstance(grants_raw, list) and 0 < len(grants_raw) <= REPLICAS_MAX, "bad grant list")
+        _need(all(_is_bytes(g) for g in grants_raw), "a grant is bytes")
+        grants = tuple(decode(g, key=job_id) for g in grants_raw)
+        _need(_is_int(ts, 0, _TS_MAX), "bad ts_ms")
+        return Result(job_id, attempt, outcome, data, grants, ts)
+    if kind == CANCEL:
+        _need(len(f) == 3, "cancel has 3 fields")
+        job_id, reason, ts = f
+        _need(_is_bytes(job_id, NODE_ID_BYTES), "bad job id")
+        _need(isinstance(reason, str) and len(reason) <= REASON_CHARS_MAX, "bad reason")
+        _need(_is_int(ts, 0, _TS_MAX), "bad ts_ms")
+        return Cancel(job_id, reason, ts)
+    raise InvalidFact(f"unknown fact kind {kind!r}")
+
+
+def _check_body(fact: Fact) -> None:
+    """Cross-field rules a fact can check alone."""
+    if fact.kind == RESULT:
+        body = fact.body
+        signers = set()
+        for g in body.grants:
+            _need(g.kind == GRANT, "a result carries only grants")
+            gb = g.body
+            _need(gb.action == LEASE, "a result carries lease grants")
+            _need(gb.job_id == body.job_id and gb.attempt == body.attempt, "grant is for another job or attempt")
+            _need(gb.subject == fact.author_id, "grant names another worker")
+            _need(g.author_id not in signers, "two grants by one replica")
+            signers.add(g.author_id)
+
+
+def decode(raw: bytes, *, key: bytes | None = None) -> Fact:
+    """Decode and verify one fact; raise :class:`InvalidFact`.
+
+    ``key`` is the DHT key the fact is filed under: a submit must hash to it,
+    every other fact must name it as its job.
+    """
+    _need(isinstance(raw, bytes), "a fact is bytes")
+    _need(len(raw) <= FACT_BYTES_MAX, f"fact exceeds {FACT_BYTES_MAX} bytes")
+    try:
+        outer = canonical_unpack(raw, max_len=FACT_BYTES_MAX)
+    except EncodingError as exc:
+        raise InvalidFact(str(exc)) from None
+    _need(isinstance(outer, list) and len(outer) == 4, "a fact is [kind, author, body, signature]")
+    kind, author, fields, signature = outer
+    _need(kind in KINDS, f"unknown fact kind {kind!r}")
+    _need(_is_bytes(author, PUBLIC_KEY_BYTES), "bad author key")
+    _need(_is_bytes(signature, SIGNATURE_BYTES), "bad signature field")
+    _need(isinstance(fields, list), "body is a list")
+    body = _parse_body(kind, fields)
+    try:
+        verify(KINDS[kind], author, [author, fields], signature)
+    except BadSignature:
+        raise InvalidFact(f"{kind} signature does not verify") from None
+    fact = Fact(kind, author, body, signature, raw, fact_id_of(raw), node_id_of(author))
+    _check_body(fact)
+    if key is not None:
+        _need(fact.job_id == key, "fact is filed under another job's key")
+    return fact
+
+
+def check_in_context(submit: Fact, fact: Fact) -> None:
+    """Rules that need the job's submission; raise :class:`InvalidFact`."""
+    spec: Submit = submit.body
+    if fact.kind == SUBMIT:
+        _need(fact.fact_id == submit.fact_id, "a second submission under one key")
+        return
+    _need(fact.job_id == submit.job_id, "fact belongs to another job")
+    if fact.kind == CANCEL:
+        _need(fact.author == submit.author, "cancel is not signed by the submitter")
+    elif fact.kind in (CLAIM, RENEW, RESULT):
+        _need(fact.attempt <= spec.max_attempts + 1, "attempt beyond max_attempts + 1")
+        if fact.kind == RESULT:
+            _need(len(fact.body.grants) >= spec.quorum, "result lacks a majority of lease grants")
+            if fact.attempt > spec.max_attempts:
+                _need(fact.body.outcome == ERROR, "the closing attempt can only record failure")
+    elif fact.kind == GRANT:
+        _need(fact.attempt <= spec.max_attempts + 1, "attempt beyond max_attempts + 1")
