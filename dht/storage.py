@@ -1,0 +1,392 @@
+"""The DHT's persistent record store: per key, a set of signed records.
+
+Theory of operation
+-------------------
+Reads are served from an in-memory index (key -> record id -> record); SQLite
+(WAL, ``synchronous=NORMAL``) is the write-through durable copy. Every call is
+synchronous and short, so the node calls it straight from the event loop.
+
+A merge is split in two. :func:`dht.records.plan_merge` is pure: given what a key holds,
+the incoming records and the limits, it decides what to add, what each slot
+replacement removes and what is refused. The shell then writes that plan in one
+SQLite transaction and only after the commit applies it to memory, so a failed
+write leaves memory and disk as they were.
+
+Merging is set union plus a max-register per ``(key, slot)`` (see
+:mod:`dht.records`), so the result does not depend on the order records arrive
+in, as long as no limit is reached. Limits are never an error: a record that
+would break one is not stored and is counted (``rejected_limit``), because a
+peer's excess must not take the node down.
+
+Records handed to :meth:`FactStore.merge` are trusted to be verified (they are
+the output of the validator). Records read back from disk are not: on
+:meth:`FactStore.open` every stored record goes through the validator again and
+what fails is deleted and counted (``load_rejected``). A restart therefore costs
+one signature check per stored record.
+
+``synchronous=NORMAL`` in WAL mode: a committed merge survives a crash of the
+process; a power loss may lose the last commits, which the replicas repair.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from crypto.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, node_id_of
+from dht.records import KEY_BYTES, MergePlan, Record, StorageLimits, Validator, plan_merge
+
+__all__ = ["FactStore", "StorageError", "StorageLimits", "Contact"]
+
+SCHEMA_VERSION = 1
+CONTACTS_MAX = 10_000  # saved contacts; a full routing table holds 160 * k
+META_NAME_CHARS_MAX = 128
+META_VALUE_BYTES_MAX = 2**20
+WAL_BYTES_MAX = 64 * 2**20  # the WAL file is truncated to this after a checkpoint
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    key BLOB NOT NULL, record_id BLOB NOT NULL, slot BLOB NULL,
+    version INTEGER NOT NULL, author BLOB NOT NULL, raw BLOB NOT NULL,
+    PRIMARY KEY (key, record_id));
+CREATE TABLE IF NOT EXISTS contacts (
+    position INTEGER PRIMARY KEY, node_id BLOB NOT NULL, ip TEXT NOT NULL,
+    port INTEGER NOT NULL, public_key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+Contact = tuple[bytes, str, int, bytes]  # (node_id, ip, port, public_key)
+
+
+class StorageError(Exception):
+    """The database cannot be opened, read or written (disk full, corrupt file, closed store)."""
+
+
+def _check_key(key: bytes) -> None:
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        raise ValueError(f"a DHT key is {KEY_BYTES} bytes")
+
+
+class FactStore:
+    """Per-key sets of signed records in memory, written through to SQLite.
+
+    ``path`` None keeps the database in memory (simulator, tests): the same
+    code runs, nothing survives :meth:`close`. ``clock`` (monotonic seconds)
+    stamps changes for :meth:`touched_since`; inject the simulator's clock.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        validator: Validator,
+        limits: StorageLimits = StorageLimits(),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path = path
+        self._validator = validator
+        self._limits = limits
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._reset_memory()
+        self._stats: Counter[str] = Counter()
+
+    def _reset_memory(self) -> None:
+        self._records: dict[bytes, dict[bytes, Record]] = {}
+        self._slots: dict[bytes, dict[bytes, bytes]] = {}
+        self._author_counts: dict[bytes, int] = {}
+        self._bytes_total = 0
+        self._record_count = 0
+        self._touched: OrderedDict[bytes, float] = OrderedDict()  # oldest change first
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Create the schema, or load the database and re-verify every record in it."""
+        if self._conn is not None:
+            raise StorageError("store is already open")
+        try:
+            if self._path is None:
+                conn = sqlite3.connect(":memory:", isolation_level=None)
+            else:
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(os.fspath(self._path), isolation_level=None)
+            try:
+                self._prepare(conn)
+                self._conn = conn
+                self._reset_memory()
+                self._load()
+            except BaseException:
+                self._conn = None
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open store {self._path!s}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> FactStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"store schema {version} is newer than this code ({SCHEMA_VERSION})")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_BYTES_MAX}")
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _load(self) -> None:
+        """Re-verify every stored record; delete what fails or no longer fits the limits."""
+        conn = self._db()
+        valid: dict[bytes, list[Record]] = {}
+        bad_rows: list[tuple[int]] = []
+        for rowid, key, rid, raw in conn.execute("SELECT rowid, key, record_id, raw FROM records ORDER BY key, record_id"):
+            try:
+                _check_key(key)
+                record = self._validator(key, raw)
+                if record.record_id != rid or record.raw != raw:
+                    raise ValueError("stored record id does not match its bytes")
+            except Exception:  # the validator may raise anything for a bad record
+                bad_rows.append((rowid,))
+                continue
+            valid.setdefault(key, []).append(record)
+        self._stats["load_rejected"] += len(bad_rows)
+        dropped: list[tuple[bytes, bytes]] = []
+        for key, records in valid.items():
+            plan = self._plan(key, records)
+            self._count(plan)
+            self._apply(key, plan)
+            kept = {r.record_id for r in plan.added}
+            dropped.extend((key, r.record_id) for r in records if r.record_id not in kept)
+        if bad_rows or dropped:
+            with self._transaction() as conn:
+                conn.executemany("DELETE FROM records WHERE rowid = ?", bad_rows)
+                conn.executemany("DELETE FROM records WHERE key = ? AND record_id = ?", dropped)
+
+    # ------------------------------------------------------------------ records
+
+    def merge(self, key: bytes, records: Iterable[Record]) -> list[Record]:
+        """Union ``records`` into ``key``; return the ones newly stored.
+
+        A record whose slot already holds a higher ``(version, record_id)`` is
+        ignored, and one that would break a limit is refused and counted;
+        neither is returned. One SQLite transaction per call.
+        """
+        _check_key(key)
+        self._db()
+        self._stats["merges"] += 1
+        plan = self._plan(key, records)
+        self._count(plan)
+        if plan.added:
+            with self._transaction() as conn:
+                if plan.removed:
+                    conn.executemany(
+                        "DELETE FROM records WHERE key = ? AND record_id = ?",
+                        [(key, r.record_id) for r in plan.removed],
+                    )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO records (key, record_id, slot, version, author, raw) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(key, r.record_id, r.slot, r.version, r.author_id, r.raw) for r in plan.added],
+                )
+            self._apply(key, plan)
+        return plan.added
+
+    def _plan(self, key: bytes, records: Iterable[Record]) -> MergePlan:
+        current = self._records.get(key)
+        return plan_merge(
+            current or {},
+            self._slots.get(key, {}),
+            records,
+            author_counts=self._author_counts,
+            bytes_total=self._bytes_total,
+            key_allowed=current is not None or len(self._records) < self._limits.keys_max,
+            limits=self._limits,
+        )
+
+    def _count(self, plan: MergePlan) -> None:
+        s = self._stats
+        s["rejected_limit"] += plan.rejected_limit
+        s["rejected_malformed"] += plan.rejected_malformed
+        s["superseded"] += plan.superseded
+        s["replaced"] += len(plan.removed)
+        s["added"] += len(plan.added)
+
+    def _apply(self, key: bytes, plan: MergePlan) -> None:
+        """Apply a committed plan to the in-memory index."""
+        if not plan.added:
+            return
+        held = self._records.setdefault(key, {})
+        counts = self._author_counts
+        for r in plan.removed:
+            del held[r.record_id]
+            self._uncount_author(r.author_id)
+        for r in plan.added:
+            held[r.record_id] = r
+            counts[r.author_id] = counts.get(r.author_id, 0) + 1
+            if r.slot is not None:
+                self._slots.setdefault(key, {})[r.slot] = r.record_id
+        self._record_count += len(plan.added) - len(plan.removed)
+        self._bytes_total += plan.bytes_delta
+        self._touched[key] = self._clock()
+        self._touched.move_to_end(key)
+
+    def _uncount_author(self, author: bytes) -> None:
+        n = self._author_counts[author] - 1
+        if n:
+            self._author_counts[author] = n
+        else:
+            del self._author_counts[author]
+
+    def get(self, key: bytes) -> list[Record]:
+        """The records of ``key`` ordered by record id; [] if unknown."""
+        held = self._records.get(key)
+        if not held:
+            return []
+        return [held[rid] for rid in sorted(held)]
+
+    def record_ids(self, key: bytes) -> set[bytes]:
+        return set(self._records.get(key, ()))
+
+    def missing(self, key: bytes, ids: Iterable[bytes]) -> list[Record]:
+        """My records for ``key`` whose ids are not in ``ids``, by record id: what the other side lacks."""
+        held = self._records.get(key)
+        if not held:
+            return []
+        theirs = set(ids)
+        return [held[rid] for rid in sorted(held) if rid not in theirs]
+
+    def has(self, key: bytes) -> bool:
+        return key in self._records
+
+    def keys(self) -> list[bytes]:
+        return list(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def touched_since(self, t: float) -> list[bytes]:
+        """Keys whose record set changed at clock time >= ``t``, most recent first.
+
+        Loading counts as a change, so a restarted node republishes what it holds.
+        """
+        out = []
+        for key in reversed(self._touched):
+            if self._touched[key] < t:
+                break
+            out.append(key)
+        return out
+
+    def drop(self, key: bytes) -> None:
+        """Forget ``key`` (the node stopped being one of its replicas long ago)."""
+        held = self._records.get(key)
+        if held is None:
+            return
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM records WHERE key = ?", (key,))
+        del self._records[key]
+        self._slots.pop(key, None)
+        self._touched.pop(key, None)
+        for r in held.values():
+            self._uncount_author(r.author_id)
+            self._bytes_total -= len(r.raw)
+        self._record_count -= len(held)
+        self._stats["drops"] += 1
+
+    # ------------------------------------------------------------------ contacts and metadata
+
+    def save_contacts(self, contacts: list[Contact]) -> None:
+        """Replace the saved contacts (order kept; at most ``CONTACTS_MAX``, the rest counted)."""
+        rows = []
+        for node_id, ip, port, public_key in contacts[:CONTACTS_MAX]:
+            if not (
+                isinstance(node_id, bytes) and len(node_id) == NODE_ID_BYTES
+                and isinstance(ip, str) and isinstance(port, int) and 0 <= port <= 65535
+                and isinstance(public_key, bytes) and len(public_key) == PUBLIC_KEY_BYTES
+            ):
+                raise ValueError(f"malformed contact {(node_id, ip, port, public_key)!r}")
+            rows.append((len(rows), node_id, ip, port, public_key))
+        self._stats["contacts_truncated"] += max(0, len(contacts) - CONTACTS_MAX)
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM contacts")
+            conn.executemany("INSERT INTO contacts (position, node_id, ip, port, public_key) VALUES (?, ?, ?, ?, ?)", rows)
+
+    def load_contacts(self) -> list[Contact]:
+        """The saved contacts; any whose node id does not belong to its key is skipped and counted."""
+        out: list[Contact] = []
+        rows = self._read("SELECT node_id, ip, port, public_key FROM contacts ORDER BY position")
+        for node_id, ip, port, public_key in rows:
+            if isinstance(public_key, bytes) and node_id_of(public_key) == node_id:
+                out.append((node_id, ip, port, public_key))
+            else:
+                self._stats["contacts_rejected"] += 1
+        return out
+
+    def get_meta(self, name: str) -> bytes | None:
+        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
+        return bytes(rows[0][0]) if rows else None
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        if not isinstance(name, str) or not 0 < len(name) <= META_NAME_CHARS_MAX:
+            raise ValueError(f"a meta name is 1..{META_NAME_CHARS_MAX} characters")
+        if not isinstance(value, bytes) or len(value) > META_VALUE_BYTES_MAX:
+            raise ValueError(f"a meta value is at most {META_VALUE_BYTES_MAX} bytes")
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    def statistics(self) -> dict[str, int]:
+        """A snapshot: sizes now, and counters since this object was created."""
+        counters = (
+            "load_rejected", "rejected_limit", "rejected_malformed", "superseded", "replaced",
+            "added", "merges", "writes", "drops", "contacts_truncated", "contacts_rejected",
+        )
+        out = {"keys": len(self._records), "records": self._record_count, "bytes": self._bytes_total,
+               "authors": len(self._author_counts)}
+        out.update((name, self._stats[name]) for name in counters)
+        return out
+
+    # ------------------------------------------------------------------ database plumbing
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError("store is not open")
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; any SQLite failure becomes :class:`StorageError`."""
+        conn = self._db()
+        try:
+            conn.execute("BEGIN")
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StorageError(f"store write failed: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._stats["writes"] += 1
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            return self._db().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"store read failed: {exc}") from exc
