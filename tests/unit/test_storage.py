@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -382,3 +383,14 @@ def test_bad_arguments_are_programming_errors(store):
 
 def test_fact_satisfies_the_record_protocol():
     assert isinstance(JOB, Record)
+
+
+def test_a_store_opened_in_a_worker_thread_serves_the_caller(db, store):
+    store.merge(KEY, POOL[:2])
+    store.close()
+    s = FactStore(db, validator)
+    opener = threading.Thread(target=s.open)
+    opener.start()
+    opener.join(timeout=10)
+    assert s.record_ids(KEY) == set(ids(POOL[:2]))
+    assert s.merge(KEY, [POOL[2]]) == [POOL[2]]
