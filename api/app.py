@@ -1,0 +1,190 @@
+"""The aiohttp application every workmesh node serves: a thin shell.
+
+Handlers read the request, hand its bytes and strings to the pure parsers in
+``api/validation.py``, call the node through ``JobService`` and write JSON.
+They never build an error response themselves: they raise, and
+``api/errors.py`` answers. Middleware order (outermost first): errors, then
+rate limiting, so a 429 is a problem document like any other.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import prometheus_client
+import structlog
+from aiohttp import web
+from node.errors import Unauthorized
+
+from api import validation
+from api.errors import error_middleware
+from api.openapi import build_spec, render_yaml
+from api.ratelimit import TokenBuckets, ratelimit_middleware
+from api.service import JobService
+
+SERVICE = web.AppKey("workmesh.service", JobService)
+API_TOKEN = web.AppKey("workmesh.api_token", bytes)
+RATE_LIMITER = web.AppKey("workmesh.rate_limiter", TokenBuckets)
+_SPEC_CACHE = web.AppKey("workmesh.spec_cache", dict)
+
+# Prometheus text format 0.0.4: what ``generate_latest`` writes.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_JSON_TYPES = ("application/json",)
+
+
+def _check_token(request: web.Request) -> None:
+    """Writes need ``Authorization: Bearer <token>`` when the node has a token."""
+    token = request.app.get(API_TOKEN)
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given_b = given.strip().encode("utf-8", "surrogateescape")
+    # compare_digest even on a wrong scheme, so the answer's timing says nothing about the token
+    if not (hmac.compare_digest(given_b, token) and scheme.lower() == "bearer"):
+        raise Unauthorized("Authorization: a valid 'Bearer <token>' is required for writes")
+
+
+async def _read_json_body(request: web.Request) -> bytes:
+    """The raw body; a non-empty one must claim to be JSON (or claim nothing).
+
+    An empty body's Content-Type is ignored: clients send all sorts with a
+    bare ``POST .../cancel``.
+    """
+    raw = await request.read()  # raises 413 past client_max_size
+    if raw and request.headers.get("Content-Type"):
+        ctype = request.content_type
+        if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
+            raise web.HTTPUnsupportedMediaType(reason="Content-Type must be application/json")
+    return raw
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    _check_token(request)
+    service = request.app[SERVICE]
+    key = validation.parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    raw = await _read_json_body(request)
+    req = validation.parse_submit(validation.parse_json_body(raw), service.job_types)
+    view = await service.submit(
+        req.job_type,
+        req.payload,
+        max_attempts=req.max_attempts,
+        lease_seconds=req.lease_seconds,
+        timeout_seconds=req.timeout_seconds,
+        idempotency_key=key,
+    )
+    return web.json_response(view.to_json(), status=202, headers={"Location": f"/jobs/{view.id}"})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job_id = validation.parse_job_id(request.match_info["id"])
+    wait_s, history = validation.parse_get_query(request.query)
+    view = await request.app[SERVICE].get(job_id, wait_s=wait_s, history=history)
+    return web.json_response(view.to_json())
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    _check_token(request)
+    job_id = validation.parse_job_id(request.match_info["id"])
+    reason = validation.parse_cancel(await _read_json_body(request))
+    view = await request.app[SERVICE].cancel(job_id, reason)
+    return web.json_response(view.to_json())
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    status, limit, after = validation.parse_list_query(request.query)
+    views, cursor = request.app[SERVICE].list_jobs(status, limit, after)
+    return web.json_response({"jobs": [v.to_json() for v in views], "next": cursor})
+
+
+async def node_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE].status())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = prometheus_client.generate_latest(request.app[SERVICE].metrics_registry())
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def current_spec(app: web.Application) -> dict:
+    """The OpenAPI document for this app now (job types may change as the mesh does)."""
+    job_types = frozenset(app[SERVICE].job_types)
+    cache = app[_SPEC_CACHE]
+    if cache.get("job_types") != job_types:
+        spec = build_spec(auth=API_TOKEN in app, job_types=job_types)
+        cache.update(job_types=job_types, spec=spec, yaml=render_yaml(spec))
+    return cache
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(current_spec(request.app)["spec"])
+
+
+async def openapi_yaml(request: web.Request) -> web.Response:
+    return web.Response(text=current_spec(request.app)["yaml"], content_type="application/yaml")
+
+
+def create_app(
+    service: JobService,
+    *,
+    api_token: str | None,
+    max_body_bytes: int = 65536,
+    rate_limit_per_s: float | None = None,
+    rate_burst: int = 100,
+    logger: Any = None,
+) -> web.Application:
+    """Build the node's REST application around ``service``.
+
+    ``api_token`` set: POST endpoints need it as a bearer token (reads stay
+    open). ``rate_limit_per_s`` set: each client IP gets a bucket of
+    ``rate_burst`` requests refilled at that rate.
+    """
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be positive")
+    if api_token is not None and not api_token:
+        raise ValueError("api_token is empty: pass None to disable auth")
+    logger = logger if logger is not None else structlog.get_logger("workmesh.api")
+    middlewares = [error_middleware(logger)]
+    buckets = None
+    if rate_limit_per_s is not None:
+        buckets = TokenBuckets(rate_limit_per_s, rate_burst)
+        middlewares.append(ratelimit_middleware(buckets))
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
+    app[SERVICE] = service
+    app[_SPEC_CACHE] = {}
+    if api_token is not None:
+        app[API_TOKEN] = api_token.encode("utf-8")
+    if buckets is not None:
+        app[RATE_LIMITER] = buckets
+    app.router.add_post("/jobs", submit_job)
+    app.router.add_get("/jobs", list_jobs)
+    app.router.add_get("/jobs/{id}", get_job)
+    app.router.add_post("/jobs/{id}/cancel", cancel_job)
+    app.router.add_get("/status", node_status)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/openapi.yaml", openapi_yaml)
+    return app
+
+
+async def run_api(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start serving ``app`` on ``host:port`` (port 0 picks one: see ``runner.addresses``).
+
+    The caller owns the runner and must ``await runner.cleanup()``.
+    """
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+__all__ = ["create_app", "run_api", "current_spec", "METRICS_CONTENT_TYPE", "SERVICE"]
