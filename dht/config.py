@@ -1,0 +1,47 @@
+"""The DHT's settings, each with its default and its unit in the name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class DHTConfig:
+    # Kademlia bucket size: contacts kept per bucket.
+    k: int = 20
+    # Parallel queries per lookup round.
+    alpha: int = 3
+    # Replicas per key, and how many must store before a write counts.
+    replicas: int = 5
+    quorum: int = 3
+    # How long to wait for one reply.
+    rpc_timeout_s: float = 1.0
+    # Consecutive lost replies before a contact is evicted (the library: 1).
+    evict_after_failures: int = 3
+    # Largest datagram we send or accept (loopback UDP carries 65,507).
+    datagram_bytes_max: int = 60_000
+    # Signed envelopes older or newer than this (sender clock vs ours) are dropped.
+    replay_window_s: float = 60.0
+    # Message ids remembered for replay detection.
+    seen_ids_max: int = 200_000
+    # Requests being handled at once; more are dropped and counted.
+    inflight_requests_max: int = 2048
+    # Outgoing requests waiting for replies at once.
+    outstanding_max: int = 8192
+    # Republish every key to its current replicas (only what they lack).
+    republish_interval_s: float = 60.0
+    # Refresh buckets nobody looked up for this long.
+    refresh_interval_s: float = 600.0
+    # Hand-off of keys to new neighbours: queued keys at most, and syncs per second.
+    handoff_queue_max: int = 10_000
+    handoff_per_s: float = 200.0
+    # Contacts asked to prove their address at once (ping-back of new senders).
+    pending_verifications_max: int = 256
+    # Routing-table contacts per /24 (IPv4) or /48 (IPv6) prefix per bucket; 0 = no limit.
+    contacts_per_prefix_max: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quorum <= self.replicas:
+            raise ValueError("quorum must be between 1 and replicas")
+        if self.replicas > self.k:
+            raise ValueError("replicas cannot exceed the bucket size k")

@@ -1,0 +1,150 @@
+"""The signed RPC envelope: pure encoding, decoding and replay detection.
+
+Every datagram is ``canonical_pack([version, kind, msg_id, sender_key, ts_ms,
+target_id, method, args, signature])``. The signature (domain
+``workmesh/rpc/v1``) covers every other field, so:
+
+* the sender's key is proven by the signature and its node id is derived
+  from it, never taken from an argument;
+* ``target_id`` names the node the message is meant for, so a signed message
+  cannot be redirected to another node (empty only for a first ping);
+* ``ts_ms`` and ``msg_id`` let the receiver drop stale and repeated messages;
+* a reply carries the request's ``msg_id`` and is accepted only when signed by
+  the key of the node that was asked, from the address that was asked.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from crypto import domains
+from crypto.canonical import canonical_pack, canonical_unpack
+from crypto.errors import BadSignature, EncodingError
+from crypto.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, node_id_of, verify
+
+VERSION = 1
+REQUEST = 0
+REPLY = 1
+MSG_ID_BYTES = 16
+METHOD_CHARS_MAX = 32
+
+
+class EnvelopeError(Exception):
+    """A datagram that is not a valid signed envelope. ``reason`` is a counter name."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    kind: int
+    msg_id: bytes
+    sender_key: bytes
+    sender_id: bytes
+    ts_ms: int
+    target_id: bytes
+    method: str
+    args: list
+
+
+def seal(identity: Identity, kind: int, msg_id: bytes, ts_ms: int, target_id: bytes, method: str, args: list | tuple) -> bytes:
+    """Encode and sign one envelope."""
+    fields = [VERSION, kind, msg_id, identity.public_key, ts_ms, target_id, method, list(args)]
+    signature = identity.sign(domains.RPC, fields)
+    return canonical_pack([*fields, signature])
+
+
+def open_envelope(data: bytes, *, datagram_bytes_max: int) -> Envelope:
+    """Decode and verify a datagram; raise :class:`EnvelopeError` with a reason."""
+    if len(data) > datagram_bytes_max:
+        raise EnvelopeError("oversized")
+    try:
+        outer = canonical_unpack(data, max_len=datagram_bytes_max)
+    except EncodingError:
+        raise EnvelopeError("malformed") from None
+    if not isinstance(outer, list) or len(outer) != 9:
+        raise EnvelopeError("malformed")
+    version, kind, msg_id, key, ts_ms, target, method, args, signature = outer
+    if version != VERSION:
+        raise EnvelopeError("bad_version")
+    if (
+        kind not in (REQUEST, REPLY)
+        or not isinstance(msg_id, bytes)
+        or len(msg_id) != MSG_ID_BYTES
+        or not isinstance(key, bytes)
+        or len(key) != PUBLIC_KEY_BYTES
+        or not isinstance(ts_ms, int)
+        or isinstance(ts_ms, bool)
+        or ts_ms < 0
+        or not isinstance(target, bytes)
+        or len(target) not in (0, NODE_ID_BYTES)
+        or not isinstance(method, str)
+        or len(method) > METHOD_CHARS_MAX
+        or not isinstance(args, list)
+        or not isinstance(signature, bytes)
+        or len(signature) != SIGNATURE_BYTES
+    ):
+        raise EnvelopeError("malformed")
+    try:
+        verify(domains.RPC, key, outer[:8], signature)
+    except BadSignature:
+        raise EnvelopeError("bad_signature") from None
+    return Envelope(kind, msg_id, key, node_id_of(key), ts_ms, target, method, args)
+
+
+class ReplayGuard:
+    """Drops envelopes outside the time window or seen before.
+
+    Remembers ``(sender, msg_id)`` for the window; the memory is bounded, and
+    what falls out of it is older than anything still inside the window in
+    the common case. ``now_ms`` is the receiver's wall clock.
+    """
+
+    def __init__(self, window_s: float, size_max: int) -> None:
+        self._window_ms = int(window_s * 1000)
+        self._size_max = size_max
+        self._seen: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
+
+    def check(self, env: Envelope, now_ms: int) -> str | None:
+        """``None`` if fresh (and remember it), else the drop reason."""
+        if abs(env.ts_ms - now_ms) > self._window_ms:
+            return "stale"
+        key = (env.sender_id, env.msg_id)
+        if key in self._seen:
+            return "replayed"
+        self._seen[key] = now_ms
+        while self._seen:
+            oldest_key, oldest_ms = next(iter(self._seen.items()))
+            if len(self._seen) > self._size_max or now_ms - oldest_ms > self._window_ms:
+                del self._seen[oldest_key]
+            else:
+                break
+        return None
+
+
+def check_contact(entry: Any) -> tuple[bytes, str, int, bytes] | None:
+    """A contact learned from a third party: ``[node_id, ip, port, public_key]``.
+
+    Returned only when the id really is the hash of the key, so a peer cannot
+    point us at an id it made up.
+    """
+    if not isinstance(entry, list) or len(entry) != 4:
+        return None
+    node_id, ip, port, key = entry
+    if not (
+        isinstance(node_id, bytes)
+        and isinstance(ip, str)
+        and 0 < len(ip) <= 64
+        and isinstance(port, int)
+        and not isinstance(port, bool)
+        and 0 < port < 65536
+        and isinstance(key, bytes)
+        and len(key) == PUBLIC_KEY_BYTES
+        and node_id_of(key) == node_id
+    ):
+        return None
+    return node_id, ip, port, key

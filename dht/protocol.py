@@ -1,0 +1,213 @@
+"""The datagram shell: signed requests and replies over an injected transport.
+
+This replaces ``rpcudp``. Differences that matter:
+
+* only methods registered by name are callable from the network (rpcudp
+  exposes every ``rpc_*`` attribute and turns any missing attribute into an
+  outgoing call);
+* every datagram is a signed envelope (``dht/envelope.py``); a reply is matched
+  by message id *and* the address asked *and* the key of the node asked;
+* replies and requests are bounded in size, requests in flight are bounded,
+  and every task is tracked and reaped (rpcudp drops its ``ensure_future``s);
+* anything malformed, oversized, unsigned, wrongly signed, stale, replayed or
+  misdirected is dropped and counted, and never raises out of
+  ``datagram_received``.
+
+The transport is anything with ``sendto(data, addr)`` and ``close()``: a UDP
+transport in production, the simulator's in-memory network in simulation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from crypto.identity import Identity
+from dht.config import DHTConfig
+from dht.envelope import REPLY, REQUEST, Envelope, EnvelopeError, ReplayGuard, open_envelope, seal
+
+
+class Clock(Protocol):
+    """Monotonic time for timers and leases; wall time only for envelopes and audit."""
+
+    def monotonic(self) -> float: ...
+
+    def wall_ms(self) -> int: ...
+
+
+class Transport(Protocol):
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RemoteError(Exception):
+    """The peer answered with an error status."""
+
+
+class RPCProtocol(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        identity: Identity,
+        config: DHTConfig,
+        clock: Clock,
+        new_msg_id: Callable[[], bytes],
+        on_request: Callable[[Envelope, tuple[str, int]], Awaitable[list | None]],
+        on_error: Callable[[str, BaseException], None],
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self.clock = clock
+        self._new_msg_id = new_msg_id
+        self._on_request = on_request
+        self._on_error = on_error
+        self._replay = ReplayGuard(config.replay_window_s, config.seen_ids_max)
+        # msg_id -> (future, address asked, node id expected or None)
+        self._outstanding: dict[bytes, tuple[asyncio.Future, tuple[str, int], bytes | None]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.transport: Transport | None = None
+        self.dropped: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+
+    # -- asyncio.DatagramProtocol ----------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors and the like
+        self.counters["transport_errors"] += 1
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.counters["datagrams_in"] += 1
+        self.counters["bytes_in"] += len(data)
+        try:
+            env = open_envelope(data, datagram_bytes_max=self.config.datagram_bytes_max)
+        except EnvelopeError as exc:
+            self.dropped[exc.reason] += 1
+            return
+        except Exception as exc:  # a decoder bug must not take the node down
+            self.dropped["decoder_error"] += 1
+            self._on_error("decode", exc)
+            return
+        if env.sender_id == self.identity.node_id:
+            self.dropped["from_self"] += 1
+            return
+        if env.target_id not in (b"", self.identity.node_id) or (env.kind == REPLY and not env.target_id):
+            self.dropped["misdirected"] += 1
+            return
+        reason = self._replay.check(env, self.clock.wall_ms())
+        if reason is not None:
+            self.dropped[reason] += 1
+            return
+        if env.kind == REPLY:
+            self._accept_reply(env, addr)
+        else:
+            self._accept_request(env, addr, len(data))
+
+    # -- replies ----------------------------------------------------------
+    def _accept_reply(self, env: Envelope, addr: tuple[str, int]) -> None:
+        pending = self._outstanding.get(env.msg_id)
+        if pending is None:
+            self.dropped["unexpected_reply"] += 1
+            return
+        future, asked_addr, expected_id = pending
+        if addr != asked_addr or (expected_id is not None and env.sender_id != expected_id):
+            self.dropped["reply_from_wrong_peer"] += 1
+            return
+        del self._outstanding[env.msg_id]
+        if not future.done():
+            future.set_result(env)
+
+    # -- requests ---------------------------------------------------------
+    def _accept_request(self, env: Envelope, addr: tuple[str, int], size: int) -> None:
+        if len(self._tasks) >= self.config.inflight_requests_max:
+            self.dropped["overloaded"] += 1
+            return
+        self.counters["requests_in"] += 1
+        self.spawn(self._serve(env, addr, size), "serve")
+
+    async def _serve(self, env: Envelope, addr: tuple[str, int], size: int) -> None:
+        reply_args = await self._on_request(env, addr)
+        if reply_args is None:
+            return
+        data = seal(self.identity, REPLY, env.msg_id, self.clock.wall_ms(), env.sender_id, env.method, reply_args)
+        if len(data) > self.config.datagram_bytes_max:
+            self.counters["reply_too_large"] += 1
+            data = seal(self.identity, REPLY, env.msg_id, self.clock.wall_ms(), env.sender_id, "error", ["reply_too_large"])
+        self._send(data, addr)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
+        """Run ``coro`` in a tracked task whose exception is reported, never lost."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._reap(t, name))
+        return task
+
+    def _reap(self, task: asyncio.Task, name: str) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.counters["task_errors"] += 1
+            self._on_error(name, exc)
+
+    # -- outgoing ---------------------------------------------------------
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is None:
+            return
+        self.counters["datagrams_out"] += 1
+        self.counters["bytes_out"] += len(data)
+        try:
+            self.transport.sendto(data, addr)
+        except OSError:
+            self.counters["send_errors"] += 1
+
+    async def request(
+        self,
+        addr: tuple[str, int],
+        method: str,
+        args: list,
+        *,
+        expect_id: bytes | None,
+        timeout_s: float | None = None,
+    ) -> Envelope | None:
+        """Send a request; the verified reply envelope, or ``None`` on timeout."""
+        if len(self._outstanding) >= self.config.outstanding_max:
+            self.counters["outstanding_full"] += 1
+            return None
+        msg_id = self._new_msg_id()
+        data = seal(self.identity, REQUEST, msg_id, self.clock.wall_ms(), expect_id or b"", method, args)
+        if len(data) > self.config.datagram_bytes_max:
+            raise ValueError(f"request of {len(data)} bytes exceeds the datagram bound")
+        future = asyncio.get_running_loop().create_future()
+        self._outstanding[msg_id] = (future, addr, expect_id)
+        self.counters["requests_out"] += 1
+        self._send(data, addr)
+        try:
+            return await asyncio.wait_for(future, timeout_s or self.config.rpc_timeout_s)
+        except asyncio.TimeoutError:
+            self.counters["timeouts"] += 1
+            return None
+        finally:
+            self._outstanding.pop(msg_id, None)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for future, _, _ in self._outstanding.values():
+            if not future.done():
+                future.cancel()
+        self._outstanding.clear()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def statistics(self) -> dict[str, int]:
+        stats = dict(self.counters)
+        stats.update({f"dropped_{k}": v for k, v in self.dropped.items()})
+        stats["dropped_total"] = sum(self.dropped.values())
+        stats["inflight_requests"] = len(self._tasks)
+        stats["outstanding_requests"] = len(self._outstanding)
+        return stats

@@ -1,0 +1,572 @@
+"""A DHT peer: routing, signed RPCs, replicated record sets, repair.
+
+``DHTServer`` owns the routing table, the RPC protocol and the record store,
+and offers the node layer four operations:
+
+* ``store(key, records)``: write to the ``r`` closest replicas; reports how
+  many really stored (never raises on an empty or dead neighbourhood), and
+  the records the replicas produced in response (grants, seals);
+* ``fetch(key)``: ask the ``r`` closest replicas, merge every valid record of
+  every reply (never a majority vote), and push back what each lacked;
+* ``lookup(key)``: the ``r`` closest live contacts;
+* ``register(method, handler)``: more RPCs (gossip) over the same envelope.
+
+What a record means is not this layer's business: an injected
+:class:`RecordPolicy` validates records and decides what to admit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from crypto.identity import Identity
+from dht.config import DHTConfig
+from dht.crawl import LookupResult, lookup
+from dht.envelope import Envelope, check_contact
+from dht.protocol import Clock, RPCProtocol
+from dht.records import Record
+from dht.routing import Contact, WorkmeshRoutingTable, target_node
+
+RECORDS_PER_REPLY_BYTES = 48_000
+
+
+@dataclass(slots=True)
+class Admission:
+    """What a replica does with a batch of incoming records."""
+
+    accept: list[Record] = field(default_factory=list)
+    produced: list[Record] = field(default_factory=list)  # signed by this node, stored too
+    refused: list[tuple[int, str]] = field(default_factory=list)  # (index in batch, reason)
+
+
+class RecordPolicy(Protocol):
+    def validate(self, key: bytes, raw: bytes) -> Record: ...
+
+    def admit(self, key: bytes, incoming: list[Record], existing: list[Record], sender_id: bytes) -> Admission: ...
+
+    def stored(self, key: bytes, new: list[Record]) -> None: ...
+
+
+class AcceptAll:
+    """A policy that admits every valid record (tests of the DHT alone)."""
+
+    def __init__(self, validate: Callable[[bytes, bytes], Record]) -> None:
+        self.validate = validate
+
+    def admit(self, key, incoming, existing, sender_id):
+        return Admission(accept=list(incoming))
+
+    def stored(self, key, new):
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    stored_on: int  # replicas (this node included) that now hold every record
+    answered: int  # replicas that replied at all
+    asked: int
+    produced: list[Record]
+    refusals: dict[bytes, list[tuple[int, str]]]  # replica id -> refusals
+
+    def reached(self, quorum: int) -> bool:
+        return self.stored_on >= quorum
+
+
+class SystemClock:
+    """Production clock: the event loop's monotonic time, the system's wall time."""
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def wall_ms(self) -> int:
+        return int(time.time() * 1000)
+
+
+def _digest_ids(ids: Iterable[bytes]) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for i in sorted(ids):
+        h.update(i)
+    return h.digest()
+
+
+def _chunks(raws: list[bytes], limit: int) -> list[list[bytes]]:
+    out: list[list[bytes]] = [[]]
+    size = 0
+    for raw in raws:
+        if out[-1] and size + len(raw) + 8 > limit:
+            out.append([])
+            size = 0
+        out[-1].append(raw)
+        size += len(raw) + 8
+    return out
+
+
+class DHTServer:
+    def __init__(
+        self,
+        identity: Identity,
+        store: Any,  # dht.storage.FactStore
+        policy: RecordPolicy,
+        *,
+        config: DHTConfig = DHTConfig(),
+        clock: Clock | None = None,
+        new_msg_id: Callable[[], bytes] | None = None,
+        logger: Any = None,
+    ) -> None:
+        import os
+
+        self.identity = identity
+        self.config = config
+        self.records = store
+        self.policy = policy
+        self.clock = clock or SystemClock()
+        self.log = (logger or structlog.get_logger()).bind(node_id=identity.node_id.hex()[:12])
+        self.node = Contact(identity.node_id, "0.0.0.0", 0, identity.public_key)
+        self.router = WorkmeshRoutingTable(
+            self.node,
+            config.k,
+            evict_after_failures=config.evict_after_failures,
+            contacts_per_prefix_max=config.contacts_per_prefix_max,
+            on_full=self._check_head,
+        )
+        self.protocol = RPCProtocol(
+            identity, config, self.clock, new_msg_id or (lambda: os.urandom(16)), self._on_request, self._on_task_error
+        )
+        self._handlers: dict[str, Callable[[Envelope, tuple[str, int]], Awaitable[list] | list]] = {
+            "ping": self._rpc_ping,
+            "find_node": self._rpc_find_node,
+            "find_records": self._rpc_find_records,
+            "store": self._rpc_store,
+            "sync": self._rpc_sync,
+        }
+        self._verifying: set[bytes] = set()
+        self._handoff: OrderedDict[tuple[bytes, bytes], Contact] = OrderedDict()
+        self._handoff_wakeup = asyncio.Event()
+        self._replica_cache: OrderedDict[bytes, tuple[float, list[Contact]]] = OrderedDict()
+        self.replica_cache_ttl_s = 5.0
+        self._loops: list[asyncio.Task] = []
+        self.lookups: deque[LookupResult] = deque(maxlen=1000)
+        self.stats: dict[str, int] = {
+            "stores": 0,
+            "store_quorum_missed": 0,
+            "fetches": 0,
+            "repairs_sent": 0,
+            "records_refused": 0,
+            "records_invalid": 0,
+            "third_party_contacts_rejected": 0,
+            "handoffs": 0,
+            "handoffs_dropped": 0,
+            "republished_records": 0,
+            "lookups": 0,
+        }
+
+    # ------------------------------------------------------------------ life
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.node.addr
+
+    async def start(self, bind: Callable[[RPCProtocol], Awaitable[tuple[str, int]]]) -> None:
+        """``bind`` attaches the protocol to a transport and returns our address."""
+        ip, port = await bind(self.protocol)
+        self.node.ip, self.node.port = ip, port
+        for node_id, cip, cport, key in self.records.load_contacts():
+            if node_id != self.identity.node_id:
+                self.router.add_contact(Contact(node_id, cip, cport, key))
+        self._loops = [
+            self.protocol.spawn(self._republish_loop(), "republish"),
+            self.protocol.spawn(self._refresh_loop(), "refresh"),
+            self.protocol.spawn(self._handoff_loop(), "handoff"),
+        ]
+
+    async def bootstrap(self, addrs: Iterable[tuple[str, int]]) -> int:
+        """Ping the given addresses, then look ourselves up. Returns contacts known."""
+        found = await asyncio.gather(*(self.ping(addr) for addr in addrs))
+        seeds = [c for c in found if c is not None] + self.router.contacts()
+        if seeds:
+            await self._lookup(self.identity.node_id, seeds)
+        self.save_contacts()
+        return len(self.router)
+
+    def save_contacts(self) -> None:
+        self.records.save_contacts([(c.id, c.ip, c.port, c.public_key) for c in self.router.contacts()])
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        try:
+            self.save_contacts()
+        except Exception as exc:  # storage may already be closed
+            self.log.warning("save_contacts_failed", error=str(exc))
+        self.protocol.close()
+
+    def register(self, method: str, handler: Callable[[Envelope, tuple[str, int]], Awaitable[list] | list]) -> None:
+        if method in self._handlers:
+            raise ValueError(f"RPC {method} already registered")
+        self._handlers[method] = handler
+
+    def _on_task_error(self, name: str, exc: BaseException) -> None:
+        self.log.error("task_failed", task=name, error=repr(exc))
+
+    # ------------------------------------------------------------ contacts
+    def _contact_from(self, env: Envelope, addr: tuple[str, int]) -> Contact:
+        return Contact(env.sender_id, addr[0], addr[1], env.sender_key)
+
+    def _proved(self, contact: Contact) -> None:
+        """``contact`` answered a request we sent to its address: it holds its key there."""
+        is_new = self.router.get(contact.id) is None
+        self.router.add_contact(contact)
+        if is_new and self.router.get(contact.id) is not None:
+            self._queue_handoff(contact)
+
+    def _check_head(self, head: Contact) -> None:
+        self.protocol.spawn(self._ping_contact(head), "ping_head")
+
+    async def _ping_contact(self, contact: Contact) -> bool:
+        return await self.call(contact, "ping", []) is not None
+
+    async def ping(self, addr: tuple[str, int]) -> Contact | None:
+        env = await self.protocol.request(addr, "ping", [], expect_id=None)
+        if env is None or env.method == "error":
+            return None
+        contact = Contact(env.sender_id, addr[0], addr[1], env.sender_key)
+        self._proved(contact)
+        return contact
+
+    async def call(self, contact: Contact, method: str, args: list, timeout_s: float | None = None) -> list | None:
+        """Request/reply with a known contact; routing-table bookkeeping included."""
+        env = await self.protocol.request(contact.addr, method, args, expect_id=contact.id, timeout_s=timeout_s)
+        if env is None:
+            if self.router.record_failure(contact):
+                self._replica_cache.clear()  # an evicted contact may sit in cached replica sets
+            return None
+        self._proved(contact)
+        if env.method == "error":
+            return None
+        return env.args
+
+    # ------------------------------------------------------------ requests
+    async def _on_request(self, env: Envelope, addr: tuple[str, int]) -> list | None:
+        handler = self._handlers.get(env.method)
+        if handler is None:
+            self.protocol.dropped["unknown_method"] += 1
+            return None
+        known = self.router.get(env.sender_id)
+        if known is None or known.addr != addr:
+            self._verify_later(self._contact_from(env, addr))
+        try:
+            result = handler(env, addr)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            self.protocol.dropped["bad_arguments"] += 1
+            self.log.debug("bad_rpc_arguments", method=env.method, error=str(exc))
+            return None
+        return result
+
+    def _verify_later(self, contact: Contact) -> None:
+        """A signed request proves the key; a reply to our ping proves the address."""
+        if contact.id in self._verifying or len(self._verifying) >= self.config.pending_verifications_max:
+            return
+        self._verifying.add(contact.id)
+
+        async def verify() -> None:
+            try:
+                await self._ping_contact(contact)
+            finally:
+                self._verifying.discard(contact.id)
+
+        self.protocol.spawn(verify(), "verify_contact")
+
+    def _rpc_ping(self, env: Envelope, addr) -> list:
+        return []
+
+    def _rpc_find_node(self, env: Envelope, addr) -> list:
+        (key,) = env.args
+        if not isinstance(key, bytes) or len(key) != 20:
+            raise ValueError("find_node needs a 20-byte key")
+        sender = self._contact_from(env, addr)
+        return [c.to_wire() for c in self.router.find_neighbors(target_node(key), exclude=sender)]
+
+    def _rpc_find_records(self, env: Envelope, addr) -> list:
+        key, known_digest = env.args
+        if not isinstance(key, bytes) or len(key) != 20 or not isinstance(known_digest, bytes):
+            raise ValueError("find_records needs a key and a digest")
+        records = self.records.get(key)
+        if known_digest and known_digest == _digest_ids(r.record_id for r in records):
+            return [True, []]
+        raws, size = [], 0
+        for r in records:
+            size += len(r.raw) + 8
+            if size > RECORDS_PER_REPLY_BYTES:
+                break
+            raws.append(r.raw)
+        return [False, raws]
+
+    def _rpc_store(self, env: Envelope, addr) -> list:
+        key, raws = env.args
+        if not isinstance(key, bytes) or len(key) != 20 or not isinstance(raws, list):
+            raise ValueError("store needs a key and a list of records")
+        ok, refused, produced = self._store_local(key, raws, env.sender_id)
+        return [ok, [list(r) for r in refused], [r.raw for r in produced]]
+
+    def _rpc_sync(self, env: Envelope, addr) -> list:
+        key, digest = env.args
+        if not isinstance(key, bytes) or len(key) != 20 or not isinstance(digest, bytes):
+            raise ValueError("sync needs a key and a digest")
+        ids = self.records.record_ids(key)
+        if _digest_ids(ids) == digest:
+            return [True, []]
+        return [False, sorted(ids)[:1500]]
+
+    def _decode_all(self, key: bytes, raws: list) -> tuple[list[Record], list[tuple[int, str]]]:
+        records, bad = [], []
+        for i, raw in enumerate(raws):
+            try:
+                if not isinstance(raw, bytes):
+                    raise ValueError("a record is bytes")
+                records.append(self.policy.validate(key, raw))
+            except Exception as exc:
+                self.stats["records_invalid"] += 1
+                bad.append((i, str(exc)[:80]))
+        return records, bad
+
+    def _store_local(self, key: bytes, raws: list, sender_id: bytes) -> tuple[bool, list[tuple[int, str]], list[Record]]:
+        records, bad = self._decode_all(key, raws)
+        if bad:
+            return False, bad, []
+        return self.ingest(key, records, sender_id)
+
+    def ingest(self, key: bytes, records: list[Record], sender_id: bytes) -> tuple[bool, list[tuple[int, str]], list[Record]]:
+        """Admit verified records into local storage (replica side of a store)."""
+        existing = self.records.get(key)
+        admission = self.policy.admit(key, records, existing, sender_id)
+        self.stats["records_refused"] += len(admission.refused)
+        new = self.records.merge(key, [*admission.accept, *admission.produced])
+        if new:
+            self.policy.stored(key, new)
+        held = self.records.record_ids(key)
+        ok = not admission.refused and all(r.record_id in held or r.slot is not None for r in admission.accept)
+        return ok, admission.refused, admission.produced
+
+    # -------------------------------------------------------------- lookups
+    async def _ask_find_node(self, key: bytes, contact: Contact) -> list[Contact] | None:
+        reply = await self.call(contact, "find_node", [key])
+        if reply is None:
+            return None
+        found = []
+        for entry in reply[: self.config.k * 2]:
+            checked = check_contact(entry)
+            if checked is None:
+                self.stats["third_party_contacts_rejected"] += 1
+                continue
+            if checked[0] != self.identity.node_id:
+                found.append(Contact(*checked))
+        return found
+
+    async def _lookup(self, key: bytes, seeds: list[Contact]) -> LookupResult:
+        self.stats["lookups"] += 1
+        result = await lookup(
+            key, seeds, lambda c: self._ask_find_node(key, c), k=self.config.k, alpha=self.config.alpha
+        )
+        self.lookups.append(result)
+        return result
+
+    async def replicas_for(self, key: bytes, *, count: int | None = None, fresh: bool = False) -> list[Contact]:
+        """The ``count`` (default r) closest nodes to ``key``, this node included when it is one."""
+        count = count or self.config.replicas
+        now = self.clock.monotonic()
+        cached = self._replica_cache.get(key)
+        if cached is not None and not fresh and now - cached[0] < self.replica_cache_ttl_s:
+            return cached[1][:count]
+        seeds = self.router.find_neighbors(target_node(key), k=self.config.k)
+        found = (await self._lookup(key, seeds)).contacts if seeds else []
+        target = target_node(key)
+        everyone = {c.id: c for c in found}
+        everyone[self.node.id] = self.node
+        closest = sorted(everyone.values(), key=target.distance_to)[: self.config.replicas]
+        self._replica_cache[key] = (now, closest)
+        self._replica_cache.move_to_end(key)
+        while len(self._replica_cache) > 4096:
+            self._replica_cache.popitem(last=False)
+        return closest[:count]
+
+    def is_replica_locally(self, key: bytes) -> bool:
+        """From our routing table alone: are we among the r closest to ``key``?"""
+        target = target_node(key)
+        others = self.router.find_neighbors(target, k=self.config.replicas)
+        if len(others) < self.config.replicas:
+            return True
+        return self.node.distance_to(target) < others[-1].distance_to(target)
+
+    # ---------------------------------------------------------------- store
+    async def store(
+        self, key: bytes, records: list[Record], *, replicas: int | None = None, quorum: int | None = None
+    ) -> StoreOutcome:
+        """Write ``records`` to the ``replicas`` (default r) closest nodes of ``key``."""
+        self.stats["stores"] += 1
+        quorum = quorum or (replicas // 2 + 1 if replicas else self.config.quorum)
+        targets = await self.replicas_for(key, count=replicas)
+        raws = [r.raw for r in records]
+        outcome = await self._store_on(key, raws, records, targets)
+        if outcome.stored_on < quorum and outcome.answered < outcome.asked:
+            # The cached replica set may be stale: look again and retry once.
+            targets = await self.replicas_for(key, count=replicas, fresh=True)
+            outcome = await self._store_on(key, raws, records, targets)
+        if outcome.stored_on < quorum:
+            self.stats["store_quorum_missed"] += 1
+        return outcome
+
+    async def _store_on(self, key: bytes, raws: list[bytes], records: list[Record], replicas: list[Contact]) -> StoreOutcome:
+        async def one(contact: Contact) -> tuple[bool, bool, list, list[Record]]:
+            """(answered, stored all, refusals, produced records)"""
+            if contact.id == self.node.id:
+                ok, refused, produced = self.ingest(key, records, self.node.id)
+                return True, ok, refused, produced
+            ok_all, refused_all, produced_all = True, [], []
+            for chunk in _chunks(raws, self.config.datagram_bytes_max - 2000):
+                reply = await self.call(contact, "store", [key, chunk])
+                if reply is None or len(reply) != 3:
+                    return False, False, [], []
+                ok, refused, produced_raw = reply
+                ok_all = ok_all and ok is True
+                refused_all.extend(tuple(r) for r in refused if isinstance(r, list))
+                produced, _bad = self._decode_all(key, produced_raw if isinstance(produced_raw, list) else [])
+                produced_all.extend(p for p in produced if p.author_id == contact.id)
+            return True, ok_all, refused_all, produced_all
+
+        results = await asyncio.gather(*(one(c) for c in replicas))
+        return StoreOutcome(
+            stored_on=sum(1 for _, ok, _, _ in results if ok),
+            answered=sum(1 for answered, _, _, _ in results if answered),
+            asked=len(replicas),
+            produced=[p for _, _, _, ps in results for p in ps],
+            refusals={c.id: r[2] for c, r in zip(replicas, results) if r[2]},
+        )
+
+    # ---------------------------------------------------------------- fetch
+    async def fetch(self, key: bytes, *, repair: bool = True, replicas: int | None = None) -> tuple[list[Record], int]:
+        """Every valid record the replicas of ``key`` hold, and how many answered."""
+        self.stats["fetches"] += 1
+        replicas = await self.replicas_for(key, count=replicas)
+
+        async def one(contact: Contact) -> tuple[Contact, list[Record] | None]:
+            if contact.id == self.node.id:
+                return contact, self.records.get(key)
+            reply = await self.call(contact, "find_records", [key, b""])
+            if reply is None or len(reply) != 2 or not isinstance(reply[1], list):
+                return contact, None
+            records, _bad = self._decode_all(key, reply[1])
+            return contact, records
+
+        answers = await asyncio.gather(*(one(c) for c in replicas))
+        merged: dict[bytes, Record] = {}
+        for _, records in answers:
+            for r in records or ():
+                merged.setdefault(r.record_id, r)
+        answered = sum(1 for _, recs in answers if recs is not None)
+        if repair and merged:
+            for contact, records in answers:
+                if records is None:
+                    continue
+                have = {r.record_id for r in records}
+                missing = [r for rid, r in merged.items() if rid not in have]
+                if missing:
+                    self.stats["repairs_sent"] += len(missing)
+                    if contact.id == self.node.id:
+                        self.ingest(key, missing, self.node.id)
+                    else:
+                        self.protocol.spawn(self._push(contact, key, missing), "repair")
+        return list(merged.values()), answered
+
+    async def _push(self, contact: Contact, key: bytes, records: list[Record]) -> bool:
+        ok = True
+        for chunk in _chunks([r.raw for r in records], self.config.datagram_bytes_max - 2000):
+            reply = await self.call(contact, "store", [key, chunk])
+            ok = ok and reply is not None and reply[0] is True
+        return ok
+
+    async def sync_to(self, contact: Contact, key: bytes) -> int:
+        """Send ``contact`` only the records of ``key`` it lacks. Returns records sent."""
+        records = self.records.get(key)
+        if not records:
+            return 0
+        reply = await self.call(contact, "sync", [key, _digest_ids(r.record_id for r in records)])
+        if reply is None or reply[0] is True:
+            return 0
+        theirs = set(reply[1]) if isinstance(reply[1], list) else set()
+        missing = [r for r in records if r.record_id not in theirs]
+        if missing:
+            await self._push(contact, key, missing)
+        return len(missing)
+
+    # ---------------------------------------------------- background upkeep
+    def _queue_handoff(self, contact: Contact) -> None:
+        """A new neighbour: hand it the keys it is now a replica for (stored key, not its hash)."""
+        target_keys = []
+        for key in self.records.keys():
+            target = target_node(key)
+            closest = self.router.find_neighbors(target, k=self.config.replicas)
+            if len(closest) < self.config.replicas or contact.distance_to(target) <= closest[-1].distance_to(target):
+                # We hand off only if we are a replica ourselves (closer than the r-th contact).
+                if len(closest) < self.config.replicas or self.node.distance_to(target) <= closest[-1].distance_to(target):
+                    target_keys.append(key)
+        for key in target_keys:
+            if len(self._handoff) >= self.config.handoff_queue_max:
+                self.stats["handoffs_dropped"] += 1
+                continue
+            self._handoff[(contact.id, key)] = contact
+        if target_keys:
+            self._handoff_wakeup.set()
+
+    async def _handoff_loop(self) -> None:
+        interval = 1.0 / self.config.handoff_per_s
+        while True:
+            await self._handoff_wakeup.wait()
+            self._handoff_wakeup.clear()
+            while self._handoff:
+                (_, key), contact = self._handoff.popitem(last=False)
+                self.stats["handoffs"] += 1
+                await self.sync_to(contact, key)
+                await asyncio.sleep(interval)
+
+    async def republish(self) -> int:
+        """Send every key we hold to its current replicas, only what they lack."""
+        sent = 0
+        for key in self.records.keys():
+            replicas = await self.replicas_for(key)
+            if not any(c.id == self.node.id for c in replicas):
+                continue
+            counts = await asyncio.gather(*(self.sync_to(c, key) for c in replicas if c.id != self.node.id))
+            sent += sum(counts)
+        self.stats["republished_records"] += sent
+        return sent
+
+    async def _republish_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.republish_interval_s)
+            await self.republish()
+            self.save_contacts()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.refresh_interval_s)
+            seeds = self.router.find_neighbors(self.node, k=self.config.k)
+            if seeds:
+                await self._lookup(self.identity.node_id, seeds)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "peers": len(self.router),
+            "evictions": self.router.evictions,
+            "keys": len(self.records),
+            **self.stats,
+            **self.protocol.statistics(),
+        }
