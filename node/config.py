@@ -1,0 +1,55 @@
+"""One config dataclass for a node, every default documented, units in names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dht.config import DHTConfig
+from node.leases import LeaseRules
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    # Where to listen. Loopback by default; any other host requires api_token for writes.
+    host: str = "127.0.0.1"
+    p2p_port: int = 0
+    api_port: int = 0
+    # The address other peers should use to reach us (defaults to host).
+    advertise_host: str | None = None
+    data_dir: str = "./workmesh-data"
+    bootstrap: tuple[tuple[str, int], ...] = ()
+    # Worker slots; 0 = a node that stores and routes but runs no jobs.
+    workers: int = 2
+    api_token: str | None = None
+    dht: DHTConfig = field(default_factory=DHTConfig)
+    leases: LeaseRules = field(default_factory=LeaseRules)
+    # Defaults of a job when the client gives none.
+    lease_s: float = 10.0
+    max_attempts: int = 3
+    job_timeout_s: float = 300.0
+    # Gossip: peers each announcement goes to, and hops it travels at most.
+    gossip_fanout: int = 4
+    gossip_ttl: int = 4
+    gossip_seen_max: int = 100_000
+    # Jobs a worker remembers as runnable, at most.
+    runnable_max: int = 20_000
+    # A replica re-announces a pending job after this delay, doubling up to the max.
+    reannounce_first_s: float = 1.0
+    reannounce_max_s: float = 30.0
+    # Re-announcements a replica sends per second, at most.
+    reannounce_per_s: float = 500.0
+    # Jobs whose facts a node keeps in its local job index (for listing), at most.
+    job_index_max: int = 200_000
+    # REST protection.
+    max_body_bytes: int = 65_536
+    rate_limit_per_s: float | None = None
+    log_format: str = "auto"  # "json", "console" or "auto" (json unless on a terminal)
+    log_level: str = "info"
+
+    @property
+    def replicas(self) -> int:
+        return self.dht.replicas
+
+    @property
+    def quorum(self) -> int:
+        return self.dht.quorum

@@ -1,0 +1,122 @@
+"""What this node knows of jobs locally, and when to look at each again.
+
+Every time facts for a job are stored here (as a replica), the job's state is
+derived again and the index is updated: its summary (for ``GET /jobs`` and the
+counts in ``/status``) and its next *due* time. A due job is one a replica
+should act on: a pending job nobody claimed (re-announce it, with a delay
+that doubles), or a running job whose lease this replica will judge stale
+(re-announce it so that a worker takes it over). This is the safety net that
+makes a job independent of any single gossip message.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+from node import lifecycle
+
+
+@dataclass(slots=True)
+class Summary:
+    job_id: bytes
+    job_type: str
+    status: str
+    created_ms: int
+    state: lifecycle.JobState
+
+
+class JobIndex:
+    def __init__(self, size_max: int, reannounce_first_s: float, reannounce_max_s: float) -> None:
+        self._jobs: OrderedDict[bytes, Summary] = OrderedDict()
+        self._size_max = size_max
+        self._first_s = reannounce_first_s
+        self._max_s = reannounce_max_s
+        self._due: list[tuple[float, bytes]] = []
+        self._next_due: dict[bytes, float] = {}
+        self._delay: dict[bytes, float] = {}
+
+    def update(self, state: lifecycle.JobState, now: float, lease_deadline: float | None) -> str | None:
+        """Record the job's new state; the previous status if it changed, else None."""
+        job_id = state.job_id
+        old = self._jobs.get(job_id)
+        spec = state.submit.body
+        self._jobs[job_id] = Summary(job_id, spec.job_type, state.status, spec.created_ms, state)
+        while len(self._jobs) > self._size_max:
+            evicted, _ = self._jobs.popitem(last=False)
+            self._forget_due(evicted)
+        if state.status in lifecycle.TERMINAL:
+            self._forget_due(job_id)
+        elif state.status == lifecycle.RUNNING and lease_deadline is not None:
+            self._delay.pop(job_id, None)
+            self._schedule(job_id, lease_deadline)
+        elif state.status == lifecycle.PENDING and job_id not in self._next_due:
+            self._schedule(job_id, now + self._first_s)
+        elif lease_deadline is not None:
+            self._schedule(job_id, lease_deadline)
+        if old is None:
+            return ""
+        return old.status if old.status != state.status else None
+
+    def _schedule(self, job_id: bytes, when: float) -> None:
+        self._next_due[job_id] = when
+        heapq.heappush(self._due, (when, job_id))
+
+    def _forget_due(self, job_id: bytes) -> None:
+        self._next_due.pop(job_id, None)
+        self._delay.pop(job_id, None)
+
+    def pop_due(self, now: float, limit: int) -> list[Summary]:
+        """Jobs due now (at most ``limit``); each is rescheduled with backoff."""
+        out: list[Summary] = []
+        while self._due and self._due[0][0] <= now and len(out) < limit:
+            when, job_id = heapq.heappop(self._due)
+            if self._next_due.get(job_id) != when:
+                continue  # superseded by a later schedule
+            summary = self._jobs.get(job_id)
+            if summary is None or summary.status in lifecycle.TERMINAL:
+                self._forget_due(job_id)
+                continue
+            delay = min(self._max_s, self._delay.get(job_id, self._first_s / 2) * 2)
+            self._delay[job_id] = delay
+            self._schedule(job_id, now + delay)
+            out.append(summary)
+        # Compact the heap when superseded entries pile up.
+        if len(self._due) > 4 * max(16, len(self._next_due)):
+            self._due = [(w, j) for j, w in self._next_due.items()]
+            heapq.heapify(self._due)
+        return out
+
+    def next_due_in(self, now: float) -> float | None:
+        while self._due and self._next_due.get(self._due[0][1]) != self._due[0][0]:
+            heapq.heappop(self._due)
+        return max(0.0, self._due[0][0] - now) if self._due else None
+
+    def get(self, job_id: bytes) -> Summary | None:
+        return self._jobs.get(job_id)
+
+    def page(self, status: str | None, limit: int, after: bytes | None) -> tuple[list[Summary], bytes | None]:
+        """Jobs in the order this node learned of them; ``after`` is the last id of the previous page."""
+        items = list(self._jobs.values())
+        start = 0
+        if after is not None:
+            for i, s in enumerate(items):
+                if s.job_id == after:
+                    start = i + 1
+                    break
+        out = []
+        for s in items[start:]:
+            if status is None or s.status == status:
+                out.append(s)
+                if len(out) == limit:
+                    break
+        more = out and out[-1] is not items[-1] and len(out) == limit
+        return out, (out[-1].job_id if more else None)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(s.status for s in self._jobs.values())
+        return {status: c.get(status, 0) for status in (lifecycle.PENDING, lifecycle.RUNNING, lifecycle.DONE, lifecycle.FAILED, lifecycle.CANCELLED)}
+
+    def __len__(self) -> int:
+        return len(self._jobs)

@@ -1,0 +1,235 @@
+"""The client-facing job operations every node offers: submit, read, cancel, list.
+
+These are what the REST layer calls (``api.service.JobService``). A node
+needs no special role for any of them: it reads and writes the job's facts
+on the job's replicas, wherever those are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from api.service import JobView
+from crypto.identity import Identity
+from dht.server import DHTServer
+from node import facts as F
+from node import lifecycle
+from node.errors import Conflict, JobNotFound, QuorumUnavailable, UnknownJobType, ValidationFailed
+from node.jobindex import JobIndex
+
+POLL_S_MIN = 0.05
+POLL_S_MAX = 0.5
+
+
+def view(state: lifecycle.JobState, *, history: bool = False) -> JobView:
+    spec: F.Submit = state.submit.body
+    return JobView(
+        id=state.job_id.hex(),
+        type=spec.job_type,
+        status=state.status,
+        attempts=state.attempts,
+        max_attempts=spec.max_attempts,
+        result=state.result,
+        error=state.error,
+        worker=state.worker.hex() if state.worker else None,
+        submitted_by=state.submit.author_id.hex(),
+        created_ms=spec.created_ms,
+        last_error=state.last_error,
+        history=[_fact_json(f) for f in state.facts] if history else None,
+    )
+
+
+def _fact_json(f: F.Fact) -> dict[str, Any]:
+    body = f.body
+    out: dict[str, Any] = {
+        "kind": f.kind,
+        "fact_id": f.fact_id.hex(),
+        "author": f.author_id.hex(),
+        "attempt": f.attempt,
+        "ts_ms": getattr(body, "ts_ms", getattr(body, "created_ms", 0)),
+        "raw_b64": base64.b64encode(f.raw).decode(),
+    }
+    if f.kind == F.GRANT:
+        out["action"] = body.action
+        out["subject"] = body.subject.hex()
+    elif f.kind == F.RESULT:
+        out["outcome"] = body.outcome
+    return out
+
+
+class JobOperations:
+    def __init__(
+        self,
+        identity: Identity,
+        dht: DHTServer,
+        index: JobIndex,
+        job_types: frozenset[str],
+        *,
+        defaults: Any,  # NodeConfig
+        wall_ms: Callable[[], int],
+        announce: Callable[[bytes, str], None],
+        waiters: dict[bytes, asyncio.Event],
+    ) -> None:
+        self.identity = identity
+        self.dht = dht
+        self.index = index
+        self.job_types = job_types
+        self.defaults = defaults
+        self.wall_ms = wall_ms
+        self._announce = announce
+        self._waiters = waiters
+        self.counters = {"submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0}
+
+    # -- submit -----------------------------------------------------------------
+    def replica_plan(self) -> tuple[int, int]:
+        """(replicas, quorum) for a new job: r, or the whole mesh when it is smaller."""
+        cfg = self.defaults.dht
+        mesh = len(self.dht.router) + 1
+        if mesh >= cfg.replicas:
+            return cfg.replicas, cfg.quorum
+        return mesh, mesh // 2 + 1
+
+    async def submit(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        max_attempts: int | None = None,
+        lease_seconds: float | None = None,
+        timeout_seconds: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobView:
+        if job_type not in self.job_types:
+            raise UnknownJobType(f"unknown job type {job_type!r}; known: {', '.join(sorted(self.job_types))}")
+        payload_json = F.canonical_json(payload)
+        if len(payload_json) > F.PAYLOAD_BYTES_MAX:
+            raise ValidationFailed(f"payload exceeds {F.PAYLOAD_BYTES_MAX} bytes")
+        replicas, quorum = self.replica_plan()
+        max_attempts = max_attempts or self.defaults.max_attempts
+        lease_ms = int((lease_seconds or self.defaults.lease_s) * 1000)
+        timeout_ms = int((timeout_seconds or self.defaults.job_timeout_s) * 1000)
+        if idempotency_key is not None:
+            # The same key and body give the same signed submission, so the same job id.
+            seed = F.canonical_json([idempotency_key, job_type, payload, max_attempts, lease_ms, timeout_ms])
+            nonce = hashlib.blake2b(seed, digest_size=F.NONCE_BYTES).digest()
+            created_ms = 0
+        else:
+            nonce = hashlib.blake2b(self.identity.node_id + self.wall_ms().to_bytes(8, "big") + payload_json + bytes(self.counters["submitted"].to_bytes(8, "big")), digest_size=F.NONCE_BYTES).digest()
+            created_ms = self.wall_ms()
+        try:
+            body = F.Submit(job_type, payload_json, max_attempts, lease_ms, timeout_ms, replicas, quorum, nonce, created_ms)
+            submit = F.sign(self.identity, F.SUBMIT, body)
+        except F.InvalidFact as exc:
+            raise ValidationFailed(str(exc)) from None
+        outcome = await self.dht.store(submit.job_id, [submit], replicas=replicas, quorum=quorum)
+        if outcome.stored_on < quorum:
+            self.counters["submit_quorum_missed"] += 1
+            raise QuorumUnavailable(
+                f"only {outcome.stored_on} of {outcome.asked} replicas stored the job; {quorum} needed. "
+                "Retry with the same Idempotency-Key."
+            )
+        self.counters["submitted"] += 1
+        self._announce(submit.job_id, job_type)
+        state = lifecycle.derive([submit])
+        return view(state)
+
+    # -- read -------------------------------------------------------------------
+    async def read_state(self, job_id: bytes) -> lifecycle.JobState:
+        self.counters["reads"] += 1
+        facts, answered = await self.dht.fetch(job_id)
+        if answered == 0:
+            raise QuorumUnavailable("no replica of this job answered")
+        state = lifecycle.derive(facts)
+        if state is None:
+            raise JobNotFound(f"no replica knows job {job_id.hex()}")
+        return state
+
+    async def get(self, job_id: bytes, *, wait_s: float = 0.0, history: bool = False) -> JobView:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, wait_s)
+        state = await self.read_state(job_id)
+        poll = POLL_S_MIN
+        while state.status not in lifecycle.TERMINAL and loop.time() < deadline:
+            event = self._waiters.setdefault(job_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), min(poll, max(0.0, deadline - loop.time())))
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                if self._waiters.get(job_id) is event and event.is_set():
+                    self._waiters.pop(job_id, None)
+            poll = min(POLL_S_MAX, poll * 2)
+            state = await self.read_state(job_id)
+        return view(state, history=history)
+
+    # -- cancel -----------------------------------------------------------------
+    async def cancel(self, job_id: bytes, reason: str) -> JobView:
+        state = await self.read_state(job_id)
+        if state.status in lifecycle.TERMINAL:
+            raise Conflict(f"job is already {state.status}")
+        if state.submit.author != self.identity.public_key:
+            return await self._cancel_via_submitter(state, reason)
+        return await self.cancel_as_submitter(state, reason)
+
+    async def cancel_as_submitter(self, state: lifecycle.JobState, reason: str) -> JobView:
+        spec: F.Submit = state.submit.body
+        cancel = F.sign(self.identity, F.CANCEL, F.Cancel(state.job_id, reason[: F.REASON_CHARS_MAX], self.wall_ms()))
+        self.counters["cancels"] += 1
+        # Send the submission along: a replica that lost it can still judge the cancel.
+        for _ in range(3):
+            outcome = await self.dht.store(state.job_id, [state.submit, cancel], replicas=spec.replicas, quorum=spec.quorum)
+            if outcome.stored_on >= spec.quorum:
+                break
+        after = await self.read_state(state.job_id)
+        if after.status == lifecycle.CANCELLED:
+            return view(after)
+        if after.status in lifecycle.TERMINAL:
+            raise Conflict(f"job is already {after.status}")
+        raise QuorumUnavailable("the cancel did not reach a quorum of replicas; try again")
+
+    async def _cancel_via_submitter(self, state: lifecycle.JobState, reason: str) -> JobView:
+        """Only the submitter may sign a cancel: ask it to."""
+        submitter = state.submit.author_id
+        contact = self.dht.router.get(submitter)
+        if contact is None:
+            found = await self.dht.replicas_for(submitter, count=self.dht.config.k, fresh=True)
+            contact = next((c for c in found if c.id == submitter), None)
+        if contact is None:
+            raise QuorumUnavailable("the job's submitter is unreachable; only it can cancel the job")
+        reply = await self.dht.call(contact, "cancel_job", [state.job_id, reason[: F.REASON_CHARS_MAX]], timeout_s=5.0)
+        if reply is None or len(reply) != 2:
+            raise QuorumUnavailable("the job's submitter did not answer the cancel request")
+        status, detail = reply
+        if status == 409:
+            raise Conflict(str(detail))
+        if status != 200:
+            raise QuorumUnavailable(f"the submitter could not cancel: {detail}")
+        return view(await self.read_state(state.job_id))
+
+    async def rpc_cancel_job(self, env, addr) -> list:
+        """A peer asks us, the submitter, to cancel a job we accepted."""
+        job_id, reason = env.args
+        if not isinstance(job_id, bytes) or len(job_id) != 20 or not isinstance(reason, str):
+            raise ValueError("cancel_job needs a job id and a reason")
+        try:
+            state = await self.read_state(job_id)
+            if state.submit.author != self.identity.public_key:
+                return [403, "not the submitter"]
+            if state.status in lifecycle.TERMINAL:
+                return [409, f"job is already {state.status}"]
+            await self.cancel_as_submitter(state, reason)
+            return [200, "cancelled"]
+        except Conflict as exc:
+            return [409, str(exc)]
+        except (QuorumUnavailable, JobNotFound) as exc:
+            return [503, str(exc)]
+
+    # -- list -------------------------------------------------------------------
+    def list_jobs(self, status: str | None, limit: int, after: str | None) -> tuple[list[JobView], str | None]:
+        after_id = bytes.fromhex(after) if after else None
+        page, nxt = self.index.page(status, limit, after_id)
+        return [view(s.state) for s in page], (nxt.hex() if nxt else None)

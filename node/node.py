@@ -1,0 +1,254 @@
+"""A workmesh node: every part wired together, with clock and transport injected.
+
+``Node`` composes the identity, the record store, the DHT, the replica rules,
+gossip, the local job index, the worker pool and the client operations. It
+serves the REST API's ``JobService`` interface. Production starts it with a
+UDP socket (``bind_udp``) and the system clock; the simulator with its
+in-memory network and virtual clock: the same code either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from crypto.identity import Identity, verify_statistics
+from dht.protocol import Clock
+from dht.server import DHTServer, SystemClock
+from dht.storage import FactStore
+from node import __version__
+from node import leases, lifecycle
+from node.config import NodeConfig
+from node.gossip import Gossip
+from node.handlers import Registry
+from node.jobindex import JobIndex
+from node.jobs import JobOperations
+from node.replica import JobReplica
+from node.worker import RunCpu, WorkerPool
+
+REANNOUNCE_BATCH = 256
+
+
+def bind_udp(host: str, port: int, advertise_host: str | None = None) -> Callable[[Any], Awaitable[tuple[str, int]]]:
+    async def bind(protocol: Any) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: protocol, local_addr=(host, port))
+        bound = transport.get_extra_info("sockname")
+        return (advertise_host or bound[0], bound[1])
+
+    return bind
+
+
+def process_pool_runner(slots: int) -> tuple[RunCpu, Callable[[], None]]:
+    """CPU handlers run in a process pool, off the event loop."""
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=max(1, slots))
+
+    async def run(fn, payload, ctx):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, payload, ctx)
+
+    return run, lambda: pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        identity: Identity | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        run_cpu: RunCpu | None = None,
+        registry: Registry | None = None,
+        in_memory: bool = False,
+        logger: Any = None,
+    ) -> None:
+        self.config = config
+        if not in_memory:
+            Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        self.identity = identity or Identity.load_or_create(config.data_dir)
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random(os.urandom(16))
+        self.log = (logger or structlog.get_logger()).bind(node_id=self.identity.node_id.hex()[:12])
+        self.registry = registry or Registry()
+        self._close_pool: Callable[[], None] = lambda: None
+        if run_cpu is None:
+            run_cpu, self._close_pool = process_pool_runner(config.workers)
+        self.replica = JobReplica(
+            self.identity, config.leases, self._monotonic, self.clock.wall_ms, self._on_stored
+        )
+        path = None if in_memory else os.path.join(config.data_dir, "store.sqlite")
+        self.store = FactStore(path, self.replica.validate)
+        self.dht = DHTServer(
+            self.identity,
+            self.store,
+            self.replica,
+            config=config.dht,
+            clock=self.clock,
+            new_msg_id=lambda: self.rng.randbytes(16),
+            logger=self.log,
+        )
+        self.index = JobIndex(config.job_index_max, config.reannounce_first_s, config.reannounce_max_s)
+        self.workers = WorkerPool(
+            self.identity,
+            self.dht,
+            self.registry,
+            slots=config.workers,
+            rules=config.leases,
+            monotonic=self._monotonic,
+            wall_ms=self.clock.wall_ms,
+            run_cpu=run_cpu,
+            runnable_max=config.runnable_max,
+            logger=self.log,
+        )
+        self.gossip = Gossip(
+            self.dht,
+            self.workers.offer,
+            fanout=config.gossip_fanout,
+            ttl=config.gossip_ttl,
+            seen_max=config.gossip_seen_max,
+            rng=self.rng,
+        )
+        self._waiters: dict[bytes, asyncio.Event] = {}
+        self.jobs = JobOperations(
+            self.identity,
+            self.dht,
+            self.index,
+            self.registry.names,
+            defaults=config,
+            wall_ms=self.clock.wall_ms,
+            announce=self._announce_new,
+            waiters=self._waiters,
+        )
+        self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
+        self._tasks: list[asyncio.Task] = []
+        self._reannounce_wakeup: asyncio.Event | None = None
+        self.started_at = 0.0
+        self.api_address: tuple[str, int] | None = None
+        self.counters = {"reannounced": 0, "status_changes": 0}
+
+    def _monotonic(self) -> float:
+        return self.clock.monotonic()
+
+    # -- life -------------------------------------------------------------------
+    async def start(self, bind: Callable[[Any], Awaitable[tuple[str, int]]] | None = None) -> None:
+        self.started_at = self._monotonic()
+        self._reannounce_wakeup = asyncio.Event()
+        self.store.open()
+        for key in self.store.keys():
+            self._on_stored(key, [])
+        bind = bind or bind_udp(self.config.host, self.config.p2p_port, self.config.advertise_host)
+        await self.dht.start(bind)
+        self._tasks = [
+            self.dht.protocol.spawn(self.workers.run(), "workers"),
+            self.dht.protocol.spawn(self._reannounce_loop(), "reannounce"),
+        ]
+        self.log.info("node_started", p2p=f"{self.dht.address[0]}:{self.dht.address[1]}", workers=self.config.workers)
+
+    async def join(self, bootstrap: list[tuple[str, int]] | None = None) -> int:
+        addrs = list(bootstrap if bootstrap is not None else self.config.bootstrap)
+        peers = await self.dht.bootstrap(addrs) if addrs or len(self.dht.router) else 0
+        self.log.info("node_joined", peers=peers)
+        return peers
+
+    async def stop(self) -> None:
+        self.workers.stop()
+        for task in self._tasks:
+            task.cancel()
+        await self.dht.stop()
+        self.store.close()
+        self._close_pool()
+        self.log.info("node_stopped")
+
+    # -- reactions --------------------------------------------------------------
+    def _on_stored(self, key: bytes, new: list) -> None:
+        """Facts for ``key`` were stored here: re-derive, index, log, wake waiters."""
+        state = lifecycle.derive(self.store.get(key))
+        if state is None:
+            return
+        obs = self.replica.observations(key)
+        deadline = leases.lease_deadline(state, self.identity.node_id, obs, self.config.leases)
+        previous = self.index.update(state, self._monotonic(), deadline)
+        if previous is not None and new:
+            self.counters["status_changes"] += 1
+            self.log.info(
+                "job_state", job_id=key.hex(), status=state.status, previous=previous or None, attempts=state.attempts
+            )
+        if self._reannounce_wakeup is not None:
+            self._reannounce_wakeup.set()
+        event = self._waiters.get(key)
+        if event is not None:
+            event.set()
+
+    def _announce_new(self, job_id: bytes, job_type: str) -> None:
+        self.gossip.announce(job_id, job_type)
+        self.workers.offer(job_id, job_type)
+
+    async def _reannounce_loop(self) -> None:
+        """Replicas re-announce jobs that are pending or whose lease went stale."""
+        budget_interval = REANNOUNCE_BATCH / self.config.reannounce_per_s
+        while True:
+            wait = self.index.next_due_in(self._monotonic())
+            self._reannounce_wakeup.clear()
+            try:
+                await asyncio.wait_for(self._reannounce_wakeup.wait(), wait if wait is not None else 3600)
+            except asyncio.TimeoutError:
+                pass
+            due = self.index.pop_due(self._monotonic(), REANNOUNCE_BATCH)
+            for summary in due:
+                self.counters["reannounced"] += 1
+                self.gossip.announce(summary.job_id, summary.job_type)
+                self.workers.offer(summary.job_id, summary.job_type)
+            if len(due) == REANNOUNCE_BATCH:
+                await asyncio.sleep(budget_interval)
+
+    # -- JobService (REST) ------------------------------------------------------
+    @property
+    def job_types(self) -> frozenset[str]:
+        return self.registry.names
+
+    async def submit(self, job_type, payload, **kw):
+        return await self.jobs.submit(job_type, payload, **kw)
+
+    async def get(self, job_id: bytes, *, wait_s: float = 0.0, history: bool = False):
+        return await self.jobs.get(job_id, wait_s=wait_s, history=history)
+
+    async def cancel(self, job_id: bytes, reason: str):
+        return await self.jobs.cancel(job_id, reason)
+
+    def list_jobs(self, status, limit, after):
+        return self.jobs.list_jobs(status, limit, after)
+
+    def status(self) -> dict:
+        p2p = self.dht.address
+        return {
+            "node_id": self.identity.node_id.hex(),
+            "public_key": self.identity.public_key.hex(),
+            "version": __version__,
+            "p2p": f"{p2p[0]}:{p2p[1]}",
+            "api": f"{self.api_address[0]}:{self.api_address[1]}" if self.api_address else None,
+            "peers": len(self.dht.router),
+            "peer_list": [
+                {"node_id": c.id.hex(), "address": f"{c.ip}:{c.port}"} for c in self.dht.router.contacts()[:64]
+            ],
+            "uptime_seconds": round(self._monotonic() - self.started_at, 3),
+            "jobs": self.index.counts(),
+            "workers": {"slots": self.config.workers, "busy": self.workers.busy},
+            "replication": {"replicas": self.config.replicas, "quorum": self.config.quorum, "k": self.config.dht.k},
+            "dht": {**self.dht.statistics(), **{f"store_{k}": v for k, v in self.store.statistics().items()}},
+            "gossip": {**self.gossip.statistics(), "reannounced": self.counters["reannounced"]},
+            "leases": {**self.replica.statistics(), **self.workers.statistics()},
+            "jobs_api": dict(self.jobs.counters),
+            "crypto": verify_statistics(),
+        }
+
+    def metrics_registry(self):
+        from node.metrics import registry_for
+
+        return registry_for(self)

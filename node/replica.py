@@ -1,0 +1,166 @@
+"""The replica side of a job: what a node does with facts sent to it for storing.
+
+This is the DHT's record policy for job facts. It validates every fact
+(``facts.decode``), refuses facts for jobs whose submission it does not hold,
+and runs the pure lease rules (``node/leases.py``) on claims, renews, results
+and cancels, signing the grants and seals they call for. The local
+observations that the lease rules need (when this replica last saw each lease
+holder) live here, in memory, per job, bounded.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from crypto.identity import Identity
+from dht.server import Admission
+from node import facts as F
+from node import leases, lifecycle
+from node.errors import InvalidFact
+
+
+class JobReplica:
+    def __init__(
+        self,
+        identity: Identity,
+        rules: leases.LeaseRules,
+        monotonic: Callable[[], float],
+        wall_ms: Callable[[], int],
+        on_stored: Callable[[bytes, list[F.Fact]], None],
+        observations_max: int = 100_000,
+    ) -> None:
+        self.identity = identity
+        self.rules = rules
+        self.monotonic = monotonic
+        self.wall_ms = wall_ms
+        self._on_stored = on_stored
+        self._obs: OrderedDict[bytes, leases.Observations] = OrderedDict()
+        self._obs_max = observations_max
+        self.counters: dict[str, int] = {
+            "grants_issued": 0,
+            "claims_refused": 0,
+            "renews_accepted": 0,
+            "renews_refused": 0,
+            "seals_issued": 0,
+            "facts_refused": 0,
+        }
+
+    # -- the DHT's RecordPolicy --------------------------------------------
+    def validate(self, key: bytes, raw: bytes) -> F.Fact:
+        return F.decode(raw, key=key)
+
+    def observations(self, job_id: bytes) -> leases.Observations:
+        obs = self._obs.get(job_id)
+        if obs is None:
+            obs = self._obs[job_id] = leases.Observations()
+            while len(self._obs) > self._obs_max:
+                self._obs.popitem(last=False)
+        else:
+            self._obs.move_to_end(job_id)
+        return obs
+
+    def admit(self, key: bytes, incoming: list[F.Fact], existing: list[F.Fact], sender_id: bytes) -> Admission:
+        out = Admission()
+        me = self.identity.node_id
+        known = {f.fact_id: f for f in existing}
+        submit = next((f for f in existing if f.kind == F.SUBMIT), None)
+        if submit is None:
+            submit = next((f for f in incoming if f.kind == F.SUBMIT), None)
+        obs = self.observations(key)
+        now = self.monotonic()
+        # Facts the replica already holds count as seen now (restart, hand-off).
+        if existing and not obs.holder_seen and not obs.error_seen and not obs.grantee:
+            leases.observe(obs, existing, me, now)
+        # Order inside a batch: the submission first, then grants, then the rest,
+        # so a batch that carries a job's history is judged as a whole.
+        order = {F.SUBMIT: 0, F.GRANT: 1, F.CLAIM: 2, F.RENEW: 3, F.RESULT: 4, F.CANCEL: 5}
+        for index, fact in sorted(enumerate(incoming), key=lambda p: order[p[1].kind]):
+            if submit is None:
+                out.refused.append((index, "unknown job"))
+                continue
+            try:
+                F.check_in_context(submit, fact)
+            except InvalidFact as exc:
+                out.refused.append((index, str(exc)))
+                continue
+            if fact.fact_id in known:
+                # A retried claim, result or cancel: answer with what we signed for it before.
+                out.accept.append(fact)
+                out.produced.extend(self._own_answer(fact, known.values()))
+                continue
+            if fact.slot is not None and any(
+                k.slot == fact.slot and k.version >= fact.version for k in known.values()
+            ):
+                # An older (or re-sent) renew: harmless, but it must not refresh the lease.
+                out.accept.append(fact)
+                continue
+            produced, reason = self._judge(fact, list(known.values()), obs, now)
+            if reason is not None:
+                out.refused.append((index, reason))
+                continue
+            out.accept.append(fact)
+            known[fact.fact_id] = fact
+            for p in produced:
+                out.produced.append(p)
+                known[p.fact_id] = p
+            leases.observe(obs, [fact, *produced], me, now)
+        self.counters["facts_refused"] += len(out.refused)
+        return out
+
+    def _judge(self, fact: F.Fact, known: list[F.Fact], obs: leases.Observations, now: float) -> tuple[list[F.Fact], str | None]:
+        """Apply the lease rules to one new fact: (facts we sign, refusal reason)."""
+        me = self.identity.node_id
+        if fact.kind in (F.SUBMIT, F.GRANT):
+            return [], None
+        state = lifecycle.derive(known)
+        if state is None:
+            return [], "unknown job"
+        if fact.kind == F.CLAIM:
+            decision = leases.decide_claim(state, fact, me, obs, now, self.rules)
+            if isinstance(decision, str):
+                self.counters["claims_refused"] += 1
+                return [], decision
+            self.counters["grants_issued"] += 1
+            grant = self._sign_once(known, F.GRANT, decision)
+            return [grant], None
+        if fact.kind == F.RENEW:
+            if leases.accept_renew(state, fact, me, obs, now):
+                self.counters["renews_accepted"] += 1
+                return [], None
+            self.counters["renews_refused"] += 1
+            return [], "lease not held"
+        # result or cancel: store it; seal it if the rules say so
+        seal = leases.decide_seal(state, fact, me)
+        if seal is None:
+            return [], None
+        self.counters["seals_issued"] += 1
+        return [self._sign_once(known, F.GRANT, seal)], None
+
+    def _own_answer(self, fact: F.Fact, known) -> list[F.Fact]:
+        me = self.identity.node_id
+        if fact.kind == F.CLAIM:
+            want = (F.LEASE, fact.attempt, fact.author_id)
+        elif fact.kind in (F.RESULT, F.CANCEL):
+            want = (F.SEAL, fact.attempt, fact.fact_id)
+        else:
+            return []
+        return [
+            f
+            for f in known
+            if f.kind == F.GRANT and f.author_id == me and (f.body.action, f.body.attempt, f.body.subject) == want
+        ]
+
+    def _sign_once(self, known: list[F.Fact], kind: str, body: Any) -> F.Fact:
+        """Our signed fact for ``body``; the same one we signed before if any."""
+        for f in known:
+            if f.kind == kind and f.author_id == self.identity.node_id and f.body == body:
+                return f
+        return F.sign(self.identity, kind, body)
+
+    def stored(self, key: bytes, new: list[F.Fact]) -> None:
+        self._on_stored(key, new)
+
+    def statistics(self) -> dict[str, int]:
+        return {**self.counters, "observed_jobs": len(self._obs)}

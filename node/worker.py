@@ -1,0 +1,272 @@
+"""Workers: claim runnable jobs with quorum leases, run handlers, report results.
+
+The worker side of ``docs/protocol.md`` section 4. For one job:
+
+1. read the job's facts from its replicas and derive its state;
+2. claim attempt ``highest + 1``; the replicas answer with lease grants;
+   without grants from a quorum of them, walk away (nothing to undo: the
+   grants we did get expire);
+3. run the handler (the attempt number is its fencing token) while renewing
+   the lease every third of its length; when fewer than a quorum of replicas
+   accept a renewal, stop the handler: the lease is lost and another worker
+   may already hold the next attempt;
+4. file the result with the grants that prove the lease; the replicas seal a
+   final result, and a quorum of seals decides the job.
+
+The runnable index is bounded; offers carry a not-before time derived from
+the rendezvous rank, so the best-ranked free worker claims first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from crypto.identity import Identity
+from dht.server import DHTServer
+from node import facts as F
+from node import lifecycle, rendezvous
+from node.handlers import Handler, HandlerError, JobContext, Registry
+from node.leases import LeaseRules
+
+RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class _Offer:
+    job_type: str
+    not_before: float
+
+
+class LeaseLost(Exception):
+    pass
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        identity: Identity,
+        dht: DHTServer,
+        registry: Registry,
+        *,
+        slots: int,
+        rules: LeaseRules,
+        monotonic: Callable[[], float],
+        wall_ms: Callable[[], int],
+        run_cpu: RunCpu,
+        runnable_max: int,
+        on_state: Callable[[bytes, str, int], None] | None = None,
+        logger: Any = None,
+    ) -> None:
+        self.identity = identity
+        self.dht = dht
+        self.registry = registry
+        self.slots = slots
+        self.rules = rules
+        self.monotonic = monotonic
+        self.wall_ms = wall_ms
+        self._run_cpu = run_cpu
+        self._runnable: OrderedDict[bytes, _Offer] = OrderedDict()
+        self._runnable_max = runnable_max
+        self._active: dict[bytes, asyncio.Task] = {}
+        self._wakeup = asyncio.Event()
+        self._on_state = on_state or (lambda job_id, status, attempt: None)
+        self.log = logger or structlog.get_logger()
+        self.counters = {
+            "offers": 0,
+            "offers_dropped": 0,
+            "claims": 0,
+            "claims_won": 0,
+            "claims_lost": 0,
+            "executions": 0,
+            "leases_lost": 0,
+            "results_ok": 0,
+            "results_error": 0,
+            "renewals": 0,
+        }
+
+    @property
+    def busy(self) -> int:
+        return len(self._active)
+
+    # -- offers -------------------------------------------------------------
+    def offer(self, job_id: bytes, job_type: str, *, delay_s: float | None = None) -> None:
+        """A job that may be runnable. Cheap; the claim decides."""
+        if self.slots <= 0 or self.registry.get(job_type) is None or job_id in self._active:
+            return
+        if delay_s is None:
+            peers = [c.id for c in self.dht.router.contacts()]
+            position = rendezvous.rank(job_id, self.identity.node_id, peers)
+            delay_s = rendezvous.claim_delay_s(position)
+        not_before = self.monotonic() + delay_s
+        current = self._runnable.get(job_id)
+        if current is not None and current.not_before <= not_before:
+            return
+        self.counters["offers"] += 1
+        self._runnable[job_id] = _Offer(job_type, not_before)
+        while len(self._runnable) > self._runnable_max:
+            self._runnable.popitem(last=False)
+            self.counters["offers_dropped"] += 1
+        self._wakeup.set()
+
+    def _next_due(self, now: float) -> tuple[bytes | None, float | None]:
+        soonest = None
+        for job_id, offer in self._runnable.items():
+            if offer.not_before <= now:
+                return job_id, None
+            soonest = offer.not_before if soonest is None else min(soonest, offer.not_before)
+        return None, soonest
+
+    async def run(self) -> None:
+        """The dispatch loop: start an attempt whenever a slot and a due job exist."""
+        while True:
+            if self.busy >= self.slots or not self._runnable:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            job_id, soonest = self._next_due(self.monotonic())
+            if job_id is None:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), max(0.0, soonest - self.monotonic()))
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            offer = self._runnable.pop(job_id)
+            task = asyncio.ensure_future(self._attempt(job_id, offer.job_type))
+            self._active[job_id] = task
+            task.add_done_callback(lambda t, j=job_id: self._done(j, t))
+
+    def _done(self, job_id: bytes, task: asyncio.Task) -> None:
+        self._active.pop(job_id, None)
+        self._wakeup.set()
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("attempt_crashed", job_id=job_id.hex(), error=repr(task.exception()))
+
+    def stop(self) -> None:
+        for task in list(self._active.values()):
+            task.cancel()
+
+    # -- one attempt ----------------------------------------------------------
+    async def _attempt(self, job_id: bytes, job_type: str) -> None:
+        log = self.log.bind(job_id=job_id.hex())
+        facts, _answered = await self.dht.fetch(job_id)
+        state = lifecycle.derive(f for f in facts if isinstance(f, F.Fact))
+        if state is None or state.status in lifecycle.TERMINAL:
+            return
+        spec: F.Submit = state.submit.body
+        attempt = state.highest_attempt + 1
+        if attempt > spec.max_attempts + 1:
+            return
+        self.counters["claims"] += 1
+        claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
+        outcome = await self.dht.store(job_id, [claim], replicas=spec.replicas)
+        grants = self._lease_grants(outcome.produced, job_id, attempt)
+        if len(grants) < spec.quorum:
+            self.counters["claims_lost"] += 1
+            log.debug("claim_lost", attempt=attempt, grants=len(grants))
+            return
+        self.counters["claims_won"] += 1
+        log.info("lease_acquired", attempt=attempt, grants=len(grants))
+        self._on_state(job_id, "running", attempt)
+        try:
+            outcome_kind, data = await self._execute(state, attempt, log)
+        except LeaseLost:
+            self.counters["leases_lost"] += 1
+            log.warning("lease_lost", attempt=attempt)
+            return
+        await self._report(state, attempt, grants, outcome_kind, data, log)
+
+    def _lease_grants(self, produced: list, job_id: bytes, attempt: int) -> list[F.Fact]:
+        by_author: dict[bytes, F.Fact] = {}
+        for g in produced:
+            b = g.body
+            if g.kind == F.GRANT and b.action == F.LEASE and b.job_id == job_id and b.attempt == attempt and b.subject == self.identity.node_id:
+                by_author.setdefault(g.author_id, g)
+        return sorted(by_author.values(), key=lambda g: g.author_id)
+
+    async def _execute(self, state: lifecycle.JobState, attempt: int, log: Any) -> tuple[str, Any]:
+        spec: F.Submit = state.submit.body
+        if attempt > spec.max_attempts:
+            return F.ERROR, {"error": f"attempts exhausted: attempt {spec.max_attempts} lost its lease"}
+        handler = self.registry.get(spec.job_type)
+        if handler is None:
+            return F.ERROR, {"error": f"no handler for job type {spec.job_type!r}"}
+        self.counters["executions"] += 1
+        ctx = JobContext(state.job_id.hex(), attempt)
+        log.info("execution_started", attempt=attempt, job_type=spec.job_type)
+        work = asyncio.ensure_future(self._call(handler, spec.payload, ctx, spec.timeout_ms / 1000))
+        renewer = asyncio.ensure_future(self._renew_until(work, state, attempt))
+        try:
+            done, _ = await asyncio.wait({work, renewer}, return_when=asyncio.FIRST_COMPLETED)
+            if renewer in done and not work.done():
+                work.cancel()
+                renewer.result()  # raises LeaseLost
+            return work.result()
+        finally:
+            renewer.cancel()
+            if not work.done():
+                work.cancel()
+
+    async def _call(self, handler: Handler, payload: Any, ctx: JobContext, timeout_s: float) -> tuple[str, Any]:
+        try:
+            if asyncio.iscoroutinefunction(handler.fn):
+                value = await asyncio.wait_for(handler.fn(payload, ctx), timeout_s)
+            elif handler.cpu:
+                value = await asyncio.wait_for(self._run_cpu(handler.fn, payload, ctx), timeout_s)
+            else:
+                value = await asyncio.wait_for(asyncio.to_thread(handler.fn, payload, ctx), timeout_s)
+        except asyncio.TimeoutError:
+            return F.ERROR, {"error": f"timed out after {timeout_s:g} s"}
+        except HandlerError as exc:
+            return F.ERROR, {"error": str(exc)}
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return F.ERROR, {"error": f"{type(exc).__name__}: {exc}"}
+        return F.OK, value
+
+    async def _renew_until(self, work: asyncio.Future, state: lifecycle.JobState, attempt: int) -> None:
+        spec: F.Submit = state.submit.body
+        interval = spec.lease_ms / 3000
+        while not work.done():
+            await asyncio.sleep(interval)
+            if work.done():
+                return
+            renew = F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, self.wall_ms()))
+            outcome = await self.dht.store(state.job_id, [renew], replicas=spec.replicas)
+            self.counters["renewals"] += 1
+            if outcome.stored_on < spec.quorum and not work.done():
+                raise LeaseLost()
+
+    async def _report(self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact], kind: str, data: Any, log: Any) -> None:
+        spec: F.Submit = state.submit.body
+        try:
+            data_json = F.canonical_json(data)
+        except Exception as exc:
+            kind, data_json = F.ERROR, F.canonical_json({"error": f"result is not JSON: {exc}"})
+        if len(data_json) > F.RESULT_BYTES_MAX:
+            kind, data_json = F.ERROR, F.canonical_json({"error": "result exceeds the size limit"})
+        result = F.sign(
+            self.identity, F.RESULT, F.Result(state.job_id, attempt, kind, data_json, tuple(grants), self.wall_ms())
+        )
+        self.counters["results_ok" if kind == F.OK else "results_error"] += 1
+        final = kind == F.OK or attempt >= spec.max_attempts
+        for _ in range(5):
+            outcome = await self.dht.store(state.job_id, [result], replicas=spec.replicas)
+            seals = {p.author_id for p in outcome.produced if p.kind == F.GRANT and p.body.action == F.SEAL and p.body.subject == result.fact_id}
+            if not final or len(seals) >= spec.quorum or outcome.stored_on >= spec.quorum:
+                break
+            await asyncio.sleep(0.2)
+        log.info("execution_finished", attempt=attempt, outcome=kind, final=final)
+        if not final:
+            # Retry later: the replicas grant the next attempt once the backoff has passed.
+            self.offer(state.job_id, spec.job_type, delay_s=self.rules.backoff_s(state.job_id, attempt) + 0.05)
+
+    def statistics(self) -> dict[str, int]:
+        return {**self.counters, "slots": self.slots, "busy": self.busy, "runnable": len(self._runnable)}
