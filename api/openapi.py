@@ -25,6 +25,7 @@ from api.service import STATUSES
 PROBLEM = "application/problem+json"
 JSON = "application/json"
 _REF = "#/components/"
+_STRING = {"type": "string"}
 
 _STATUS_TEXT = {
     400: "Malformed request: JSON syntax, path, query or header value.",
@@ -57,7 +58,11 @@ def _problem(status: int) -> dict:
 
 
 def _ok(description: str, schema_ref: str, **extra: Any) -> dict:
-    return {"description": description, "content": {JSON: {"schema": {"$ref": _REF + "schemas/" + schema_ref}}}, **extra}
+    return {"description": description, "content": _json_content(schema_ref), **extra}
+
+
+def _json_content(schema_ref: str) -> dict:
+    return {JSON: {"schema": {"$ref": _REF + "schemas/" + schema_ref}}}
 
 
 def _responses(ok: dict, statuses: tuple[int, ...]) -> dict:
@@ -169,7 +174,7 @@ def _paths(auth: bool) -> dict:
                 "summary": "Submit a job; answered once a write quorum of replicas stored it.",
                 **secured,
                 "parameters": [{"$ref": _REF + "parameters/IdempotencyKey"}],
-                "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": _REF + "schemas/SubmitRequest"}}}},
+                "requestBody": {"required": True, "content": _json_content("SubmitRequest")},
                 "responses": _responses(
                     {"202": _ok("Accepted.", "JobView", headers={"Location": {"$ref": _REF + "headers/Location"}})},
                     write_errors,
@@ -224,7 +229,7 @@ def _paths(auth: bool) -> dict:
                 "summary": "Cancel a job that is not terminal yet.",
                 **secured,
                 "parameters": [job_id],
-                "requestBody": {"required": False, "content": {JSON: {"schema": {"$ref": _REF + "schemas/CancelRequest"}}}},
+                "requestBody": {"required": False, "content": _json_content("CancelRequest")},
                 "responses": _responses({"200": _ok("The job, cancelled.", "JobView")}, (*write_errors, 404, 409)),
             }
         },
@@ -264,7 +269,7 @@ def _paths(auth: bool) -> dict:
                 "operationId": "openapiYaml",
                 "summary": "This document as YAML.",
                 "responses": _responses(
-                    {"200": {"description": "OpenAPI 3.1.", "content": {"application/yaml": {"schema": {"type": "string"}}}}},
+                    {"200": {"description": "OpenAPI 3.1.", "content": {"application/yaml": {"schema": _STRING}}}},
                     (429,),
                 ),
             }
@@ -294,7 +299,10 @@ def build_spec(*, auth: bool, job_types: frozenset[str] = frozenset()) -> dict:
         },
         "headers": {
             "Location": {"description": "/jobs/{id} of the new job.", "schema": {"type": "string"}},
-            "RetryAfter": {"description": "Seconds until a retry may succeed.", "schema": {"type": "integer", "minimum": 1}},
+            "RetryAfter": {
+                "description": "Seconds until a retry may succeed.",
+                "schema": {"type": "integer", "minimum": 1},
+            },
         },
         "responses": {f"Problem{s}": _problem(s) for s in _STATUS_TEXT},
     }

@@ -41,6 +41,7 @@ CANCEL_FIELDS = frozenset({"reason"})
 
 _JOB_ID = re.compile(r"[0-9a-f]{40}")
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # JSON's number syntax, unsigned
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
@@ -234,11 +235,8 @@ def parse_get_query(query: Mapping[str, str]) -> tuple[float, bool]:
     wait_s = 0.0
     text = _one(query, "wait")
     if text is not None:
-        try:
-            wait_s = float(text)
-        except ValueError:
-            wait_s = math.nan
-        if not 0.0 <= wait_s <= WAIT_S_MAX:  # also refuses nan
+        wait_s = float(text) if _DECIMAL.fullmatch(text) else math.nan
+        if not 0.0 <= wait_s <= WAIT_S_MAX:
             raise BadRequest(f"wait: must be a number of seconds in 0..{WAIT_S_MAX:g}")
     history = False
     text = _one(query, "history")
