@@ -6,7 +6,8 @@ outside the mesh can refuse an attempt lower than one it has already seen.
 
 Handlers marked ``cpu=True`` run in a process pool, off the event loop;
 coroutine handlers run on the loop (they must only wait, never compute);
-plain functions with ``cpu=False`` run in a thread.
+plain functions with ``cpu=False`` are declared cheap and run on the loop
+directly (``echo``, ``fail``): a pool round trip would cost more than they do.
 
 A third-party package adds handlers with an entry point::
 
