@@ -15,7 +15,7 @@ from typing import Any
 import prometheus_client
 import structlog
 from aiohttp import web
-from node.errors import Unauthorized
+from node.errors import BadRequest, Unauthorized
 
 from api import validation
 from api.errors import error_middleware
@@ -93,7 +93,14 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     status, limit, after = validation.parse_list_query(request.query)
-    views, cursor = request.app[SERVICE].list_jobs(status, limit, after)
+    try:
+        views, cursor = request.app[SERVICE].list_jobs(status, limit, after)
+    except ValueError:
+        # The cursor is opaque to us; a service that cannot decode one it never
+        # issued must not turn a client's typo into a 500.
+        if after is None:
+            raise
+        raise BadRequest("after: not a cursor issued by this node") from None
     return web.json_response({"jobs": [v.to_json() for v in views], "next": cursor})
 
 
@@ -139,14 +146,12 @@ def create_app(
 ) -> web.Application:
     """Build the node's REST application around ``service``.
 
-    ``api_token`` set: POST endpoints need it as a bearer token (reads stay
-    open). ``rate_limit_per_s`` set: each client IP gets a bucket of
+    ``api_token`` set (non-empty): POST endpoints need it as a bearer token
+    (reads stay open). ``rate_limit_per_s`` set: each client IP gets a bucket of
     ``rate_burst`` requests refilled at that rate.
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
-    if api_token is not None and not api_token:
-        raise ValueError("api_token is empty: pass None to disable auth")
     logger = logger if logger is not None else structlog.get_logger("workmesh.api")
     middlewares = [error_middleware(logger)]
     buckets = None
@@ -156,7 +161,7 @@ def create_app(
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app[SERVICE] = service
     app[_SPEC_CACHE] = {}
-    if api_token is not None:
+    if api_token:  # "" counts as unset, as the CLI reads an empty WORKMESH_API_TOKEN
         app[API_TOKEN] = api_token.encode("utf-8")
     if buckets is not None:
         app[RATE_LIMITER] = buckets

@@ -215,7 +215,7 @@ async def make_client():
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
-        client.spec = build_spec(auth=kwargs["api_token"] is not None, job_types=app_service(app).job_types)
+        client.spec = build_spec(auth=bool(kwargs["api_token"]), job_types=app_service(app).job_types)
         return client
 
     yield make
@@ -545,9 +545,22 @@ async def test_without_token_writes_are_open_and_the_doc_says_so(make_client):
     assert "401" not in client.spec["paths"]["/jobs"]["post"]["responses"]
 
 
-def test_empty_token_is_refused():
-    with pytest.raises(ValueError):
-        create_app(FakeService(), api_token="")
+async def test_empty_token_means_no_auth(make_client):
+    client = await make_client(api_token="")
+    resp, _ = await submit(client)
+    assert resp.status == 202
+
+
+async def test_a_cursor_the_service_cannot_decode_is_400(make_client):
+    service = FakeService()
+    client = await make_client(service)
+
+    def list_jobs(status, limit, after):
+        return [], None if after is None else bytes.fromhex(after)
+
+    service.list_jobs = list_jobs
+    resp, problem = await call(client, "GET", "/jobs?after=zz")
+    assert resp.status == 400 and problem["detail"].startswith("after:")
 
 
 async def test_rate_limit_answers_429_with_retry_after(make_client):
