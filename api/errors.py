@@ -90,6 +90,8 @@ def error_middleware(logger: Any) -> Callable[[web.Request, Handler], Awaitable[
         try:
             response = await handler(request)
         except WorkmeshError as exc:
+            if exc.status >= 500 and exc.status != 503:  # a node bug, not a client's or the mesh's state
+                logger.exception("api.unhandled_error", method=request.method, path=request.path)
             return _from_workmesh(exc)
         except web.HTTPException as exc:
             if exc.status < 400:

@@ -27,7 +27,7 @@ from api.app import METRICS_CONTENT_TYPE, create_app
 from api.openapi import REFERENCE_HEADER, build_spec, render_yaml
 from api.ratelimit import TokenBuckets
 from api.service import TERMINAL_STATUSES, JobService, JobView
-from node.errors import BadRequest, Conflict, JobNotFound, QuorumUnavailable
+from node.errors import BadRequest, Conflict, JobNotFound, QuorumUnavailable, WorkmeshError
 
 TOKEN = "s3cret-token"
 UNKNOWN_ID = "ab" * 20
@@ -513,6 +513,9 @@ async def test_unexpected_errors_are_500_logged_and_not_leaked(make_client):
     resp, problem = await call(client, "GET", "/status")
     assert resp.status == 500 and "secret" not in json.dumps(problem)
     assert logger.events and logger.events[0][0] == "api.unhandled_error"
+    service.raise_next = WorkmeshError("sqlite said no at /var/lib/x")
+    resp, problem = await call(client, "GET", "/status")
+    assert resp.status == 500 and "sqlite" not in json.dumps(problem) and len(logger.events) == 2
 
 
 # --------------------------------------------------------------------------
