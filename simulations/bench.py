@@ -1,0 +1,640 @@
+"""workmesh against Celery and Dramatiq on one machine: same jobs, one run, one table.
+
+    python simulations/bench.py [--jobs N] [--quick] [--json out.json]
+                                [--systems celery,dramatiq,workmesh3,workmesh5]
+
+Why it is built this way:
+* Every system runs as real subprocesses (Redis, Celery's prefork worker,
+  Dramatiq's worker, workmesh nodes), each started in its own session, so a
+  system's CPU and memory are sums over its sessions' processes, read from
+  /proc/PID/stat while they live. CPU includes reaped children
+  (cutime/cstime), so pool workers that exit are still counted. The bench's
+  own CPU is reported apart (client CPU, JSON only): it is the client's cost.
+* Each baseline gets a fresh Redis (``--save '' --appendonly no``) on a free
+  127.0.0.1 port, so one system's memory never shows in another's figures.
+* Drain throughput = N / (first enqueue .. last result); latency = sequential
+  submit-to-result times at low load; CPU per job = system CPU during the drain
+  / N; peak RSS = the largest sum of RSS over the system's processes, sampled
+  during that job kind's phases. Each figure is also a ratio to Celery's.
+* Every loop is bounded in count and time; every process the bench started is
+  killed at the end, on failure and on Ctrl-C.
+A system that cannot start (missing package or binary, CLI not built yet) is
+listed as skipped with the reason; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_baselines as bb  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+ALL_SYSTEMS = ("celery", "dramatiq", "workmesh3", "workmesh5")
+COLUMNS = ("system", "job", "drain/s", "drain xC", "p50 ms", "p50 xC", "p99 ms", "p99 xC",
+           "cpu ms/job", "cpu xC", "rss MiB", "rss xC", "note")
+# (figure, its column) pairs that get a ratio to Celery's.
+RATIO_OF = (("drain_jobs_per_s", "drain xC"), ("latency_p50_ms", "p50 xC"),
+            ("latency_p99_ms", "p99 xC"), ("cpu_ms_per_job", "cpu xC"), ("peak_rss_mib", "rss xC"))
+
+
+# --------------------------------------------------------------------------
+# Pure core: figures, ratios, the table.
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ranked = sorted(values)
+    rank = max(1, -(-len(ranked) * q // 100))  # ceil without floats drifting
+    return ranked[int(min(rank, len(ranked))) - 1]
+
+
+def split_slots(total: int, nodes: int) -> list[int]:
+    """Worker slots per node so the mesh has ``total`` in all (earlier nodes get the rest)."""
+    base, extra = divmod(total, nodes)
+    return [base + (1 if i < extra else 0) for i in range(nodes)]
+
+
+def mesh_size(system: str) -> int | None:
+    """3 for "workmesh3"; None for a system that is not a workmesh mesh."""
+    match = re.fullmatch(r"workmesh(\d+)", system)
+    return int(match.group(1)) if match else None
+
+
+@dataclass
+class Row:
+    """One system and job kind; figures are None when not measured."""
+
+    system: str
+    kind: str
+    drain_jobs_per_s: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    cpu_ms_per_job: float | None = None
+    peak_rss_mib: float | None = None
+    client_cpu_ms_per_job: float | None = None
+    jobs: int = 0
+    jobs_done: int = 0
+    jobs_wrong: int = 0
+    enqueue_s: float | None = None
+    drain_s: float | None = None
+    latency_samples: int = 0
+    latency_wrong: int = 0
+    note: str = ""
+
+
+def with_ratios(rows: list[Row]) -> list[dict[str, Any]]:
+    """Rows as dicts, each figure also as a ratio to Celery's for the same job kind."""
+    celery = {row.kind: row for row in rows if row.system == "celery"}
+    out = []
+    for row in rows:
+        record = asdict(row)
+        base = celery.get(row.kind)
+        record["ratios_to_celery"] = {
+            key: (round(value / ref, 3) if value is not None and ref else None)
+            for key, _ in RATIO_OF
+            for value, ref in [(getattr(row, key), getattr(base, key) if base else None)]
+        }
+        out.append(record)
+    return out
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+_DIGITS = {"drain_jobs_per_s": 0, "latency_p50_ms": 2, "latency_p99_ms": 2, "cpu_ms_per_job": 3, "peak_rss_mib": 1}
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """A fixed-width table with every column of COLUMNS, one line per record."""
+    body = []
+    for rec in records:
+        cells = [rec["system"], rec["kind"]]
+        for key, _ in RATIO_OF:
+            cells += [_fmt(rec[key], _DIGITS[key]), _fmt(rec["ratios_to_celery"][key], 2)]
+        body.append(cells + [rec["note"]])
+    widths = [max([len(col)] + [len(r[i]) for r in body]) for i, col in enumerate(COLUMNS)]
+    widths[-1] = len(COLUMNS[-1])
+    numeric = range(2, len(COLUMNS) - 1)
+    out = ["  ".join(col.rjust(w) if i in numeric else col.ljust(w)
+                     for i, (col, w) in enumerate(zip(COLUMNS, widths))),
+           "  ".join("-" * w for w in widths)]
+    for r in body:
+        out.append("  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
+                             for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# Process accounting from /proc (Linux).
+
+
+def parse_stat(text: str) -> tuple[int, int, int]:
+    """(session id, CPU ticks incl. reaped children, RSS pages) from /proc/PID/stat text."""
+    fields = text[text.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return int(fields[3]), ticks, int(fields[21])
+
+
+def session_usage(sessions: set[int]) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) summed over every live process of ``sessions``."""
+    ticks = pages = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                session, cpu, rss = parse_stat(fh.read())
+        except (OSError, ValueError, IndexError):
+            continue  # the process exited while we looked
+        if session in sessions:
+            ticks, pages = ticks + cpu, pages + rss
+    return ticks / CLK_TCK, pages * PAGE_BYTES
+
+
+class PeakRss:
+    """Samples the summed RSS of some sessions in a thread; ``stop()`` returns the peak."""
+
+    def __init__(self, sessions: set[int], interval_s: float = 0.25) -> None:
+        self._sessions, self._interval_s = sessions, interval_s
+        self._stop = threading.Event()
+        self.peak_bytes = session_usage(sessions)[1]
+        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.peak_bytes = max(self.peak_bytes, session_usage(self._sessions)[1])
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return max(self.peak_bytes, session_usage(self._sessions)[1])
+
+
+def client_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------------
+# Processes: every one started in its own session, all killed at the end.
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    @property
+    def session(self) -> int:
+        return self.popen.pid
+
+    def tail(self, lines: int = 6) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+
+class Launcher:
+    """Starts subprocesses (logs to files) and kills them, by process group, at the end."""
+
+    def __init__(self, logdir: Path) -> None:
+        self._logdir = logdir
+        self._procs: list[Proc] = []
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        log_path = self._logdir / f"{name}-{len(self._procs)}.log"
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=REPO, start_new_session=True)
+        proc = Proc(name, popen, log_path)
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, procs: list[Proc], grace_s: float = 5.0) -> None:
+        """SIGTERM each process group, wait up to ``grace_s``, then SIGKILL what is left."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in procs:
+                try:
+                    os.killpg(proc.popen.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            deadline = time.monotonic() + grace_s
+            for proc in procs:
+                try:
+                    proc.popen.wait(timeout=max(0.01, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        self._procs = [p for p in self._procs if p not in procs]
+
+    def stop_all(self) -> None:
+        self.stop(list(self._procs))
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 for both TCP and UDP (the p2p port may be either)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def start_redis(launcher: Launcher, workdir: Path, deadline_s: float = 10.0) -> tuple[Proc, str]:
+    """A fresh redis-server on a free 127.0.0.1 port; returns it and its base URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise bb.BaselineUnavailable("redis-server not found on PATH")
+    port = free_port()
+    proc = launcher.spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                    "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"])
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.popen.poll() is not None:
+            raise bb.BaselineUnavailable(f"redis-server exited: {proc.tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    raise bb.BaselineUnavailable("redis-server did not answer PING in time")
+
+
+# --------------------------------------------------------------------------
+# workmesh: N nodes as subprocesses, loaded over HTTP with aiohttp.
+
+WORKMESH_TYPES = {"noop": "echo", "sha256": "sha256"}
+TERMINAL = {"done", "failed", "cancelled"}
+PEER_KEYS = ("peers", "peer_count", "known_peers", "contacts", "routing_table_size")
+
+
+def peer_count(status: dict[str, Any]) -> int | None:
+    """The number of peers a /status document reports, if it reports one we recognise."""
+    for key in PEER_KEYS:
+        value = status.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            return value
+        if isinstance(value, list | dict):
+            return len(value)
+    return None
+
+
+def workmesh_command() -> list[str]:
+    """The ``workmesh`` entry point of this interpreter's environment, or its module."""
+    script = Path(sys.executable).with_name("workmesh")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from node.cli import main; sys.exit(main())"]
+
+
+def _get_json(url: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - 127.0.0.1 only
+            return json.loads(resp.read() or b"{}") if resp.status == 200 else None
+    except (OSError, ValueError):
+        return None
+
+
+class WorkmeshDriver:
+    """A mesh of ``nodes`` workmesh nodes on 127.0.0.1 with ``slots`` worker slots in all."""
+
+    requires = ("aiohttp",)
+
+    def __init__(self, nodes: int, launcher: Launcher, workdir: Path, slots: int, in_flight: int = 64) -> None:
+        self._nodes, self._launcher, self._workdir = nodes, launcher, workdir
+        self.slots = split_slots(slots, nodes)
+        self._in_flight = in_flight
+        self._urls: list[str] = []
+
+    def _wait_ready(self, proc: Proc, url: str, deadline_s: float) -> None:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if proc.popen.poll() is not None:
+                raise bb.BaselineUnavailable(
+                    f"workmesh {proc.name} exited with code {proc.popen.returncode}: {proc.tail(3)}")
+            if _get_json(f"{url}/healthz", timeout_s=1.0) is not None:
+                return
+            time.sleep(0.1)
+        raise bb.BaselineUnavailable(f"workmesh {proc.name}: /healthz not ready in {deadline_s:.0f} s")
+
+    def start(self) -> list[Proc]:
+        if missing := bb.missing_modules(*self.requires):
+            raise bb.BaselineUnavailable(f"python package(s) missing: {', '.join(missing)}")
+        command, procs, bootstrap = workmesh_command(), [], []
+        for i, workers in enumerate(self.slots):
+            p2p, api = free_port(), free_port()
+            data_dir = self._workdir / f"node{i}"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            argv = command + ["start", "--host", "127.0.0.1", "--p2p-port", str(p2p), "--api-port", str(api),
+                              "--data-dir", str(data_dir), "--workers", str(workers)] + bootstrap
+            procs.append(self._launcher.spawn(f"node{i}", argv, dict(os.environ)))
+            self._urls.append(f"http://127.0.0.1:{api}")
+            if i == 0:  # the others bootstrap from node 0, so it must be up first
+                self._wait_ready(procs[0], self._urls[0], 30.0)
+                bootstrap = ["--bootstrap", f"127.0.0.1:{p2p}"]
+        for proc, url in zip(procs, self._urls):
+            self._wait_ready(proc, url, 30.0)
+        self._wait_peers(deadline_s=30.0)
+        return procs
+
+    def _wait_peers(self, deadline_s: float) -> None:
+        """Wait until every node reports n-1 peers, when /status says how many it has."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            counts = [peer_count(_get_json(f"{url}/status") or {}) for url in self._urls]
+            if any(c is None for c in counts) or min(counts) >= self._nodes - 1:
+                return
+            time.sleep(0.2)
+
+    def info(self) -> dict[str, Any]:
+        return {"workers_per_node": self.slots, "status": [_get_json(f"{url}/status") for url in self._urls]}
+
+    # -- load, in asyncio -------------------------------------------------
+
+    async def _submit(self, http: Any, url: str, kind: str, index: int) -> str | None:
+        body = {"type": WORKMESH_TYPES[kind], "payload": bb.job_payload(kind, index)}
+        async with http.post(f"{url}/jobs", json=body) as resp:
+            return (await resp.json()).get("id") if resp.status == 202 else None
+
+    async def _result(self, http: Any, url: str, job_id: str, end: float) -> dict[str, Any] | None:
+        """Long-poll ``GET /jobs/{id}?wait=`` until the job is terminal or ``end`` passes."""
+        while (remaining := end - time.monotonic()) > 0:
+            wait_s = max(1, min(10, int(remaining)))
+            asked = time.monotonic()
+            async with http.get(f"{url}/jobs/{job_id}", params={"wait": str(wait_s)}) as resp:
+                doc = await resp.json() if resp.status == 200 else {}
+            if doc.get("status") in TERMINAL:
+                return doc
+            if time.monotonic() - asked < 0.05:  # the server did not hold the request: do not spin
+                await asyncio.sleep(0.02)
+        return None
+
+    def _session(self) -> Any:
+        import aiohttp
+
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._in_flight),
+                                     timeout=aiohttp.ClientTimeout(total=30))
+
+    async def _drain(self, kind: str, count: int, deadline_s: float) -> bb.DrainOutcome:
+        import aiohttp
+
+        async with self._session() as http:
+            started = time.monotonic()
+            end = started + deadline_s
+            ids: list[tuple[str, str] | None] = [None] * count
+            ok = [False] * count
+            todo = iter(range(count))
+
+            async def submitter() -> None:
+                for i in todo:
+                    if time.monotonic() >= end:
+                        return
+                    url = self._urls[i % len(self._urls)]
+                    try:
+                        job_id = await self._submit(http, url, kind, i)
+                    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                        job_id = None
+                    ids[i] = (url, job_id) if job_id else None
+
+            async def collector() -> None:
+                for i in todo:
+                    if ids[i] is None or time.monotonic() >= end:
+                        continue
+                    try:
+                        doc = await self._result(http, *ids[i], end)
+                    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                        doc = None
+                    ok[i] = bool(doc) and doc.get("status") == "done" and bb.result_ok(
+                        kind, bb.job_payload(kind, i), doc.get("result"))
+
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self._in_flight):
+                    group.create_task(submitter())
+            enqueue_s = time.monotonic() - started
+            todo = iter(range(count))
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self._in_flight):
+                    group.create_task(collector())
+        done = sum(ok)
+        lost_or_wrong = sum(1 for i in range(count) if ids[i] is not None and not ok[i])
+        return bb.DrainOutcome(done, lost_or_wrong, enqueue_s)
+
+    async def _latency(self, kind: str, samples: int, deadline_s: float) -> bb.LatencyOutcome:
+        import aiohttp
+
+        async with self._session() as http:
+            end = time.monotonic() + deadline_s
+            times: list[float] = []
+            for i in range(samples):
+                if time.monotonic() >= end:
+                    break
+                t0 = time.perf_counter()
+                url = self._urls[i % len(self._urls)]
+                try:
+                    job_id = await self._submit(http, url, kind, i)
+                    doc = await self._result(http, url, job_id, end) if job_id else None
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                    doc = None
+                if not (doc and doc.get("status") == "done"
+                        and bb.result_ok(kind, bb.job_payload(kind, i), doc.get("result"))):
+                    return bb.LatencyOutcome(times, 1)
+                times.append(time.perf_counter() - t0)
+            return bb.LatencyOutcome(times, 0)
+
+    def drain(self, kind: str, count: int, deadline_s: float) -> bb.DrainOutcome:
+        return asyncio.run(self._drain(kind, count, deadline_s))
+
+    def latency(self, kind: str, samples: int, deadline_s: float) -> bb.LatencyOutcome:
+        return asyncio.run(self._latency(kind, samples, deadline_s))
+
+    def close(self) -> None:
+        """Nothing to close: each load phase owns its HTTP session."""
+
+
+# --------------------------------------------------------------------------
+# Orchestration.
+
+
+@dataclass
+class Settings:
+    jobs: int
+    latency_samples: int
+    drain_timeout_s: float
+    latency_timeout_s: float
+    slots: int
+
+
+def _warm_up(driver: Any, procs: list[Proc]) -> None:
+    """Three jobs of each kind must come back before anything is measured."""
+    for kind in bb.JOB_KINDS:
+        if len(driver.latency(kind, 3, 60.0).samples_s) < 3:
+            logs = "; ".join(f"{p.name}: {p.tail(2)}" for p in procs if p.tail(2))
+            raise bb.BaselineUnavailable(f"warm-up {kind} jobs did not come back ({logs or 'no log output'})")
+
+
+def _measure(driver: Any, row: Row, sessions: set[int], cfg: Settings) -> None:
+    peak = PeakRss(sessions)
+    try:
+        lat = driver.latency(row.kind, cfg.latency_samples, cfg.latency_timeout_s)
+        cpu0, client0, t0 = session_usage(sessions)[0], client_cpu_s(), time.monotonic()
+        out = driver.drain(row.kind, cfg.jobs, cfg.drain_timeout_s)
+        row.drain_s = time.monotonic() - t0
+        cpu_s, client_s = session_usage(sessions)[0] - cpu0, client_cpu_s() - client0
+    finally:
+        row.peak_rss_mib = peak.stop() / 2**20
+    row.jobs_done, row.jobs_wrong, row.enqueue_s = out.done, out.wrong, out.enqueue_s
+    row.drain_jobs_per_s = out.done / row.drain_s if out.done else None
+    row.cpu_ms_per_job = 1000 * cpu_s / out.done if out.done else None
+    row.client_cpu_ms_per_job = 1000 * client_s / out.done if out.done else None
+    row.latency_samples, row.latency_wrong = len(lat.samples_s), lat.wrong
+    row.latency_p50_ms = (p := percentile(lat.samples_s, 50)) and 1000 * p
+    row.latency_p99_ms = (p := percentile(lat.samples_s, 99)) and 1000 * p
+    notes = []
+    if out.done < cfg.jobs:
+        notes.append(f"drain incomplete: {out.done}/{cfg.jobs} in {row.drain_s:.0f} s")
+    if out.wrong:
+        notes.append(f"{out.wrong} wrong/lost")
+    if lat.wrong or len(lat.samples_s) < cfg.latency_samples:
+        notes.append(f"latency {len(lat.samples_s)}/{cfg.latency_samples} samples")
+    row.note = "; ".join(notes)
+
+
+def run_system(system: str, cfg: Settings, launcher: Launcher, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
+    """Start ``system``, warm it up, measure both job kinds, stop everything it started."""
+    rows = [Row(system, kind, jobs=cfg.jobs) for kind in bb.JOB_KINDS]
+    driver: Any = None
+    info: dict[str, Any] = {}
+    try:
+        procs: list[Proc] = []
+        if system in ("celery", "dramatiq"):
+            if missing := bb.missing_modules(system, "redis"):
+                raise bb.BaselineUnavailable(f"python package(s) missing: {', '.join(missing)}")
+            redis, url = start_redis(launcher, workdir)
+            procs.append(redis)
+            driver = (bb.CeleryDriver if system == "celery" else bb.DramatiqDriver)(url, launcher.spawn)
+        elif nodes := mesh_size(system):
+            driver = WorkmeshDriver(nodes, launcher, workdir / system, cfg.slots)
+        else:
+            raise bb.BaselineUnavailable(f"unknown system (choose from {', '.join(ALL_SYSTEMS)})")
+        procs += driver.start()
+        sessions = {p.session for p in procs}
+        info["sessions"] = sorted(sessions)
+        _warm_up(driver, procs)
+        for row in rows:
+            print(f"   {system} {row.kind}: latency x{cfg.latency_samples}, drain x{cfg.jobs}",
+                  file=sys.stderr, flush=True)
+            _measure(driver, row, sessions, cfg)
+        info.update(driver.info() if hasattr(driver, "info") else {})
+    except bb.BaselineUnavailable as exc:
+        for row in rows:
+            if row.drain_jobs_per_s is None:
+                row.note = f"skipped: {exc}"
+        print(f"   {system} skipped: {exc}", file=sys.stderr, flush=True)
+    finally:
+        if driver is not None:
+            driver.close()
+        launcher.stop_all()
+    return rows, info
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=None, help="jobs per drain (default 10000; 200 with --quick)")
+    parser.add_argument("--latency-samples", type=int, default=None,
+                        help="sequential jobs for latency (default 200; 20 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smoke size, as CI runs it")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--systems", default=",".join(ALL_SYSTEMS), help="comma-separated list")
+    parser.add_argument("--drain-timeout-s", type=float, default=None, help="bound on one drain (default 300)")
+    parser.add_argument("--slots-per-core", type=int, default=2, help="workmesh worker slots per core")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep logs and node data dirs")
+    args = parser.parse_args(argv)
+    args.jobs = args.jobs or (200 if args.quick else 10_000)
+    args.latency_samples = args.latency_samples or (20 if args.quick else 200)
+    args.drain_timeout_s = args.drain_timeout_s or (60.0 if args.quick else 300.0)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if args.jobs <= 0 or args.latency_samples <= 0:
+        parser.error("--jobs and --latency-samples must be positive")
+    return args
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cores = os.cpu_count() or 1
+    cfg = Settings(args.jobs, args.latency_samples, args.drain_timeout_s,
+                   latency_timeout_s=max(30.0, 2.0 * args.latency_samples), slots=args.slots_per_core * cores)
+    signal.signal(signal.SIGTERM, _interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="workmesh-bench-"))
+    launcher = Launcher(workdir)
+    rows: list[Row] = []
+    infos: dict[str, Any] = {}
+    interrupted = False
+    try:
+        for system in args.systems:
+            print(f"== {system}", file=sys.stderr, flush=True)
+            system_rows, infos[system] = run_system(system, cfg, launcher, workdir)
+            rows += system_rows
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: stopping every process the bench started", file=sys.stderr)
+    finally:
+        launcher.stop_all()
+        if args.keep_workdir:
+            print(f"logs and data kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    records = with_ratios(rows)
+    print(f"jobs per drain: {cfg.jobs}; latency samples: {cfg.latency_samples}; cores: {cores}; "
+          f"xC = ratio to celery")
+    print(format_table(records))
+    if args.json:
+        doc = {"settings": asdict(cfg), "interrupted": interrupted, "info": infos, "rows": records,
+               "machine": {"cores": cores, "python": platform.python_version(), "platform": platform.platform()}}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The benchmark a user runs to compare workmesh with Celery and Dramatiq.
+
+The smoke test runs ``simulations/bench.py --quick`` for real (Redis, Celery
+and Dramatiq workers, and a workmesh mesh when its CLI exists) and checks that
+it completes, prints every column, measures every system that could start and
+leaves no process behind. It skips when the bench extra is not installed in
+this interpreter, so the main suite does not depend on it. The small tests
+above it pin the figures' arithmetic, which needs nothing installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "simulations" / "bench.py"
+COLUMNS = ("system", "job", "drain/s", "drain xC", "p50 ms", "p50 xC", "p99 ms", "p99 xC",
+           "cpu ms/job", "cpu xC", "rss MiB", "rss xC", "note")
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_percentile_is_nearest_rank():
+    bench = _load_bench()
+    values = [float(v) for v in range(1, 201)]
+    assert bench.percentile(values, 50) == 100.0
+    assert bench.percentile(values, 99) == 198.0
+    assert bench.percentile([7.0], 99) == 7.0
+    assert bench.percentile([], 50) is None
+
+
+def test_mesh_slots_add_up_to_two_per_core():
+    bench = _load_bench()
+    assert bench.split_slots(4, 3) == [2, 1, 1]
+    assert bench.split_slots(4, 5) == [1, 1, 1, 1, 0]
+    assert bench.mesh_size("workmesh5") == 5 and bench.mesh_size("celery") is None
+
+
+def test_cpu_and_rss_are_read_past_a_process_name_with_parens():
+    bench = _load_bench()
+    stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 10 0 0 0 7 3 5 1 20 0 1 0 100 1000 256 rest"
+    assert bench.parse_stat(stat) == (42, 7 + 3 + 5 + 1, 256)
+
+
+def test_table_shows_every_column_and_ratios_to_celery():
+    bench = _load_bench()
+    rows = [bench.Row("celery", "noop", drain_jobs_per_s=400.0, latency_p50_ms=2.0, latency_p99_ms=4.0,
+                      cpu_ms_per_job=3.0, peak_rss_mib=100.0),
+            bench.Row("workmesh3", "noop", drain_jobs_per_s=800.0, latency_p50_ms=1.0, latency_p99_ms=2.0,
+                      cpu_ms_per_job=6.0, peak_rss_mib=50.0),
+            bench.Row("dramatiq", "noop", note="skipped: dramatiq missing")]
+    records = bench.with_ratios(rows)
+    assert records[1]["ratios_to_celery"] == {"drain_jobs_per_s": 2.0, "latency_p50_ms": 0.5,
+                                              "latency_p99_ms": 0.5, "cpu_ms_per_job": 2.0, "peak_rss_mib": 0.5}
+    table = bench.format_table(records).splitlines()
+    assert all(col in table[0] for col in COLUMNS)
+    assert "skipped: dramatiq missing" in table[-1]
+
+
+def _bench_extra_missing() -> list[str]:
+    missing = [m for m in ("celery", "dramatiq", "redis", "aiohttp") if importlib.util.find_spec(m) is None]
+    if shutil.which("redis-server") is None:
+        missing.append("redis-server binary")
+    return missing
+
+
+def _live_sessions(sessions: set[int]) -> list[int]:
+    live = []
+    for entry in os.scandir("/proc"):
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[3]) in sessions:
+            live.append(int(entry.name))
+    return live
+
+
+@pytest.mark.slow
+def test_quick_bench_measures_every_system_that_can_start(tmp_path):
+    if missing := _bench_extra_missing():
+        pytest.skip(f"bench extra not installed in this interpreter: {', '.join(missing)}")
+    systems = ["celery", "dramatiq"]
+    if importlib.util.find_spec("node.cli") is not None:
+        systems.append("workmesh3")
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--systems", ",".join(systems),
+                           "--json", str(out_json)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("system"))
+    assert all(col in header for col in COLUMNS), header
+    doc = json.loads(out_json.read_text())
+    assert {(r["system"], r["kind"]) for r in doc["rows"]} == {(s, k) for s in systems for k in ("noop", "sha256")}
+    for row in doc["rows"]:
+        assert any(line.startswith(row["system"]) and row["kind"] in line for line in lines)
+        if row["system"] in ("celery", "dramatiq"):  # installed, so they must have run in full
+            assert row["jobs_done"] == 200 and row["jobs_wrong"] == 0, row
+            assert row["drain_jobs_per_s"] > 0 and row["cpu_ms_per_job"] > 0 and row["peak_rss_mib"] > 0
+            assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"]
+        else:  # workmesh: measured, or skipped with the reason
+            assert row["drain_jobs_per_s"] or row["note"].startswith("skipped:"), row
+    assert all(r["ratios_to_celery"]["drain_jobs_per_s"] == 1.0 for r in doc["rows"] if r["system"] == "celery")
+
+    started = {pid for info in doc["info"].values() for pid in info.get("sessions", [])}
+    assert started and not _live_sessions(started), "the bench left processes running"
