@@ -82,7 +82,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
         self.counters["datagrams_in"] += 1
         self.counters["bytes_in"] += len(data)
         try:
-            env = open_envelope(data, datagram_bytes_max=self.config.datagram_bytes_max)
+            env = open_envelope(data, datagram_bytes_max=self.config.datagram_bytes_max, identity=self.identity)
         except EnvelopeError as exc:
             self.dropped[exc.reason] += 1
             return
@@ -131,10 +131,11 @@ class RPCProtocol(asyncio.DatagramProtocol):
         reply_args = await self._on_request(env, addr)
         if reply_args is None:
             return
-        data = seal(self.identity, REPLY, env.msg_id, self.clock.wall_ms(), env.sender_id, env.method, reply_args)
+        key = env.sender_key
+        data = seal(self.identity, REPLY, env.msg_id, self.clock.wall_ms(), env.sender_id, env.method, reply_args, key)
         if len(data) > self.config.datagram_bytes_max:
             self.counters["reply_too_large"] += 1
-            data = seal(self.identity, REPLY, env.msg_id, self.clock.wall_ms(), env.sender_id, "error", ["reply_too_large"])
+            data = seal(self.identity, REPLY, env.msg_id, self.clock.wall_ms(), env.sender_id, "error", ["reply_too_large"], key)
         self._send(data, addr)
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
@@ -171,14 +172,19 @@ class RPCProtocol(asyncio.DatagramProtocol):
         args: list,
         *,
         expect_id: bytes | None,
+        peer_key: bytes | None = None,
         timeout_s: float | None = None,
     ) -> Envelope | None:
-        """Send a request; the verified reply envelope, or ``None`` on timeout."""
+        """Send a request; the verified reply envelope, or ``None`` on timeout.
+
+        With ``peer_key`` (the recipient's public key) the envelope carries a
+        pair MAC; without it (a first ping by address), a signature.
+        """
         if len(self._outstanding) >= self.config.outstanding_max:
             self.counters["outstanding_full"] += 1
             return None
         msg_id = self._new_msg_id()
-        data = seal(self.identity, REQUEST, msg_id, self.clock.wall_ms(), expect_id or b"", method, args)
+        data = seal(self.identity, REQUEST, msg_id, self.clock.wall_ms(), expect_id or b"", method, args, peer_key)
         if len(data) > self.config.datagram_bytes_max:
             raise ValueError(f"request of {len(data)} bytes exceeds the datagram bound")
         future = asyncio.get_running_loop().create_future()

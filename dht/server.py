@@ -148,6 +148,7 @@ class DHTServer:
             "sync": self._rpc_sync,
         }
         self._verifying: set[bytes] = set()
+        self._met: OrderedDict[bytes, float] = OrderedDict()
         self._handoff: OrderedDict[tuple[bytes, bytes], Contact] = OrderedDict()
         self._handoff_wakeup = asyncio.Event()
         self._replica_cache: OrderedDict[bytes, tuple[float, list[Contact]]] = OrderedDict()
@@ -223,8 +224,19 @@ class DHTServer:
         """``contact`` answered a request we sent to its address: it holds its key there."""
         is_new = self.router.get(contact.id) is None
         self.router.add_contact(contact)
-        if is_new and self.router.get(contact.id) is not None:
+        if is_new and self.router.get(contact.id) is not None and self._newly_met(contact.id):
             self._queue_handoff(contact)
+
+    def _newly_met(self, node_id: bytes) -> bool:
+        """True unless we met this peer within a republish interval (an evicted,
+        re-added peer already holds what we would hand it; republish covers the rest)."""
+        now = self.clock.monotonic()
+        last = self._met.get(node_id)
+        self._met[node_id] = now
+        self._met.move_to_end(node_id)
+        while len(self._met) > 10_000:
+            self._met.popitem(last=False)
+        return last is None or now - last > self.config.republish_interval_s
 
     def _check_head(self, head: Contact) -> None:
         self.protocol.spawn(self._ping_contact(head), "ping_head")
@@ -242,7 +254,9 @@ class DHTServer:
 
     async def call(self, contact: Contact, method: str, args: list, timeout_s: float | None = None) -> list | None:
         """Request/reply with a known contact; routing-table bookkeeping included."""
-        env = await self.protocol.request(contact.addr, method, args, expect_id=contact.id, timeout_s=timeout_s)
+        env = await self.protocol.request(
+            contact.addr, method, args, expect_id=contact.id, peer_key=contact.public_key, timeout_s=timeout_s
+        )
         if env is None:
             if self.router.record_failure(contact):
                 self._replica_cache.clear()  # an evicted contact may sit in cached replica sets
@@ -386,17 +400,29 @@ class DHTServer:
         cached = self._replica_cache.get(key)
         if cached is not None and not fresh and now - cached[0] < self.replica_cache_ttl_s:
             return cached[1][:count]
-        seeds = self.router.find_neighbors(target_node(key), k=self.config.k)
-        found = (await self._lookup(key, seeds)).contacts if seeds else []
         target = target_node(key)
+        seeds = self.router.find_neighbors(target, k=self.config.k)
+        if self.router_is_complete():
+            # No bucket ever overflowed: the table holds the whole mesh we can
+            # reach (at most k other nodes), so the closest are known locally.
+            return sorted([*seeds, self.node], key=target.distance_to)[:count]
+        found = (await self._lookup(key, seeds)).contacts if seeds else []
         everyone = {c.id: c for c in found}
         everyone[self.node.id] = self.node
+        if len(everyone) < self.config.replicas + 1:
+            # A lookup cut short by lost replies: fall back on contacts we know.
+            for c in seeds:
+                everyone.setdefault(c.id, c)
         closest = sorted(everyone.values(), key=target.distance_to)[: self.config.replicas]
         self._replica_cache[key] = (now, closest)
         self._replica_cache.move_to_end(key)
         while len(self._replica_cache) > 4096:
             self._replica_cache.popitem(last=False)
         return closest[:count]
+
+    def router_is_complete(self) -> bool:
+        """True while no bucket is full or keeps replacements (a mesh of at most k+1 nodes)."""
+        return all(len(b) < self.config.k and not b.replacement_nodes for b in self.router.buckets)
 
     def is_replica_locally(self, key: bytes) -> bool:
         """From our routing table alone: are we among the r closest to ``key``?"""

@@ -85,7 +85,8 @@ class Gossip:
             self.counters["duplicates"] += 1
             return [False]
         self._on_announce(job_id, job_type)
-        if ttl > 1:
+        if ttl > 1 and len(self.dht.router) > self.fanout:
+            # In a mesh no larger than the fan-out the sender reached everyone.
             self.counters["forwarded"] += 1
             self._send(job_id, job_type, min(ttl - 1, self.ttl), nonce, exclude=env.sender_id)
         return [True]

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import os
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,21 @@ from node.replica import JobReplica
 from node.worker import RunCpu, WorkerPool
 
 REANNOUNCE_BATCH = 256
+UDP_BUFFER_BYTES = 4 * 2**20
 
 
 def bind_udp(host: str, port: int, advertise_host: str | None = None) -> Callable[[Any], Awaitable[tuple[str, int]]]:
     async def bind(protocol: Any) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: protocol, local_addr=(host, port))
+        sock = transport.get_extra_info("socket")
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            # Bursts of replies arrive while the loop is busy verifying; the
+            # default ~200 KiB buffer overflows and silently drops them.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER_BYTES)
+            except OSError:
+                pass
         bound = transport.get_extra_info("sockname")
         return (advertise_host or bound[0], bound[1])
 
