@@ -1,0 +1,255 @@
+"""The signed RPC envelope: sealing, opening, replay detection, third-party contacts.
+
+``open_envelope`` runs on every datagram from anyone, so besides the round
+trips the properties that matter are: it raises nothing but
+:class:`EnvelopeError`, and no change to a sealed envelope survives it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto import domains
+from crypto.canonical import canonical_pack
+from crypto.identity import Identity, node_id_of
+from dht.envelope import (
+    MSG_ID_BYTES,
+    REPLY,
+    REQUEST,
+    Envelope,
+    EnvelopeError,
+    ReplayGuard,
+    check_contact,
+    open_envelope,
+    seal,
+)
+
+ALICE = Identity.from_seed(b"\xa1" * 32)
+BOB = Identity.from_seed(b"\xb0" * 32)
+CAROL = Identity.from_seed(b"\xc0" * 32)
+MAX = 60_000
+NOW = 1_700_000_000_000
+MID = b"\x07" * MSG_ID_BYTES
+
+
+def signed(args=(1, b"x", "y", None, True, [2, [3]]), method="find_node", kind=REQUEST, target=b"") -> bytes:
+    return seal(ALICE, kind, MID, NOW, target, method, list(args))
+
+
+def maced(args=(1, b"x"), method="store", kind=REQUEST) -> bytes:
+    return seal(ALICE, kind, MID, NOW, BOB.node_id, method, list(args), BOB.public_key)
+
+
+def reason(data: bytes, identity: Identity | None = BOB, max_len: int = MAX) -> str:
+    with pytest.raises(EnvelopeError) as caught:
+        open_envelope(data, datagram_bytes_max=max_len, identity=identity)
+    return caught.value.reason
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("target", [b"", BOB.node_id])
+def test_a_signed_envelope_opens_to_what_was_sealed(target):
+    env = open_envelope(signed(target=target), datagram_bytes_max=MAX)
+    assert env == Envelope(REQUEST, MID, ALICE.public_key, ALICE.node_id, NOW, target, "find_node",
+                           [1, b"x", "y", None, True, [2, [3]]])
+
+
+def test_a_maced_envelope_opens_only_for_its_recipient():
+    data = maced(kind=REPLY)
+    env = open_envelope(data, datagram_bytes_max=MAX, identity=BOB)
+    assert (env.kind, env.sender_id, env.target_id, env.args) == (REPLY, ALICE.node_id, BOB.node_id, [1, b"x"])
+    assert len(data) < len(signed(args=(1, b"x"), method="store"))  # 16-byte MAC instead of a 64-byte signature
+    assert reason(data, identity=CAROL) == "misdirected"
+    assert reason(data, identity=None) == "misdirected"
+
+
+def test_a_mac_made_for_another_pair_does_not_open():
+    fields = [1, REQUEST, MID, ALICE.public_key, NOW, BOB.node_id, "ping", []]
+    tag = CAROL.mac(BOB.public_key, domains.RPC, fields)  # Carol's pair key with Bob, claiming to be Alice
+    assert reason(canonical_pack([*fields, tag])) == "bad_signature"
+
+
+def test_the_sender_id_comes_from_the_key_never_from_an_argument():
+    fields = [1, REQUEST, MID, BOB.public_key, NOW, b"", "ping", [ALICE.node_id]]
+    forged = canonical_pack([*fields, ALICE.sign(domains.RPC, fields)])  # Alice signs, claims Bob's key
+    assert reason(forged) == "bad_signature"
+
+
+def test_a_signature_from_another_domain_is_refused():
+    fields = [1, REQUEST, MID, ALICE.public_key, NOW, b"", "ping", []]
+    assert reason(canonical_pack([*fields, ALICE.sign(domains.SUBMIT, fields)])) == "bad_signature"
+
+
+def test_bounds_and_versions():
+    assert reason(signed(), max_len=len(signed()) - 1) == "oversized"
+    fields = [2, REQUEST, MID, ALICE.public_key, NOW, b"", "ping", []]
+    assert reason(canonical_pack([*fields, ALICE.sign(domains.RPC, fields)])) == "bad_version"
+    assert reason(seal(ALICE, REQUEST, MID, NOW, b"", "m" * 33, [])) == "malformed"
+    assert reason(seal(ALICE, 7, MID, NOW, b"", "ping", [])) == "malformed"
+    assert reason(seal(ALICE, REQUEST, MID[:-1], NOW, b"", "ping", [])) == "malformed"
+    assert reason(seal(ALICE, REQUEST, MID, -1, b"", "ping", [])) == "malformed"
+    assert reason(seal(ALICE, REQUEST, MID, NOW, b"\x01" * 19, "ping", [])) == "malformed"
+    assert reason(canonical_pack([1, REQUEST, MID, ALICE.public_key, NOW, b"", "ping", []])) == "malformed"
+    assert reason(b"") == "malformed"
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=400))
+def test_random_bytes_raise_only_envelope_error(data):
+    try:
+        open_envelope(data, datagram_bytes_max=MAX, identity=BOB)
+    except EnvelopeError:
+        pass
+
+
+canonical_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=40) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=10),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(canonical_values, min_size=0, max_size=11))
+def test_any_canonical_array_raises_only_envelope_error(outer):
+    try:
+        open_envelope(canonical_pack(outer), datagram_bytes_max=MAX, identity=BOB)
+    except EnvelopeError:
+        pass
+
+
+sealed = st.sampled_from([signed(), maced(), signed(target=BOB.node_id), maced(kind=REPLY)])
+
+
+@settings(max_examples=1000)
+@given(sealed, st.data())
+def test_no_single_byte_change_survives(data, draw):
+    index = draw.draw(st.integers(0, len(data) - 1))
+    delta = draw.draw(st.integers(1, 255))
+    changed = data[:index] + bytes([data[index] ^ delta]) + data[index + 1:]
+    with pytest.raises(EnvelopeError):
+        open_envelope(changed, datagram_bytes_max=MAX, identity=BOB)
+
+
+@given(sealed, st.data())
+def test_no_truncation_or_extension_survives(data, draw):
+    cut = draw.draw(st.integers(0, len(data) - 1))
+    with pytest.raises(EnvelopeError):
+        open_envelope(data[:cut], datagram_bytes_max=MAX, identity=BOB)
+    with pytest.raises(EnvelopeError):
+        open_envelope(data + draw.draw(st.binary(min_size=1, max_size=8)), datagram_bytes_max=MAX, identity=BOB)
+
+
+# --------------------------------------------------------------------------- replay guard
+
+
+def env(sender: Identity = ALICE, msg_id: bytes = MID, ts_ms: int = NOW) -> Envelope:
+    return Envelope(REQUEST, msg_id, sender.public_key, sender.node_id, ts_ms, b"", "ping", [])
+
+
+def test_replay_guard_drops_repeats_per_sender():
+    guard = ReplayGuard(window_s=60, size_max=100)
+    assert guard.check(env(), NOW) is None
+    assert guard.check(env(), NOW + 1) == "replayed"
+    assert guard.check(env(sender=BOB), NOW + 1) is None  # same id, other sender
+    assert guard.check(env(msg_id=b"\x08" * 16), NOW + 1) is None
+
+
+def test_replay_guard_drops_envelopes_outside_the_window_both_ways():
+    guard = ReplayGuard(window_s=60, size_max=100)
+    assert guard.check(env(ts_ms=NOW - 60_001), NOW) == "stale"
+    assert guard.check(env(ts_ms=NOW + 60_001), NOW) == "stale"
+    assert guard.check(env(ts_ms=NOW - 60_000, msg_id=b"\x01" * 16), NOW) is None
+    assert guard.check(env(ts_ms=NOW + 60_000, msg_id=b"\x02" * 16), NOW) is None
+
+
+def test_a_stale_envelope_is_not_remembered():
+    guard = ReplayGuard(window_s=60, size_max=100)
+    assert guard.check(env(ts_ms=NOW - 120_000), NOW) == "stale"
+    assert guard.check(env(ts_ms=NOW), NOW) is None
+
+
+def test_replay_guard_memory_is_bounded_oldest_first():
+    guard = ReplayGuard(window_s=60, size_max=3)
+    ids = [bytes([i]) * 16 for i in range(4)]
+    for i, mid in enumerate(ids):
+        assert guard.check(env(msg_id=mid), NOW + i) is None
+    # The oldest fell out of the bounded memory; the newest three are still known.
+    assert guard.check(env(msg_id=ids[0]), NOW + 10) is None
+    for mid in ids[2:]:
+        assert guard.check(env(msg_id=mid), NOW + 10) == "replayed"
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5), st.integers(0, 120_000)), max_size=80))
+def test_replay_guard_matches_a_model_while_memory_suffices(events):
+    """With room for every id, an envelope is accepted iff it is fresh and unseen in the window."""
+    guard = ReplayGuard(window_s=60, size_max=1000)
+    senders = (ALICE, BOB, CAROL)
+    seen: dict[tuple[bytes, bytes], int] = {}
+    now = NOW
+    for sender, mid, age in events:
+        now += 1000
+        e = env(sender=senders[sender], msg_id=bytes([mid]) * 16, ts_ms=now - age)
+        key = (e.sender_id, e.msg_id)
+        got = guard.check(e, now)
+        if age > 60_000:
+            assert got == "stale"
+        elif key in seen and now - seen[key] <= 60_000:
+            assert got == "replayed"
+        elif key in seen:
+            # Seen before the window: the guard may still remember it (memory is
+            # swept when something new arrives). Refusing is safe: a genuine new
+            # message never reuses a random 16-byte id.
+            assert got in (None, "replayed")
+            if got is None:
+                seen[key] = now
+        else:
+            assert got is None
+            seen[key] = now
+
+
+# --------------------------------------------------------------------------- third-party contacts
+
+
+def test_check_contact_accepts_only_ids_that_hash_from_their_key():
+    good = [BOB.node_id, "127.0.0.1", 4000, BOB.public_key]
+    assert check_contact(good) == (BOB.node_id, "127.0.0.1", 4000, BOB.public_key)
+    bad = [
+        [ALICE.node_id, "127.0.0.1", 4000, BOB.public_key],  # someone else's id
+        [BOB.node_id[:-1] + b"\x00", "127.0.0.1", 4000, BOB.public_key],
+        [BOB.node_id, "127.0.0.1", 0, BOB.public_key],
+        [BOB.node_id, "127.0.0.1", 65536, BOB.public_key],
+        [BOB.node_id, "127.0.0.1", True, BOB.public_key],
+        [BOB.node_id, "", 4000, BOB.public_key],
+        [BOB.node_id, "1" * 65, 4000, BOB.public_key],
+        [BOB.node_id, b"127.0.0.1", 4000, BOB.public_key],
+        [BOB.node_id, "127.0.0.1", 4000, BOB.public_key[:-1]],
+        [BOB.node_id, "127.0.0.1", 4000],
+        [BOB.node_id, "127.0.0.1", 4000, BOB.public_key, b""],
+        (BOB.node_id, "127.0.0.1", 4000, BOB.public_key),  # only lists come off the wire
+        None,
+        "contact",
+    ]
+    for entry in bad:
+        assert check_contact(entry) is None, entry
+
+
+@given(canonical_values)
+def test_check_contact_never_raises_and_never_accepts_a_made_up_id(entry):
+    checked = check_contact(entry)
+    if checked is not None:
+        assert node_id_of(checked[3]) == checked[0]
+
+
+@given(st.binary(min_size=20, max_size=20), st.integers(1, 65535))
+def test_check_contact_refuses_every_other_id_for_a_real_key(node_id, port):
+    expected = (node_id, "10.0.0.1", port, ALICE.public_key) if node_id == ALICE.node_id else None
+    assert check_contact([node_id, "10.0.0.1", port, ALICE.public_key]) == expected
