@@ -1,0 +1,203 @@
+"""The routing table: exact neighbours, tolerant eviction, bounded buckets; and
+the replica set a DHT server derives from it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kademlia.node import Node
+
+from crypto.identity import Identity
+from dht.config import DHTConfig
+from dht.envelope import REPLY, Envelope
+from dht.routing import Contact, WorkmeshRoutingTable, target_node
+from dht.server import AcceptAll, DHTServer
+from dht.storage import FactStore
+from node import facts as F
+
+KEY = b"k" * 32
+ids20 = st.binary(min_size=20, max_size=20)
+
+
+def dist(a: bytes, b: bytes) -> int:
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+def contact(node_id: bytes, ip: str = "127.0.0.1", port: int = 1) -> Contact:
+    return Contact(node_id, ip, port, KEY)
+
+
+def table(own: bytes, k: int = 20, **kw) -> tuple[WorkmeshRoutingTable, list[Contact]]:
+    heads: list[Contact] = []
+    return WorkmeshRoutingTable(Node(own), k, on_full=heads.append, **kw), heads
+
+
+# --------------------------------------------------------------------------- neighbours
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids20, st.lists(ids20, max_size=300, unique=True), ids20, st.integers(1, 25), st.integers(2, 20))
+def test_find_neighbors_is_the_brute_force_closest_of_the_table(own, others, target, count, k):
+    router, _ = table(own, k)
+    for i, node_id in enumerate(others):
+        if node_id != own:
+            router.add_contact(contact(node_id, port=1 + i))
+    held = [c.id for c in router.contacts()]
+    truth = sorted((i for i in held if i != target), key=lambda i: dist(i, target))[:count]
+    assert [c.id for c in router.find_neighbors(Node(target), k=count)] == truth
+
+
+@given(ids20, st.lists(ids20, min_size=1, max_size=60, unique=True), ids20)
+def test_find_neighbors_excludes_the_asker_by_address(own, others, target):
+    router, _ = table(own)
+    for i, node_id in enumerate(others):
+        router.add_contact(contact(node_id, port=1 + i))
+    asker = router.contacts()[0]
+    found = router.find_neighbors(Node(target), exclude=Node(b"\0" * 20, asker.ip, asker.port))
+    assert asker.id not in [c.id for c in found]
+
+
+@given(ids20, st.lists(ids20, max_size=200, unique=True))
+def test_a_small_table_keeps_every_contact_and_a_large_one_keeps_none_twice(own, others):
+    router, heads = table(own, k=8)
+    others = [o for o in others if o != own]
+    for i, node_id in enumerate(others):
+        router.add_contact(contact(node_id, port=1 + i))
+    held = [c.id for c in router.contacts()]
+    assert len(held) == len(set(held)) == len(router)
+    spare = {i for b in router.buckets for i in b.replacement_nodes}
+    assert set(held) | spare == set(others)  # nothing silently lost...
+    assert not set(held) & spare
+    if len(others) <= 8:
+        assert set(held) == set(others)
+    assert bool(spare) == bool(heads)  # ...and every overflow asked the owner to check a head
+    assert all(router.get(i) is not None for i in held)
+
+
+# --------------------------------------------------------------------------- eviction
+
+
+def test_a_contact_is_evicted_only_after_consecutive_failures():
+    router, _ = table(os.urandom(20), evict_after_failures=3)
+    c = contact(os.urandom(20))
+    router.add_contact(c)
+    assert router.record_failure(c) is False
+    assert router.record_failure(c) is False
+    router.record_success(c.id)  # an answer resets the count
+    assert router.record_failure(c) is False
+    assert router.record_failure(c) is False
+    assert router.get(c.id) is not None
+    assert router.record_failure(c) is True
+    assert router.get(c.id) is None
+    assert router.evictions == 1
+
+
+def test_re_adding_a_contact_forgets_its_failures():
+    router, _ = table(os.urandom(20), evict_after_failures=2)
+    c = contact(os.urandom(20))
+    router.add_contact(c)
+    router.record_failure(c)
+    router.add_contact(c)  # it proved itself again
+    assert router.record_failure(c) is False
+    assert router.get(c.id) is not None
+
+
+def test_an_evicted_contact_is_replaced_from_the_replacement_list():
+    own = b"\x00" * 20
+    router, heads = table(own, k=2, evict_after_failures=1)
+    # One bucket far from us whose first two contacts share a 5-bit prefix:
+    # kademlia does not split it (depth % 5 == 0), so the third is a replacement.
+    far = [bytes([first]) + os.urandom(19) for first in (0x80, 0x84, 0x82)]
+    for node_id in far:
+        router.add_contact(contact(node_id))
+    assert [h.id for h in heads] == [far[0]] and len(router) == 2
+    assert router.get(far[2]) is None
+    assert router.record_failure(router.get(far[0])) is True  # the head did not answer
+    assert len(router) == 2 and router.get(far[2]) is not None
+
+
+def test_contacts_per_prefix_are_limited_per_bucket():
+    router, _ = table(os.urandom(20), contacts_per_prefix_max=2)
+    for i in range(3):
+        router.add_contact(Contact(os.urandom(20), f"10.1.2.{i + 1}", 1, KEY))
+    router.add_contact(Contact(os.urandom(20), "10.1.3.1", 1, KEY))
+    assert len(router) == 3 and router.prefix_refusals == 1
+
+
+# --------------------------------------------------------------------------- replica sets
+
+
+class StubNet:
+    """Every contact answers find_node with ``referrals[node id]``."""
+
+    def __init__(self, own: Identity, referrals: dict[bytes, list[Contact]]) -> None:
+        self.own, self.referrals = own, referrals
+        self.by_addr: dict[tuple[str, int], Contact] = {}
+        self.asked: list[bytes] = []
+
+    def add(self, c: Contact) -> Contact:
+        self.by_addr[c.addr] = c
+        return c
+
+    async def request(self, addr, method, args, *, expect_id, peer_key=None, timeout_s=None):
+        c = self.by_addr[addr]
+        self.asked.append(c.id)
+        reply = [r.to_wire() for r in self.referrals.get(c.id, [])] if method == "find_node" else []
+        return Envelope(REPLY, b"\0" * 16, c.public_key, c.id, 0, self.own.node_id, method, reply)
+
+
+def server(k: int, replicas: int, quorum: int) -> tuple[DHTServer, Identity]:
+    identity = Identity.generate()
+    store = FactStore(None, lambda key, raw: F.decode(raw, key=key))
+    store.open()
+    s = DHTServer(identity, store, AcceptAll(lambda key, raw: F.decode(raw, key=key)),
+                  config=DHTConfig(k=k, replicas=replicas, quorum=quorum))
+    return s, identity
+
+
+def with_top_bit(bit: int) -> bytes:
+    raw = bytearray(os.urandom(20))
+    raw[0] = (raw[0] & 0x7F) | (bit << 7)
+    return bytes(raw)
+
+
+async def test_a_tiny_table_answers_replica_sets_locally():
+    s, identity = server(k=8, replicas=3, quorum=2)
+    net = StubNet(identity, {})
+    s.protocol.request = net.request
+    for i in range(4):
+        s.router.add_contact(net.add(Contact(os.urandom(20), "127.0.0.1", 100 + i, KEY)))
+    key = os.urandom(20)
+    got = await s.replicas_for(key)
+    everyone = [c.id for c in s.router.contacts()] + [identity.node_id]
+    assert [c.id for c in got] == sorted(everyone, key=lambda i: dist(i, key))[:3]
+    assert net.asked == []  # no lookup: the table provably holds the whole (tiny) mesh
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: dht/server.py DHTServer.router_is_complete() is True for a table that split "
+    "(so it once held more than k contacts) as long as no bucket is full now; replicas_for then "
+    "skips the lookup and misses closer nodes it does not know. Fix: also require len(router.buckets) == 1.",
+)
+async def test_after_the_table_split_replica_sets_come_from_a_lookup():
+    s, identity = server(k=4, replicas=3, quorum=2)
+    hidden = Identity.generate()  # a node only our contacts know
+    key = hidden.node_id[:-1] + bytes([hidden.node_id[-1] ^ 1])
+    known = [Contact(with_top_bit(b), "127.0.0.1", 200 + i, KEY) for i, b in enumerate([0, 0, 1, 1, 1])]
+    net = StubNet(identity, {c.id: [Contact(hidden.node_id, "127.0.0.1", 300, hidden.public_key)] for c in known})
+    net.add(Contact(hidden.node_id, "127.0.0.1", 300, hidden.public_key))
+    s.protocol.request = net.request
+    for c in known:
+        s.router.add_contact(net.add(c))
+    assert len(s.router.buckets) > 1 and len(s.router) == 5  # five contacts with k=4: it split
+    got = await s.replicas_for(key)
+    assert hidden.node_id in [c.id for c in got]
+
+
+def test_target_node_measures_xor_distance():
+    a, b = os.urandom(20), os.urandom(20)
+    assert target_node(a).distance_to(target_node(b)) == dist(a, b)
