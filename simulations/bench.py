@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -333,6 +334,10 @@ def _get_json(url: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
         return None
 
 
+class _JobFailed(Exception):
+    """One workmesh job did not end done with the right result; the text says why."""
+
+
 class WorkmeshDriver:
     """A mesh of ``nodes`` workmesh nodes on 127.0.0.1 with ``slots`` worker slots in all."""
 
@@ -364,7 +369,8 @@ class WorkmeshDriver:
             data_dir = self._workdir / f"node{i}"
             data_dir.mkdir(parents=True, exist_ok=True)
             argv = command + ["start", "--host", "127.0.0.1", "--p2p-port", str(p2p), "--api-port", str(api),
-                              "--data-dir", str(data_dir), "--workers", str(workers)] + bootstrap
+                              "--data-dir", str(data_dir), "--workers", str(workers),
+                              "--log-level", "warning"] + bootstrap
             procs.append(self._launcher.spawn(f"node{i}", argv, dict(os.environ)))
             self._urls.append(f"http://127.0.0.1:{api}")
             if i == 0:  # the others bootstrap from node 0, so it must be up first
@@ -389,12 +395,14 @@ class WorkmeshDriver:
 
     # -- load, in asyncio -------------------------------------------------
 
-    async def _submit(self, http: Any, url: str, kind: str, index: int) -> str | None:
+    async def _submit(self, http: Any, url: str, kind: str, index: int) -> str:
         body = {"type": WORKMESH_TYPES[kind], "payload": bb.job_payload(kind, index)}
         async with http.post(f"{url}/jobs", json=body) as resp:
-            return (await resp.json()).get("id") if resp.status == 202 else None
+            if resp.status != 202:
+                raise _JobFailed(f"submit answered {resp.status}: {(await resp.text())[:80]}")
+            return (await resp.json())["id"]
 
-    async def _result(self, http: Any, url: str, job_id: str, end: float) -> dict[str, Any] | None:
+    async def _result(self, http: Any, url: str, job_id: str, end: float) -> dict[str, Any]:
         """Long-poll ``GET /jobs/{id}?wait=`` until the job is terminal or ``end`` passes."""
         while (remaining := end - time.monotonic()) > 0:
             wait_s = max(1, min(10, int(remaining)))
@@ -405,7 +413,22 @@ class WorkmeshDriver:
                 return doc
             if time.monotonic() - asked < 0.05:  # the server did not hold the request: do not spin
                 await asyncio.sleep(0.02)
-        return None
+        raise _JobFailed("no result by the deadline")
+
+    async def _run_one(self, http: Any, kind: str, index: int, end: float, job_id: str | None = None) -> None:
+        """Submit job ``index`` (unless ``job_id`` is given) and wait for its right result."""
+        import aiohttp
+
+        url = self._urls[index % len(self._urls)]
+        try:
+            job_id = job_id or await self._submit(http, url, kind, index)
+            doc = await self._result(http, url, job_id, end)
+        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError) as exc:
+            raise _JobFailed(f"{type(exc).__name__}: {str(exc)[:60]}") from exc
+        if doc["status"] != "done":
+            raise _JobFailed(f"job {doc['status']}: {str(doc.get('error'))[:60]}")
+        if not bb.result_ok(kind, bb.job_payload(kind, index), doc.get("result")):
+            raise _JobFailed(f"wrong result {str(doc.get('result'))[:40]}")
 
     def _session(self) -> Any:
         import aiohttp
@@ -414,52 +437,47 @@ class WorkmeshDriver:
                                      timeout=aiohttp.ClientTimeout(total=30))
 
     async def _drain(self, kind: str, count: int, deadline_s: float) -> bb.DrainOutcome:
+        """Submit all ``count`` jobs (``in_flight`` at a time), then collect every result."""
         import aiohttp
 
+        failures: Counter[str] = Counter()
         async with self._session() as http:
             started = time.monotonic()
             end = started + deadline_s
-            ids: list[tuple[str, str] | None] = [None] * count
-            ok = [False] * count
+            ids: list[str | None] = [None] * count
             todo = iter(range(count))
 
             async def submitter() -> None:
                 for i in todo:
                     if time.monotonic() >= end:
-                        return
-                    url = self._urls[i % len(self._urls)]
+                        failures["not submitted by the deadline"] += 1
+                        continue
                     try:
-                        job_id = await self._submit(http, url, kind, i)
-                    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-                        job_id = None
-                    ids[i] = (url, job_id) if job_id else None
+                        ids[i] = await self._submit(http, self._urls[i % len(self._urls)], kind, i)
+                    except _JobFailed as exc:
+                        failures[str(exc)] += 1
+                    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError) as exc:
+                        failures[f"submit {type(exc).__name__}"] += 1
 
             async def collector() -> None:
                 for i in todo:
-                    if ids[i] is None or time.monotonic() >= end:
-                        continue
-                    try:
-                        doc = await self._result(http, *ids[i], end)
-                    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-                        doc = None
-                    ok[i] = bool(doc) and doc.get("status") == "done" and bb.result_ok(
-                        kind, bb.job_payload(kind, i), doc.get("result"))
+                    if ids[i] is not None:
+                        try:
+                            await self._run_one(http, kind, i, end, job_id=ids[i])
+                        except _JobFailed as exc:
+                            failures[str(exc)] += 1
 
-            async with asyncio.TaskGroup() as group:
-                for _ in range(self._in_flight):
-                    group.create_task(submitter())
-            enqueue_s = time.monotonic() - started
-            todo = iter(range(count))
-            async with asyncio.TaskGroup() as group:
-                for _ in range(self._in_flight):
-                    group.create_task(collector())
-        done = sum(ok)
-        lost_or_wrong = sum(1 for i in range(count) if ids[i] is not None and not ok[i])
-        return bb.DrainOutcome(done, lost_or_wrong, enqueue_s)
+            for worker in (submitter, collector):
+                todo = iter(range(count))
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(self._in_flight):
+                        group.create_task(worker())
+                if worker is submitter:
+                    enqueue_s = time.monotonic() - started
+        lost = sum(failures.values())
+        return bb.DrainOutcome(count - lost, lost, enqueue_s, dict(failures.most_common(3)))
 
     async def _latency(self, kind: str, samples: int, deadline_s: float) -> bb.LatencyOutcome:
-        import aiohttp
-
         async with self._session() as http:
             end = time.monotonic() + deadline_s
             times: list[float] = []
@@ -467,15 +485,10 @@ class WorkmeshDriver:
                 if time.monotonic() >= end:
                     break
                 t0 = time.perf_counter()
-                url = self._urls[i % len(self._urls)]
                 try:
-                    job_id = await self._submit(http, url, kind, i)
-                    doc = await self._result(http, url, job_id, end) if job_id else None
-                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-                    doc = None
-                if not (doc and doc.get("status") == "done"
-                        and bb.result_ok(kind, bb.job_payload(kind, i), doc.get("result"))):
-                    return bb.LatencyOutcome(times, 1)
+                    await self._run_one(http, kind, i, end)
+                except _JobFailed as exc:
+                    return bb.LatencyOutcome(times, 1, str(exc))
                 times.append(time.perf_counter() - t0)
             return bb.LatencyOutcome(times, 0)
 
@@ -505,9 +518,10 @@ class Settings:
 def _warm_up(driver: Any, procs: list[Proc]) -> None:
     """Three jobs of each kind must come back before anything is measured."""
     for kind in bb.JOB_KINDS:
-        if len(driver.latency(kind, 3, 60.0).samples_s) < 3:
+        if len((out := driver.latency(kind, 3, 60.0)).samples_s) < 3:
             logs = "; ".join(f"{p.name}: {p.tail(2)}" for p in procs if p.tail(2))
-            raise bb.BaselineUnavailable(f"warm-up {kind} jobs did not come back ({logs or 'no log output'})")
+            raise bb.BaselineUnavailable(f"warm-up {kind} jobs did not come back: {out.failure or 'wrong result'}"
+                                         f" ({logs or 'no log output'})")
 
 
 def _measure(driver: Any, row: Row, sessions: set[int], cfg: Settings) -> None:
@@ -531,47 +545,65 @@ def _measure(driver: Any, row: Row, sessions: set[int], cfg: Settings) -> None:
     if out.done < cfg.jobs:
         notes.append(f"drain incomplete: {out.done}/{cfg.jobs} in {row.drain_s:.0f} s")
     if out.wrong:
-        notes.append(f"{out.wrong} wrong/lost")
+        notes.append(f"{out.wrong} wrong/lost ({'; '.join(f'{n}x {why}' for why, n in out.failures.items())})")
     if lat.wrong or len(lat.samples_s) < cfg.latency_samples:
-        notes.append(f"latency {len(lat.samples_s)}/{cfg.latency_samples} samples")
+        notes.append(f"latency {len(lat.samples_s)}/{cfg.latency_samples} samples"
+                     + (f" ({lat.failure})" if lat.failure else ""))
     row.note = "; ".join(notes)
 
 
-def run_system(system: str, cfg: Settings, launcher: Launcher, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
-    """Start ``system``, warm it up, measure both job kinds, stop everything it started."""
-    rows = [Row(system, kind, jobs=cfg.jobs) for kind in bb.JOB_KINDS]
-    driver: Any = None
-    info: dict[str, Any] = {}
+def _start(system: str, cfg: Settings, launcher: Launcher, workdir: Path) -> tuple[Any, list[Proc]]:
+    """A fresh instance of ``system``: its driver and every process it started."""
+    procs: list[Proc] = []
+    if system in ("celery", "dramatiq"):
+        if missing := bb.missing_modules(system, "redis"):
+            raise bb.BaselineUnavailable(f"python package(s) missing: {', '.join(missing)}")
+        redis, url = start_redis(launcher, workdir)
+        procs.append(redis)
+        driver = (bb.CeleryDriver if system == "celery" else bb.DramatiqDriver)(url, launcher.spawn)
+    elif nodes := mesh_size(system):
+        driver = WorkmeshDriver(nodes, launcher, Path(tempfile.mkdtemp(prefix=system, dir=workdir)), cfg.slots)
+    else:
+        raise bb.BaselineUnavailable(f"unknown system (choose from {', '.join(ALL_SYSTEMS)})")
     try:
-        procs: list[Proc] = []
-        if system in ("celery", "dramatiq"):
-            if missing := bb.missing_modules(system, "redis"):
-                raise bb.BaselineUnavailable(f"python package(s) missing: {', '.join(missing)}")
-            redis, url = start_redis(launcher, workdir)
-            procs.append(redis)
-            driver = (bb.CeleryDriver if system == "celery" else bb.DramatiqDriver)(url, launcher.spawn)
-        elif nodes := mesh_size(system):
-            driver = WorkmeshDriver(nodes, launcher, workdir / system, cfg.slots)
-        else:
-            raise bb.BaselineUnavailable(f"unknown system (choose from {', '.join(ALL_SYSTEMS)})")
-        procs += driver.start()
-        sessions = {p.session for p in procs}
-        info["sessions"] = sorted(sessions)
-        _warm_up(driver, procs)
-        for row in rows:
+        return driver, procs + driver.start()
+    except BaseException:
+        driver.close()
+        raise
+
+
+def run_system(system: str, cfg: Settings, launcher: Launcher, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
+    """Measure each job kind on a fresh instance of ``system``, stopped afterwards.
+
+    A fresh instance per kind, so a backlog one kind left behind (a drain that
+    timed out) never shows in the next kind's figures.
+    """
+    rows = [Row(system, kind, jobs=cfg.jobs) for kind in bb.JOB_KINDS]
+    info: dict[str, Any] = {}
+    for row in rows:
+        if row is not rows[0] and rows[0].note.startswith("skipped:"):
+            row.note = rows[0].note
+            continue
+        driver = None
+        try:
+            driver, procs = _start(system, cfg, launcher, workdir)
+            sessions = {p.session for p in procs}
+            info[row.kind] = {"sessions": sorted(sessions)}
+            _warm_up(driver, procs)
             print(f"   {system} {row.kind}: latency x{cfg.latency_samples}, drain x{cfg.jobs}",
                   file=sys.stderr, flush=True)
             _measure(driver, row, sessions, cfg)
-        info.update(driver.info() if hasattr(driver, "info") else {})
-    except bb.BaselineUnavailable as exc:
-        for row in rows:
-            if row.drain_jobs_per_s is None:
-                row.note = f"skipped: {exc}"
-        print(f"   {system} skipped: {exc}", file=sys.stderr, flush=True)
-    finally:
-        if driver is not None:
-            driver.close()
-        launcher.stop_all()
+            info[row.kind].update(driver.info() if hasattr(driver, "info") else {})
+        except bb.BaselineUnavailable as exc:
+            row.note = f"skipped: {exc}"
+            print(f"   {system} {row.kind} skipped: {exc}", file=sys.stderr, flush=True)
+        except Exception as exc:  # noqa: BLE001 - one system's crash must not cost the others' figures
+            row.note = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+            print(f"   {system} {row.kind} {row.note}", file=sys.stderr, flush=True)
+        finally:
+            if driver is not None:
+                driver.close()
+            launcher.stop_all()
     return rows, info
 
 

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,7 @@ class DrainOutcome:
     done: int
     wrong: int
     enqueue_s: float
+    failures: dict[str, int] = field(default_factory=dict)  # the commonest reasons, with counts
 
 
 @dataclass
@@ -175,6 +176,7 @@ class LatencyOutcome:
 
     samples_s: list[float]
     wrong: int
+    failure: str = ""  # why the series stopped early, if it did
 
 
 def sequential_latency(one: Callable[[int, float], bool], samples: int, deadline_s: float) -> LatencyOutcome:
@@ -192,13 +194,19 @@ def sequential_latency(one: Callable[[int, float], bool], samples: int, deadline
         t0 = time.perf_counter()
         try:
             ok = one(i, min(remaining, 30.0))
-        except Exception:  # noqa: BLE001 - a lost job ends the series, whatever the library raised
-            return LatencyOutcome(times, wrong + 1)
+        except Exception as exc:  # noqa: BLE001 - a lost job ends the series, whatever the library raised
+            return LatencyOutcome(times, wrong + 1, f"{type(exc).__name__}: {str(exc)[:80]}")
         if ok:
             times.append(time.perf_counter() - t0)
         else:
             wrong += 1
     return LatencyOutcome(times, wrong)
+
+
+def _outcome(count: int, done: int, wrong: int, enqueue_s: float) -> DrainOutcome:
+    """A drain's outcome where every job not done is counted as wrong or lost."""
+    reasons = {"wrong result": wrong, "no result by the deadline": count - done - wrong}
+    return DrainOutcome(done, count - done, enqueue_s, {why: n for why, n in reasons.items() if n})
 
 
 def _worker_env(base_url: str) -> dict[str, str]:
@@ -231,6 +239,7 @@ class CeleryDriver:
         return [self._spawn("celery-worker", argv, _worker_env(self._base_url))]
 
     def drain(self, kind: str, count: int, deadline_s: float) -> DrainOutcome:
+        from celery.exceptions import TimeoutError as CeleryTimeout
         from celery.result import ResultSet
 
         task = self._app.bench_tasks[kind]
@@ -247,9 +256,9 @@ class CeleryDriver:
             ResultSet(handles, app=self._app).join_native(
                 timeout=max(0.1, deadline_s - (time.monotonic() - started)),
                 propagate=False, callback=on_result)
-        except TimeoutError:
+        except CeleryTimeout:
             pass
-        return DrainOutcome(tally["done"], tally["wrong"], enqueue_s)
+        return _outcome(count, tally["done"], tally["wrong"], enqueue_s)
 
     def latency(self, kind: str, samples: int, deadline_s: float) -> LatencyOutcome:
         def one(index: int, timeout_s: float) -> bool:
@@ -311,7 +320,7 @@ class DramatiqDriver:
                 done += 1
             else:
                 wrong += 1
-        return DrainOutcome(done, wrong, enqueue_s)
+        return _outcome(count, done, wrong, enqueue_s)
 
     def latency(self, kind: str, samples: int, deadline_s: float) -> LatencyOutcome:
         def one(index: int, timeout_s: float) -> bool:

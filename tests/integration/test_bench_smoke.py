@@ -118,5 +118,5 @@ def test_quick_bench_measures_every_system_that_can_start(tmp_path):
             assert row["drain_jobs_per_s"] or row["note"].startswith("skipped:"), row
     assert all(r["ratios_to_celery"]["drain_jobs_per_s"] == 1.0 for r in doc["rows"] if r["system"] == "celery")
 
-    started = {pid for info in doc["info"].values() for pid in info.get("sessions", [])}
+    started = {pid for system in doc["info"].values() for kind in system.values() for pid in kind["sessions"]}
     assert started and not _live_sessions(started), "the bench left processes running"
