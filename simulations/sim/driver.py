@@ -1,0 +1,396 @@
+"""One simulation run: boot, load under faults, heal, liveness, figures.
+
+:func:`simulate` builds a :class:`VirtualTimeLoop`, runs :meth:`Run.main` on
+it and returns the run's figures (a JSON-ready dict). Everything random comes
+from ``Params.seed`` through named sub-seeds, so the same parameters give the
+same trace hash. Wall time and memory are measured but kept out of the trace.
+
+Phases (virtual time):
+
+1. **boot**: node 0 starts alone; the others start and join through a random
+   node that already joined, ``join_concurrency`` at a time; then 5 s settle;
+2. **load**: ``jobs`` submissions at random joined nodes, Poisson arrivals
+   over ``load_s``; the scenario's faults play at the same time;
+3. **heal**: partitions end, links come up, loss stops;
+4. **liveness**: every accepted job (``submit`` returned; a
+   ``QuorumUnavailable`` is a 503, not accepted) must be decided within
+   ``liveness_deadline_s``; the rest are *lost* (a live node still holds the
+   submission) or *destroyed* (every node holding it crashed);
+5. **audit**: every stored fact is decoded again; every accepted job is read
+   from a random live node (record availability).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import resource
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+from dht.routing import target_node
+from node import lifecycle
+from node.config import NodeConfig
+from node.errors import QuorumUnavailable
+
+from simulations.sim.checkers import Invariants, LookupStats, TraceLog, percentile, verify_stores
+from simulations.sim.clock import VirtualTimeLoop
+from simulations.sim.mesh import Executions, LogSink, SimMesh, SimNode, derive_seed
+from simulations.sim.network import SimNetwork
+from simulations.sim.scenarios import HEALED_LINKS, SCENARIOS, Params, clock_setup, link_model
+
+SETTLE_S = 5.0
+READ_CONCURRENCY = 32
+PROGRESS_EVERY_WALL_S = 10.0
+
+
+@dataclass(slots=True)
+class Accepted:
+    job_id: bytes
+    kind: str
+    node: str
+    at: float
+
+
+class Run:
+    def __init__(self, params: Params, loop: asyncio.AbstractEventLoop, trace_out: TextIO | None, progress: bool) -> None:
+        self.params = params
+        self.loop = loop
+        self.progress = progress
+        self.config = NodeConfig(data_dir="/nonexistent/sim", workers=params.workers)
+        self.trace = TraceLog(loop, trace_out)
+        self.invariants = Invariants(loop, self.trace)
+        self.lookups = LookupStats()
+        self.sink = LogSink()
+        self.rng = random.Random(derive_seed(params.seed, "scenario"))
+        self.network = SimNetwork(loop, random.Random(derive_seed(params.seed, "network")), link_model(params))
+        self.executions = Executions(loop, self.trace.event)
+        drift_max, wall_offset_ms_max = clock_setup(params)
+        self.mesh = SimMesh(
+            loop,
+            params.seed,
+            self.network,
+            self.config,
+            self.executions,
+            self.sink,
+            on_state=lambda sim, state: self.invariants.on_state(sim.name, state),
+            on_lookup=self._on_lookup,
+            drift_max=drift_max,
+            wall_offset_ms_max=wall_offset_ms_max,
+        )
+        self.accepted: dict[bytes, Accepted] = {}
+        self.counts: Counter[str] = Counter()
+        self.series: list[dict[str, float]] = []
+        self.marks: list[tuple[float, str]] = []
+        self.load_started = 0.0
+        self._joins: list[asyncio.Task] = []
+        self._wall_started = time.perf_counter()
+        self._last_progress = self._wall_started
+        self.phase = "boot"
+        self.reads: dict[str, int] = {}
+        self._live_version = -1
+        self._live_ids: list[tuple[int, SimNode]] = []
+
+    # -- hooks --------------------------------------------------------------
+    def _on_lookup(self, sim: SimNode, key: bytes, result: Any) -> None:
+        """Score a lookup: did it return, first, the live node truly closest to the key?"""
+        if not self.lookups.enabled:
+            return
+        if self._live_version != self.mesh.version:
+            self._live_version = self.mesh.version
+            self._live_ids = [(int.from_bytes(s.node.identity.node_id, "big"), s) for s in self.mesh.joined()]
+        target = int.from_bytes(key, "big")
+        me = sim.node.identity.node_id
+        candidates = self._live_ids
+        if self.network.faulty:
+            candidates = [(i, s) for i, s in candidates if self.network.reachable(sim.addr, s.addr)]
+        best = min(((i ^ target, s) for i, s in candidates if s is not sim), default=None, key=lambda p: p[0])
+        if best is None:
+            found = True
+        else:
+            found = bool(result.contacts) and result.contacts[0].id == best[1].node.identity.node_id
+        self.lookups.record(found or best is None or best[1].node.identity.node_id == me, result)
+
+    def mark(self, label: str) -> None:
+        self.marks.append((self.loop.time(), label))
+
+    # -- node life ----------------------------------------------------------
+    async def crash(self, sim: SimNode) -> None:
+        self.trace.event(f"crash {sim.name}")
+        self.counts["crashed"] += 1
+        await self.mesh.crash(sim)
+
+    def spawn(self) -> SimNode:
+        sim = self.mesh.spawn()
+        self.trace.event(f"spawn {sim.name} {sim.node.identity.node_id.hex()[:8]} {sim.addr[0]}")
+        return sim
+
+    def join_new(self) -> None:
+        sim = self.spawn()
+        self.counts["joined_later"] += 1
+        boot = self.rng.choice(self.mesh.joined())
+        self._joins.append(asyncio.ensure_future(self._start(sim, [boot.addr])))
+
+    async def _start(self, sim: SimNode, bootstrap: list) -> None:
+        try:
+            await self.mesh.start(sim, bootstrap)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            self.counts["join_interrupted"] += 1
+
+    async def boot(self) -> None:
+        first = self.spawn()
+        await self.mesh.start(first, [])
+        gate = asyncio.Semaphore(self.params.join_concurrency)
+
+        async def join(sim: SimNode) -> None:
+            async with gate:
+                await self.mesh.start(sim, [self.rng.choice(self.mesh.joined()).addr])
+
+        await asyncio.gather(*(join(self.spawn()) for _ in range(self.params.nodes - 1)))
+        self.trace.event(f"booted {len(self.mesh.joined())}")
+        await asyncio.sleep(SETTLE_S)
+
+    # -- load ---------------------------------------------------------------
+    def _job_spec(self, i: int) -> tuple[str, Any, int | None]:
+        u = self.rng.random()
+        if u < 0.80:
+            return "work", {"seconds": round(self.rng.uniform(0.3, 3.0), 3), "n": i}, None
+        if u < 0.95:
+            return "sha256", {"data": f"job-{i}", "rounds": 200}, None
+        return "fail", {"message": f"job-{i}"}, 2
+
+    async def _submit(self, sim: SimNode, i: int) -> None:
+        kind, payload, max_attempts = self._job_spec(i)
+        self.counts["submitted"] += 1
+        try:
+            view = await sim.node.submit(kind, payload, max_attempts=max_attempts, lease_seconds=None, timeout_seconds=None, idempotency_key=None)
+        except QuorumUnavailable:
+            self.counts["rejected_503"] += 1
+            self.trace.event(f"submit-503 {sim.name} {i}")
+            return
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            self.counts["client_errors"] += 1
+            self.trace.event(f"submit-interrupted {sim.name} {i}")
+            return
+        except Exception as exc:  # the node crashed under us (closed store): the client saw an error
+            self.counts["client_errors"] += 1
+            self.counts[f"client_error_{type(exc).__name__}"] += 1
+            self.trace.event(f"submit-error {sim.name} {i} {type(exc).__name__}")
+            return
+        job_id = bytes.fromhex(view.id)
+        self.accepted[job_id] = Accepted(job_id, kind, sim.name, self.loop.time())
+        self.trace.event(f"submit-202 {sim.name} {i} {view.id[:16]}")
+
+    async def load(self) -> None:
+        p = self.params
+        rate = p.jobs / p.load_seconds
+        clients = []
+        for i in range(p.jobs):
+            await asyncio.sleep(self.rng.expovariate(rate))
+            sim = self.rng.choice(self.mesh.joined())
+            clients.append(asyncio.ensure_future(self._submit(sim, i)))
+        await asyncio.gather(*clients)
+
+    # -- sampling -----------------------------------------------------------
+    async def sampler(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.params.sample_s)
+
+    def sample(self) -> None:
+        now = self.loop.time()
+        decided = sum(1 for j in self.accepted if j in self.invariants.decided)
+        row = {
+            "t": round(now, 3),
+            "live": len(self.mesh.live()),
+            "accepted": len(self.accepted),
+            "decided": decided,
+            "running": self.executions.running,
+            "bytes": sum(self.network.bytes_out.values()),
+        }
+        self.series.append(row)
+        wall = time.perf_counter()
+        if self.progress and wall - self._last_progress >= PROGRESS_EVERY_WALL_S:
+            self._last_progress = wall
+            print(
+                f"[sim] {self.phase:9} t={now:7.1f}s live={row['live']} accepted={row['accepted']} "
+                f"decided={decided} running={row['running']} wall={wall - self._wall_started:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    # -- liveness and audit -------------------------------------------------
+    async def liveness(self) -> tuple[list[str], list[str]]:
+        deadline = self.loop.time() + self.params.liveness_deadline_s
+        while self.loop.time() < deadline:
+            if all(j in self.invariants.decided for j in self.accepted):
+                return [], []
+            await asyncio.sleep(1.0)
+        lost, destroyed = [], []
+        for job_id in self.accepted:
+            if job_id in self.invariants.decided:
+                continue
+            holders = [s for s in self.mesh.live() if s.node.store.has(job_id)]
+            (lost if holders else destroyed).append(job_id.hex())
+        return lost, destroyed
+
+    async def availability(self) -> float:
+        """Fraction of accepted jobs a random live node reads back, decided as the mesh decided them."""
+        gate = asyncio.Semaphore(READ_CONCURRENCY)
+        outcomes: Counter[str] = Counter()
+
+        async def read(job_id: bytes) -> None:
+            async with gate:
+                sim = self.rng.choice(self.mesh.live())
+                facts, answered = await sim.node.dht.fetch(job_id)
+            state = lifecycle.derive(facts, job_id=job_id)
+            if answered == 0:
+                outcomes["no_answer"] += 1
+            elif state is None:
+                outcomes["not_found"] += 1
+            elif state.decided is None:
+                outcomes["undecided"] += 1
+            elif state.decided.fact_id != self.invariants.decided.get(job_id):
+                outcomes["other_decision"] += 1
+            else:
+                outcomes["ok"] += 1
+
+        await asyncio.gather(*(read(j) for j in self.accepted))
+        self.reads = dict(outcomes)
+        return outcomes["ok"] / max(1, len(self.accepted))
+
+    # -- the run ------------------------------------------------------------
+    async def main(self) -> dict[str, Any]:
+        p = self.params
+        sampler = asyncio.ensure_future(self.sampler())
+        try:
+            await self.boot()
+            self.lookups.enabled = True
+            self.phase = "load"
+            self.load_started = self.loop.time()
+            self.mark("load")
+            await asyncio.gather(self.load(), SCENARIOS[p.scenario](self))
+            await asyncio.gather(*self._joins)
+            self.phase = "liveness"
+            self.network.heal(HEALED_LINKS)
+            self.mark("healed")
+            self.trace.event("healed")
+            healed_at = self.loop.time()
+            lost, destroyed = await self.liveness()
+            self.phase = "audit"
+            self.lookups.enabled = False
+            decided_s = self.loop.time() - healed_at
+            records = verify_stores(self.mesh.live(), self.invariants)
+            available = await self.availability()
+            self.sample()
+            figures = self.figures(lost, destroyed, available, records, decided_s)
+        finally:
+            sampler.cancel()
+            await self.mesh.stop_all()
+        self.trace.event("end")
+        figures["trace_sha256"] = self.trace.digest
+        figures["trace_events"] = self.trace.lines
+        return figures
+
+    def figures(self, lost: list[str], destroyed: list[str], available: float, records: int, decided_s: float) -> dict[str, Any]:
+        now = self.loop.time()
+        inv = self.invariants
+        latencies = [inv.decided_at[j] - a.at for j, a in self.accepted.items() if j in inv.decided_at]
+        statuses = Counter(inv.decided_status.get(j, "undecided") for j in self.accepted)
+        runs = self.executions.by_job()
+        dup_jobs = dup_overlap = dup_after_crash = 0
+        alive_at = {s.name: s for s in self.mesh.nodes}
+        for job_id, a in self.accepted.items():
+            execs = sorted(runs.get(job_id.hex(), []), key=lambda r: r.started)
+            if a.kind == "fail" or len(execs) < 2:
+                continue
+            dup_jobs += 1
+            first, second = execs[0], execs[1]
+            if first.ended is None or first.ended > second.started:
+                dup_overlap += 1
+            died = alive_at[first.node].died
+            if died is not None and died <= second.started:
+                dup_after_crash += 1
+        accepted_hex = {j.hex() for j in self.accepted}
+        per_node_bps = []
+        for s in self.mesh.nodes:
+            life = (s.died if s.died is not None else now) - s.born
+            if life > 1.0:
+                per_node_bps.append((self.network.bytes_out[s.addr] + self.network.bytes_in[s.addr]) / life)
+        violations = dict(inv.violation_counts)
+        return {
+            "params": asdict(self.params),
+            "virtual_s": round(now, 3),
+            "nodes_started": len(self.mesh.nodes),
+            "nodes_live_at_end": len(self.mesh.live()),
+            "crashed": self.counts["crashed"],
+            "joined_later": self.counts["joined_later"],
+            "jobs_submitted": self.counts["submitted"],
+            "jobs_accepted": len(self.accepted),
+            "jobs_rejected_503": self.counts["rejected_503"],
+            "client_errors": self.counts["client_errors"],
+            "jobs_by_status": dict(statuses),
+            "jobs_lost": len(lost),
+            "jobs_destroyed": len(destroyed),
+            "lost_job_ids": lost[:20],
+            "destroyed_job_ids": destroyed[:20],
+            "decided_within_s_after_heal": round(decided_s, 3),
+            "latency_s_mean": round(sum(latencies) / max(1, len(latencies)), 3),
+            "latency_s_p50": round(percentile(latencies, 50), 3),
+            "latency_s_p95": round(percentile(latencies, 95), 3),
+            "latency_s_max": round(max(latencies, default=0.0), 3),
+            "executions": len(self.executions.runs),
+            "executions_of_unaccepted_jobs": sum(1 for r in self.executions.runs if r.job_id not in accepted_hex),
+            "duplicate_execution_jobs": dup_jobs,
+            "duplicate_overlapping": dup_overlap,
+            "duplicate_after_crash": dup_after_crash,
+            "invariant_violations": sum(violations.values()),
+            "violations_by_kind": violations,
+            "violations": inv.violations[:20],
+            "node_errors": sum(n for (level, _), n in self.sink.counts.items() if level == "error"),
+            "node_error_samples": self.sink.errors[:10],
+            "node_warnings": {e: n for (level, e), n in self.sink.counts.items() if level == "warning"},
+            "records_verified": records,
+            "record_availability": round(available, 4),
+            "final_reads": self.reads,
+            **self.lookups.figures(),
+            "bytes_per_node_s_mean": round(sum(per_node_bps) / max(1, len(per_node_bps)), 1),
+            "bytes_per_node_s_p95": round(percentile(per_node_bps, 95), 1),
+            "network": dict(self.network.counters),
+            "node_totals": self.mesh.totals(),
+            "states_observed": inv.states_seen,
+            "series": self.series,
+            "marks": [[round(t, 3), label] for t, label in self.marks],
+        }
+
+
+def simulate(params: Params, *, trace_out: TextIO | None = None, progress: bool = False) -> dict[str, Any]:
+    """Run one simulation on a fresh virtual-time loop; return its figures."""
+    if params.scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {params.scenario!r}; known: {', '.join(SCENARIOS)}")
+    loop = VirtualTimeLoop()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    asyncio.set_event_loop(loop)
+    try:
+        run = Run(params, loop, trace_out, progress)
+        figures = loop.run_until_complete(run.main())
+    finally:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
+        asyncio.set_event_loop(None)
+    figures["wall_s"] = round(time.perf_counter() - wall0, 2)
+    figures["cpu_s"] = round(time.process_time() - cpu0, 2)
+    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return figures

@@ -1,0 +1,171 @@
+"""The scenarios: a run's parameters, its link model and its fault schedule.
+
+Every scenario runs the same phases (see :mod:`simulations.sim.driver`):
+boot the mesh, submit jobs at random nodes for ``load_s`` virtual seconds
+while the scenario's faults play, heal everything, then wait for every
+accepted job to be decided. A scenario only adds the faults:
+
+* ``steady``: no faults, mild jitter; the baseline;
+* ``crash``: workers stop abruptly, preferably while they execute a job;
+* ``churn``: a fraction of the mesh leaves (abruptly) and as many new nodes
+  join, under load;
+* ``partition``: a few links go down, then the mesh splits in two groups for
+  several lease lengths, then heals;
+* ``loss``: every datagram may be lost (``--loss``, 5-20%), duplicated or
+  delayed out of order;
+* ``drift``: every node's monotonic clock runs up to ``drift_max`` fast or
+  slow, wall clocks start apart and are stepped forward and back.
+
+Fault times and victims come from the scenario's own seeded ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from simulations.sim.network import LinkModel
+
+if TYPE_CHECKING:
+    from simulations.sim.driver import Run
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    scenario: str = "steady"
+    nodes: int = 16
+    jobs: int = 30
+    seed: int = 1
+    load_s: float | None = None  # default: at least 30 s, about 0.2 job/s per node
+    workers: int = 2  # handler slots per node
+    loss: float = 0.1  # the loss scenario's datagram loss
+    churn: float = 0.3  # the churn scenario: fraction of the mesh replaced
+    crash_fraction: float = 0.2  # the crash scenario: fraction of the mesh crashed
+    drift_max: float = 0.015  # the drift scenario: clock rate error, within LeaseRules.rate_tolerance
+    wall_step_ms_max: int = 10_000  # the drift scenario: wall clock steps
+    liveness_deadline_s: float = 300.0  # after healing, every accepted job must be decided within this
+    sample_s: float = 1.0  # time-series resolution (virtual seconds)
+    join_concurrency: int = 16  # nodes joining at once during boot
+
+    @property
+    def load_seconds(self) -> float:
+        return self.load_s if self.load_s is not None else max(30.0, self.jobs / (0.2 * self.nodes))
+
+
+BASE_LINKS = LinkModel(latency_ms_min=1.0, latency_ms_max=20.0, duplicate=0.005, reorder=0.01)
+HEALED_LINKS = BASE_LINKS
+
+
+def link_model(params: Params) -> LinkModel:
+    if params.scenario == "loss":
+        return replace(BASE_LINKS, loss=params.loss, duplicate=0.02, reorder=0.05, latency_ms_max=40.0)
+    return BASE_LINKS
+
+
+def clock_setup(params: Params) -> tuple[float, int]:
+    """(drift_max, wall_offset_ms_max) for the nodes' clocks."""
+    if params.scenario == "drift":
+        return params.drift_max, 20_000
+    return 0.0, 0
+
+
+def _spread(rng: random.Random, count: int, start_s: float, end_s: float) -> list[float]:
+    return sorted(rng.uniform(start_s, end_s) for _ in range(count))
+
+
+async def _at(run: Run, times: list[float], action: Callable[[], Awaitable[None]]) -> None:
+    """Run ``action`` at each virtual time in ``times`` (relative to the load start)."""
+    for t in times:
+        delay = run.load_started + t - run.loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await action()
+
+
+async def steady(run: Run) -> None:
+    return None
+
+
+async def crash(run: Run) -> None:
+    p = run.params
+    count = max(1, round(p.crash_fraction * p.nodes))
+
+    async def one() -> None:
+        candidates = run.mesh.joined()
+        if len(candidates) <= p.nodes // 2:
+            return
+        busy = [s for s in candidates if s.node.workers.busy > 0]
+        victim = run.rng.choice(busy or candidates)
+        await run.crash(victim)
+
+    await _at(run, _spread(run.rng, count, 0.1 * p.load_seconds, 0.8 * p.load_seconds), one)
+
+
+async def churn(run: Run) -> None:
+    p = run.params
+    count = max(1, round(p.churn * p.nodes))
+    times = _spread(run.rng, 2 * count, 0.05 * p.load_seconds, 0.9 * p.load_seconds)
+    turn = {"leave": True}
+
+    async def one() -> None:
+        if turn["leave"]:
+            candidates = run.mesh.joined()
+            if len(candidates) > 3:
+                await run.crash(run.rng.choice(candidates))
+        else:
+            run.join_new()
+        turn["leave"] = not turn["leave"]
+
+    await _at(run, times, one)
+
+
+async def partition(run: Run) -> None:
+    p = run.params
+    lease_s = run.config.lease_s
+    nodes = run.mesh.joined()
+    # A few single links down for the whole load phase.
+    for _ in range(max(1, len(nodes) // 4)):
+        a, b = run.rng.sample(nodes, 2)
+        run.network.set_link(a.addr, b.addr, up=False)
+    run.mark("links down")
+    await _at(run, [0.2 * p.load_seconds], lambda: asyncio.sleep(0))
+    nodes = run.mesh.joined()
+    run.rng.shuffle(nodes)
+    cut = max(1, int(len(nodes) * 0.6))
+    run.network.partition([[s.addr for s in nodes[:cut]], [s.addr for s in nodes[cut:]]])
+    run.mark("partition")
+    run.trace.event(f"partition {cut}/{len(nodes) - cut}")
+    await asyncio.sleep(max(3 * lease_s, 0.4 * p.load_seconds))
+    run.network.heal()
+    run.mark("heal")
+    run.trace.event("heal")
+
+
+async def loss(run: Run) -> None:
+    return None  # the loss is in the link model for the whole load phase
+
+
+async def drift(run: Run) -> None:
+    p = run.params
+    steps = max(2, p.nodes // 2)
+
+    async def one() -> None:
+        sim = run.rng.choice(run.mesh.joined())
+        delta = run.rng.randint(-p.wall_step_ms_max, p.wall_step_ms_max)
+        sim.clock.step_wall(delta)
+        run.trace.event(f"wall-step {sim.name} {delta}")
+
+    await _at(run, _spread(run.rng, steps, 0.05 * p.load_seconds, 0.9 * p.load_seconds), one)
+
+
+SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
+    "steady": steady,
+    "crash": crash,
+    "churn": churn,
+    "partition": partition,
+    "loss": loss,
+    "drift": drift,
+}
