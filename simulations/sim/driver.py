@@ -29,7 +29,7 @@ import resource
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from dht.routing import target_node
@@ -37,8 +37,9 @@ from node import lifecycle
 from node.config import NodeConfig
 from node.errors import QuorumUnavailable
 
-from simulations.sim.checkers import Invariants, LookupStats, TraceLog, percentile, verify_stores
+from simulations.sim.checkers import Invariants, LookupStats, TraceLog, verify_stores
 from simulations.sim.clock import VirtualTimeLoop
+from simulations.sim.figures import run_figures
 from simulations.sim.mesh import Executions, LogSink, SimMesh, SimNode, derive_seed
 from simulations.sim.network import SimNetwork
 from simulations.sim.scenarios import HEALED_LINKS, SCENARIOS, Params, clock_setup, link_model
@@ -291,7 +292,7 @@ class Run:
             records = verify_stores(self.mesh.live(), self.invariants)
             available = await self.availability()
             self.sample()
-            figures = self.figures(lost, destroyed, available, records, decided_s)
+            figures = run_figures(self, lost, destroyed, available, records, decided_s)
         finally:
             sampler.cancel()
             await self.mesh.stop_all()
@@ -299,77 +300,6 @@ class Run:
         figures["trace_sha256"] = self.trace.digest
         figures["trace_events"] = self.trace.lines
         return figures
-
-    def figures(self, lost: list[str], destroyed: list[str], available: float, records: int, decided_s: float) -> dict[str, Any]:
-        now = self.loop.time()
-        inv = self.invariants
-        latencies = [inv.decided_at[j] - a.at for j, a in self.accepted.items() if j in inv.decided_at]
-        statuses = Counter(inv.decided_status.get(j, "undecided") for j in self.accepted)
-        runs = self.executions.by_job()
-        dup_jobs = dup_overlap = dup_after_crash = 0
-        alive_at = {s.name: s for s in self.mesh.nodes}
-        for job_id, a in self.accepted.items():
-            execs = sorted(runs.get(job_id.hex(), []), key=lambda r: r.started)
-            if a.kind == "fail" or len(execs) < 2:
-                continue
-            dup_jobs += 1
-            first, second = execs[0], execs[1]
-            if first.ended is None or first.ended > second.started:
-                dup_overlap += 1
-            died = alive_at[first.node].died
-            if died is not None and died <= second.started:
-                dup_after_crash += 1
-        accepted_hex = {j.hex() for j in self.accepted}
-        per_node_bps = []
-        for s in self.mesh.nodes:
-            life = (s.died if s.died is not None else now) - s.born
-            if life > 1.0:
-                per_node_bps.append((self.network.bytes_out[s.addr] + self.network.bytes_in[s.addr]) / life)
-        violations = dict(inv.violation_counts)
-        return {
-            "params": asdict(self.params),
-            "virtual_s": round(now, 3),
-            "nodes_started": len(self.mesh.nodes),
-            "nodes_live_at_end": len(self.mesh.live()),
-            "crashed": self.counts["crashed"],
-            "joined_later": self.counts["joined_later"],
-            "jobs_submitted": self.counts["submitted"],
-            "jobs_accepted": len(self.accepted),
-            "jobs_rejected_503": self.counts["rejected_503"],
-            "client_errors": self.counts["client_errors"],
-            "jobs_by_status": dict(statuses),
-            "jobs_lost": len(lost),
-            "jobs_destroyed": len(destroyed),
-            "lost_job_ids": lost[:20],
-            "destroyed_job_ids": destroyed[:20],
-            "decided_within_s_after_heal": round(decided_s, 3),
-            "latency_s_mean": round(sum(latencies) / max(1, len(latencies)), 3),
-            "latency_s_p50": round(percentile(latencies, 50), 3),
-            "latency_s_p95": round(percentile(latencies, 95), 3),
-            "latency_s_max": round(max(latencies, default=0.0), 3),
-            "executions": len(self.executions.runs),
-            "executions_of_unaccepted_jobs": sum(1 for r in self.executions.runs if r.job_id not in accepted_hex),
-            "duplicate_execution_jobs": dup_jobs,
-            "duplicate_overlapping": dup_overlap,
-            "duplicate_after_crash": dup_after_crash,
-            "invariant_violations": sum(violations.values()),
-            "violations_by_kind": violations,
-            "violations": inv.violations[:20],
-            "node_errors": sum(n for (level, _), n in self.sink.counts.items() if level == "error"),
-            "node_error_samples": self.sink.errors[:10],
-            "node_warnings": {e: n for (level, e), n in self.sink.counts.items() if level == "warning"},
-            "records_verified": records,
-            "record_availability": round(available, 4),
-            "final_reads": self.reads,
-            **self.lookups.figures(),
-            "bytes_per_node_s_mean": round(sum(per_node_bps) / max(1, len(per_node_bps)), 1),
-            "bytes_per_node_s_p95": round(percentile(per_node_bps, 95), 1),
-            "network": dict(self.network.counters),
-            "node_totals": self.mesh.totals(),
-            "states_observed": inv.states_seen,
-            "series": self.series,
-            "marks": [[round(t, 3), label] for t, label in self.marks],
-        }
 
 
 def simulate(params: Params, *, trace_out: TextIO | None = None, progress: bool = False) -> dict[str, Any]:
