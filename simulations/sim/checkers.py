@@ -177,8 +177,9 @@ class LookupStats:
         n = max(1, self.count)
         return {
             "lookups": self.count,
-            "lookup_success_rate": round(self.exact / n, 4),
-            "lookup_empty_rate": round(self.empty / n, 4),
+            # None without lookups: meshes of at most k+1 nodes answer from their tables
+            "lookup_success_rate": round(self.exact / n, 4) if self.count else None,
+            "lookup_empty_rate": round(self.empty / n, 4) if self.count else None,
             "hops_mean": round(sum(self.hops) / n, 3),
             "hops_p95": percentile(self.hops, 95),
             "queries_mean": round(self.queries / n, 3),

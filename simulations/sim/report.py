@@ -66,10 +66,12 @@ def write_chart(figures: dict[str, Any], path: str | Path) -> None:
     top.plot(t, [r["accepted"] for r in series], label="accepted")
     top.plot(t, [r["decided"] for r in series], label="decided")
     top.set_ylabel("jobs")
-    top.legend(loc="upper left")
+    top.legend(loc="lower right")
     nodes = top.twinx()
-    nodes.plot(t, [r["live"] for r in series], color="grey", linestyle=":", label="live nodes")
-    nodes.set_ylabel("live nodes")
+    live = [r["live"] for r in series]
+    nodes.plot(t, live, color="grey", linestyle=":", label="live nodes")
+    nodes.set_ylim(0, max(live, default=1) * 1.15)
+    nodes.set_ylabel("live nodes (dotted)")
     mid.plot(t, [r["running"] for r in series], color="tab:green")
     mid.set_ylabel("handlers running")
     rates = [0.0] + [
@@ -78,10 +80,10 @@ def write_chart(figures: dict[str, Any], path: str | Path) -> None:
     low.plot(t, rates, color="tab:red")
     low.set_ylabel("KiB/s sent (mesh)")
     low.set_xlabel("virtual time (s)")
-    for when, label in figures["marks"]:
+    for i, (when, label) in enumerate(figures["marks"]):
         for ax in (top, mid, low):
             ax.axvline(when, color="black", alpha=0.3, linewidth=0.8)
-        top.annotate(label, (when, 0), rotation=90, fontsize=7, va="bottom")
+        top.annotate(label, (when, 0.98 - 0.12 * (i % 3)), xycoords=("data", "axes fraction"), fontsize=7, va="top")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
