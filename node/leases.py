@@ -1,0 +1,275 @@
+"""How one replica judges claims, renews and seals (docs/protocol.md, section 4). Pure.
+
+Theory of operation
+-------------------
+A lease is a quorum of ``grant`` facts (action ``lease``) for one attempt and
+one worker. Each replica decides alone, from the job's facts
+(:class:`node.lifecycle.JobState`) and its own local memory of the job
+(:class:`Observations`), and judges time only on its own monotonic clock,
+passed in as ``now``: nothing here reads a clock, so the simulator and the
+tests drive time explicitly.
+
+Why the rules are safe:
+
+* A replica grants each attempt to at most one worker and only ever moves to
+  higher attempts, so for one attempt at most one worker can gather a
+  quorum, and its *current* grant names one holder: two workers can never
+  both hold a quorum of current grants (quorums intersect).
+* A replica grants a new attempt only when its own grant is over (a result
+  exists, or it heard nothing from the holder for ``lease + margin`` on its own
+  clock). The margin and ``rate_tolerance`` absorb clocks that run at slightly
+  different rates; clocks need not agree on the time.
+* A replica seals at most one subject per job, and never a result of an
+  attempt older than one it granted since. A quorum that took over an attempt
+  therefore never seals the old attempt's late result, and two quorums of
+  seals cannot both form.
+
+The node shell: store a fact, call :func:`observe` with the facts that were
+*newly* stored (a replayed duplicate must not refresh a lease), derive the
+state, then call the decision functions and sign what they return. After a
+restart, create an empty :class:`Observations` and observe everything stored:
+what was already granted counts as seen at that moment (conservative).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from node import facts as F
+from node.errors import InvalidFact
+from node.facts import Fact, Grant
+from node.lifecycle import JobState, is_final_result
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRules:
+    """Timing rules every replica applies; the defaults are the protocol's."""
+
+    margin_s: float = 0.25  # added to every lease before it counts as stale
+    rate_tolerance: float = 0.02  # clocks may run this much faster or slower
+    backoff_base_s: float = 0.5  # retry delay after the first error
+    backoff_cap_s: float = 30.0  # retry delay never exceeds this (before jitter)
+
+    def stale_after_s(self, lease_ms: int) -> float:
+        """Silence after which a holder counts as gone: lease*(1+rate_tolerance)+margin."""
+        return lease_ms / 1000.0 * (1.0 + self.rate_tolerance) + self.margin_s
+
+    def backoff_s(self, job_id: bytes, attempt: int) -> float:
+        """Delay after an error of ``attempt`` before the next attempt may be granted.
+
+        ``min(cap, base * 2^(n-1)) * (0.5 + 0.5*u)`` with ``u`` in [0, 1) taken
+        from BLAKE2b-64(job_id || n as 2-byte big-endian). Every replica
+        computes the same delay for a job, yet jobs that failed together do
+        not all retry in the same instant.
+        """
+        n = max(1, attempt)
+        digest = hashlib.blake2b(job_id + n.to_bytes(2, "big"), digest_size=8).digest()
+        u = int.from_bytes(digest, "big") / 2.0**64
+        return min(self.backoff_cap_s, self.backoff_base_s * 2.0 ** (n - 1)) * (0.5 + 0.5 * u)
+
+
+@dataclass(slots=True)
+class Observations:
+    """One replica's local memory of one job: NOT facts, never shared, not persisted.
+
+    Bounded: keys are attempt numbers, at most ``ATTEMPTS_MAX + 1`` of them.
+    """
+
+    holder_seen: dict[int, float] = field(default_factory=dict)  # attempt -> last time its holder was seen
+    error_seen: dict[int, float] = field(default_factory=dict)  # attempt -> first time an error result was seen
+    grantee: dict[int, bytes] = field(default_factory=dict)  # attempt -> worker this replica granted it to
+
+
+def _flatten(facts: Iterable[Fact]) -> list[Fact]:
+    out: list[Fact] = []
+    for fact in facts:
+        out.append(fact)
+        if fact.kind == F.RESULT:
+            out.extend(fact.body.grants)
+    return out
+
+
+def observe(obs: Observations, facts: Iterable[Fact], me: bytes, now: float) -> None:
+    """Fold newly stored facts into ``obs`` at local time ``now``.
+
+    Own lease grants (also those carried inside results), and claims or
+    renews by the worker this replica granted that attempt to, refresh
+    ``holder_seen``; an error result sets ``error_seen`` the first time only.
+    Pass only facts that were new to storage: a replayed old renew must not
+    keep a dead holder's lease alive.
+    """
+    batch = _flatten(facts)
+    for f in batch:  # grants first, so a batch may carry a grant and its renew
+        if f.kind == F.GRANT and f.body.action == F.LEASE and f.author_id == me and f.attempt >= 1:
+            obs.grantee.setdefault(f.attempt, f.body.subject)
+            _refresh(obs, f.attempt, now)
+    for f in batch:
+        if f.kind in (F.CLAIM, F.RENEW) and obs.grantee.get(f.attempt) == f.author_id:
+            _refresh(obs, f.attempt, now)
+        elif f.kind == F.RESULT and f.body.outcome == F.ERROR:
+            obs.error_seen.setdefault(f.attempt, now)
+
+
+def _refresh(obs: Observations, attempt: int, now: float) -> None:
+    obs.holder_seen[attempt] = max(now, obs.holder_seen.get(attempt, now))
+
+
+def _own(state: JobState, me: bytes, action: str) -> list[Fact]:
+    return [f for f in state.facts if f.kind == F.GRANT and f.author_id == me and f.body.action == action]
+
+
+def _sealed_cancel(state: JobState, me: bytes) -> bool:
+    """Results have attempt >= 1, so a seal of attempt 0 names a cancel."""
+    cancels = {f.fact_id for f in state.facts if f.kind == F.CANCEL}
+    return any(s.attempt == 0 or s.body.subject in cancels for s in _own(state, me, F.SEAL))
+
+
+def _belongs(state: JobState, fact: Fact, kinds: tuple[str, ...]) -> str | None:
+    if fact.kind not in kinds:
+        return f"not a {'/'.join(kinds)}"
+    try:
+        F.check_in_context(state.submit, fact)
+    except InvalidFact as exc:
+        return str(exc)
+    return None
+
+
+def current_grant(state: JobState, me: bytes) -> tuple[int, bytes] | None:
+    """(attempt, worker id) of this replica's highest lease grant, or None."""
+    leases = _own(state, me, F.LEASE)
+    if not leases:
+        return None
+    best = min(leases, key=lambda g: (-g.attempt, g.body.subject))
+    return best.attempt, best.body.subject
+
+
+def _attempt_over(state: JobState, m: int, obs: Observations, now: float, rules: LeaseRules) -> str | None:
+    """None when attempt ``m`` is over on this replica's clock, else why not.
+
+    Anything not yet in ``obs`` counts as seen ``now`` (conservative).
+    """
+    results = [f for f in state.facts if f.kind == F.RESULT and f.attempt == m]
+    if any(f.body.outcome == F.OK for f in results):
+        return None
+    if results:
+        wait = rules.backoff_s(state.job_id, m) - (now - obs.error_seen.setdefault(m, now))
+        return None if wait <= 0 else f"retry backoff of attempt {m}: {wait:.3f}s left"
+    quiet = now - obs.holder_seen.setdefault(m, now)
+    if quiet >= rules.stale_after_s(state.spec.lease_ms):
+        return None
+    return f"lease of attempt {m} is live"
+
+
+def decide_claim(
+    state: JobState, claim: Fact, me: bytes, obs: Observations, now: float, rules: LeaseRules
+) -> Grant | str:
+    """The lease grant body to sign for ``claim``, or a short refusal reason.
+
+    Rules 1-5 of protocol.md section 4, in order. A re-asked grant returns
+    the existing body unchanged (idempotent). A new grant records the holder
+    as seen ``now`` in ``obs``.
+    """
+    why = _belongs(state, claim, (F.CLAIM,))
+    if why:
+        return why
+    n, worker, spec = claim.attempt, claim.author_id, state.spec
+    if state.terminal:  # rule 1
+        return f"job is {state.status}"
+    if _sealed_cancel(state, me):
+        return "this replica sealed a cancel"
+    if not 1 <= n <= spec.max_attempts + 1:  # rule 2
+        return f"attempt {n} outside 1..{spec.max_attempts + 1}"
+    leases = _own(state, me, F.LEASE)
+    m = max((g.attempt for g in leases), default=0)
+    for g in leases:  # rule 3
+        if g.attempt == n and g.body.subject == worker:
+            if n < m:
+                # Re-sending a superseded grant would let the worker count it
+                # as fresh and believe it holds a lease it lost.
+                return f"grant of attempt {n} was superseded by attempt {m}"
+            _refresh(obs, n, now)  # the holder itself is asking: it is alive
+            return g.body
+    if n <= m:  # rule 4
+        return f"attempt {n} is not above granted attempt {m}"
+    # "Known" attempts come from replica-signed evidence (grants, and results
+    # which carry grants): a worker's own claims cannot push the count up.
+    known = max((f.attempt for f in state.facts if f.kind in (F.GRANT, F.RESULT)), default=0)
+    if n > known + 1:
+        return f"attempt {n} is more than one above known attempt {known}"
+    if m:  # rule 5
+        why = _attempt_over(state, m, obs, now, rules)
+        if why:
+            return why
+    obs.grantee[n] = worker
+    obs.holder_seen[n] = now
+    return Grant(state.job_id, F.LEASE, n, worker, claim.body.ts_ms)
+
+
+def accept_renew(state: JobState, renew: Fact, me: bytes, obs: Observations, now: float | None = None) -> bool:
+    """Accept a renew of (n, W) only while (n, W) is this replica's current grant.
+
+    Also refused once this replica sealed a cancel or the job is decided (the
+    worker then stops its handler). With ``now``, an accepted renew refreshes
+    the holder observation; otherwise :func:`observe` does when it is stored.
+    """
+    if _belongs(state, renew, (F.RENEW,)) or state.terminal or _sealed_cancel(state, me):
+        return False
+    if current_grant(state, me) != (renew.attempt, renew.author_id):
+        return False
+    if now is not None:
+        obs.grantee.setdefault(renew.attempt, renew.author_id)
+        _refresh(obs, renew.attempt, now)
+    return True
+
+
+def decide_seal(state: JobState, subject: Fact, me: bytes) -> Grant | None:
+    """The seal grant body to sign for a result or cancel, or None.
+
+    Seals when this replica sealed nothing for the job yet and the subject is
+    a cancel, or a final result (ok, or error of attempt >= max_attempts) with
+    no lease grant by this replica for a later attempt. Re-asked for the
+    subject it already sealed, it returns the same body.
+    """
+    if _belongs(state, subject, (F.RESULT, F.CANCEL)):
+        return None
+    seals = _own(state, me, F.SEAL)
+    for s in seals:
+        if s.body.subject == subject.fact_id:
+            return s.body
+    if seals:
+        return None
+    if state.decided is not None and state.decided != subject:
+        return None
+    if subject.kind == F.RESULT:
+        if not is_final_result(state.submit, subject):
+            return None
+        if any(g.attempt > subject.attempt for g in _own(state, me, F.LEASE)):
+            return None
+    return Grant(state.job_id, F.SEAL, subject.attempt, subject.fact_id, subject.body.ts_ms)
+
+
+def lease_deadline(state: JobState, me: bytes, obs: Observations, rules: LeaseRules) -> float | None:
+    """Local time at which this replica's current attempt will be over, or None.
+
+    That is when its holder goes stale or, after an error result, when the
+    retry backoff ends: the shell re-announces the job then so a worker
+    claims the next attempt. None when there is no grant, the job is decided,
+    the attempt ended for good (ok result, closing attempt), this replica
+    sealed a cancel, or ``obs`` never observed the grant (call :func:`observe`).
+    """
+    cur = current_grant(state, me)
+    if cur is None or state.terminal or _sealed_cancel(state, me):
+        return None
+    m = cur[0]
+    results = [f for f in state.facts if f.kind == F.RESULT and f.attempt == m]
+    if any(f.body.outcome == F.OK for f in results):
+        return None
+    if results:
+        if m > state.spec.max_attempts or m not in obs.error_seen:
+            return None
+        return obs.error_seen[m] + rules.backoff_s(state.job_id, m)
+    if m not in obs.holder_seen:
+        return None
+    return obs.holder_seen[m] + rules.stale_after_s(state.spec.lease_ms)

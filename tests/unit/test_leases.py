@@ -1,0 +1,574 @@
+"""Lease rules of one replica (protocol.md section 4), then a many-replica model run."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from node import facts as F
+from node import lifecycle as L
+from node.facts import Fact, Grant
+from node.leases import LeaseRules, Observations, accept_renew, current_grant, decide_claim, decide_seal
+from node.leases import lease_deadline, observe
+from tests.unit.strategies import CONFIGS, REPLICAS, STRANGER, WORKERS, cancel, claim, lease, quorum_result
+from tests.unit.strategies import renew, result, submit
+
+RULES = LeaseRules()
+JOB = submit(max_attempts=2, replicas=3, quorum=2, lease_ms=1000)
+STALE = RULES.stale_after_s(1000)
+W0, W1, W2 = WORKERS[:3]
+ME = REPLICAS[0]
+
+
+class Replica:
+    """One replica as the node shell drives it: store, observe new facts, decide, sign."""
+
+    def __init__(self, ident=ME, job: Fact = JOB, now: float = 0.0) -> None:
+        self.ident, self.me, self.job = ident, ident.node_id, job
+        self.store: set[Fact] = {job}
+        self.obs = Observations()
+        self.now = now
+
+    def add(self, *fs: Fact) -> list[Fact]:
+        fresh = [f for f in fs if f not in self.store]
+        self.store.update(fresh)
+        observe(self.obs, fresh, self.me, self.now)
+        return fresh
+
+    @property
+    def state(self) -> L.JobState:
+        return L.derive(self.store)
+
+    def claim(self, worker, attempt: int, ts: int | None = None) -> Fact | str:
+        c = claim(worker, self.job, attempt, ts if ts is not None else int(self.now * 1000) + attempt)
+        self.add(c)
+        out = decide_claim(self.state, c, self.me, self.obs, self.now, RULES)
+        if isinstance(out, str):
+            return out
+        g = F.sign(self.ident, F.GRANT, out)
+        self.add(g)
+        return g
+
+    def renew(self, worker, attempt: int) -> bool:
+        r = renew(worker, self.job, attempt, int(self.now * 1000) + 1)
+        if not accept_renew(self.state, r, self.me, self.obs):
+            return False
+        self.add(r)
+        return True
+
+    def seal(self, subject: Fact) -> Fact | None:
+        self.add(subject)
+        body = decide_seal(self.state, subject, self.me)
+        if body is None:
+            return None
+        s = F.sign(self.ident, F.GRANT, body)
+        self.add(s)
+        return s
+
+
+def granted(out) -> bool:
+    return isinstance(out, Fact) and out.kind == F.GRANT and out.body.action == F.LEASE
+
+
+def other_grants(attempt: int, worker, replicas=REPLICAS[1:2]) -> list[Fact]:
+    return [lease(r, JOB, attempt, worker) for r in replicas]
+
+
+# --------------------------------------------------------------------------
+# Grant rules
+
+
+def test_first_claim_is_granted_for_the_claimant() -> None:
+    r = Replica()
+    g = r.claim(W0, 1, ts=77)
+    assert granted(g)
+    assert g.body == Grant(JOB.job_id, F.LEASE, 1, W0.node_id, 77)
+    assert current_grant(r.state, r.me) == (1, W0.node_id)
+
+
+def test_re_asking_gives_the_same_grant() -> None:
+    r = Replica()
+    first = r.claim(W0, 1, ts=5)
+    r.now = 0.5
+    assert r.claim(W0, 1, ts=9) == first  # same body, same signature, same fact
+
+
+def test_an_attempt_is_granted_to_one_worker_only() -> None:
+    r = Replica()
+    assert granted(r.claim(W0, 1))
+    assert "not above" in r.claim(W1, 1)
+
+
+def test_attempt_bounds() -> None:
+    r = Replica()
+    zero = F.sign(W0, F.CLAIM, F.Claim(JOB.job_id, 0, 1))
+    assert "outside" in decide_claim(r.state, zero, r.me, r.obs, 0.0, RULES)
+    beyond = claim(W0, JOB, 4)  # max_attempts + 2
+    assert "beyond" in decide_claim(r.state, beyond, r.me, r.obs, 0.0, RULES)
+
+
+def test_a_claim_of_another_job_is_refused() -> None:
+    r = Replica()
+    other = submit(nonce=b"\x03" * 16)
+    assert "another job" in decide_claim(r.state, claim(W0, other, 1), r.me, r.obs, 0.0, RULES)
+    assert "not a claim" in decide_claim(r.state, renew(W0, JOB, 1), r.me, r.obs, 0.0, RULES)
+
+
+def test_at_most_one_attempt_ahead_of_replica_signed_evidence() -> None:
+    r = Replica()
+    assert "more than one above" in r.claim(W0, 2)
+    r.add(claim(W1, JOB, 1))  # a worker's claim is no evidence
+    assert "more than one above" in r.claim(W0, 2)
+    r.add(*other_grants(1, W1))  # another replica granted attempt 1
+    assert granted(r.claim(W0, 2))  # this replica granted nothing, so nothing to wait for
+
+
+def test_live_holder_is_kept_and_stale_holder_is_replaced() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    r.now = STALE - 0.001
+    assert "live" in r.claim(W1, 2)
+    r.now = STALE
+    assert granted(r.claim(W1, 2))
+    assert current_grant(r.state, r.me) == (2, W1.node_id)
+
+
+def test_renews_and_re_claims_of_the_holder_keep_it_live() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    r.now = 1.0
+    assert r.renew(W0, 1)
+    r.now = 1.0 + STALE - 0.001
+    assert "live" in r.claim(W1, 2)
+    assert granted(r.claim(W0, 1))  # the holder re-asks: alive
+    r.now += STALE - 0.001
+    assert "live" in r.claim(W1, 2)
+    r.now += 0.001
+    assert granted(r.claim(W1, 2))
+
+
+def test_other_workers_claims_do_not_keep_a_dead_holder_alive() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    for step in range(1, 10):
+        r.now = step * STALE / 10
+        assert not granted(r.claim(W1, 1))
+    r.now = STALE
+    assert granted(r.claim(W1, 2))
+
+
+def test_superseded_grant_is_not_handed_out_again() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    r.now = STALE
+    r.claim(W1, 2)
+    assert "superseded" in r.claim(W0, 1)  # W0 must not believe it still holds attempt 1
+    assert "not above" in r.claim(W0, 2)
+    assert "not above" in r.claim(W2, 1)
+
+
+def test_error_result_waits_for_the_retry_backoff() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    r.now = 0.2
+    r.add(quorum_result(JOB, W0, 1, F.ERROR, replicas=REPLICAS[:2]))
+    backoff = RULES.backoff_s(JOB.job_id, 1)
+    r.now = 0.2 + backoff - 0.001
+    assert "backoff" in r.claim(W1, 2)
+    r.now = 0.2 + backoff
+    assert granted(r.claim(W1, 2))
+
+
+def test_ok_result_ends_the_attempt_at_once() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    r.now = 0.1
+    r.add(quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2]))
+    assert granted(r.claim(W1, 2))  # not decided yet: the result may never be sealed
+
+
+def test_decided_job_grants_nothing() -> None:
+    r = Replica()
+    ok = quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])
+    r.claim(W0, 1)
+    r.seal(ok)
+    r.add(F.sign(REPLICAS[1], F.GRANT, decide_seal(L.derive([JOB, ok]), ok, REPLICAS[1].node_id)))
+    assert r.state.status == L.DONE
+    r.now = 100.0
+    assert "done" in r.claim(W1, 2)
+    assert "done" in r.claim(W0, 1)
+
+
+def test_sealed_cancel_stops_grants_and_renews() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    assert r.seal(cancel(JOB)) is not None
+    assert not r.state.terminal  # one seal is not a quorum
+    assert not r.renew(W0, 1)
+    r.now = 100.0
+    assert "cancel" in r.claim(W1, 2)
+
+
+def test_closing_attempt_ends_a_job_whose_last_worker_vanished() -> None:
+    replicas = [Replica(ident) for ident in REPLICAS[:3]]
+    everywhere = lambda fn: [fn(r) for r in replicas]  # noqa: E731
+    everywhere(lambda r: r.claim(W0, 1))
+    everywhere(lambda r: r.add(quorum_result(JOB, W0, 1, F.ERROR, replicas=REPLICAS[:2])))
+    for r in replicas:
+        r.now = 10.0
+    assert all(granted(g) for g in everywhere(lambda r: r.claim(W1, 2)))
+    for r in replicas:
+        r.now = 10.0 + STALE + 0.001  # W1 died without a result
+    closing = everywhere(lambda r: r.claim(W2, 3))
+    assert all(granted(g) for g in closing)
+    assert all("outside" in out or "beyond" in out for out in everywhere(lambda r: r.claim(W0, 4)))
+    exhausted = result(W2, JOB, 3, tuple(closing[:2]), F.ERROR, b'{"error":"attempts exhausted"}')
+    seals = everywhere(lambda r: r.seal(exhausted))
+    state = L.derive([*replicas[0].store, *seals])
+    assert (state.status, state.attempts, state.error) == (L.FAILED, 2, "attempts exhausted")
+
+
+def test_closing_attempt_is_granted_once() -> None:
+    """Rule 4 as written: a stale closing attempt is not granted to another worker."""
+    r = Replica()
+    r.add(*other_grants(2, W0))
+    assert granted(r.claim(W1, 3))
+    r.now = STALE * 10
+    assert "not above" in r.claim(W2, 3)
+
+
+# --------------------------------------------------------------------------
+# Observations
+
+
+def test_restart_counts_existing_grants_as_seen_now() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    r.now = 50.0
+    r.obs = Observations()
+    observe(r.obs, r.store, r.me, r.now)
+    r.now = 50.0 + STALE - 0.001
+    assert "live" in r.claim(W1, 2)
+    r.now = 50.0 + STALE
+    assert granted(r.claim(W1, 2))
+
+
+def test_unobserved_grants_count_as_seen_when_judged() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    r.obs = Observations()  # the shell forgot to observe after a restart
+    r.now = 50.0
+    assert "live" in r.claim(W1, 2)
+    r.now = 50.0 + STALE
+    assert granted(r.claim(W1, 2))
+
+
+def test_observe_rules() -> None:
+    obs = Observations()
+    g = lease(ME, JOB, 1, W0)
+    observe(obs, [renew(W0, JOB, 1, 2), g], ME.node_id, 1.0)  # one batch: grant, then its renew
+    assert obs.holder_seen == {1: 1.0}
+    observe(obs, [renew(W1, JOB, 1, 3), lease(REPLICAS[1], JOB, 1, W1)], ME.node_id, 2.0)
+    assert obs.holder_seen == {1: 1.0}  # not our grantee, not our grant
+    observe(obs, [renew(W0, JOB, 1, 4)], ME.node_id, 3.0)
+    assert obs.holder_seen == {1: 3.0}
+    err = quorum_result(JOB, W0, 1, F.ERROR)
+    observe(obs, [err], ME.node_id, 4.0)
+    observe(obs, [err], ME.node_id, 5.0)
+    assert obs.error_seen == {1: 4.0}
+
+
+# --------------------------------------------------------------------------
+# Renew and seal
+
+
+def test_renew_only_for_the_current_grant() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    assert r.renew(W0, 1)
+    assert not r.renew(W1, 1)
+    assert not r.renew(W0, 2)
+    r.now = STALE  # stale, but nobody took over: the holder may carry on
+    assert r.renew(W0, 1)
+    r.now = 2 * STALE
+    r.claim(W1, 2)
+    assert not r.renew(W0, 1)
+    assert r.renew(W1, 2)
+    assert not accept_renew(r.state, renew(W1, submit(nonce=b"\x03" * 16), 2), r.me, r.obs)
+
+
+def test_accept_renew_refreshes_when_given_the_time() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    assert accept_renew(r.state, renew(W0, JOB, 1, 5), r.me, r.obs, now=4.0)
+    assert r.obs.holder_seen[1] == 4.0
+
+
+def test_seal_cancel_then_nothing_else() -> None:
+    r = Replica()
+    s = r.seal(cancel(JOB))
+    assert s.body == Grant(JOB.job_id, F.SEAL, 0, cancel(JOB).fact_id, cancel(JOB).body.ts_ms)
+    assert r.seal(cancel(JOB)) == s  # idempotent
+    assert r.seal(quorum_result(JOB, W0, 1)) is None
+
+
+def test_seal_rules_for_results() -> None:
+    assert Replica().seal(quorum_result(JOB, W0, 1, F.ERROR)) is None  # not final: a retry follows
+    assert Replica().seal(quorum_result(JOB, W0, 2, F.ERROR)).body.attempt == 2  # final error
+    assert Replica().seal(quorum_result(JOB, W0, 1)).body.subject == quorum_result(JOB, W0, 1).fact_id
+    assert Replica().seal(cancel(JOB, by=STRANGER)) is None
+    short = result(W0, JOB, 1, (lease(ME, JOB, 1, W0),))
+    assert Replica().seal(short) is None
+
+
+def test_late_result_is_not_sealed_by_a_replica_that_granted_later() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    r.now = STALE
+    r.claim(W1, 2)
+    late = quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])
+    assert r.seal(late) is None
+    assert r.seal(quorum_result(JOB, W1, 2, F.OK, replicas=REPLICAS[:2])) is not None
+
+
+# --------------------------------------------------------------------------
+# Deadlines and timing rules
+
+
+def test_lease_deadline_follows_the_holder_and_the_backoff() -> None:
+    r = Replica()
+    assert lease_deadline(r.state, r.me, r.obs, RULES) is None
+    r.claim(W0, 1)
+    assert lease_deadline(r.state, r.me, r.obs, RULES) == pytest.approx(STALE)
+    r.now = 1.0
+    r.renew(W0, 1)
+    assert lease_deadline(r.state, r.me, r.obs, RULES) == pytest.approx(1.0 + STALE)
+    r.now = 2.0
+    r.add(quorum_result(JOB, W0, 1, F.ERROR))
+    assert lease_deadline(r.state, r.me, r.obs, RULES) == pytest.approx(2.0 + RULES.backoff_s(JOB.job_id, 1))
+    r.now = 10.0
+    r.claim(W1, 2)
+    r.add(quorum_result(JOB, W1, 2, F.OK))
+    assert lease_deadline(r.state, r.me, r.obs, RULES) is None
+
+
+def test_lease_deadline_ends_with_a_sealed_cancel() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    r.seal(cancel(JOB))
+    assert lease_deadline(r.state, r.me, r.obs, RULES) is None
+
+
+def test_stale_after() -> None:
+    assert RULES.stale_after_s(1000) == pytest.approx(1.0 * 1.02 + 0.25)
+    assert LeaseRules(margin_s=0.0, rate_tolerance=0.0).stale_after_s(1500) == 1.5
+
+
+@given(st.binary(min_size=20, max_size=20), st.integers(1, 101))
+def test_backoff_is_deterministic_jittered_and_capped(job_id: bytes, attempt: int) -> None:
+    delay = RULES.backoff_s(job_id, attempt)
+    ceiling = min(RULES.backoff_cap_s, RULES.backoff_base_s * 2 ** (attempt - 1))
+    assert 0.5 * ceiling <= delay < ceiling
+    assert delay == RULES.backoff_s(job_id, attempt)
+
+
+def test_backoff_spreads_jobs() -> None:
+    delays = {RULES.backoff_s(i.to_bytes(20, "big"), 1) for i in range(200)}
+    assert len(delays) == 200 and max(delays) - min(delays) > 0.2
+
+
+# --------------------------------------------------------------------------
+# Model run: several replicas, several workers, random interleavings
+
+
+def _flatten(fs):
+    for f in fs:
+        yield f
+        if f.kind == F.RESULT:
+            yield from f.body.grants
+
+
+class SimReplica:
+    def __init__(self, ident, job: Fact, rate: float, offset: float) -> None:
+        self.ident, self.me = ident, ident.node_id
+        self.rate, self.offset = rate, offset
+        self.store: set[Fact] = {job}
+        self.obs = Observations()
+
+    def now(self, t: float) -> float:
+        return self.offset + self.rate * t
+
+    def receive(self, fs, t: float) -> list[Fact]:
+        fresh = sorted({f for f in fs if f not in self.store}, key=L.sort_key)
+        self.store.update(fresh)
+        observe(self.obs, fresh, self.me, self.now(t))
+        return fresh
+
+    def state(self) -> L.JobState:
+        return L.derive(self.store)
+
+
+class Model:
+    """Global time ``t``; each replica's clock runs at its own rate (ratios within 2%)."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+        r, self.q = data.draw(CONFIGS, label="replicas, quorum")
+        self.max_attempts = data.draw(st.integers(1, 3), label="max_attempts")
+        lease_ms = data.draw(st.sampled_from([500, 1000, 3000]), label="lease_ms")
+        self.lease_s = lease_ms / 1000
+        self.job = submit(max_attempts=self.max_attempts, replicas=r, quorum=self.q, lease_ms=lease_ms)
+        rate = st.floats(1.0, 1.02)
+        self.replicas = [
+            SimReplica(REPLICAS[i], self.job, data.draw(rate), data.draw(st.floats(0, 1e4))) for i in range(r)
+        ]
+        self.workers = WORKERS[:3]
+        self.worker_rate = [data.draw(rate) for _ in self.workers]
+        self.t = 0.0
+        self.ts = 0
+        self.received: dict[tuple[int, int], set[Fact]] = {}  # (attempt, worker) -> grants it got
+        self.accepted: dict[tuple[int, int], dict[int, float]] = {}  # -> replica -> last grant/renew time
+        self.finished: set[tuple[int, int]] = set()
+        self.late: set[Fact] = set()
+        self.everything: set[Fact] = {self.job}
+        self.terminal: L.JobState | None = None
+
+    def draw(self, strategy, label=None):
+        return self.data.draw(strategy, label=label)
+
+    def subset(self) -> list[SimReplica]:
+        size = self.draw(st.sampled_from(range(len(self.replicas), -1, -1)))  # biased towards all
+        return self.draw(st.permutations(self.replicas))[:size]
+
+    def sign(self, replica: SimReplica, body: Grant) -> Fact:
+        fact = F.sign(replica.ident, F.GRANT, body)
+        self.everything.add(fact)
+        return fact
+
+    def next_ts(self) -> int:
+        self.ts += 1
+        return self.ts
+
+    def holding(self) -> list[tuple[int, int]]:
+        return sorted(k for k, gs in self.received.items() if len(gs) >= self.q and k not in self.finished)
+
+    # -- actions -------------------------------------------------------------
+
+    def advance(self) -> None:
+        self.t += self.draw(st.floats(0, 1.6 * self.lease_s))
+
+    def claim(self) -> None:
+        w = self.draw(st.integers(0, len(self.workers) - 1))
+        known = max((f.attempt for f in self.everything if f.kind in (F.GRANT, F.RESULT)), default=0)
+        n = self.draw(st.sampled_from(sorted({known + 1, max(known, 1), known + 2, 1})))
+        c = F.sign(self.workers[w], F.CLAIM, F.Claim(self.job.job_id, n, self.next_ts()))
+        self.everything.add(c)
+        for rep in self.subset():
+            rep.receive([c], self.t)
+            out = decide_claim(rep.state(), c, rep.me, rep.obs, rep.now(self.t), RULES)
+            if isinstance(out, str):
+                continue
+            g = self.sign(rep, out)
+            rep.receive([g], self.t)
+            self.accepted.setdefault((n, w), {})[self.replicas.index(rep)] = self.t
+            if self.draw(st.sampled_from([True, True, False])):  # the reply may be lost
+                self.received.setdefault((n, w), set()).add(g)
+
+    def renew(self) -> None:
+        if not self.holding():
+            return
+        n, w = self.draw(st.sampled_from(self.holding()))
+        rn = F.sign(self.workers[w], F.RENEW, F.Renew(self.job.job_id, n, self.next_ts()))
+        self.everything.add(rn)
+        for rep in self.subset():
+            if accept_renew(rep.state(), rn, rep.me, rep.obs, rep.now(self.t)):
+                rep.receive([rn], self.t)
+                self.accepted[(n, w)][self.replicas.index(rep)] = self.t
+
+    def post_result(self) -> None:
+        if not self.holding():
+            return
+        n, w = self.draw(st.sampled_from(self.holding()))
+        outcome = F.ERROR if n > self.max_attempts else self.draw(st.sampled_from([F.OK, F.ERROR]))
+        grants = tuple(sorted(self.received[(n, w)], key=lambda g: g.fact_id))
+        res = result(self.workers[w], self.job, n, grants, outcome, ts_ms=self.next_ts())
+        self.finished.add((n, w))
+        self.everything.add(res)
+        later = [rep for rep in self.replicas if (current_grant(rep.state(), rep.me) or (0,))[0] > n]
+        if len(later) >= self.q:
+            self.late.add(res)
+        self.deliver([res])
+
+    def cancel(self) -> None:
+        self.everything.add(cancel(self.job))
+        self.deliver([cancel(self.job)])
+
+    def deliver(self, fs: list[Fact]) -> None:
+        for rep in self.subset():
+            self.seal_new(rep, rep.receive(fs, self.t))
+
+    def gossip(self) -> None:
+        src, dst = self.draw(st.sampled_from(self.replicas)), self.draw(st.sampled_from(self.replicas))
+        self.seal_new(dst, dst.receive(src.store, self.t))
+
+    def restart(self) -> None:
+        rep = self.draw(st.sampled_from(self.replicas))
+        rep.obs = Observations()
+        observe(rep.obs, rep.store, rep.me, rep.now(self.t))
+
+    def seal_new(self, rep: SimReplica, fresh: list[Fact]) -> None:
+        for subject in fresh:
+            if subject.kind in (F.RESULT, F.CANCEL):
+                body = decide_seal(rep.state(), subject, rep.me)
+                if body is not None:
+                    rep.receive([self.sign(rep, body)], self.t)
+
+    # -- invariants ----------------------------------------------------------
+
+    def check(self) -> None:
+        facts = set(_flatten(self.everything))
+        lease_signers: dict[tuple[int, bytes], set[bytes]] = {}
+        seal_signers: dict[bytes, set[bytes]] = {}
+        for f in facts:
+            if f.kind == F.GRANT and f.body.action == F.LEASE:
+                lease_signers.setdefault((f.attempt, f.body.subject), set()).add(f.author_id)
+            elif f.kind == F.GRANT:
+                seal_signers.setdefault(f.body.subject, set()).add(f.author_id)
+        holders = [k for k, who in lease_signers.items() if len(who) >= self.q]
+        assert len({n for n, _ in holders}) == len(holders), "two workers got a quorum for one attempt"
+
+        live = [
+            (n, w)
+            for (n, w), times in self.accepted.items()
+            if (n, w) not in self.finished
+            and sum(1 for at in times.values() if at + self.lease_s / self.worker_rate[w] > self.t) >= self.q
+        ]
+        assert len(live) <= 1, f"two live lease holders at t={self.t}: {live}"
+
+        for rep in self.replicas:
+            own = {f.body.subject for f in facts if f.kind == F.GRANT and f.body.action == F.SEAL and f.author_id == rep.me}
+            assert len(own) <= 1, "a replica sealed two subjects"
+
+        decided = [s for s, who in seal_signers.items() if len(who) >= self.q]
+        assert len(decided) <= 1, "two subjects decided"
+        assert not {f.fact_id for f in self.late} & set(decided), "a late result was decided"
+
+        state = L.derive(self.everything)
+        if self.terminal is not None:
+            assert (state.status, state.decided) == (self.terminal.status, self.terminal.decided)
+        elif state.terminal:
+            self.terminal = state
+
+
+@settings(max_examples=250, deadline=None)
+@given(st.data())
+def test_model_run_keeps_leases_exclusive_and_decisions_unique(data) -> None:
+    model = Model(data)
+    actions = [model.claim] * 3 + [model.renew, model.post_result, model.advance, model.gossip] * 2
+    actions += [model.restart] + [model.cancel] * data.draw(st.sampled_from([0, 0, 0, 1]), label="cancels")
+    for _ in range(data.draw(st.integers(10, 60), label="steps")):
+        data.draw(st.sampled_from(actions), label="action")()
+        model.check()
+    event(f"ended {L.derive(model.everything).status}")
+    event(f"late results: {bool(model.late)}")
