@@ -54,6 +54,8 @@ class RecordPolicy(Protocol):
 
     def stored(self, key: bytes, new: list[Record]) -> None: ...
 
+    # Optional: ``worth_repairing(record) -> bool`` limits read repair to durable records.
+
 
 class AcceptAll:
     """A policy that admits every valid record (tests of the DHT alone)."""
@@ -75,6 +77,7 @@ class StoreOutcome:
     asked: int
     produced: list[Record]
     refusals: dict[bytes, list[tuple[int, str]]]  # replica id -> refusals
+    stored_ids: frozenset[bytes] = frozenset()  # the replicas that hold every record
 
     def reached(self, quorum: int) -> bool:
         return self.stored_on >= quorum
@@ -153,6 +156,8 @@ class DHTServer:
         self._handoff_wakeup = asyncio.Event()
         self._replica_cache: OrderedDict[bytes, tuple[float, list[Contact]]] = OrderedDict()
         self.replica_cache_ttl_s = 5.0
+        # After a quorum of replicas answered, wait this long for the rest.
+        self.quorum_grace_s = 0.05
         self._loops: list[asyncio.Task] = []
         self.lookups: deque[LookupResult] = deque(maxlen=1000)
         self.stats: dict[str, int] = {
@@ -421,8 +426,11 @@ class DHTServer:
         return closest[:count]
 
     def router_is_complete(self) -> bool:
-        """True while no bucket is full or keeps replacements (a mesh of at most k+1 nodes)."""
-        return all(len(b) < self.config.k and not b.replacement_nodes for b in self.router.buckets)
+        """True while the table is one unsplit bucket, not full and without
+        replacements: it never held more than k contacts, so it knows the whole
+        mesh it can reach. A table that split once may miss closer nodes."""
+        buckets = self.router.buckets
+        return len(buckets) == 1 and len(buckets[0]) < self.config.k and not buckets[0].replacement_nodes
 
     def is_replica_locally(self, key: bytes) -> bool:
         """From our routing table alone: are we among the r closest to ``key``?"""
@@ -441,16 +449,41 @@ class DHTServer:
         quorum = quorum or (replicas // 2 + 1 if replicas else self.config.quorum)
         targets = await self.replicas_for(key, count=replicas)
         raws = [r.raw for r in records]
-        outcome = await self._store_on(key, raws, records, targets)
+        outcome = await self._store_on(key, raws, records, targets, quorum)
         if outcome.stored_on < quorum and outcome.answered < outcome.asked:
             # The cached replica set may be stale: look again and retry once.
             targets = await self.replicas_for(key, count=replicas, fresh=True)
-            outcome = await self._store_on(key, raws, records, targets)
+            outcome = await self._store_on(key, raws, records, targets, quorum)
         if outcome.stored_on < quorum:
             self.stats["store_quorum_missed"] += 1
         return outcome
 
-    async def _store_on(self, key: bytes, raws: list[bytes], records: list[Record], replicas: list[Contact]) -> StoreOutcome:
+    async def _gather_quorum(self, contacts, call, quorum: int, success, missing):
+        """Run ``call(contact)`` for every contact; return once all answered, or
+        ``quorum`` succeeded and a short grace passed (a dead replica must not
+        stall every write and read for a whole RPC timeout). Calls still running
+        go on in tracked tasks; their answers count as ``missing``."""
+        loop = asyncio.get_running_loop()
+        tasks = {self.protocol.spawn(call(c), "replica_call"): c for c in contacts}
+        answers: dict[bytes, Any] = {}
+        pending = set(tasks)
+        grace_until: float | None = None
+        while pending:
+            timeout = None if grace_until is None else max(0.0, grace_until - loop.time())
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            for task in done:
+                answers[tasks[task].id] = missing if task.cancelled() or task.exception() else task.result()
+            if grace_until is None and sum(1 for a in answers.values() if success(a)) >= quorum:
+                grace_until = loop.time() + self.quorum_grace_s
+        for contact in tasks.values():
+            answers.setdefault(contact.id, missing)
+        return answers
+
+    async def _store_on(
+        self, key: bytes, raws: list[bytes], records: list[Record], replicas: list[Contact], quorum: int
+    ) -> StoreOutcome:
         async def one(contact: Contact) -> tuple[bool, bool, list, list[Record]]:
             """(answered, stored all, refusals, produced records)"""
             if contact.id == self.node.id:
@@ -468,13 +501,15 @@ class DHTServer:
                 produced_all.extend(p for p in produced if p.author_id == contact.id)
             return True, ok_all, refused_all, produced_all
 
-        results = await asyncio.gather(*(one(c) for c in replicas))
+        answers = await self._gather_quorum(replicas, one, quorum, lambda r: r[1], (False, False, [], []))
+        results = [answers[c.id] for c in replicas]
         return StoreOutcome(
             stored_on=sum(1 for _, ok, _, _ in results if ok),
             answered=sum(1 for answered, _, _, _ in results if answered),
             asked=len(replicas),
             produced=[p for _, _, _, ps in results for p in ps],
             refusals={c.id: r[2] for c, r in zip(replicas, results) if r[2]},
+            stored_ids=frozenset(c.id for c, r in zip(replicas, results) if r[1]),
         )
 
     # ---------------------------------------------------------------- fetch
@@ -492,7 +527,9 @@ class DHTServer:
             records, _bad = self._decode_all(key, reply[1])
             return contact, records
 
-        answers = await asyncio.gather(*(one(c) for c in replicas))
+        quorum = len(replicas) // 2 + 1
+        by_id = await self._gather_quorum(replicas, one, quorum, lambda a: a[1] is not None, None)
+        answers = [by_id[c.id] or (c, None) for c in replicas]
         merged: dict[bytes, Record] = {}
         for _, records in answers:
             for r in records or ():
@@ -503,7 +540,7 @@ class DHTServer:
                 if records is None:
                     continue
                 have = {r.record_id for r in records}
-                missing = [r for rid, r in merged.items() if rid not in have]
+                missing = [r for rid, r in merged.items() if rid not in have and self._worth_repairing(r)]
                 if missing:
                     self.stats["repairs_sent"] += len(missing)
                     if contact.id == self.node.id:
@@ -511,6 +548,10 @@ class DHTServer:
                     else:
                         self.protocol.spawn(self._push(contact, key, missing), "repair")
         return list(merged.values()), answered
+
+    def _worth_repairing(self, record: Record) -> bool:
+        check = getattr(self.policy, "worth_repairing", None)
+        return check is None or check(record)
 
     async def _push(self, contact: Contact, key: bytes, records: list[Record]) -> bool:
         ok = True

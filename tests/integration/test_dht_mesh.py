@@ -39,14 +39,6 @@ CONCURRENCY = 32
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-BUG_COMPLETE = (
-    "BUG: dht/server.py DHTServer.router_is_complete() returns True whenever no bucket is full, "
-    "also after the table split, so a node that knows only part of a 30-node mesh skips the lookup "
-    "and stores on / reads from the wrong replicas. Fix: complete only while the table is one "
-    "unsplit bucket with fewer than k contacts and no replacements."
-)
-
-
 class RecordingLogger:
     """Drops info, keeps warnings and errors, so a test can assert that no
     background task failed."""
@@ -155,7 +147,6 @@ async def test_every_store_reaches_a_quorum_of_replicas_that_seal_the_cancel(mes
     print(f"\nstored {KEYS} keys in {mesh['store_s']:.2f} s")
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_COMPLETE)
 async def test_every_key_lands_on_its_true_r_closest_nodes(mesh):
     by_id = dict(zip(mesh["ids"], mesh["nodes"]))
 
@@ -169,7 +160,6 @@ async def test_every_key_lands_on_its_true_r_closest_nodes(mesh):
     assert not misplaced, f"{len(misplaced)} of {KEYS} keys are missing from some of their true r closest nodes"
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_COMPLETE)
 async def test_every_key_reads_back_complete_and_cancelled_from_every_node(mesh):
     nodes, jobs = mesh["nodes"][:NODES], mesh["jobs"]
     sem = asyncio.Semaphore(CONCURRENCY)
@@ -195,7 +185,6 @@ async def test_every_key_reads_back_complete_and_cancelled_from_every_node(mesh)
     print(f"\n{len(got)} reads in {elapsed:.2f} s")
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_COMPLETE)
 async def test_late_joiner_receives_every_key_it_is_now_a_replica_of(mesh):
     nodes, jobs = mesh["nodes"], mesh["jobs"]
     late = start_node(mesh["base"] / "late", 5000, mesh["log"])

@@ -177,12 +177,6 @@ async def test_a_tiny_table_answers_replica_sets_locally():
     assert net.asked == []  # no lookup: the table provably holds the whole (tiny) mesh
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dht/server.py DHTServer.router_is_complete() is True for a table that split "
-    "(so it once held more than k contacts) as long as no bucket is full now; replicas_for then "
-    "skips the lookup and misses closer nodes it does not know. Fix: also require len(router.buckets) == 1.",
-)
 async def test_after_the_table_split_replica_sets_come_from_a_lookup():
     s, identity = server(k=4, replicas=3, quorum=2)
     hidden = Identity.generate()  # a node only our contacts know
