@@ -20,20 +20,33 @@ _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 
 
-def _check(value: Any, depth: int) -> None:
-    if depth > 16:
-        raise EncodingError("value nested deeper than 16 levels")
-    if value is None or isinstance(value, (bool, str, bytes)):
-        return
-    if isinstance(value, int):
-        if not _INT_MIN <= value <= _INT_MAX:
-            raise EncodingError("integer out of 64-bit range")
-        return
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            _check(item, depth + 1)
-        return
-    raise EncodingError(f"type {type(value).__name__} has no canonical encoding")
+_LEAVES = frozenset({type(None), bool, str, bytes})
+_DEPTH_MAX = 16
+
+
+def _check(value: Any, depth: int = 0) -> None:
+    """Refuse anything but canonical types. Iterative: this runs on every
+    datagram and fact, so it avoids a Python call per element."""
+    pending = [(value, depth)]
+    while pending:
+        item, level = pending.pop()
+        kind = type(item)
+        if kind in _LEAVES:
+            continue
+        if kind is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise EncodingError("integer out of 64-bit range")
+        elif kind is list or kind is tuple:
+            if level >= _DEPTH_MAX:
+                raise EncodingError(f"value nested deeper than {_DEPTH_MAX} levels")
+            for child in item:
+                ckind = type(child)
+                if ckind is list or ckind is tuple or ckind is int:
+                    pending.append((child, level + 1))
+                elif ckind not in _LEAVES:
+                    raise EncodingError(f"type {ckind.__name__} has no canonical encoding")
+        else:
+            raise EncodingError(f"type {kind.__name__} has no canonical encoding")
 
 
 def canonical_pack(value: Any) -> bytes:
@@ -59,15 +72,18 @@ def canonical_unpack(data: bytes, *, max_len: int = 1 << 20) -> Any:
         )
     except Exception as exc:  # msgpack raises several unrelated types
         raise EncodingError(f"not msgpack: {exc.__class__.__name__}") from None
-    try:
-        again = canonical_pack(value)
-    except EncodingError:
-        raise
-    if again != data:
+    _check(value)
+    if msgpack.packb(value, use_bin_type=True) != data:
         raise EncodingError("bytes are msgpack but not in canonical form")
     return value
 
 
-def signing_bytes(domain: str, fields: list | tuple) -> bytes:
-    """The bytes a signature covers: the domain tag, then the fields."""
+def signing_bytes(domain: str, fields: list | tuple, *, checked: bool = False) -> bytes:
+    """The bytes a signature covers: the domain tag, then the fields.
+
+    ``checked=True`` when the fields came out of :func:`canonical_unpack` (so
+    they are canonical already) skips the second type check.
+    """
+    if checked:
+        return msgpack.packb([domain, *fields], use_bin_type=True)
     return canonical_pack([domain, *fields])

@@ -69,11 +69,14 @@ def verify_statistics() -> dict[str, int]:
     return {"verify_cache_hits": _cache.hits, "verify_cache_misses": _cache.misses}
 
 
-def verify(domain: str, public_key: bytes, fields: list | tuple, signature: bytes) -> None:
-    """Check ``signature`` over ``[domain, *fields]``; raise :class:`BadSignature`."""
+def verify(domain: str, public_key: bytes, fields: list | tuple, signature: bytes, *, checked: bool = False) -> None:
+    """Check ``signature`` over ``[domain, *fields]``; raise :class:`BadSignature`.
+
+    ``checked``: the fields were decoded canonically (see ``signing_bytes``).
+    """
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         raise BadSignature("malformed key or signature length")
-    message = signing_bytes(domain, fields)
+    message = signing_bytes(domain, fields, checked=checked)
     key = (public_key, signature, message)
     if _cache.seen(key):
         return
@@ -126,7 +129,10 @@ class Identity:
 
     def sign(self, domain: str, fields: list | tuple) -> bytes:
         """Sign ``[domain, *fields]`` canonically; returns the 64-byte signature."""
-        return self._signing_key.sign(signing_bytes(domain, fields)).signature
+        message = signing_bytes(domain, fields)
+        signature = self._signing_key.sign(message).signature
+        _cache.add((self.public_key, signature, message))  # our own: no need to verify it when it comes back
+        return signature
 
     def pair_key(self, peer_public_key: bytes) -> bytes:
         """A symmetric key only this node and the holder of ``peer_public_key`` can compute.
@@ -154,15 +160,15 @@ class Identity:
             self._pair_keys.popitem(last=False)
         return key
 
-    def mac(self, peer_public_key: bytes, domain: str, fields: list | tuple) -> bytes:
+    def mac(self, peer_public_key: bytes, domain: str, fields: list | tuple, *, checked: bool = False) -> bytes:
         """Authenticate ``[domain, *fields]`` for the pair (us, peer)."""
         return hashlib.blake2b(
-            signing_bytes(domain, fields), key=self.pair_key(peer_public_key), digest_size=MAC_BYTES
+            signing_bytes(domain, fields, checked=checked), key=self.pair_key(peer_public_key), digest_size=MAC_BYTES
         ).digest()
 
     def check_mac(self, peer_public_key: bytes, domain: str, fields: list | tuple, tag: bytes) -> None:
-        """Raise :class:`BadSignature` unless ``tag`` is the pair's MAC of the fields."""
-        if not hmac.compare_digest(self.mac(peer_public_key, domain, fields), tag):
+        """Raise :class:`BadSignature` unless ``tag`` is the pair's MAC of the (decoded) fields."""
+        if not hmac.compare_digest(self.mac(peer_public_key, domain, fields, checked=True), tag):
             raise BadSignature(f"bad MAC for {domain}")
 
     @property

@@ -117,7 +117,7 @@ def open_envelope(data: bytes, *, datagram_bytes_max: int, identity: Identity | 
         raise EnvelopeError("malformed")
     try:
         if len(signature) == SIGNATURE_BYTES:
-            verify(domains.RPC, key, outer[:8], signature)
+            verify(domains.RPC, key, outer[:8], signature, checked=True)
         elif identity is None or target != identity.node_id:
             raise EnvelopeError("misdirected")
         else:

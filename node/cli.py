@@ -177,7 +177,19 @@ def main(argv: list[str] | None = None) -> int:
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    run(run_node(config))
+    profile_path = os.environ.get("WORKMESH_PROFILE")
+    if not profile_path:
+        run(run_node(config))
+        return 0
+    import cProfile  # an operator's profile of this node, written at shutdown
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        run(run_node(config))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(f"{profile_path}.{os.getpid()}")
     return 0
 
 

@@ -33,8 +33,9 @@ class NodeConfig:
     gossip_seen_max: int = 100_000
     # Jobs a worker remembers as runnable, at most.
     runnable_max: int = 20_000
-    # A replica re-announces a pending job after this delay, doubling up to the max.
-    reannounce_first_s: float = 1.0
+    # A replica re-announces a pending job after this delay (times its rank
+    # among the job's replicas, so one replica speaks first), doubling up to the max.
+    reannounce_first_s: float = 10.0
     reannounce_max_s: float = 30.0
     # Re-announcements a replica sends per second, at most.
     reannounce_per_s: float = 500.0

@@ -357,7 +357,7 @@ def decode(raw: bytes, *, key: bytes | None = None) -> Fact:
     _need(isinstance(fields, list), "body is a list")
     body = _parse_body(kind, fields)
     try:
-        verify(KINDS[kind], author, [author, fields], signature)
+        verify(KINDS[kind], author, [author, fields], signature, checked=True)
     except BadSignature:
         raise InvalidFact(f"{kind} signature does not verify") from None
     fact = Fact(kind, author, body, signature, raw, fact_id_of(raw), node_id_of(author))

@@ -37,7 +37,7 @@ class JobIndex:
         self._next_due: dict[bytes, float] = {}
         self._delay: dict[bytes, float] = {}
 
-    def update(self, state: lifecycle.JobState, now: float, lease_deadline: float | None) -> str | None:
+    def update(self, state: lifecycle.JobState, now: float, lease_deadline: float | None, rank: int = 0) -> str | None:
         """Record the job's new state; the previous status if it changed, else None."""
         job_id = state.job_id
         old = self._jobs.get(job_id)
@@ -52,7 +52,7 @@ class JobIndex:
             self._delay.pop(job_id, None)
             self._schedule(job_id, lease_deadline)
         elif state.status == lifecycle.PENDING and job_id not in self._next_due:
-            self._schedule(job_id, now + self._first_s)
+            self._schedule(job_id, now + self._first_s * (1 + rank))
         elif lease_deadline is not None:
             self._schedule(job_id, lease_deadline)
         if old is None:

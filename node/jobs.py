@@ -23,6 +23,7 @@ from node.jobindex import JobIndex
 
 POLL_S_MIN = 0.05
 POLL_S_MAX = 0.5
+POLL_S_REPLICA = 1.0
 
 
 def view(state: lifecycle.JobState, *, history: bool = False) -> JobView:
@@ -71,7 +72,7 @@ class JobOperations:
         *,
         defaults: Any,  # NodeConfig
         wall_ms: Callable[[], int],
-        announce: Callable[[bytes, str], None],
+        announce: Callable[[F.Fact, frozenset[bytes]], None],
         waiters: dict[bytes, asyncio.Event],
     ) -> None:
         self.identity = identity
@@ -82,7 +83,7 @@ class JobOperations:
         self.wall_ms = wall_ms
         self._announce = announce
         self._waiters = waiters
-        self.counters = {"submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0}
+        self.counters = {"submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0}
 
     # -- submit -----------------------------------------------------------------
     def replica_plan(self) -> tuple[int, int]:
@@ -133,13 +134,18 @@ class JobOperations:
                 "Retry with the same Idempotency-Key."
             )
         self.counters["submitted"] += 1
-        self._announce(submit.job_id, job_type)
+        self._announce(submit, outcome.stored_ids)
         state = lifecycle.derive([submit])
         return view(state)
 
     # -- read -------------------------------------------------------------------
     async def read_state(self, job_id: bytes) -> lifecycle.JobState:
         self.counters["reads"] += 1
+        local = lifecycle.derive(self.dht.records.get(job_id))
+        if local is not None and local.status in lifecycle.TERMINAL:
+            # Decided by a quorum of seals: final, no replica can say otherwise.
+            self.counters["local_reads"] += 1
+            return local
         facts, answered = await self.dht.fetch(job_id)
         if answered == 0:
             raise QuorumUnavailable("no replica of this job answered")
@@ -152,17 +158,25 @@ class JobOperations:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait_s)
         state = await self.read_state(job_id)
-        poll = POLL_S_MIN
+        # A replica hears of every change to the job in its own store (results,
+        # pushed seals): it checks its store on each change and re-reads the
+        # other replicas only now and then. Other nodes poll with backoff.
+        poll = POLL_S_REPLICA if self.dht.records.has(job_id) else POLL_S_MIN
         while state.status not in lifecycle.TERMINAL and loop.time() < deadline:
             event = self._waiters.setdefault(job_id, asyncio.Event())
             try:
                 await asyncio.wait_for(event.wait(), min(poll, max(0.0, deadline - loop.time())))
+                changed = True
             except asyncio.TimeoutError:
-                pass
-            finally:
-                if self._waiters.get(job_id) is event and event.is_set():
-                    self._waiters.pop(job_id, None)
-            poll = min(POLL_S_MAX, poll * 2)
+                changed = False
+            if self._waiters.get(job_id) is event and event.is_set():
+                self._waiters.pop(job_id, None)
+            if changed:
+                local = lifecycle.derive(self.dht.records.get(job_id))
+                if local is not None and local.status in lifecycle.TERMINAL:
+                    state = local
+                continue
+            poll = max(poll, min(POLL_S_MAX, poll * 2))
             state = await self.read_state(job_id)
         return view(state, history=history)
 

@@ -22,6 +22,7 @@ import structlog
 
 from crypto.identity import Identity, verify_statistics
 from dht.protocol import Clock
+from dht.routing import target_node
 from dht.server import DHTServer, SystemClock
 from dht.storage import FactStore
 from node import __version__
@@ -182,9 +183,12 @@ class Node:
         state = lifecycle.derive(self.store.get(key))
         if state is None:
             return
+        if state.status == lifecycle.PENDING and any(f.kind == "submit" for f in new):
+            # A replica of a new job is a worker that has heard of it.
+            self.workers.offer(key, state.submit.body.job_type, state.submit)
         obs = self.replica.observations(key)
         deadline = leases.lease_deadline(state, self.identity.node_id, obs, self.config.leases)
-        previous = self.index.update(state, self._monotonic(), deadline)
+        previous = self.index.update(state, self._monotonic(), deadline, self._replica_rank(key))
         if previous is not None and new:
             self.counters["status_changes"] += 1
             self.log.info(
@@ -196,9 +200,19 @@ class Node:
         if event is not None:
             event.set()
 
-    def _announce_new(self, job_id: bytes, job_type: str) -> None:
-        self.gossip.announce(job_id, job_type)
-        self.workers.offer(job_id, job_type)
+    def _replica_rank(self, key: bytes) -> int:
+        """Our position among the job's replicas (from the routing table): 0 speaks first."""
+        target = target_node(key)
+        mine = self.dht.node.distance_to(target)
+        others = self.dht.router.find_neighbors(target, k=self.config.replicas)
+        return sum(1 for c in others if c.distance_to(target) < mine)
+
+    def _announce_new(self, submit, replicas: frozenset[bytes]) -> None:
+        """A job was accepted: its replicas know (they offer it to their own
+        workers); announce it to the best-ranked other workers."""
+        job_id, job_type = submit.job_id, submit.body.job_type
+        self.gossip.announce(job_id, job_type, submit, skip=replicas)
+        self.workers.offer(job_id, job_type, submit)
 
     async def _reannounce_loop(self) -> None:
         """Replicas re-announce jobs that are pending or whose lease went stale."""

@@ -159,6 +159,13 @@ class JobReplica:
                 return f
         return F.sign(self.identity, kind, body)
 
+    def worth_repairing(self, fact: F.Fact) -> bool:
+        """Read repair copies what decides a job (submission, results, cancels,
+        seals); claims, lease grants and renews are per-replica and short-lived."""
+        if fact.kind == F.GRANT:
+            return fact.body.action == F.SEAL
+        return fact.kind in (F.SUBMIT, F.RESULT, F.CANCEL)
+
     def stored(self, key: bytes, new: list[F.Fact]) -> None:
         self._on_stored(key, new)
 

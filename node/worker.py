@@ -41,6 +41,8 @@ RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
 class _Offer:
     job_type: str
     not_before: float
+    submit: F.Fact | None  # set on a first announcement: claim attempt 1 without a read
+    best: bool  # this worker ranks first for the job
 
 
 class LeaseLost(Exception):
@@ -74,12 +76,15 @@ class WorkerPool:
         self._runnable: OrderedDict[bytes, _Offer] = OrderedDict()
         self._runnable_max = runnable_max
         self._active: dict[bytes, asyncio.Task] = {}
+        self._executing = 0  # attempts holding a slot (claiming or running a handler)
+        self.reports_max = 256  # attempts past their handler, filing results, at most
         self._wakeup = asyncio.Event()
         self._on_state = on_state or (lambda job_id, status, attempt: None)
         self.log = logger or structlog.get_logger()
         self.counters = {
             "offers": 0,
             "offers_dropped": 0,
+            "offers_skipped": 0,
             "claims": 0,
             "claims_won": 0,
             "claims_lost": 0,
@@ -92,23 +97,25 @@ class WorkerPool:
 
     @property
     def busy(self) -> int:
-        return len(self._active)
+        return self._executing
 
     # -- offers -------------------------------------------------------------
-    def offer(self, job_id: bytes, job_type: str, *, delay_s: float | None = None) -> None:
+    def offer(self, job_id: bytes, job_type: str, submit: F.Fact | None = None, *, delay_s: float | None = None) -> None:
         """A job that may be runnable. Cheap; the claim decides."""
         if self.slots <= 0 or self.registry.get(job_type) is None or job_id in self._active:
             return
+        best = False
         if delay_s is None:
             peers = [c.id for c in self.dht.router.contacts()]
             position = rendezvous.rank(job_id, self.identity.node_id, peers)
             delay_s = rendezvous.claim_delay_s(position)
+            best = position == 0
         not_before = self.monotonic() + delay_s
         current = self._runnable.get(job_id)
         if current is not None and current.not_before <= not_before:
             return
         self.counters["offers"] += 1
-        self._runnable[job_id] = _Offer(job_type, not_before)
+        self._runnable[job_id] = _Offer(job_type, not_before, submit, best)
         while len(self._runnable) > self._runnable_max:
             self._runnable.popitem(last=False)
             self.counters["offers_dropped"] += 1
@@ -125,7 +132,7 @@ class WorkerPool:
     async def run(self) -> None:
         """The dispatch loop: start an attempt whenever a slot and a due job exist."""
         while True:
-            if self.busy >= self.slots or not self._runnable:
+            if self._executing >= self.slots or len(self._active) >= self.slots + self.reports_max or not self._runnable:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -138,7 +145,8 @@ class WorkerPool:
                     pass
                 continue
             offer = self._runnable.pop(job_id)
-            task = asyncio.ensure_future(self._attempt(job_id, offer.job_type))
+            self._executing += 1
+            task = asyncio.ensure_future(self._attempt(job_id, offer))
             self._active[job_id] = task
             task.add_done_callback(lambda t, j=job_id: self._done(j, t))
 
@@ -153,10 +161,38 @@ class WorkerPool:
             task.cancel()
 
     # -- one attempt ----------------------------------------------------------
-    async def _attempt(self, job_id: bytes, job_type: str) -> None:
+    async def _attempt(self, job_id: bytes, offer: _Offer) -> None:
+        """Claim, run and report one attempt. Holds a slot until the handler ends."""
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._executing -= 1
+                self._wakeup.set()
+
+        try:
+            await self._claim_and_run(job_id, offer, release)
+        finally:
+            release()
+
+    async def _claim_and_run(self, job_id: bytes, offer: _Offer, release: Callable[[], None]) -> None:
         log = self.log.bind(job_id=job_id.hex())
-        facts, _answered = await self.dht.fetch(job_id)
-        state = lifecycle.derive(f for f in facts if isinstance(f, F.Fact))
+        local = lifecycle.derive(self.dht.records.get(job_id))
+        if local is not None and (
+            local.status in lifecycle.TERMINAL or (offer.submit is not None and local.highest_attempt > 0)
+        ):
+            # Our own replica store says it is decided, or (for a fresh job)
+            # that another worker claimed it already: no need to ask anyone.
+            self.counters["offers_skipped"] += 1
+            return
+        if offer.submit is not None and offer.best:
+            # A fresh job and we rank first: claim attempt 1 without reading it.
+            state = lifecycle.derive([offer.submit])
+        else:
+            facts, _answered = await self.dht.fetch(job_id)
+            state = lifecycle.derive(facts)
         if state is None or state.status in lifecycle.TERMINAL:
             return
         spec: F.Submit = state.submit.body
@@ -180,6 +216,7 @@ class WorkerPool:
             self.counters["leases_lost"] += 1
             log.warning("lease_lost", attempt=attempt)
             return
+        release()  # filing the result needs no slot
         await self._report(state, attempt, grants, outcome_kind, data, log)
 
     def _lease_grants(self, produced: list, job_id: bytes, attempt: int) -> list[F.Fact]:
@@ -257,12 +294,19 @@ class WorkerPool:
         )
         self.counters["results_ok" if kind == F.OK else "results_error"] += 1
         final = kind == F.OK or attempt >= spec.max_attempts
+        seals: dict[bytes, F.Fact] = {}
         for _ in range(5):
             outcome = await self.dht.store(state.job_id, [result], replicas=spec.replicas)
-            seals = {p.author_id for p in outcome.produced if p.kind == F.GRANT and p.body.action == F.SEAL and p.body.subject == result.fact_id}
+            for p in outcome.produced:
+                if p.kind == F.GRANT and p.body.action == F.SEAL and p.body.subject == result.fact_id:
+                    seals.setdefault(p.author_id, p)
             if not final or len(seals) >= spec.quorum or outcome.stored_on >= spec.quorum:
                 break
             await asyncio.sleep(0.2)
+        if len(seals) >= spec.quorum:
+            # Tell every replica the job is decided, so each can answer reads and
+            # stop re-announcing from its own store.
+            await self.dht.store(state.job_id, list(seals.values()), replicas=spec.replicas)
         log.info("execution_finished", attempt=attempt, outcome=kind, final=final)
         if not final:
             # Retry later: the replicas grant the next attempt once the backoff has passed.
