@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Quick start: set up .venv (as tests/run.sh does), then run a local mesh of
+# 4 real workmesh nodes through simulations/demo.py. Exits non-zero when any
+# job did not end as expected.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+exec "$VENV_PY" simulations/demo.py "$@"
