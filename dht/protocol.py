@@ -116,6 +116,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
             self.dropped["reply_from_wrong_peer"] += 1
             return
         del self._outstanding[env.msg_id]
+        self.counters["replies_in"] += 1
         if not future.done():
             future.set_result(env)
 
