@@ -269,7 +269,9 @@ def _paths(auth: bool) -> dict:
                 "operationId": "openapiYaml",
                 "summary": "This document as YAML.",
                 "responses": _responses(
-                    {"200": {"description": "OpenAPI 3.1.", "content": {"application/yaml": {"schema": _STRING}}}},
+                    # The schema describes the parsed document, as for JSON (a YAML reader sees an object).
+                    {"200": {"description": "OpenAPI 3.1.",
+                             "content": {"application/yaml": {"schema": {"$ref": _REF + "schemas/OpenAPI"}}}}},
                     (429,),
                 ),
             }
