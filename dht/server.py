@@ -155,6 +155,7 @@ class DHTServer:
         self._handoff: OrderedDict[tuple[bytes, bytes], Contact] = OrderedDict()
         self._handoff_wakeup = asyncio.Event()
         self._replica_cache: OrderedDict[bytes, tuple[float, list[Contact]]] = OrderedDict()
+        self._resolved: OrderedDict[bytes, tuple[float, Contact]] = OrderedDict()
         self.replica_cache_ttl_s = 5.0
         # After a quorum of replicas answered, wait this long for the rest.
         self.quorum_grace_s = 0.05
@@ -441,19 +442,59 @@ class DHTServer:
         return self.node.distance_to(target) < others[-1].distance_to(target)
 
     # ---------------------------------------------------------------- store
+    async def resolve(self, ids: Iterable[bytes], *, fresh: bool = False) -> list[Contact]:
+        """Contacts for node ids (this node included), from the routing table
+        or, for ids it lacks, from a lookup of each id. Ids nobody knows are
+        left out."""
+        out: list[Contact] = []
+        now = self.clock.monotonic()
+        for node_id in ids:
+            if node_id == self.node.id:
+                out.append(self.node)
+                continue
+            contact = self.router.get(node_id)
+            if contact is None and not fresh:
+                cached = self._resolved.get(node_id)
+                if cached is not None and now - cached[0] < self.replica_cache_ttl_s:
+                    contact = cached[1]
+            if contact is None:
+                seeds = self.router.find_neighbors(target_node(node_id), k=self.config.k)
+                found = (await self._lookup(node_id, seeds)).contacts if seeds else []
+                contact = next((c for c in found if c.id == node_id), None)
+                if contact is not None:
+                    self._resolved[node_id] = (now, contact)
+                    while len(self._resolved) > 4096:
+                        self._resolved.popitem(last=False)
+            if contact is not None:
+                out.append(contact)
+        return out
+
     async def store(
-        self, key: bytes, records: list[Record], *, replicas: int | None = None, quorum: int | None = None
+        self,
+        key: bytes,
+        records: list[Record],
+        *,
+        replicas: int | None = None,
+        quorum: int | None = None,
+        targets: list[bytes] | None = None,
     ) -> StoreOutcome:
-        """Write ``records`` to the ``replicas`` (default r) closest nodes of ``key``."""
+        """Write ``records`` to the ``replicas`` (default r) closest nodes of
+        ``key``, or to the nodes named by ``targets`` (a fixed replica set)."""
         self.stats["stores"] += 1
+        if targets is not None:
+            replicas = len(targets)
         quorum = quorum or (replicas // 2 + 1 if replicas else self.config.quorum)
-        targets = await self.replicas_for(key, count=replicas)
+
+        async def where(fresh: bool) -> list[Contact]:
+            if targets is not None:
+                return await self.resolve(targets, fresh=fresh)
+            return await self.replicas_for(key, count=replicas, fresh=fresh)
+
         raws = [r.raw for r in records]
-        outcome = await self._store_on(key, raws, records, targets, quorum)
-        if outcome.stored_on < quorum and outcome.answered < outcome.asked:
-            # The cached replica set may be stale: look again and retry once.
-            targets = await self.replicas_for(key, count=replicas, fresh=True)
-            outcome = await self._store_on(key, raws, records, targets, quorum)
+        outcome = await self._store_on(key, raws, records, await where(False), quorum)
+        if outcome.stored_on < quorum and outcome.answered < (targets and len(targets) or outcome.asked):
+            # The cached replica set or addresses may be stale: look again and retry once.
+            outcome = await self._store_on(key, raws, records, await where(True), quorum)
         if outcome.stored_on < quorum:
             self.stats["store_quorum_missed"] += 1
         return outcome
@@ -513,10 +554,18 @@ class DHTServer:
         )
 
     # ---------------------------------------------------------------- fetch
-    async def fetch(self, key: bytes, *, repair: bool = True, replicas: int | None = None) -> tuple[list[Record], int]:
-        """Every valid record the replicas of ``key`` hold, and how many answered."""
+    async def fetch(
+        self, key: bytes, *, repair: bool = True, replicas: int | None = None, also: Iterable[bytes] = ()
+    ) -> tuple[list[Record], int]:
+        """Every valid record the replicas of ``key`` hold, and how many answered.
+
+        ``also`` names more nodes to ask (a fixed replica set that may have
+        drifted from the r closest)."""
         self.stats["fetches"] += 1
         replicas = await self.replicas_for(key, count=replicas)
+        extra = [i for i in also if i not in {c.id for c in replicas}]
+        if extra:
+            replicas = replicas + await self.resolve(extra)
 
         async def one(contact: Contact) -> tuple[Contact, list[Record] | None]:
             if contact.id == self.node.id:

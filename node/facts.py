@@ -12,6 +12,8 @@ renew     worker       [job_id, attempt, ts_ms]
 grant     replica      [job_id, action, attempt, subject, ts_ms]
                         action "lease": subject = the worker's node id
                         action "seal":  subject = fact id of a result/cancel
+                        action "place": signed by the SUBMITTER, attempt 0,
+                        subject = the replicas' node ids, concatenated
 result    worker       [job_id, attempt, outcome, data_json, grants, ts_ms]
                         outcome "ok" (data = result) or "error"
                         (data = {"error": message}); grants = raw lease
@@ -62,6 +64,7 @@ KINDS = {
 
 LEASE = "lease"
 SEAL = "seal"
+PLACE = "place"
 OK = "ok"
 ERROR = "error"
 
@@ -86,6 +89,11 @@ def fact_id_of(raw: bytes) -> bytes:
 
 def job_id_of(submit_raw: bytes) -> bytes:
     return hashlib.blake2b(submit_raw, digest_size=NODE_ID_BYTES).digest()
+
+
+def placement_ids(subject: bytes) -> tuple[bytes, ...]:
+    """The replica node ids a placement grant names, in its order."""
+    return tuple(subject[i : i + NODE_ID_BYTES] for i in range(0, len(subject), NODE_ID_BYTES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +269,7 @@ def _is_json(data: bytes, limit: int) -> bool:
         return False
     try:
         json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     return True
 
@@ -294,10 +302,16 @@ def _parse_body(kind: str, f: list) -> Body:
         _need(len(f) == 5, "grant has 5 fields")
         job_id, action, attempt, subject, ts = f
         _need(_is_bytes(job_id, NODE_ID_BYTES), "bad job id")
-        _need(action in (LEASE, SEAL), "bad grant action")
+        _need(isinstance(action, str) and action in (LEASE, SEAL, PLACE), "bad grant action")
         _need(_is_int(attempt, 0, ATTEMPTS_MAX + 1), "attempt out of range")
-        want = NODE_ID_BYTES if action == LEASE else FACT_ID_BYTES
-        _need(_is_bytes(subject, want), "bad grant subject")
+        if action == PLACE:
+            _need(attempt == 0, "a placement has attempt 0")
+            _need(_is_bytes(subject) and 0 < len(subject) <= NODE_ID_BYTES * REPLICAS_MAX, "bad placement")
+            _need(len(subject) % NODE_ID_BYTES == 0, "bad placement")
+            _need(len(set(placement_ids(subject))) == len(subject) // NODE_ID_BYTES, "a replica named twice")
+        else:
+            want = NODE_ID_BYTES if action == LEASE else FACT_ID_BYTES
+            _need(_is_bytes(subject, want), "bad grant subject")
         _need(_is_int(ts, 0, _TS_MAX), "bad ts_ms")
         return Grant(job_id, action, attempt, subject, ts)
     if kind == RESULT:
@@ -351,7 +365,7 @@ def decode(raw: bytes, *, key: bytes | None = None) -> Fact:
         raise InvalidFact(str(exc)) from None
     _need(isinstance(outer, list) and len(outer) == 4, "a fact is [kind, author, body, signature]")
     kind, author, fields, signature = outer
-    _need(kind in KINDS, f"unknown fact kind {kind!r}")
+    _need(isinstance(kind, str) and kind in KINDS, f"unknown fact kind {kind!r}")
     _need(_is_bytes(author, PUBLIC_KEY_BYTES), "bad author key")
     _need(_is_bytes(signature, SIGNATURE_BYTES), "bad signature field")
     _need(isinstance(fields, list), "body is a list")
@@ -384,3 +398,6 @@ def check_in_context(submit: Fact, fact: Fact) -> None:
                 _need(fact.body.outcome == ERROR, "the closing attempt can only record failure")
     elif fact.kind == GRANT:
         _need(fact.attempt <= spec.max_attempts + 1, "attempt beyond max_attempts + 1")
+        if fact.body.action == PLACE:
+            _need(fact.author == submit.author, "placement is not signed by the submitter")
+            _need(len(fact.body.subject) == NODE_ID_BYTES * spec.replicas, "placement does not name r replicas")

@@ -1,13 +1,14 @@
 """Announcements of runnable jobs, spread by bounded gossip.
 
-An announcement is ``[job_id, job_type, ttl, nonce, submit]``. The accepting
+An announcement is ``[job_id, job_type, ttl, nonce, first]``. The accepting
 node sends it to the ``fanout`` contacts that rank best for the job
 (rendezvous), so the workers that should claim first hear first; each receiver
 that has not seen ``(job_id, nonce)`` before hands it to its workers and, in a
 mesh larger than the fan-out, forwards it to random contacts with ``ttl - 1``.
-A first announcement carries the signed submission, so the best-ranked worker
-can claim attempt 1 without reading the job first (it verifies the signature
-and that the submission hashes to the job id); re-announcements carry none. Replicas re-announce jobs that are pending or whose lease went
+A first announcement carries the signed submission and its placement
+(``first``), so the best-ranked worker can claim attempt 1 without reading the
+job first (it verifies both signatures and that the submission hashes to the
+job id); re-announcements carry an empty list. Replicas re-announce jobs that are pending or whose lease went
 stale, with a fresh nonce, so a job never depends on one message arriving.
 The seen-cache and the fan-out are bounded; announcements carry no authority
 (a worker always reads the job's signed facts before claiming), so a forged
@@ -32,7 +33,7 @@ class Gossip:
     def __init__(
         self,
         dht: DHTServer,
-        on_announce: Callable[[bytes, str, F.Fact | None], None],
+        on_announce: Callable[[bytes, str, tuple[F.Fact, ...]], None],
         *,
         fanout: int,
         ttl: int,
@@ -58,7 +59,9 @@ class Gossip:
             self._seen.popitem(last=False)
         return True
 
-    def announce(self, job_id: bytes, job_type: str, submit: F.Fact | None = None, skip: set[bytes] = frozenset()) -> None:
+    def announce(
+        self, job_id: bytes, job_type: str, first: tuple[F.Fact, ...] = (), skip: set[bytes] = frozenset()
+    ) -> None:
         """Start an announcement (fire and forget; the sends are tracked tasks).
 
         ``skip``: nodes that know already (the replicas that just stored the job).
@@ -68,15 +71,14 @@ class Gossip:
         self.counters["announced"] += 1
         contacts = [c for c in self.dht.router.contacts() if c.id not in skip]
         best = sorted(contacts, key=lambda c: (rendezvous.rank_key(job_id, c.id), c.id))[: self.fanout]
-        raw = submit.raw if submit is not None else b""
-        self._send_to(best, [job_id, job_type, self.ttl, nonce, raw])
+        self._send_to(best, [job_id, job_type, self.ttl, nonce, [f.raw for f in first]])
 
     def _send_to(self, contacts: list, args: list) -> None:
         for contact in contacts:
             self.dht.protocol.spawn(self.dht.call(contact, "announce", args, timeout_s=0.5), "announce")
 
     def _rpc_announce(self, env: Envelope, addr) -> list:
-        job_id, job_type, ttl, nonce, submit_raw = env.args
+        job_id, job_type, ttl, nonce, first_raw = env.args
         if not (
             isinstance(job_id, bytes)
             and len(job_id) == 20
@@ -86,31 +88,33 @@ class Gossip:
             and 0 <= ttl <= 16
             and isinstance(nonce, bytes)
             and len(nonce) == 8
-            and isinstance(submit_raw, bytes)
+            and isinstance(first_raw, list)
+            and len(first_raw) <= 2
+            and all(isinstance(r, bytes) for r in first_raw)
         ):
             self.counters["malformed"] += 1
             raise ValueError("malformed announcement")
-        submit = None
-        if submit_raw:
+        first: tuple[F.Fact, ...] = ()
+        if first_raw:
             try:
-                submit = F.decode(submit_raw, key=job_id)
+                first = tuple(F.decode(r, key=job_id) for r in first_raw)
             except F.InvalidFact:
                 self.counters["malformed"] += 1
-                raise ValueError("announcement carries an invalid submission") from None
-            if submit.kind != F.SUBMIT or submit.body.job_type != job_type:
+                raise ValueError("announcement carries an invalid fact") from None
+            if first[0].kind != F.SUBMIT or first[0].body.job_type != job_type:
                 self.counters["malformed"] += 1
                 raise ValueError("announcement carries no matching submission")
         self.counters["received"] += 1
         if not self._remember(job_id, nonce):
             self.counters["duplicates"] += 1
             return [False]
-        self._on_announce(job_id, job_type, submit)
+        self._on_announce(job_id, job_type, first)
         if ttl > 1 and len(self.dht.router) > self.fanout:
             # In a mesh no larger than the fan-out the sender reached everyone.
             self.counters["forwarded"] += 1
             contacts = [c for c in self.dht.router.contacts() if c.id != env.sender_id]
             chosen = self._rng.sample(contacts, min(self.fanout, len(contacts)))
-            self._send_to(chosen, [job_id, job_type, min(ttl - 1, self.ttl), nonce, b""])
+            self._send_to(chosen, [job_id, job_type, min(ttl - 1, self.ttl), nonce, []])
         return [True]
 
     def statistics(self) -> dict[str, int]:

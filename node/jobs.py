@@ -20,6 +20,7 @@ from node import facts as F
 from node import lifecycle
 from node.errors import Conflict, JobNotFound, QuorumUnavailable, UnknownJobType, ValidationFailed
 from node.jobindex import JobIndex
+from node.reads import read_job
 
 POLL_S_MIN = 0.05
 POLL_S_MAX = 0.5
@@ -72,7 +73,7 @@ class JobOperations:
         *,
         defaults: Any,  # NodeConfig
         wall_ms: Callable[[], int],
-        announce: Callable[[F.Fact, frozenset[bytes]], None],
+        announce: Callable[[F.Fact, F.Fact, frozenset[bytes]], None],
         waiters: dict[bytes, asyncio.Event],
     ) -> None:
         self.identity = identity
@@ -92,7 +93,10 @@ class JobOperations:
         mesh = len(self.dht.router) + 1
         if mesh >= cfg.replicas:
             return cfg.replicas, cfg.quorum
-        return mesh, mesh // 2 + 1
+        # An odd count: with an even one, two subjects can each get half of
+        # the seals and neither a majority.
+        size = mesh if mesh % 2 else mesh - 1
+        return size, size // 2 + 1
 
     async def submit(
         self,
@@ -121,12 +125,20 @@ class JobOperations:
         else:
             nonce = hashlib.blake2b(self.identity.node_id + self.wall_ms().to_bytes(8, "big") + payload_json + bytes(self.counters["submitted"].to_bytes(8, "big")), digest_size=F.NONCE_BYTES).digest()
             created_ms = self.wall_ms()
-        try:
-            body = F.Submit(job_type, payload_json, max_attempts, lease_ms, timeout_ms, replicas, quorum, nonce, created_ms)
-            submit = F.sign(self.identity, F.SUBMIT, body)
-        except F.InvalidFact as exc:
-            raise ValidationFailed(str(exc)) from None
-        outcome = await self.dht.store(submit.job_id, [submit], replicas=replicas, quorum=quorum)
+        for _ in range(3):
+            try:
+                body = F.Submit(job_type, payload_json, max_attempts, lease_ms, timeout_ms, replicas, quorum, nonce, created_ms)
+                submit = F.sign(self.identity, F.SUBMIT, body)
+            except F.InvalidFact as exc:
+                raise ValidationFailed(str(exc)) from None
+            ids = await self._placement(submit, idempotent=idempotency_key is not None)
+            if len(ids) >= replicas:
+                break
+            # Fewer nodes found than planned: plan again with what exists.
+            replicas = max(1, len(ids))
+            quorum = max(replicas // 2 + 1, min(quorum, replicas))
+        place = F.sign(self.identity, F.GRANT, F.Grant(submit.job_id, F.PLACE, 0, b"".join(ids[:replicas]), created_ms))
+        outcome = await self.dht.store(submit.job_id, [submit, place], targets=list(ids[:replicas]), quorum=quorum)
         if outcome.stored_on < quorum:
             self.counters["submit_quorum_missed"] += 1
             raise QuorumUnavailable(
@@ -134,9 +146,19 @@ class JobOperations:
                 "Retry with the same Idempotency-Key."
             )
         self.counters["submitted"] += 1
-        self._announce(submit, outcome.stored_ids)
-        state = lifecycle.derive([submit])
+        self._announce(submit, place, outcome.stored_ids)
+        state = lifecycle.derive([submit, place])
         return view(state)
+
+    async def _placement(self, submit: F.Fact, *, idempotent: bool) -> tuple[bytes, ...]:
+        """The replica ids for a new job: the r closest nodes to its key. A
+        resubmission (same idempotency key and body) keeps the job's placement."""
+        if idempotent:
+            existing, _ = await read_job(self.dht, submit.job_id)
+            if existing is not None and existing.replicas:
+                return existing.replicas
+        found = await self.dht.replicas_for(submit.job_id, count=submit.body.replicas, fresh=True)
+        return tuple(c.id for c in found)
 
     # -- read -------------------------------------------------------------------
     async def read_state(self, job_id: bytes) -> lifecycle.JobState:
@@ -146,10 +168,9 @@ class JobOperations:
             # Decided by a quorum of seals: final, no replica can say otherwise.
             self.counters["local_reads"] += 1
             return local
-        facts, answered = await self.dht.fetch(job_id)
+        state, answered = await read_job(self.dht, job_id)
         if answered == 0:
             raise QuorumUnavailable("no replica of this job answered")
-        state = lifecycle.derive(facts)
         if state is None:
             raise JobNotFound(f"no replica knows job {job_id.hex()}")
         return state
@@ -194,8 +215,9 @@ class JobOperations:
         cancel = F.sign(self.identity, F.CANCEL, F.Cancel(state.job_id, reason[: F.REASON_CHARS_MAX], self.wall_ms()))
         self.counters["cancels"] += 1
         # Send the submission along: a replica that lost it can still judge the cancel.
+        batch = [state.submit, *([state.placement] if state.placement else []), cancel]
         for _ in range(3):
-            outcome = await self.dht.store(state.job_id, [state.submit, cancel], replicas=spec.replicas, quorum=spec.quorum)
+            outcome = await self.dht.store(state.job_id, batch, targets=list(state.replicas) or None, replicas=spec.replicas, quorum=spec.quorum)
             if outcome.stored_on >= spec.quorum:
                 break
         after = await self.read_state(state.job_id)

@@ -152,7 +152,8 @@ def _attempt_over(state: JobState, m: int, obs: Observations, now: float, rules:
     """
     results = [f for f in state.facts if f.kind == F.RESULT and f.attempt == m]
     if any(f.body.outcome == F.OK for f in results):
-        return None
+        # The job succeeded; it only waits for seals. Never run it again.
+        return f"attempt {m} succeeded; its result awaits seals"
     if results:
         wait = rules.backoff_s(state.job_id, m) - (now - obs.error_seen.setdefault(m, now))
         return None if wait <= 0 else f"retry backoff of attempt {m}: {wait:.3f}s left"
@@ -175,6 +176,8 @@ def decide_claim(
     if why:
         return why
     n, worker, spec = claim.attempt, claim.author_id, state.spec
+    if not state.is_replica(me):
+        return "not a replica of this job"
     if state.terminal:  # rule 1
         return f"job is {state.status}"
     if _sealed_cancel(state, me):
@@ -195,7 +198,8 @@ def decide_claim(
         return f"attempt {n} is not above granted attempt {m}"
     # "Known" attempts come from replica-signed evidence (grants, and results
     # which carry grants): a worker's own claims cannot push the count up.
-    known = max((f.attempt for f in state.facts if f.kind in (F.GRANT, F.RESULT)), default=0)
+    # Workers send that evidence along with their claim.
+    known = state.known_attempt
     if n > known + 1:
         return f"attempt {n} is more than one above known attempt {known}"
     if m:  # rule 5
@@ -214,7 +218,9 @@ def accept_renew(state: JobState, renew: Fact, me: bytes, obs: Observations, now
     worker then stops its handler). With ``now``, an accepted renew refreshes
     the holder observation; otherwise :func:`observe` does when it is stored.
     """
-    if _belongs(state, renew, (F.RENEW,)) or state.terminal or _sealed_cancel(state, me):
+    if _belongs(state, renew, (F.RENEW,)) or state.terminal or not state.is_replica(me):
+        return False
+    if _sealed_cancel(state, me):
         return False
     if current_grant(state, me) != (renew.attempt, renew.author_id):
         return False
@@ -232,7 +238,7 @@ def decide_seal(state: JobState, subject: Fact, me: bytes) -> Grant | None:
     no lease grant by this replica for a later attempt. Re-asked for the
     subject it already sealed, it returns the same body.
     """
-    if _belongs(state, subject, (F.RESULT, F.CANCEL)):
+    if _belongs(state, subject, (F.RESULT, F.CANCEL)) or not state.is_replica(me):
         return None
     seals = _own(state, me, F.SEAL)
     for s in seals:

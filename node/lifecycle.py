@@ -11,6 +11,13 @@ clock. Liveness of a lease is a matter of each replica's own clock and lives
 in :mod:`node.leases`; here "running" only means "a quorum granted the newest
 attempt and no result for it exists yet".
 
+A job's replica set is fixed when it is accepted: the submitter signs a
+``place`` grant naming the r replica node ids. Only those replicas' lease and
+seal grants count, and a result counts only with lease grants from a quorum
+of them. Every worker and reader therefore counts votes in the same set,
+whatever its own view of the DHT, so quorums intersect. Without a placement
+no lease or seal counts and the job reads as pending.
+
 Terminal states need a quorum of ``seal`` grants naming one result or cancel.
 Honest replicas seal at most one subject per job and two quorums intersect,
 so once a subject is decided no other one can be, and more facts can never
@@ -77,6 +84,9 @@ class JobState:
     lease_attempt: int  # highest attempt with a quorum of lease grants (0 if none)
     lease_worker: bytes | None
     highest_attempt: int  # highest attempt named by any claim/renew/grant/result (0 if none)
+    known_attempt: int  # highest attempt named by replica-signed evidence (lease grants, results)
+    replicas: tuple[bytes, ...]  # the placement: node ids whose grants count (empty: none yet)
+    placement: Fact | None
     facts: tuple[Fact, ...]  # the valid facts (incl. grants carried by results), sorted
 
     @property
@@ -86,6 +96,9 @@ class JobState:
     @property
     def spec(self) -> F.Submit:
         return self.submit.body
+
+    def is_replica(self, node_id: bytes) -> bool:
+        return node_id in self.replicas
 
 
 def is_final_result(submit: Fact, result: Fact) -> bool:
@@ -115,7 +128,35 @@ def _pick_submit(pool: set[Fact], job_id: bytes | None) -> Fact | None:
     return min(submits, key=lambda f: f.job_id)
 
 
-def valid_facts(facts: Iterable[Fact], submit: Fact) -> list[Fact]:
+def placement_of(facts: Iterable[Fact], submit: Fact) -> Fact | None:
+    """The job's placement: the submitter's ``place`` grant (the lowest fact id
+    if a submitter ever signed two; an honest one signs exactly one)."""
+    best: Fact | None = None
+    for f in facts:
+        if f.kind == F.GRANT and f.body.action == F.PLACE and (best is None or f.fact_id < best.fact_id):
+            try:
+                F.check_in_context(submit, f)
+            except InvalidFact:
+                continue
+            best = f
+    return best
+
+
+def counts_in(replicas: tuple[bytes, ...] | frozenset[bytes], submit: Fact, fact: Fact) -> str | None:
+    """None when ``fact`` counts under the placement ``replicas``, else why not.
+
+    Lease and seal grants count only from the job's replicas; a result only
+    with lease grants from a quorum of them.
+    """
+    if fact.kind == F.GRANT and fact.body.action != F.PLACE and fact.author_id not in replicas:
+        return "grant by a node that is not a replica of the job"
+    if fact.kind == F.RESULT:
+        if sum(1 for g in fact.body.grants if g.author_id in replicas) < submit.body.quorum:
+            return "result lacks lease grants from a quorum of the job's replicas"
+    return None
+
+
+def valid_facts(facts: Iterable[Fact], submit: Fact, placement: Fact | None = None) -> list[Fact]:
     """The facts of ``submit``'s job that pass validation in context, sorted.
 
     Grants carried inside results are included (they are facts of this job in
@@ -124,15 +165,23 @@ def valid_facts(facts: Iterable[Fact], submit: Fact) -> list[Fact]:
     ``(version, fact_id)``, exactly as storage does, so ``derive`` agrees with
     what a store would hold.
     """
+    facts = list(facts)
+    if placement is None:
+        placement = placement_of(facts, submit)
+    replicas = frozenset(F.placement_ids(placement.body.subject)) if placement is not None else frozenset()
     out: dict[bytes, Fact] = {}
     renew_slots: dict[bytes, Fact] = {}
 
     def admit(fact: Fact) -> None:
         if fact.fact_id in out:
             return
+        if fact.kind == F.GRANT and fact.body.action == F.PLACE and fact != placement:
+            return
         try:
             F.check_in_context(submit, fact)
         except InvalidFact:
+            return
+        if counts_in(replicas, submit, fact):
             return
         if fact.kind == F.GRANT and fact.body.action == F.LEASE and fact.attempt < 1:
             return  # a lease for attempt 0 endorses nothing
@@ -203,11 +252,13 @@ def derive(facts: Iterable[Fact], *, job_id: bytes | None = None) -> JobState | 
     if submit is None:
         return None
     spec: F.Submit = submit.body
-    valid = valid_facts(pool, submit)
+    placement = placement_of(pool, submit)
+    valid = valid_facts(pool, submit, placement)
 
     lease_attempt, lease_worker = _lease_holder(valid, spec.quorum)
     results = [f for f in valid if f.kind == F.RESULT]
     highest = max((f.attempt for f in valid if f.kind in (F.CLAIM, F.RENEW, F.GRANT, F.RESULT)), default=0)
+    known = max((f.attempt for f in valid if f.kind in (F.GRANT, F.RESULT)), default=0)
     errors = [f for f in results if f.body.outcome == F.ERROR]
     last_error = error_message(max(errors, key=lambda f: (f.attempt, f.fact_id))) if errors else None
 
@@ -239,6 +290,9 @@ def derive(facts: Iterable[Fact], *, job_id: bytes | None = None) -> JobState | 
         lease_attempt=lease_attempt,
         lease_worker=lease_worker,
         highest_attempt=highest,
+        known_attempt=known,
+        replicas=F.placement_ids(placement.body.subject) if placement is not None else (),
+        placement=placement,
         facts=tuple(valid),
     )
 

@@ -183,9 +183,9 @@ class Node:
         state = lifecycle.derive(self.store.get(key))
         if state is None:
             return
-        if state.status == lifecycle.PENDING and any(f.kind == "submit" for f in new):
+        if state.status == lifecycle.PENDING and state.placement is not None and state.placement in new:
             # A replica of a new job is a worker that has heard of it.
-            self.workers.offer(key, state.submit.body.job_type, state.submit)
+            self.workers.offer(key, state.submit.body.job_type, (state.submit, state.placement))
         obs = self.replica.observations(key)
         deadline = leases.lease_deadline(state, self.identity.node_id, obs, self.config.leases)
         previous = self.index.update(state, self._monotonic(), deadline, self._replica_rank(key))
@@ -207,12 +207,12 @@ class Node:
         others = self.dht.router.find_neighbors(target, k=self.config.replicas)
         return sum(1 for c in others if c.distance_to(target) < mine)
 
-    def _announce_new(self, submit, replicas: frozenset[bytes]) -> None:
+    def _announce_new(self, submit, placement, replicas: frozenset[bytes]) -> None:
         """A job was accepted: its replicas know (they offer it to their own
         workers); announce it to the best-ranked other workers."""
         job_id, job_type = submit.job_id, submit.body.job_type
-        self.gossip.announce(job_id, job_type, submit, skip=replicas)
-        self.workers.offer(job_id, job_type, submit)
+        self.gossip.announce(job_id, job_type, (submit, placement), skip=replicas)
+        self.workers.offer(job_id, job_type, (submit, placement))
 
     async def _reannounce_loop(self) -> None:
         """Replicas re-announce jobs that are pending or whose lease went stale."""

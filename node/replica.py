@@ -21,6 +21,15 @@ from node import leases, lifecycle
 from node.errors import InvalidFact
 
 
+_ORDER = {F.SUBMIT: 0, F.GRANT: 2, F.CLAIM: 3, F.RENEW: 4, F.RESULT: 5, F.CANCEL: 6}
+
+
+def _batch_order(fact: F.Fact) -> int:
+    if fact.kind == F.GRANT and fact.body.action == F.PLACE:
+        return 1
+    return _ORDER[fact.kind]
+
+
 class JobReplica:
     def __init__(
         self,
@@ -73,10 +82,11 @@ class JobReplica:
         # Facts the replica already holds count as seen now (restart, hand-off).
         if existing and not obs.holder_seen and not obs.error_seen and not obs.grantee:
             leases.observe(obs, existing, me, now)
-        # Order inside a batch: the submission first, then grants, then the rest,
-        # so a batch that carries a job's history is judged as a whole.
-        order = {F.SUBMIT: 0, F.GRANT: 1, F.CLAIM: 2, F.RENEW: 3, F.RESULT: 4, F.CANCEL: 5}
-        for index, fact in sorted(enumerate(incoming), key=lambda p: order[p[1].kind]):
+        placement = lifecycle.placement_of(existing, submit) if submit is not None and existing else None
+        # Order inside a batch: the submission and its placement first, then
+        # grants, then the rest, so a batch that carries a job's history is
+        # judged as a whole.
+        for index, fact in sorted(enumerate(incoming), key=lambda p: _batch_order(p[1])):
             if submit is None:
                 out.refused.append((index, "unknown job"))
                 continue
@@ -84,6 +94,16 @@ class JobReplica:
                 F.check_in_context(submit, fact)
             except InvalidFact as exc:
                 out.refused.append((index, str(exc)))
+                continue
+            if fact.kind == F.GRANT and fact.body.action == F.PLACE:
+                if placement is not None and placement != fact:
+                    out.refused.append((index, "the job is placed already"))
+                    continue
+                placement = fact
+            replicas = F.placement_ids(placement.body.subject) if placement is not None else ()
+            why = lifecycle.counts_in(replicas, submit, fact)
+            if why is not None:
+                out.refused.append((index, why))
                 continue
             if fact.fact_id in known:
                 # A retried claim, result or cancel: answer with what we signed for it before.
@@ -163,7 +183,7 @@ class JobReplica:
         """Read repair copies what decides a job (submission, results, cancels,
         seals); claims, lease grants and renews are per-replica and short-lived."""
         if fact.kind == F.GRANT:
-            return fact.body.action == F.SEAL
+            return fact.body.action in (F.SEAL, F.PLACE)
         return fact.kind in (F.SUBMIT, F.RESULT, F.CANCEL)
 
     def stored(self, key: bytes, new: list[F.Fact]) -> None:

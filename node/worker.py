@@ -33,6 +33,7 @@ from node import facts as F
 from node import lifecycle, rendezvous
 from node.handlers import Handler, HandlerError, JobContext, Registry
 from node.leases import LeaseRules
+from node.reads import read_job
 
 RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
 
@@ -41,7 +42,7 @@ RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
 class _Offer:
     job_type: str
     not_before: float
-    submit: F.Fact | None  # set on a first announcement: claim attempt 1 without a read
+    first: tuple[F.Fact, ...]  # submission and placement, from a first announcement
     best: bool  # this worker ranks first for the job
 
 
@@ -100,7 +101,9 @@ class WorkerPool:
         return self._executing
 
     # -- offers -------------------------------------------------------------
-    def offer(self, job_id: bytes, job_type: str, submit: F.Fact | None = None, *, delay_s: float | None = None) -> None:
+    def offer(
+        self, job_id: bytes, job_type: str, first: tuple[F.Fact, ...] = (), *, delay_s: float | None = None
+    ) -> None:
         """A job that may be runnable. Cheap; the claim decides."""
         if self.slots <= 0 or self.registry.get(job_type) is None or job_id in self._active:
             return
@@ -115,7 +118,7 @@ class WorkerPool:
         if current is not None and current.not_before <= not_before:
             return
         self.counters["offers"] += 1
-        self._runnable[job_id] = _Offer(job_type, not_before, submit, best)
+        self._runnable[job_id] = _Offer(job_type, not_before, first, best)
         while len(self._runnable) > self._runnable_max:
             self._runnable.popitem(last=False)
             self.counters["offers_dropped"] += 1
@@ -181,28 +184,30 @@ class WorkerPool:
         log = self.log.bind(job_id=job_id.hex())
         local = lifecycle.derive(self.dht.records.get(job_id))
         if local is not None and (
-            local.status in lifecycle.TERMINAL or (offer.submit is not None and local.highest_attempt > 0)
+            local.status in lifecycle.TERMINAL or (offer.first and local.highest_attempt > 0)
         ):
             # Our own replica store says it is decided, or (for a fresh job)
             # that another worker claimed it already: no need to ask anyone.
             self.counters["offers_skipped"] += 1
             return
-        if offer.submit is not None and offer.best:
-            # A fresh job and we rank first: claim attempt 1 without reading it.
-            state = lifecycle.derive([offer.submit])
-        else:
-            facts, _answered = await self.dht.fetch(job_id)
-            state = lifecycle.derive(facts)
-        if state is None or state.status in lifecycle.TERMINAL:
+        state = lifecycle.derive(offer.first) if offer.first and offer.best else None
+        if state is None or not state.replicas:
+            # Not a fresh job we rank first for: read it before claiming.
+            state, _answered = await read_job(self.dht, job_id)
+        if state is None or state.status in lifecycle.TERMINAL or not state.replicas:
             return
         spec: F.Submit = state.submit.body
-        attempt = state.highest_attempt + 1
+        # The next attempt after the highest one replicas signed for; their
+        # grants go along as evidence, so a replica that missed them can
+        # still judge the claim.
+        attempt = state.known_attempt + 1
         if attempt > spec.max_attempts + 1:
             return
+        evidence = [f for f in state.facts if f.kind == F.GRANT and f.body.action == F.LEASE and f.attempt == attempt - 1]
         self.counters["claims"] += 1
         claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
-        outcome = await self.dht.store(job_id, [claim], replicas=spec.replicas)
-        grants = self._lease_grants(outcome.produced, job_id, attempt)
+        outcome = await self.dht.store(job_id, [*evidence, claim], targets=list(state.replicas), quorum=spec.quorum)
+        grants = self._lease_grants(outcome.produced, job_id, attempt, state.replicas)
         if len(grants) < spec.quorum:
             self.counters["claims_lost"] += 1
             log.debug("claim_lost", attempt=attempt, grants=len(grants))
@@ -219,11 +224,17 @@ class WorkerPool:
         release()  # filing the result needs no slot
         await self._report(state, attempt, grants, outcome_kind, data, log)
 
-    def _lease_grants(self, produced: list, job_id: bytes, attempt: int) -> list[F.Fact]:
+    def _lease_grants(self, produced: list, job_id: bytes, attempt: int, replicas: tuple[bytes, ...]) -> list[F.Fact]:
         by_author: dict[bytes, F.Fact] = {}
+        me = self.identity.node_id
         for g in produced:
             b = g.body
-            if g.kind == F.GRANT and b.action == F.LEASE and b.job_id == job_id and b.attempt == attempt and b.subject == self.identity.node_id:
+            if (
+                g.kind == F.GRANT
+                and b.action == F.LEASE
+                and (b.job_id, b.attempt, b.subject) == (job_id, attempt, me)
+                and g.author_id in replicas
+            ):
                 by_author.setdefault(g.author_id, g)
         return sorted(by_author.values(), key=lambda g: g.author_id)
 
@@ -276,7 +287,7 @@ class WorkerPool:
             if work.done():
                 return
             renew = F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, self.wall_ms()))
-            outcome = await self.dht.store(state.job_id, [renew], replicas=spec.replicas)
+            outcome = await self.dht.store(state.job_id, [renew], targets=list(state.replicas), quorum=spec.quorum)
             self.counters["renewals"] += 1
             if outcome.stored_on < spec.quorum and not work.done():
                 raise LeaseLost()
@@ -296,9 +307,9 @@ class WorkerPool:
         final = kind == F.OK or attempt >= spec.max_attempts
         seals: dict[bytes, F.Fact] = {}
         for _ in range(5):
-            outcome = await self.dht.store(state.job_id, [result], replicas=spec.replicas)
+            outcome = await self.dht.store(state.job_id, [result], targets=list(state.replicas), quorum=spec.quorum)
             for p in outcome.produced:
-                if p.kind == F.GRANT and p.body.action == F.SEAL and p.body.subject == result.fact_id:
+                if p.kind == F.GRANT and p.body.action == F.SEAL and p.body.subject == result.fact_id and p.author_id in state.replicas:
                     seals.setdefault(p.author_id, p)
             if not final or len(seals) >= spec.quorum or outcome.stored_on >= spec.quorum:
                 break
@@ -306,7 +317,7 @@ class WorkerPool:
         if len(seals) >= spec.quorum:
             # Tell every replica the job is decided, so each can answer reads and
             # stop re-announcing from its own store.
-            await self.dht.store(state.job_id, list(seals.values()), replicas=spec.replicas)
+            await self.dht.store(state.job_id, list(seals.values()), targets=list(state.replicas), quorum=spec.quorum)
         log.info("execution_finished", attempt=attempt, outcome=kind, final=final)
         if not final:
             # Retry later: the replicas grant the next attempt once the backoff has passed.

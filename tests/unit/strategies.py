@@ -36,6 +36,14 @@ def submit(
 
 
 @lru_cache(maxsize=None)
+def placement(job: Fact, replicas: tuple[Identity, ...] | None = None, by: Identity = SUBMITTER) -> Fact:
+    """The submitter's placement of ``job`` on ``replicas`` (default: the first r of REPLICAS)."""
+    replicas = REPLICAS[: job.body.replicas] if replicas is None else replicas
+    subject = b"".join(r.node_id for r in replicas)
+    return F.sign(by, F.GRANT, F.Grant(job.job_id, F.PLACE, 0, subject, 1))
+
+
+@lru_cache(maxsize=None)
 def claim(worker: Identity, job: Fact, attempt: int, ts_ms: int = 1) -> Fact:
     return F.sign(worker, F.CLAIM, F.Claim(job.job_id, attempt, ts_ms))
 
@@ -102,7 +110,7 @@ def job_histories(draw, *, seals: bool = True, junk: bool = True) -> tuple[Fact,
     nonce = draw(st.sampled_from([b"\x00" * 16, b"\x01" * 16]))
     job = submit(max_attempts=max_attempts, replicas=r, quorum=q, nonce=nonce)
     replicas = REPLICAS[:r]
-    out = [job]
+    out = [job, placement(job)]
     subjects: list[Fact] = []
     for attempt in range(1, draw(st.sampled_from([*range(1, max_attempts + 2), 0])) + 1):
         worker = draw(st.sampled_from(WORKERS))

@@ -12,10 +12,11 @@ from node.facts import Fact, Grant
 from node.leases import LeaseRules, Observations, accept_renew, current_grant, decide_claim, decide_seal
 from node.leases import lease_deadline, observe
 from tests.unit.strategies import CONFIGS, REPLICAS, STRANGER, WORKERS, cancel, claim, lease, quorum_result
-from tests.unit.strategies import renew, result, submit
+from tests.unit.strategies import placement, renew, result, submit
 
 RULES = LeaseRules()
 JOB = submit(max_attempts=2, replicas=3, quorum=2, lease_ms=1000)
+PLACE = placement(JOB)
 STALE = RULES.stale_after_s(1000)
 W0, W1, W2 = WORKERS[:3]
 ME = REPLICAS[0]
@@ -26,7 +27,7 @@ class Replica:
 
     def __init__(self, ident=ME, job: Fact = JOB, now: float = 0.0) -> None:
         self.ident, self.me, self.job = ident, ident.node_id, job
-        self.store: set[Fact] = {job}
+        self.store: set[Fact] = {job, placement(job)}
         self.obs = Observations()
         self.now = now
 
@@ -180,12 +181,20 @@ def test_error_result_waits_for_the_retry_backoff() -> None:
     assert granted(r.claim(W1, 2))
 
 
-def test_ok_result_ends_the_attempt_at_once() -> None:
+def test_ok_result_stops_new_attempts_even_before_it_is_sealed() -> None:
     r = Replica()
     r.claim(W0, 1)
     r.now = 0.1
     r.add(quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2]))
-    assert granted(r.claim(W1, 2))  # not decided yet: the result may never be sealed
+    r.now = 100.0  # long past the lease: still no second run of a job that succeeded
+    assert "succeeded" in r.claim(W1, 2)
+    assert r.seal(quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])) is not None
+
+
+def test_a_replica_outside_the_placement_grants_and_seals_nothing() -> None:
+    r = Replica(ident=REPLICAS[5])
+    assert "not a replica" in r.claim(W0, 1)
+    assert r.seal(quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])) is None
 
 
 def test_decided_job_grants_nothing() -> None:
@@ -193,7 +202,7 @@ def test_decided_job_grants_nothing() -> None:
     ok = quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])
     r.claim(W0, 1)
     r.seal(ok)
-    r.add(F.sign(REPLICAS[1], F.GRANT, decide_seal(L.derive([JOB, ok]), ok, REPLICAS[1].node_id)))
+    r.add(F.sign(REPLICAS[1], F.GRANT, decide_seal(L.derive([JOB, PLACE, ok]), ok, REPLICAS[1].node_id)))
     assert r.state.status == L.DONE
     r.now = 100.0
     assert "done" in r.claim(W1, 2)
@@ -393,7 +402,7 @@ class SimReplica:
     def __init__(self, ident, job: Fact, rate: float, offset: float) -> None:
         self.ident, self.me = ident, ident.node_id
         self.rate, self.offset = rate, offset
-        self.store: set[Fact] = {job}
+        self.store: set[Fact] = {job, placement(job)}
         self.obs = Observations()
 
     def now(self, t: float) -> float:

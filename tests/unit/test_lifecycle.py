@@ -12,9 +12,10 @@ from node import facts as F
 from node import lifecycle as L
 from node.leases import decide_seal
 from tests.unit.strategies import REPLICAS, STRANGER, WORKERS, cancel, claim, job_histories, lease, quorum_result
-from tests.unit.strategies import renew, result, seal, submit
+from tests.unit.strategies import placement, renew, result, seal, submit
 
 JOB = submit(max_attempts=2, replicas=3, quorum=2)
+PLACE = placement(JOB)
 R0, R1, R2, R3 = REPLICAS[:4]
 W0, W1 = WORKERS[:2]
 
@@ -64,17 +65,18 @@ EXAMPLES = {
     ),
     "seals-by-one-replica-count-once": ([OK1, seal(R0, JOB, OK1), seal(R0, JOB, OK1)], L.PENDING, 1, None),
     # After replica replacement two subjects can both reach a quorum: pick stably.
-    "result-beats-cancel": (
+    # R3 is not among the job's placed replicas (R0, R1, R2): its seals never count.
+    "seals-outside-the-placement-do-not-count": (
         [CANCEL, OK1, *(seal(r, JOB, CANCEL) for r in (R0, R1)), *(seal(r, JOB, OK1) for r in (R2, R3))],
-        L.DONE,
+        L.CANCELLED,
         1,
-        W0,
+        None,
     ),
-    "lower-attempt-wins": (
+    "only-placed-replicas-decide": (
         [OK1, OK2, *(seal(r, JOB, OK2) for r in (R0, R1)), *(seal(r, JOB, OK1) for r in (R2, R3))],
         L.DONE,
         2,
-        W0,
+        W1,
     ),
 }
 
@@ -82,43 +84,43 @@ EXAMPLES = {
 @pytest.mark.parametrize("name", list(EXAMPLES))
 def test_status_examples(name: str) -> None:
     extra, status, attempts, worker = EXAMPLES[name]
-    state = L.derive([JOB, *extra])
+    state = L.derive([JOB, PLACE, *extra])
     assert (state.status, state.attempts, state.worker) == (status, attempts, worker and worker.node_id)
     assert state.job_id == JOB.job_id and state.submit == JOB
 
 
 def test_done_carries_the_decoded_result() -> None:
-    state = L.derive([JOB, OK1, seal(R0, JOB, OK1), seal(R1, JOB, OK1)])
+    state = L.derive([JOB, PLACE, OK1, seal(R0, JOB, OK1), seal(R1, JOB, OK1)])
     assert (state.result, state.error, state.decided) == ({"v": 1}, None, OK1)
 
 
 def test_failed_carries_the_decided_error_and_pending_the_last_one() -> None:
-    retrying = L.derive([JOB, ERR1])
+    retrying = L.derive([JOB, PLACE, ERR1])
     assert (retrying.error, retrying.last_error, retrying.result) == (None, "boom 1", None)
-    failed = L.derive([JOB, ERR1, ERR2, seal(R0, JOB, ERR2), seal(R1, JOB, ERR2)])
+    failed = L.derive([JOB, PLACE, ERR1, ERR2, seal(R0, JOB, ERR2), seal(R1, JOB, ERR2)])
     assert (failed.error, failed.last_error, failed.decided) == ("boom 2", "boom 2", ERR2)
 
 
 def test_attempt_fields() -> None:
-    state = L.derive([JOB, ERR1, *grants(2, W1), claim(W0, JOB, 3)])
+    state = L.derive([JOB, PLACE, ERR1, *grants(2, W1), claim(W0, JOB, 3)])
     assert (state.lease_attempt, state.lease_worker, state.highest_attempt) == (2, W1.node_id, 3)
 
 
 def test_grants_carried_by_a_result_count_and_are_listed() -> None:
-    state = L.derive([JOB, ERR1])
+    state = L.derive([JOB, PLACE, ERR1])
     assert state.lease_attempt == 1
     assert set(grants(1)) <= set(state.facts)
 
 
 def test_renews_keep_the_newest_per_slot_like_storage() -> None:
     old, new = renew(W0, JOB, 1, 5), renew(W0, JOB, 1, 9)
-    state = L.derive([JOB, *grants(1), old, new, renew(W1, JOB, 1, 1)])
+    state = L.derive([JOB, PLACE, *grants(1), old, new, renew(W1, JOB, 1, 1)])
     assert new in state.facts and old not in state.facts
-    assert state == L.derive([JOB, *grants(1), new, renew(W1, JOB, 1, 1)])
+    assert state == L.derive([JOB, PLACE, *grants(1), new, renew(W1, JOB, 1, 1)])
 
 
 def test_facts_are_sorted_by_kind_then_attempt_then_id() -> None:
-    state = L.derive([CANCEL, OK2, ERR1, claim(W0, JOB, 2), claim(W1, JOB, 1), JOB])
+    state = L.derive([CANCEL, OK2, ERR1, claim(W0, JOB, 2), claim(W1, JOB, 1), JOB, PLACE])
     keys = [(L.KIND_ORDER[f.kind], f.attempt, f.fact_id) for f in state.facts]
     assert keys == sorted(keys)
     assert state.facts[0] == JOB
@@ -128,14 +130,14 @@ def test_without_a_submit_there_is_no_state() -> None:
     assert L.derive([]) is None
     assert L.derive([claim(W0, JOB, 1), *grants(1)]) is None
     other = submit(nonce=b"\x05" * 16)
-    assert L.derive([JOB, other], job_id=other.job_id).submit == other
-    assert L.derive([JOB, claim(W0, JOB, 1)], job_id=other.job_id) is None
+    assert L.derive([JOB, PLACE, other], job_id=other.job_id).submit == other
+    assert L.derive([JOB, PLACE, claim(W0, JOB, 1)], job_id=other.job_id) is None
 
 
 def test_facts_of_another_job_are_ignored() -> None:
     other = submit(nonce=b"\x05" * 16)
-    alone = L.derive([JOB])
-    assert L.derive([JOB, claim(W0, other, 1), lease(R0, other, 1, W0), lease(R1, other, 1, W0)], job_id=JOB.job_id) == alone
+    alone = L.derive([JOB, PLACE])
+    assert L.derive([JOB, PLACE, claim(W0, other, 1), lease(R0, other, 1, W0), lease(R1, other, 1, W0)], job_id=JOB.job_id) == alone
 
 
 def test_is_final_result() -> None:
@@ -163,7 +165,7 @@ def test_derive_depends_only_on_the_set(history, data) -> None:
 def test_merging_replica_sets_in_any_grouping_agrees(history, data) -> None:
     """Union is commutative, associative and idempotent; derive sees only the union."""
     job, fs = history
-    parts = [set(data.draw(st.lists(st.sampled_from(fs)))) | {job} for _ in range(3)]
+    parts = [set(data.draw(st.lists(st.sampled_from(fs)))) | {job, placement(job)} for _ in range(3)]
     a, b, c = parts
     left, right = (a | b) | c, a | (b | c)
     assert L.derive(list(left)) == L.derive(list(right)) == L.derive(list(c | a | b | a))
@@ -203,8 +205,8 @@ def test_terminal_status_never_changes_under_honest_sealing(history, data) -> No
     job, fs = history
     replicas = REPLICAS[: job.body.replicas]
     everything = sorted(set(_flatten(fs)), key=L.sort_key)
-    views = {r: {job} | {f for f in everything if f.author_id == r.node_id} for r in replicas}
-    seen: set[F.Fact] = {job}
+    views = {r: {job, placement(job)} | {f for f in everything if f.author_id == r.node_id} for r in replicas}
+    seen: set[F.Fact] = {job, placement(job)}
     subjects_all = [f for f in everything if f.kind in (F.RESULT, F.CANCEL)]
     before = L.derive(seen)
     for _ in range(data.draw(st.integers(20, 60))):

@@ -1,0 +1,25 @@
+"""Reading a job from the mesh: its facts from the replicas, merged.
+
+A job's facts live on the r nodes closest to its key *and* on the replicas
+its placement names (the two sets drift apart as nodes join and leave). A
+read asks the closest nodes plus the placement replicas this node knows of;
+when the answers reveal a placement it had not asked, it asks those too.
+"""
+
+from __future__ import annotations
+
+from dht.server import DHTServer
+from node import lifecycle
+
+
+async def read_job(dht: DHTServer, job_id: bytes) -> tuple[lifecycle.JobState | None, int]:
+    """(the derived state or None when nobody knows the job, replicas that answered)."""
+    local = lifecycle.derive(dht.records.get(job_id))
+    placed = local.replicas if local is not None else ()
+    facts, answered = await dht.fetch(job_id, also=placed)
+    state = lifecycle.derive(facts)
+    if state is not None and state.replicas and not placed:
+        more, extra = await dht.fetch(job_id, also=state.replicas)
+        state = lifecycle.derive([*facts, *more])
+        answered = max(answered, extra)
+    return state, answered
