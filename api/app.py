@@ -9,6 +9,8 @@ rate limiting, so a 429 is a problem document like any other.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 from typing import Any
 
@@ -24,13 +26,29 @@ from api.ratelimit import TokenBuckets, ratelimit_middleware
 from api.service import JobService
 
 SERVICE = web.AppKey("workmesh.service", JobService)
-API_TOKEN = web.AppKey("workmesh.api_token", bytes)
+API_TOKEN = web.AppKey("workmesh.api_token", bytes)  # BLAKE2b-256 of the token, see _check_token
+BODY_TIMEOUT_S = web.AppKey("workmesh.body_timeout_s", float)
 RATE_LIMITER = web.AppKey("workmesh.rate_limiter", TokenBuckets)
 _SPEC_CACHE = web.AppKey("workmesh.spec_cache", dict)
+
+# Connection limits (see run_api): a client that has not sent a complete
+# request head this long after connecting (or after its previous response) is
+# disconnected; a body must arrive within BODY_READ_TIMEOUT_S; a request line
+# or one header at most HEADER_LINE_BYTES_MAX bytes, at most HEADERS_MAX headers.
+IDLE_TIMEOUT_S = 15.0
+BODY_READ_TIMEOUT_S = 10.0
+HEADER_LINE_BYTES_MAX = 8190
+HEADERS_MAX = 64
+# Seconds to drain an unread body before closing after an error answer.
+LINGER_S = 2.0
 
 # Prometheus text format 0.0.4: what ``generate_latest`` writes.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _JSON_TYPES = ("application/json",)
+
+
+def _token_digest(token: bytes) -> bytes:
+    return hashlib.blake2b(token, digest_size=32, person=b"workmesh-api").digest()
 
 
 def _check_token(request: web.Request) -> None:
@@ -40,8 +58,9 @@ def _check_token(request: web.Request) -> None:
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     given_b = given.strip().encode("utf-8", "surrogateescape")
-    # compare_digest even on a wrong scheme, so the answer's timing says nothing about the token
-    if not (hmac.compare_digest(given_b, token) and scheme.lower() == "bearer"):
+    # Compare fixed-length digests in constant time, even on a wrong scheme:
+    # the answer's timing says nothing about the token, not even its length.
+    if not (hmac.compare_digest(_token_digest(given_b), token) and scheme.lower() == "bearer"):
         raise Unauthorized("Authorization: a valid 'Bearer <token>' is required for writes")
 
 
@@ -51,7 +70,11 @@ async def _read_json_body(request: web.Request) -> bytes:
     An empty body's Content-Type is ignored: clients send all sorts with a
     bare ``POST .../cancel``.
     """
-    raw = await request.read()  # raises 413 past client_max_size
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT_S]):
+            raw = await request.read()  # raises 413 past client_max_size
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="the request body did not arrive in time") from None
     if raw and request.headers.get("Content-Type"):
         ctype = request.content_type
         if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
@@ -142,16 +165,18 @@ def create_app(
     max_body_bytes: int = 65536,
     rate_limit_per_s: float | None = None,
     rate_burst: int = 100,
+    body_timeout_s: float = BODY_READ_TIMEOUT_S,
     logger: Any = None,
 ) -> web.Application:
     """Build the node's REST application around ``service``.
 
     ``api_token`` set (non-empty): POST endpoints need it as a bearer token
     (reads stay open). ``rate_limit_per_s`` set: each client IP gets a bucket of
-    ``rate_burst`` requests refilled at that rate.
+    ``rate_burst`` requests refilled at that rate. A body that takes longer than
+    ``body_timeout_s`` to arrive is answered 408.
     """
-    if max_body_bytes < 1:
-        raise ValueError("max_body_bytes must be positive")
+    if max_body_bytes < 1 or not body_timeout_s > 0:
+        raise ValueError("max_body_bytes and body_timeout_s must be positive")
     logger = logger if logger is not None else structlog.get_logger("workmesh.api")
     middlewares = [error_middleware(logger)]
     buckets = None
@@ -161,8 +186,9 @@ def create_app(
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app[SERVICE] = service
     app[_SPEC_CACHE] = {}
+    app[BODY_TIMEOUT_S] = float(body_timeout_s)
     if api_token:  # "" counts as unset, as the CLI reads an empty WORKMESH_API_TOKEN
-        app[API_TOKEN] = api_token.encode("utf-8")
+        app[API_TOKEN] = _token_digest(api_token.encode("utf-8"))
     if buckets is not None:
         app[RATE_LIMITER] = buckets
     app.router.add_post("/jobs", submit_job)
@@ -177,12 +203,35 @@ def create_app(
     return app
 
 
-async def run_api(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def run_api(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+    header_line_bytes_max: int = HEADER_LINE_BYTES_MAX,
+    headers_max: int = HEADERS_MAX,
+) -> web.AppRunner:
     """Start serving ``app`` on ``host:port`` (port 0 picks one: see ``runner.addresses``).
+
+    Slow and idle connections: aiohttp arms its keep-alive timer when a
+    connection opens and after each response, and closes the connection if no
+    complete request head arrived by then; so ``idle_timeout_s`` bounds both an
+    idle connection and one that dribbles its headers (slowloris). Oversized
+    request lines or headers are answered 400 by the parser, before any handler.
 
     The caller owns the runner and must ``await runner.cleanup()``.
     """
-    runner = web.AppRunner(app)
+    if not idle_timeout_s > 0:
+        raise ValueError("idle_timeout_s must be positive")
+    runner = web.AppRunner(
+        app,
+        keepalive_timeout=idle_timeout_s,
+        max_line_size=header_line_bytes_max,
+        max_field_size=header_line_bytes_max,
+        max_headers=headers_max,
+        lingering_time=LINGER_S,
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

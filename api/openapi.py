@@ -31,6 +31,7 @@ _STATUS_TEXT = {
     400: "Malformed request: JSON syntax, path, query or header value.",
     401: "Missing or wrong bearer token.",
     404: "No such job (or no such resource).",
+    408: "The request body did not arrive in time (10 s by default).",
     405: "Method not allowed on this path (answered by any path; see the Allow header).",
     409: "The job is already terminal.",
     413: "Body larger than the node accepts (64 KiB by default).",
@@ -164,7 +165,7 @@ def _schemas(job_types: frozenset[str]) -> dict:
 
 
 def _paths(auth: bool) -> dict:
-    write_errors = (400, 401, 413, 415, 422, 429, 500, 503) if auth else (400, 413, 415, 422, 429, 500, 503)
+    write_errors = (400, 401, 408, 413, 415, 422, 429, 500, 503) if auth else (400, 408, 413, 415, 422, 429, 500, 503)
     secured = {"security": [{"bearerAuth": []}]} if auth else {}
     job_id = {"$ref": _REF + "parameters/JobId"}
     return {
