@@ -33,6 +33,17 @@ def node_id_of(public_key: bytes) -> bytes:
     return hashlib.blake2b(public_key, digest_size=NODE_ID_BYTES).digest()
 
 
+def puzzle_bits(public_key: bytes) -> int:
+    """Leading zero bits of BLAKE2b(person="workmesh-puzzle", public key), 0..64.
+
+    The identity puzzle: a mesh can require a number of bits so that making
+    many identities costs work (each bit doubles it). Not the node id's hash,
+    so the ids of identities that solved it still spread over the keyspace.
+    """
+    digest = hashlib.blake2b(public_key, digest_size=8, person=b"workmesh-puzzle").digest()
+    return 64 - int.from_bytes(digest, "big").bit_length()
+
+
 class _VerifiedCache:
     """A bounded memory of signatures that already verified.
 
@@ -62,11 +73,13 @@ class _VerifiedCache:
 
 
 _cache = _VerifiedCache()
+# Process-wide counts of the expensive operations (docs/performance.md: cost per job).
+_ops = {"signatures": 0, "verifications": 0, "macs": 0}
 
 
 def verify_statistics() -> dict[str, int]:
-    """Counters of the process-wide verification cache."""
-    return {"verify_cache_hits": _cache.hits, "verify_cache_misses": _cache.misses}
+    """Counters of the process-wide verification cache and of crypto operations."""
+    return {"verify_cache_hits": _cache.hits, "verify_cache_misses": _cache.misses, **_ops}
 
 
 def verify(domain: str, public_key: bytes, fields: list | tuple, signature: bytes, *, checked: bool = False) -> None:
@@ -80,6 +93,7 @@ def verify(domain: str, public_key: bytes, fields: list | tuple, signature: byte
     key = (public_key, signature, message)
     if _cache.seen(key):
         return
+    _ops["verifications"] += 1
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
@@ -98,8 +112,12 @@ class Identity:
         self._pair_keys: OrderedDict[bytes, bytes] = OrderedDict()
 
     @classmethod
-    def generate(cls) -> Identity:
-        return cls(nacl.signing.SigningKey.generate())
+    def generate(cls, puzzle: int = 0) -> Identity:
+        """A new identity whose key solves the identity puzzle of ``puzzle`` bits."""
+        while True:
+            key = nacl.signing.SigningKey.generate()
+            if puzzle <= 0 or puzzle_bits(bytes(key.verify_key)) >= puzzle:
+                return cls(key)
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Identity:
@@ -109,14 +127,15 @@ class Identity:
         return cls(nacl.signing.SigningKey(seed))
 
     @classmethod
-    def load_or_create(cls, data_dir: str | os.PathLike[str]) -> Identity:
-        """Load the identity of ``data_dir``, creating it (mode 0600) on first use."""
+    def load_or_create(cls, data_dir: str | os.PathLike[str], puzzle: int = 0) -> Identity:
+        """Load the identity of ``data_dir``, creating it (mode 0600, solving a
+        ``puzzle`` of that many bits) on first use."""
         path = Path(data_dir) / KEY_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             seed = path.read_bytes()
         except FileNotFoundError:
-            identity = cls.generate()
+            identity = cls.generate(puzzle)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(bytes(identity._signing_key))
@@ -131,6 +150,7 @@ class Identity:
         """Sign ``[domain, *fields]`` canonically; returns the 64-byte signature."""
         message = signing_bytes(domain, fields)
         signature = self._signing_key.sign(message).signature
+        _ops["signatures"] += 1
         _cache.add((self.public_key, signature, message))  # our own: no need to verify it when it comes back
         return signature
 
@@ -162,6 +182,7 @@ class Identity:
 
     def mac(self, peer_public_key: bytes, domain: str, fields: list | tuple, *, checked: bool = False) -> bytes:
         """Authenticate ``[domain, *fields]`` for the pair (us, peer)."""
+        _ops["macs"] += 1
         return hashlib.blake2b(
             signing_bytes(domain, fields, checked=checked), key=self.pair_key(peer_public_key), digest_size=MAC_BYTES
         ).digest()
