@@ -185,6 +185,21 @@ class Driver:
         self.rng.shuffle(out)
         return out
 
+    def inject_when_room(self, kind: str, wait_s: float = 30.0) -> None:
+        """Wait (bounded) until the fault fits under --max-down, then inject it.
+
+        Faults that take several nodes (churn, partition) wait for every earlier fault to be undone.
+        """
+        deadline = time.time() + wait_s
+        whole = kind in ("churn", "partition")
+        while time.time() < deadline:
+            with self.lock:
+                room = not self.down if whole else len(self.down) < self.max_down()
+            if room:
+                break
+            time.sleep(0.1)
+        self.inject(kind)
+
     def inject(self, kind: str) -> None:
         a = self.args
         if kind == "kill":
@@ -279,7 +294,7 @@ class Driver:
                 continue
             if fault_times and now >= fault_times[0]:
                 fault_times.pop(0)
-                self.inject(faults.pop(0))
+                self.pending_fault_futures.append(self.fault_pool.submit(self.inject_when_room, faults.pop(0)))
                 continue
             if now >= next_progress:
                 self.progress("load")
@@ -291,8 +306,13 @@ class Driver:
 
     def restore(self) -> None:
         """Undo every fault now (SIGCONT, restart), and wait for the undo threads."""
+        while True:  # injections add undo futures: wait until none is left
+            pending = [f for f in self.pending_fault_futures if not f.done()]
+            if not pending:
+                break
+            pending[0].result()
         for f in self.pending_fault_futures:
-            f.result()
+            f.result()  # re-raise what a fault thread raised
         for n in self.nodes:
             if n.alive:
                 n.signal(signal.SIGCONT)
@@ -379,6 +399,15 @@ class Driver:
                 with open(n.log_path, encoding="utf-8", errors="replace") as fh:
                     for ev in H.log_events(fh, ids):
                         self.rec.record(ev.pop("ev"), t=ev.pop("t"), **ev)
+        final["node_status"] = {}
+        for n in self.nodes:
+            try:
+                code, st = self.get(n, "/status", timeout_s=5) if n.alive else (0, {})
+            except OSError:
+                code, st = 0, {}
+            if code == 200:
+                final["node_status"][str(n.index)] = {"peers": st.get("peers"), "jobs": st.get("jobs"),
+                                                      "peer_ids": [p["node_id"] for p in st.get("peer_list", [])]}
         if extra_final:
             final.update(extra_final)
         (out_dir / "final.json").write_text(json.dumps(final, indent=1, sort_keys=True))

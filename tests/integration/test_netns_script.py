@@ -1,0 +1,98 @@
+"""simulations/netns.py end to end: nodes in network namespaces, a partition and its heal.
+
+Needs root and ``ip netns``; skipped otherwise. The namespaces and links are
+created and removed by the script under a prefix of its own; the test checks
+that none is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "simulations" / "netns.py"
+sys.path.insert(0, str(ROOT / "simulations"))
+
+import netns  # noqa: E402
+
+WHY = netns.why_unavailable()
+pytestmark = pytest.mark.skipif(WHY is not None, reason=f"netns unavailable: {WHY}")
+
+
+def leftovers(prefix: str) -> list[str]:
+    return [n for n in netns._ns_names() + netns._link_names() if n.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def partition_run(tmp_path_factory):
+    """One small run: 4 nodes (one on the minority side), 16 jobs, one 3 s partition, then heal."""
+    out, prefix = tmp_path_factory.mktemp("netns") / "run", "wmnbeef"
+    cmd = [sys.executable, str(SCRIPT), "--nodes", "4", "--jobs", "16", "--load-s", "8", "--faults", "partition",
+           "--partition-s", "3", "--lease-s", "2", "--work-s-max", "1.5", "--drain-s", "30", "--agree-timeout-s", "10",
+           "--seed", "5", "--subnet", "10.78.0.0/24", "--prefix", prefix, "--progress-s", "3", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+    left = leftovers(prefix)
+    figures = json.loads((out / "figures.json").read_text()) if (out / "figures.json").exists() else None
+    return proc, figures, left, out
+
+
+def test_partition_run_completes_and_cleans_up(partition_run):
+    proc, figures, left, out = partition_run
+    detail = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert left == [], "the script left namespaces or links behind"
+    assert figures is not None, detail
+    assert figures["acknowledged"] >= 12, detail
+    assert [r["kind"] for r in figures["recoveries"]] == ["partition"], figures["recoveries"]
+    assert figures["multiple_accepted_results"] == 0, figures["multiple_accepted_jobs"]
+    assert figures["over_attempt_bound"] == 0, figures["over_attempt_bound_jobs"]
+    assert len(figures["agree_after_heal_s"]) == 1
+    assert (out / "summary.txt").exists() and (out / "history.jsonl").exists()
+    assert "replicas agree" in (out / "summary.txt").read_text()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: after a partition heals, the DHT never re-learns the contacts it evicted (dht/); a node left with "
+    "an empty routing table takes jobs with replicas=1, quorum=1 (node/jobs.py JobOperations.replica_plan), so an "
+    "acknowledged job exists on that node only and the rest of the mesh answers 404",
+)
+def test_partition_and_heal_loses_no_job(partition_run):
+    proc, figures, _left, out = partition_run
+    final = json.loads((out / "final.json").read_text())
+    peers = {i: st["peers"] for i, st in final["node_status"].items()}
+    assert all(p == 3 for p in peers.values()), f"routing tables after the heal: {peers}"
+    assert figures["lost"] == 0, figures["lost_jobs"]
+    assert figures["agree_after_heal_s"][0] is not None
+    assert proc.returncode == 0
+
+
+def test_interrupted_run_removes_its_namespaces(tmp_path):
+    """SIGTERM in the middle of a run: every namespace and link of the run is gone afterwards."""
+    import signal
+    import time
+
+    prefix = "wmnfee1"
+    cmd = [sys.executable, str(SCRIPT), "--nodes", "2", "--jobs", "100", "--load-s", "60", "--faults", "",
+           "--subnet", "10.78.1.0/24", "--prefix", prefix, "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while "booted" not in line:  # wait for the namespaces and nodes to exist
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not boot"
+            line = proc.stdout.readline()
+        assert len(leftovers(prefix)) >= 2 + 2 + 2
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert leftovers(prefix) == []
