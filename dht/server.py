@@ -156,6 +156,11 @@ class DHTServer:
         self._handoff_wakeup = asyncio.Event()
         self._replica_cache: OrderedDict[bytes, tuple[float, list[Contact]]] = OrderedDict()
         self._resolved: OrderedDict[bytes, tuple[float, Contact]] = OrderedDict()
+        # Evicted contacts, pinged now and then so a healed partition reconnects.
+        self._dormant: OrderedDict[bytes, Contact] = OrderedDict()
+        self.dormant_max = 256
+        self.revive_interval_s = 5.0
+        self.revive_per_round = 3
         self.replica_cache_ttl_s = 5.0
         # After a quorum of replicas answered, wait this long for the rest.
         self.quorum_grace_s = 0.05
@@ -173,6 +178,7 @@ class DHTServer:
             "handoffs_dropped": 0,
             "republished_records": 0,
             "lookups": 0,
+            "contacts_revived": 0,
         }
 
     # ------------------------------------------------------------------ life
@@ -191,6 +197,7 @@ class DHTServer:
             self.protocol.spawn(self._republish_loop(), "republish"),
             self.protocol.spawn(self._refresh_loop(), "refresh"),
             self.protocol.spawn(self._handoff_loop(), "handoff"),
+            self.protocol.spawn(self._revive_loop(), "revive"),
         ]
 
     async def bootstrap(self, addrs: Iterable[tuple[str, int]]) -> int:
@@ -266,6 +273,10 @@ class DHTServer:
         if env is None:
             if self.router.record_failure(contact):
                 self._replica_cache.clear()  # an evicted contact may sit in cached replica sets
+                self._dormant[contact.id] = contact
+                self._dormant.move_to_end(contact.id)
+                while len(self._dormant) > self.dormant_max:
+                    self._dormant.popitem(last=False)
             return None
         self._proved(contact)
         if env.method == "error":
@@ -670,6 +681,38 @@ class DHTServer:
             await asyncio.sleep(self.config.republish_interval_s)
             await self.republish()
             self.save_contacts()
+
+    def has_dormant(self) -> bool:
+        return bool(self._dormant)
+
+    async def revive(self, count: int) -> int:
+        """Ping up to ``count`` evicted contacts, oldest first; those that answer
+        (and prove their key) rejoin the routing table. Returns how many did.
+
+        Without this, the two sides of a healed partition would each have
+        evicted the other and never look across again."""
+        revived = 0
+        for contact in list(self._dormant.values())[:count]:
+            self._dormant.move_to_end(contact.id)  # the next round tries others
+            if self.router.get(contact.id) is not None:
+                self._dormant.pop(contact.id, None)
+                continue
+            back = await self.ping(contact.addr)
+            if back is not None and back.id == contact.id:
+                self._dormant.pop(contact.id, None)
+                revived += 1
+        if revived:
+            self.stats["contacts_revived"] += revived
+            self._replica_cache.clear()
+            seeds = self.router.find_neighbors(self.node, k=self.config.k)
+            await self._lookup(self.identity.node_id, seeds)
+        return revived
+
+    async def _revive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.revive_interval_s)
+            if self._dormant:
+                await self.revive(self.revive_per_round)
 
     async def _refresh_loop(self) -> None:
         while True:

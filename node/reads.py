@@ -4,12 +4,16 @@ A job's facts live on the r nodes closest to its key *and* on the replicas
 its placement names (the two sets drift apart as nodes join and leave). A
 read asks the closest nodes plus the placement replicas this node knows of;
 when the answers reveal a placement it had not asked, it asks those too.
+When nobody knows the job, it pings contacts it evicted (the far side of a
+partition that just healed) and asks again before it answers "not found".
 """
 
 from __future__ import annotations
 
 from dht.server import DHTServer
 from node import lifecycle
+
+REVIVE_ON_MISS = 8  # evicted contacts pinged before a read answers "not found"
 
 
 async def read_job(dht: DHTServer, job_id: bytes) -> tuple[lifecycle.JobState | None, int]:
@@ -18,6 +22,12 @@ async def read_job(dht: DHTServer, job_id: bytes) -> tuple[lifecycle.JobState | 
     placed = local.replicas if local is not None else ()
     facts, answered = await dht.fetch(job_id, also=placed)
     state = lifecycle.derive(facts)
+    if state is None and dht.has_dormant():
+        # Nobody we asked knows the job. Before saying "not found", try the
+        # contacts we evicted: after a partition they may be the other half.
+        if await dht.revive(REVIVE_ON_MISS):
+            facts, answered = await dht.fetch(job_id, also=placed)
+            state = lifecycle.derive(facts)
     if state is not None and state.replicas and not placed:
         more, extra = await dht.fetch(job_id, also=state.replicas)
         state = lifecycle.derive([*facts, *more])

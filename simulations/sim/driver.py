@@ -36,6 +36,7 @@ from dht.routing import target_node
 from node import lifecycle
 from node.config import NodeConfig
 from node.errors import QuorumUnavailable
+from node.reads import read_job
 
 from simulations.sim.checkers import Invariants, LookupStats, TraceLog, verify_stores
 from simulations.sim.clock import VirtualTimeLoop
@@ -251,8 +252,7 @@ class Run:
         async def read(job_id: bytes) -> None:
             async with gate:
                 sim = self.rng.choice(self.mesh.live())
-                facts, answered = await sim.node.dht.fetch(job_id)
-            state = lifecycle.derive(facts, job_id=job_id)
+                state, answered = await read_job(sim.node.dht, job_id)
             if answered == 0:
                 outcomes["no_answer"] += 1
             elif state is None:

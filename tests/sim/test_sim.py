@@ -5,9 +5,11 @@ in-memory network (``simulations/sim``). A run is a function of its seed, so
 each failing case below is a reproducible bug report: replay it with
 ``python simulations/sim/run.py --scenario S --nodes N --jobs J --seed X --trace t.txt``.
 
-Cases marked ``xfail(strict=True)`` are node bugs found by the simulator and
-described in their reason; when the bug is fixed the case passes, strict xfail
-turns that into a failure, and the marker must go.
+The simulator found four node bugs that these cases once carried as strict
+xfails (replica sets that drifted with each node's view, a claim deadlock
+after minority grants, a second run of a job whose ok result awaited seals,
+and a healed partition that never reconnected); all are fixed, and the cases
+below keep them fixed.
 """
 
 from __future__ import annotations
@@ -24,28 +26,6 @@ from simulations.sim.scenarios import Params
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "simulations" / "sim" / "run.py"
-
-BUG_REPLICA_SETS = (
-    "BUG: replica sets are not fixed. Any node holding a job's submission grants leases and seals, "
-    "each worker picks 'the r closest' from its own view (DHTServer.replicas_for; router_is_complete() "
-    "is True for any table without a full bucket, so a partial table is taken for the whole mesh), and "
-    "DHTServer.fetch's read repair copies the submission onto whatever set the reader picked. Two "
-    "workers then gather disjoint quorums: two lease holders for one attempt, two decided results; "
-    "and a reader with a partial table (contacts evicted during a partition) reads the wrong nodes: a "
-    "decided job reads back as not found"
-)
-BUG_CLAIM_DEADLOCK = (
-    "BUG: a claim that gets grants from only a minority (a replica-worker offered in Node._on_stored "
-    "claims before the submission reached the other replicas) leaves live grants for attempt n; every "
-    "worker then claims n+1 (highest_attempt counts claims), which replicas without a grant refuse "
-    "('more than one above known attempt'), so the job stays stuck past the liveness deadline"
-)
-BUG_GRANT_AFTER_OK = (
-    "BUG: leases.decide_claim grants attempt m+1 once an ok result of attempt m exists (_attempt_over), "
-    "even on a replica that sealed that result, until seals from a quorum reach it: in a fault-free mesh "
-    "a second worker runs a job that is already done"
-)
-
 
 def _run_cli(tmp_path: Path, name: str, *args: str) -> dict:
     out = tmp_path / f"{name}.json"
@@ -86,11 +66,11 @@ def _check(figures: dict) -> None:
 CASES = [
     pytest.param("steady", 12, 12, 1, id="steady"),
     pytest.param("crash", 12, 12, 1, id="crash"),
-    pytest.param("churn", 12, 12, 1, id="churn", marks=pytest.mark.xfail(strict=True, reason=BUG_REPLICA_SETS)),
-    pytest.param("partition", 12, 12, 1, id="partition", marks=pytest.mark.xfail(strict=True, reason=BUG_REPLICA_SETS)),
-    pytest.param("loss", 12, 12, 1, id="loss", marks=pytest.mark.xfail(strict=True, reason=BUG_REPLICA_SETS)),
+    pytest.param("churn", 12, 12, 1, id="churn"),
+    pytest.param("partition", 12, 12, 1, id="partition"),
+    pytest.param("loss", 12, 12, 1, id="loss"),
     pytest.param("drift", 12, 12, 1, id="drift"),
-    pytest.param("drift", 12, 12, 2, id="claim-deadlock", marks=pytest.mark.xfail(strict=True, reason=BUG_CLAIM_DEADLOCK)),
+    pytest.param("drift", 12, 12, 2, id="claim-deadlock"),
 ]
 
 
@@ -99,7 +79,6 @@ def test_scenario_keeps_every_promise(scenario, nodes, jobs, seed):
     _check(simulate(Params(scenario=scenario, nodes=nodes, jobs=jobs, seed=seed, liveness_deadline_s=60.0)))
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_GRANT_AFTER_OK)
 def test_fault_free_mesh_runs_each_job_once():
     figures = simulate(Params(scenario="steady", nodes=12, jobs=20, seed=1, liveness_deadline_s=60.0))
     _check(figures)
