@@ -102,6 +102,7 @@ class Row:
     drain_s: float | None = None
     latency_samples: int = 0
     latency_wrong: int = 0
+    cost_per_job: dict[str, float] | None = None  # workmesh: crypto ops, datagrams, bytes (from /status)
     note: str = ""
 
 
@@ -146,6 +147,35 @@ def format_table(records: list[dict[str, Any]]) -> str:
         out.append("  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
                              for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
     return "\n".join(out)
+
+
+COST_COLUMNS = (("signatures", "sign"), ("verifications", "verify"), ("verify_cache_hits", "cached"),
+                ("macs", "macs"), ("datagrams_out", "datagrams"), ("bytes_out", "bytes"),
+                ("store_added", "facts stored"), ("store_writes", "sqlite commits"))
+
+
+def format_costs(records: list[dict[str, Any]]) -> str:
+    """workmesh's cost per job (summed over the mesh's nodes), one line per measured row."""
+    header = ["system", "job"] + [title for _, title in COST_COLUMNS]
+    body = [[rec["system"], rec["kind"]] + [_fmt(rec["cost_per_job"].get(key), 1) for key, _ in COST_COLUMNS]
+            for rec in records if rec["cost_per_job"]]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    lines = ["cost per job, all nodes together (crypto operations, datagrams, bytes sent, storage)",
+             "  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    lines += ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in body]
+    return "\n".join(lines)
+
+
+def machine_info(cores: int) -> dict[str, Any]:
+    """What the figures were measured on: CPU model, cores, Python, load when the run began."""
+    cpu = "unknown cpu"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": cores, "python": platform.python_version(), "platform": platform.platform(),
+            "load_average_start": os.getloadavg()}
 
 
 # --------------------------------------------------------------------------
@@ -299,6 +329,9 @@ def start_redis(launcher: Launcher, workdir: Path, deadline_s: float = 10.0) -> 
 # workmesh: N nodes as subprocesses, loaded over HTTP with aiohttp.
 
 WORKMESH_TYPES = {"noop": "echo", "sha256": "sha256"}
+# /status counters that make up a job's cost: (section, names).
+COST_COUNTERS = {"crypto": ("signatures", "verifications", "verify_cache_hits", "macs"),
+                 "dht": ("datagrams_out", "bytes_out", "store_added", "store_writes")}
 TERMINAL = {"done", "failed", "cancelled"}
 PEER_KEYS = ("peers", "peer_count", "known_peers", "contacts", "routing_table_size")
 
@@ -392,6 +425,18 @@ class WorkmeshDriver:
 
     def info(self) -> dict[str, Any]:
         return {"workers_per_node": self.slots, "status": [_get_json(f"{url}/status") for url in self._urls]}
+
+    def counters(self) -> dict[str, float]:
+        """The mesh's cost counters (summed over nodes) from each node's /status."""
+        total: dict[str, float] = {}
+        for url in self._urls:
+            doc = _get_json(f"{url}/status") or {}
+            for section, names in COST_COUNTERS.items():
+                for name in names:
+                    value = (doc.get(section) or {}).get(name)
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        total[f"{section}.{name}"] = total.get(f"{section}.{name}", 0) + value
+        return total
 
     # -- load, in asyncio -------------------------------------------------
 
@@ -528,6 +573,8 @@ def _warm_up(driver: Any, procs: list[Proc]) -> None:
 
 
 def _measure(driver: Any, row: Row, sessions: set[int], cfg: Settings) -> None:
+    counters = getattr(driver, "counters", None)
+    before = counters() if counters else None
     peak = PeakRss(sessions)
     try:
         lat = driver.latency(row.kind, cfg.latency_samples, cfg.latency_timeout_s)
@@ -538,6 +585,10 @@ def _measure(driver: Any, row: Row, sessions: set[int], cfg: Settings) -> None:
     finally:
         row.peak_rss_mib = peak.stop() / 2**20
     row.jobs_done, row.jobs_wrong, row.enqueue_s = out.done, out.wrong, out.enqueue_s
+    if before is not None and (jobs := out.done + len(lat.samples_s)):
+        after = counters()
+        row.cost_per_job = {key.split(".", 1)[1]: round((after.get(key, 0) - before.get(key, 0)) / jobs, 2)
+                            for key in after}
     row.drain_jobs_per_s = out.done / row.drain_s if out.done else None
     row.cpu_ms_per_job = 1000 * cpu_s / out.done if out.done else None
     row.client_cpu_ms_per_job = 1000 * client_s / out.done if out.done else None
@@ -615,16 +666,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=None, help="jobs per drain (default 10000; 200 with --quick)")
     parser.add_argument("--latency-samples", type=int, default=None,
                         help="sequential jobs for latency (default 200; 20 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="smoke size, as CI runs it")
+    parser.add_argument("--quick", action="store_true", help="a short run: 200 jobs per drain, 20 latency samples")
+    parser.add_argument("--smoke", action="store_true", help="the smallest run, as CI runs it: 20 jobs, 5 samples")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS), help="comma-separated list")
     parser.add_argument("--drain-timeout-s", type=float, default=None, help="bound on one drain (default 300)")
     parser.add_argument("--slots-per-core", type=int, default=2, help="workmesh worker slots per core")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and node data dirs")
     args = parser.parse_args(argv)
-    args.jobs = args.jobs or (200 if args.quick else 10_000)
-    args.latency_samples = args.latency_samples or (20 if args.quick else 200)
-    args.drain_timeout_s = args.drain_timeout_s or (60.0 if args.quick else 300.0)
+    args.jobs = args.jobs or (20 if args.smoke else 200 if args.quick else 10_000)
+    args.latency_samples = args.latency_samples or (5 if args.smoke else 20 if args.quick else 200)
+    args.drain_timeout_s = args.drain_timeout_s or (60.0 if args.quick or args.smoke else 300.0)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if args.jobs <= 0 or args.latency_samples <= 0:
         parser.error("--jobs and --latency-samples must be positive")
@@ -641,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Settings(args.jobs, args.latency_samples, args.drain_timeout_s,
                    latency_timeout_s=max(30.0, 2.0 * args.latency_samples), slots=args.slots_per_core * cores)
     signal.signal(signal.SIGTERM, _interrupt)
+    machine = machine_info(cores)
     workdir = Path(tempfile.mkdtemp(prefix="workmesh-bench-"))
     launcher = Launcher(workdir)
     rows: list[Row] = []
@@ -661,12 +714,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     records = with_ratios(rows)
-    print(f"jobs per drain: {cfg.jobs}; latency samples: {cfg.latency_samples}; cores: {cores}; "
-          f"xC = ratio to celery")
+    machine["load_average_end"] = os.getloadavg()
+    print(f"machine: {machine['cpu']}, {cores} cores, python {machine['python']}; load average at start "
+          f"{machine['load_average_start'][0]:.2f}, at end {machine['load_average_end'][0]:.2f}")
+    print(f"jobs per drain: {cfg.jobs}; latency samples: {cfg.latency_samples}; "
+          f"workmesh worker slots in all: {cfg.slots}; xC = ratio to celery")
     print(format_table(records))
+    if any(rec["cost_per_job"] for rec in records):
+        print()
+        print(format_costs(records))
     if args.json:
         doc = {"settings": asdict(cfg), "interrupted": interrupted, "info": infos, "rows": records,
-               "machine": {"cores": cores, "python": platform.python_version(), "platform": platform.platform()}}
+               "machine": machine}
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 130 if interrupted else 0
 
