@@ -78,6 +78,7 @@ class StoreOutcome:
     produced: list[Record]
     refusals: dict[bytes, list[tuple[int, str]]]  # replica id -> refusals
     stored_ids: frozenset[bytes] = frozenset()  # the replicas that hold every record
+    answered_ids: frozenset[bytes] = frozenset()  # the replicas that replied
 
     def reached(self, quorum: int) -> bool:
         return self.stored_on >= quorum
@@ -562,6 +563,7 @@ class DHTServer:
             produced=[p for _, _, _, ps in results for p in ps],
             refusals={c.id: r[2] for c, r in zip(replicas, results) if r[2]},
             stored_ids=frozenset(c.id for c, r in zip(replicas, results) if r[1]),
+            answered_ids=frozenset(c.id for c, r in zip(replicas, results) if r[0]),
         )
 
     # ---------------------------------------------------------------- fetch

@@ -35,6 +35,8 @@ from node.handlers import Handler, HandlerError, JobContext, Registry
 from node.leases import LeaseRules
 from node.reads import read_job
 
+CLAIM_RESENDS = 2  # times a claim is sent again to replicas that did not answer
+
 RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
 
 
@@ -208,6 +210,17 @@ class WorkerPool:
         claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
         outcome = await self.dht.store(job_id, [*evidence, claim], targets=list(state.replicas), quorum=spec.quorum)
         grants = self._lease_grants(outcome.produced, job_id, attempt, state.replicas)
+        answered = set(outcome.answered_ids)
+        for _ in range(CLAIM_RESENDS):
+            # Replicas that did not answer (a lost datagram) may still grant: ask
+            # them again with the same claim. Without this, every lost datagram
+            # burns an attempt number.
+            silent = [i for i in state.replicas if i not in answered]
+            if len(grants) >= spec.quorum or len(grants) + len(silent) < spec.quorum:
+                break
+            again = await self.dht.store(job_id, [*evidence, claim], targets=silent, quorum=1)
+            answered |= again.answered_ids
+            grants = self._lease_grants([*grants, *again.produced], job_id, attempt, state.replicas)
         if len(grants) < spec.quorum:
             self.counters["claims_lost"] += 1
             log.debug("claim_lost", attempt=attempt, grants=len(grants))
