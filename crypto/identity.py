@@ -87,9 +87,13 @@ def verify(domain: str, public_key: bytes, fields: list | tuple, signature: byte
 
     ``checked``: the fields were decoded canonically (see ``signing_bytes``).
     """
+    verify_bytes(public_key, signing_bytes(domain, fields, checked=checked), signature, domain)
+
+
+def verify_bytes(public_key: bytes, message: bytes, signature: bytes, domain: str = "") -> None:
+    """Check ``signature`` over ``message``, the exact ``signing_bytes``; raise :class:`BadSignature`."""
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         raise BadSignature("malformed key or signature length")
-    message = signing_bytes(domain, fields, checked=checked)
     key = (public_key, signature, message)
     if _cache.seen(key):
         return
@@ -97,7 +101,7 @@ def verify(domain: str, public_key: bytes, fields: list | tuple, signature: byte
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
-        raise BadSignature(f"bad signature for {domain}") from None
+        raise BadSignature(f"bad signature for {domain or 'message'}") from None
     _cache.add(key)
 
 
@@ -182,15 +186,21 @@ class Identity:
 
     def mac(self, peer_public_key: bytes, domain: str, fields: list | tuple, *, checked: bool = False) -> bytes:
         """Authenticate ``[domain, *fields]`` for the pair (us, peer)."""
+        return self.mac_bytes(peer_public_key, signing_bytes(domain, fields, checked=checked))
+
+    def mac_bytes(self, peer_public_key: bytes, message: bytes) -> bytes:
+        """The pair's MAC of ``message``, already encoded (``signing_bytes`` or the same bytes)."""
         _ops["macs"] += 1
-        return hashlib.blake2b(
-            signing_bytes(domain, fields, checked=checked), key=self.pair_key(peer_public_key), digest_size=MAC_BYTES
-        ).digest()
+        return hashlib.blake2b(message, key=self.pair_key(peer_public_key), digest_size=MAC_BYTES).digest()
 
     def check_mac(self, peer_public_key: bytes, domain: str, fields: list | tuple, tag: bytes) -> None:
         """Raise :class:`BadSignature` unless ``tag`` is the pair's MAC of the (decoded) fields."""
-        if not hmac.compare_digest(self.mac(peer_public_key, domain, fields, checked=True), tag):
-            raise BadSignature(f"bad MAC for {domain}")
+        self.check_mac_bytes(peer_public_key, signing_bytes(domain, fields, checked=True), tag, domain)
+
+    def check_mac_bytes(self, peer_public_key: bytes, message: bytes, tag: bytes, domain: str = "") -> None:
+        """Raise :class:`BadSignature` unless ``tag`` is the pair's MAC of ``message``."""
+        if not hmac.compare_digest(self.mac_bytes(peer_public_key, message), tag):
+            raise BadSignature(f"bad MAC for {domain or 'message'}")
 
     @property
     def short_id(self) -> str:

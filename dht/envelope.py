@@ -30,16 +30,28 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from crypto import domains
 from crypto.canonical import canonical_pack, canonical_unpack
 from crypto.errors import BadSignature, EncodingError
-from crypto.identity import MAC_BYTES, NODE_ID_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, node_id_of, verify
+from crypto.identity import (
+    MAC_BYTES,
+    NODE_ID_BYTES,
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    Identity,
+    node_id_of,
+    verify_bytes,
+)
 
 VERSION = 1
 REQUEST = 0
 REPLY = 1
 MSG_ID_BYTES = 16
 METHOD_CHARS_MAX = 32
+_ARRAY9 = b"\x99"  # msgpack fixarray header of 9 elements
+_RPC_DOMAIN = msgpack.packb(domains.RPC, use_bin_type=True)
 
 
 class EnvelopeError(Exception):
@@ -74,11 +86,13 @@ def seal(
 ) -> bytes:
     """Encode and authenticate one envelope: a MAC when the recipient's key is known."""
     fields = [VERSION, kind, msg_id, identity.public_key, ts_ms, target_id, method, list(args)]
-    if peer_key is not None and target_id:
-        auth = identity.mac(peer_key, domains.RPC, fields)
-    else:
-        auth = identity.sign(domains.RPC, fields)
-    return canonical_pack([*fields, auth])
+    if peer_key is None or not target_id:
+        return canonical_pack([*fields, identity.sign(domains.RPC, fields)])
+    # Checked and packed once: the 8 fields' bytes are shared by the MAC's input
+    # ([domain, *fields]) and the datagram ([*fields, auth]); both are 9-arrays.
+    body = canonical_pack(fields)[1:]  # without the 8-array's one-byte header
+    auth = identity.mac_bytes(peer_key, _ARRAY9 + _RPC_DOMAIN + body)
+    return _ARRAY9 + body + msgpack.packb(auth, use_bin_type=True)
 
 
 def open_envelope(data: bytes, *, datagram_bytes_max: int, identity: Identity | None = None) -> Envelope:
@@ -115,13 +129,17 @@ def open_envelope(data: bytes, *, datagram_bytes_max: int, identity: Identity | 
         or len(signature) not in (SIGNATURE_BYTES, MAC_BYTES)
     ):
         raise EnvelopeError("malformed")
+    # The bytes ``auth`` covers, taken from the datagram instead of re-encoded:
+    # it is canonical, so it is the 9-array header, the 8 fields' bytes, then
+    # ``auth`` as bin 8 (2 header bytes); swap ``auth`` for the domain in front.
+    message = _ARRAY9 + _RPC_DOMAIN + data[1 : len(data) - len(signature) - 2]
     try:
         if len(signature) == SIGNATURE_BYTES:
-            verify(domains.RPC, key, outer[:8], signature, checked=True)
+            verify_bytes(key, message, signature, domains.RPC)
         elif identity is None or target != identity.node_id:
             raise EnvelopeError("misdirected")
         else:
-            identity.check_mac(key, domains.RPC, outer[:8], signature)
+            identity.check_mac_bytes(key, message, signature, domains.RPC)
     except BadSignature:
         raise EnvelopeError("bad_signature") from None
     return Envelope(kind, msg_id, key, node_id_of(key), ts_ms, target, method, args)
