@@ -243,6 +243,7 @@ class NetnsDriver(M.Driver):
         super().__init__(*a, **kw)
         self.topo = topo
         self.agree_threads: list[threading.Thread] = []
+        self.snapshots: dict[int, dict] = {}
 
     def inject(self, kind: str) -> None:
         if kind in ("kill", "stop"):
@@ -287,33 +288,19 @@ class NetnsDriver(M.Driver):
         for thread in self.agree_threads:
             thread.join(self.args.agree_timeout_s + 30)
 
-    def disagreements(self) -> list[dict]:
-        """Jobs whose live replicas do not all list them with one status (with who says what)."""
-        listed: dict[str, dict[str, str]] = {}
-        live_ids = set()
+    def snapshot(self) -> dict:
+        """Every live node's local job list (``GET /jobs``: what it holds as a replica). Passive: no job is read."""
+        lists: dict[str, dict[str, str]] = {}
         for n in self.nodes:
             if not n.alive:
                 continue
             try:
                 code, doc = self.get(n, "/jobs?limit=500", timeout_s=5)
-            except OSError as exc:
-                return [{"node": n.index, "error": repr(exc)}]
-            if code != 200:
-                return [{"node": n.index, "error": code}]
-            live_ids.add(n.node_id)
-            for j in doc["jobs"]:
-                listed.setdefault(j["id"], {})[n.node_id] = j["status"]
-        bad = []
-        ids = self.node_ids()
-        for job in set(listed) | set(self.acked):
-            replicas = [r for r in M.xor_closest(job, ids, self.args.replicas) if r in live_ids]
-            statuses = {listed.get(job, {}).get(r) for r in replicas}
-            if len(statuses) != 1 or None in statuses:
-                bad.append({"job": job, "status": {self.index_of(r): listed.get(job, {}).get(r) for r in replicas}})
-        return bad
-
-    def index_of(self, node_id: str) -> int:
-        return next(n.index for n in self.nodes if n.node_id == node_id)
+            except OSError:
+                continue
+            if code == 200:
+                lists[n.node_id] = {j["id"]: j["status"] for j in doc["jobs"]}
+        return {"t": time.time(), "lists": lists}
 
     def peers(self) -> dict[int, int | None]:
         out = {}
@@ -325,20 +312,59 @@ class NetnsDriver(M.Driver):
         return out
 
     def wait_agreement(self, t_heal: float, heal_no: int) -> None:
+        """Snapshot the job lists until they look settled or the window ends; judged later by :func:`agreement`."""
         deadline = t_heal + self.args.agree_timeout_s
-        bad: list[dict] = []
         self.rec.record("peers", heal=heal_no, peers=self.peers())
+        snaps, quiet = [], 0
         while time.time() < deadline:
-            bad = self.disagreements()
-            if not bad:
-                seconds = round(time.time() - t_heal, 3)
-                self.rec.record("agree", heal=heal_no, seconds=seconds)
-                self.log(f"[{time.time() - self.t0:7.1f} s] replicas agree {seconds:.2f} s after heal {heal_no}")
-                return
+            snaps.append(self.snapshot())
+            quiet = quiet + 1 if len(snaps) > 1 and snaps[-1]["lists"] == snaps[-2]["lists"] else 0
+            if quiet >= 8 and settled(snaps[-1]["lists"], self.acked):  # 2 s without change
+                break
             time.sleep(0.25)
-        self.rec.record("agree", heal=heal_no, seconds=None, disagreeing=bad[:50], peers=self.peers())
-        self.log(f"[{time.time() - self.t0:7.1f} s] replicas did not agree within {self.args.agree_timeout_s:g} s "
-                 f"after heal {heal_no}: {len(bad)} jobs differ")
+        self.snapshots[heal_no] = {"t_heal": t_heal, "snaps": snaps, "peers_after": self.peers()}
+
+
+def settled(lists: dict[str, dict[str, str]], acked) -> bool:
+    """Cheap stop rule: every acknowledged job is terminal on every node that lists it."""
+    for job in acked:
+        seen = [lst[job] for lst in lists.values() if job in lst]
+        if not seen or any(st not in H.TERMINAL for st in seen) or len(set(seen)) > 1:
+            return False
+    return True
+
+
+def placements(final: dict) -> dict[str, list[str]]:
+    """Each job's replica ids from its signed placement grant (the lowest fact id wins, as in node/lifecycle.py)."""
+    out = {}
+    for job, doc in final["jobs"].items():
+        places = sorted((f for f in doc.get("facts", []) if f.get("kind") == "grant" and f.get("action") == "place"),
+                        key=lambda f: f["fact_id"])
+        if places:
+            subject = places[0]["subject"]
+            out[job] = [subject[i:i + 40] for i in range(0, len(subject), 40)]
+    return out
+
+
+def agreement(heal: dict, final: dict, jobs: set[str]) -> tuple[float | None, list[dict]]:
+    """Seconds from the heal to the first snapshot in which every live replica of every job
+    (its placement) lists it with one status; None and the last disagreements when none did."""
+    placed = placements(final)
+    ids = [n["node_id"] for n in final["nodes"]]
+    bad: list[dict] = []
+    for snap in heal["snaps"]:
+        lists = snap["lists"]
+        bad = []
+        for job in sorted(jobs | {j for lst in lists.values() for j in lst}):
+            spec = H.submit_spec(final["jobs"].get(job, {}).get("facts", [])) or {}
+            replicas = placed.get(job) or M.xor_closest(job, ids, spec.get("replicas", 1))
+            live = [r for r in replicas if r in lists]
+            statuses = {lists[r].get(job) for r in live}
+            if len(statuses) != 1 or None in statuses:
+                bad.append({"job": job, "status": {ids.index(r): lists[r].get(job) for r in live}})
+        if not bad:
+            return round(snap["t"] - heal["t_heal"], 3), []
+    return None, bad
 
 
 def parse_ns_faults(text: str) -> list[str]:
@@ -431,7 +457,13 @@ def main(argv: list[str] | None = None) -> int:
         driver.restore()
         driver.drain()
         driver.join_agreement()
-        driver.collect(out)
+        final = driver.collect(out)
+        for heal_no, heal in sorted(driver.snapshots.items()):
+            seconds, bad = agreement(heal, final, set(driver.acked))
+            rec.record("agree", heal=heal_no, seconds=seconds, snapshots=len(heal["snaps"]), disagreeing=bad[:50],
+                       peers_after=heal["peers_after"])
+            print(f"heal {heal_no}: replicas " + (f"agree {seconds:.2f} s after the heal" if seconds is not None else
+                  f"did not agree within {args.agree_timeout_s:g} s: {len(bad)} jobs differ"), flush=True)
         code = 0
     except KeyboardInterrupt:
         print("interrupted: removing namespaces and links", file=sys.stderr)
