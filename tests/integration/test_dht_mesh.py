@@ -62,11 +62,17 @@ class RecordingLogger:
 
 
 def make_job(author: Identity, i: int) -> tuple[F.Fact, F.Fact]:
-    """A job's submission and its cancel, both signed by ``author``."""
+    """A job's submission and its cancel, both signed by ``author`` (placed by :func:`place`)."""
     body = F.Submit("echo", b'{"i":%d}' % i, 1, 10_000, 60_000, REPLICAS, QUORUM, i.to_bytes(16, "big"), 1_700_000_000_000)
     submit = F.sign(author, F.SUBMIT, body)
     cancel = F.sign(author, F.CANCEL, F.Cancel(submit.job_id, "not needed", 1_700_000_000_001))
     return submit, cancel
+
+
+def place(author: Identity, submit: F.Fact, ids) -> F.Fact:
+    """The submitter's placement of the job on its true r closest nodes."""
+    subject = b"".join(true_replicas(submit.job_id, ids))
+    return F.sign(author, F.GRANT, F.Grant(submit.job_id, F.PLACE, 0, subject, 1_700_000_000_000))
 
 
 def start_node(path, seed: int, log: list) -> Node:
@@ -115,9 +121,11 @@ async def mesh(tmp_path_factory):
         jobs = [make_job(author, i) for i in range(KEYS)]
         sem = asyncio.Semaphore(CONCURRENCY)
 
+        ids = [n.identity.node_id for n in nodes]
+
         async def put(node: Node, submit: F.Fact, cancel: F.Fact):
             async with sem:
-                return await node.dht.store(submit.job_id, [submit, cancel])
+                return await node.dht.store(submit.job_id, [submit, place(author, submit, ids), cancel])
 
         started = time.monotonic()
         outcomes = await asyncio.gather(*(put(rng.choice(nodes), s, c) for s, c in jobs))
