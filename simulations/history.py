@@ -404,7 +404,10 @@ def write_chart(fig: dict, path: str | Path, title: str = "workmesh run") -> str
     colours = {"kill": "red", "stop": "orange", "partition": "purple", "restart": "green", "cont": "green",
                "heal": "green"}
     for mark in s["faults"]:
-        ax1.axvline(mark["t_s"], color=colours.get(mark["kind"], "grey"), alpha=0.5, lw=1)
+        ax1.axvline(mark["t_s"], color=colours.get(mark["kind"], "grey"), alpha=0.5, lw=1,
+                    ls="-" if mark["kind"] in KILL_KINDS else ":")
+        if mark["kind"] not in KILL_KINDS:
+            continue  # undo marks (restart, cont, heal) are the dotted lines
         ax1.annotate(f"{mark['kind']} {mark['nodes']}", (mark["t_s"], 0.3), xycoords=ax1.get_xaxis_transform(),
                      rotation=90, fontsize=7, va="bottom", xytext=(2, 0), textcoords="offset points")
     ax1.set_xlabel("seconds since start")

@@ -212,7 +212,7 @@ class Driver:
             prefer: list[ProcNode] = []
             for job in reversed(recent):
                 if job not in self.terminal:
-                    ids = xor_closest(job, self.node_ids(), a.replicas)
+                    ids = xor_closest(job, self.node_ids(), a.replicas_per_job)
                     prefer = [n for n in self.nodes if n.node_id in ids]
                     self.rng.shuffle(prefer)
                     break
@@ -433,7 +433,7 @@ def common_arguments(parser: argparse.ArgumentParser, *, nodes: int, jobs: int) 
     parser.add_argument("--rate", type=float, help="jobs per second (default: --jobs spread over --load-s)")
     parser.add_argument("--drain-s", type=float, default=90.0, help="wait at most this long for jobs to finish (default 90)")
     parser.add_argument("--workers", type=int, default=2, help="worker slots per node (default 2)")
-    parser.add_argument("--replicas", type=int, default=5, help="replicas per job, r (default 5; the mesh size if smaller)")
+    parser.add_argument("--replicas", type=int, default=5, help="replicas per job, r (default 5; in a smaller mesh the nodes take an odd count)")
     parser.add_argument("--lease-s", type=float, default=3.0, help="lease per job, seconds (default 3)")
     parser.add_argument("--max-attempts", type=int, default=3, help="attempts per job (default 3)")
     parser.add_argument("--work-s-min", type=float, default=0.2, help="shortest sleep job, seconds (default 0.2)")
@@ -452,8 +452,10 @@ def common_arguments(parser: argparse.ArgumentParser, *, nodes: int, jobs: int) 
 def finish_args(args: argparse.Namespace, mesh_size: int) -> None:
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**32)
-    r = min(args.replicas, mesh_size)
-    args.replicas = r
+    # The nodes get --replicas as given; a job in a smaller mesh gets an odd replica
+    # count (node/jobs.py replica_plan), so two results can never split the seals.
+    r = args.replicas if mesh_size >= args.replicas else (mesh_size if mesh_size % 2 else mesh_size - 1)
+    args.replicas_per_job = r
     quorum = r // 2 + 1
     if args.max_down is None:
         args.max_down = max(0, min(r - quorum, (mesh_size - 1) // 2))
@@ -475,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(tempfile.mkdtemp(prefix="workmesh-mesh-data-"))
     print(f"mesh: {args.nodes} nodes, {args.jobs} jobs over {args.load_s:g} s, faults {args.faults}, seed {args.seed}, "
-          f"r={args.replicas}, max down {args.max_down}; output in {out}", flush=True)
+          f"r={args.replicas_per_job}, max down {args.max_down}; output in {out}", flush=True)
     rec = H.Recorder(out / "history.jsonl")
     node_args = ["--workers", str(args.workers), "--replicas", str(args.replicas), "--lease-seconds", str(args.lease_s),
                  "--max-attempts", str(args.max_attempts)]
