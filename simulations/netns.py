@@ -398,11 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     if not PREFIX_RE.match(prefix) or len(prefix) != 7:
         parser.error(f"--prefix must be {FAMILY} followed by 4 hex digits")
     subnet = ipaddress.ip_network(args.subnet)
-    routed = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
-    clash = [line for line in routed.split("\n") if line and ipaddress.ip_interface(line.split()[3]).network.overlaps(subnet)]
     left = remove_leftovers()
     if left:
         print(f"removed leftovers of earlier runs: {' '.join(left)}", flush=True)
+    routed = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    clash = [line for line in routed.split("\n") if line and ipaddress.ip_interface(line.split()[3]).network.overlaps(subnet)]
     if clash:
         print(f"netns: {subnet} overlaps an address of this host ({clash[0].split()[1]}); choose --subnet", file=sys.stderr)
         return 2

@@ -90,3 +90,22 @@ def test_interrupted_run_removes_its_namespaces(tmp_path):
             proc.wait()
     assert proc.returncode == 130
     assert leftovers(prefix) == []
+
+
+def test_leftovers_of_dead_runs_are_removed_and_live_runs_kept():
+    dead, live = "wmnd0d0", "wmna1a1"
+    try:
+        for prefix in (dead, live):
+            subprocess.run(["ip", "netns", "add", f"{prefix}-0"], check=True)
+            subprocess.run(["ip", "link", "add", f"{prefix}ba", "type", "bridge"], check=True)
+        netns.STATE_DIR.mkdir(parents=True, exist_ok=True)
+        (netns.STATE_DIR / f"{live}.pid").write_text(str(netns.os.getpid()))  # this process: alive
+        (netns.STATE_DIR / f"{dead}.pid").write_text("999999999")  # no such process
+        removed = netns.remove_leftovers()
+        assert sorted(removed) == [f"{dead}-0", f"{dead}ba"]
+        assert leftovers(dead) == []
+        assert sorted(leftovers(live)) == [f"{live}-0", f"{live}ba"]
+    finally:
+        netns.remove_prefix(dead)
+        netns.remove_prefix(live)
+    assert leftovers(live) == []
