@@ -602,7 +602,7 @@ class DHTServer:
                 if records is None:
                     continue
                 have = {r.record_id for r in records}
-                missing = [r for rid, r in merged.items() if rid not in have and self._worth_repairing(r)]
+                missing = [r for rid, r in merged.items() if rid not in have and self.worth_repairing(r)]
                 if missing:
                     self.stats["repairs_sent"] += len(missing)
                     if contact.id == self.node.id:
@@ -611,7 +611,7 @@ class DHTServer:
                         self.protocol.spawn(self._push(contact, key, missing), "repair")
         return list(merged.values()), answered
 
-    def _worth_repairing(self, record: Record) -> bool:
+    def worth_repairing(self, record: Record) -> bool:
         check = getattr(self.policy, "worth_repairing", None)
         return check is None or check(record)
 

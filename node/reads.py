@@ -30,6 +30,19 @@ async def read_job(dht: DHTServer, job_id: bytes) -> tuple[lifecycle.JobState | 
             state = lifecycle.derive(facts)
     if state is not None and state.replicas and not placed:
         more, extra = await dht.fetch(job_id, also=state.replicas)
-        state = lifecycle.derive([*facts, *more])
+        facts = [*facts, *more]
+        state = lifecycle.derive(facts)
         answered = max(answered, extra)
+    if state is not None and local is not None:
+        _keep_up(dht, job_id, facts)
     return state, answered
+
+
+def _keep_up(dht: DHTServer, job_id: bytes, facts: list) -> None:
+    """A node that holds the job keeps what decides it (results, cancels,
+    seals) that it learned by reading, so its own index and status agree
+    with what it just answered."""
+    held = dht.records.record_ids(job_id)
+    missing = [f for f in facts if f.record_id not in held and dht.worth_repairing(f)]
+    if missing:
+        dht.ingest(job_id, missing, dht.node.id)
