@@ -51,8 +51,23 @@ def write_json(figures: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
 
 
-def write_chart(figures: dict[str, Any], path: str | Path) -> None:
-    """Jobs accepted and decided, live nodes, executions running, and bytes per second, over virtual time."""
+def chart_available() -> bool:
+    """True when matplotlib can be imported (it is in the ``sim`` extra, not a core dependency)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_chart(figures: dict[str, Any], path: str | Path) -> bool:
+    """Jobs accepted and decided, live nodes, executions running, and bytes per second, over virtual time.
+
+    Returns False, writing nothing, when matplotlib is not installed
+    (``pip install -e '.[sim]'`` adds it); the run's figures do not need it.
+    """
+    if not chart_available():
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,3 +102,4 @@ def write_chart(figures: dict[str, Any], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True

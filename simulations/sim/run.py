@@ -1,10 +1,14 @@
 """Run one deterministic simulation of a workmesh mesh.
 
     python simulations/sim/run.py --scenario NAME --nodes N --jobs J --seed S
-        [--load-s T] [--loss P] [--json out.json] [--chart out.png] [--trace out.txt]
+        [--load-s T] [--loss P] [--out DIR] [--json out.json] [--chart out.png] [--trace out.txt]
 
 Scenarios: steady, crash, churn, partition, loss, drift (see scenarios.py).
-The run prints its seed and ends with a summary table; ``--seed S`` replays a
+The run prints its seed, a progress line every 10 s of wall time, and ends
+with a summary table; it writes ``figures.json``, ``chart.png`` (when
+matplotlib is installed: the ``sim`` extra) and ``summary.txt`` into
+``--out`` (default ``simulations/out/sim-SCENARIO-NODESn-sSEED``);
+``--json`` and ``--chart`` put those two elsewhere. ``--seed S`` replays a
 run exactly (same trace hash). The process re-executes itself once with
 ``PYTHONHASHSEED=0`` so that no set or dict ordering can differ between runs.
 Exit status: 0 when no job was lost and no invariant was violated, 1 otherwise.
@@ -38,8 +42,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2, help="handler slots per node")
     ap.add_argument("--deadline-s", type=float, default=300.0, help="virtual seconds after healing for every job to be decided")
     ap.add_argument("--sample-s", type=float, default=1.0, help="time-series step (virtual seconds)")
-    ap.add_argument("--json", dest="json_path", default=None)
-    ap.add_argument("--chart", dest="chart_path", default=None)
+    ap.add_argument("--out", default=None, help="directory for figures.json, chart.png, summary.txt (default: simulations/out/sim-SCENARIO-NODESn-sSEED)")
+    ap.add_argument("--json", dest="json_path", default=None, help="write the figures here instead of OUT/figures.json")
+    ap.add_argument("--chart", dest="chart_path", default=None, help="write the chart here instead of OUT/chart.png")
+    ap.add_argument("--no-chart", action="store_true", help="skip the chart (saves importing matplotlib)")
     ap.add_argument("--trace", dest="trace_path", default=None, help="write every trace line here")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     return ap.parse_args(argv)
@@ -69,13 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if trace_out is not None:
             trace_out.close()
-    print(summary_table(figures))
+    table = summary_table(figures)
+    print(table)
     for line in figures["violations"]:
         print(f"violation: {line}")
-    if args.json_path:
-        write_json(figures, args.json_path)
-    if args.chart_path:
-        write_chart(figures, args.chart_path)
+    out = Path(args.out) if args.out else REPO / "simulations" / "out" / f"sim-{params.scenario}-{params.nodes}n-s{params.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.txt").write_text(table + "\n" + "".join(f"violation: {v}\n" for v in figures["violations"]))
+    json_path = Path(args.json_path) if args.json_path else out / "figures.json"
+    chart_path = Path(args.chart_path) if args.chart_path else out / "chart.png"
+    write_json(figures, json_path)
+    wrote = False if args.no_chart else write_chart(figures, chart_path)
+    print(f"[sim] figures: {json_path}", file=sys.stderr)
+    if wrote:
+        print(f"[sim] chart: {chart_path}", file=sys.stderr)
+    elif not args.no_chart:
+        print("[sim] chart: not written, matplotlib is not installed (pip install -e '.[sim]')", file=sys.stderr)
     ok = figures["jobs_lost"] == 0 and figures["jobs_destroyed"] == 0 and figures["invariant_violations"] == 0
     return 0 if ok else 1
 
