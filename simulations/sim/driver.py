@@ -111,11 +111,11 @@ class Run:
         if self.network.faulty:
             candidates = [(i, s) for i, s in candidates if self.network.reachable(sim.addr, s.addr)]
         best = min(((i ^ target, s) for i, s in candidates if s is not sim), default=None, key=lambda p: p[0])
-        if best is None:
-            found = True
-        else:
-            found = bool(result.contacts) and result.contacts[0].id == best[1].node.identity.node_id
-        self.lookups.record(found or best is None or best[1].node.identity.node_id == me, result)
+        # A lookup of a node's own id (join, refresh, revive) finds the node
+        # itself first when a peer returns it: score the first *other* contact.
+        first = next((c.id for c in result.contacts if c.id != me), None)
+        found = best is None or first == best[1].node.identity.node_id
+        self.lookups.record(found, result)
 
     def mark(self, label: str) -> None:
         self.marks.append((self.loop.time(), label))
