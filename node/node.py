@@ -188,7 +188,7 @@ class Node:
             self.workers.offer(key, state.submit.body.job_type, (state.submit, state.placement))
         obs = self.replica.observations(key)
         deadline = leases.lease_deadline(state, self.identity.node_id, obs, self.config.leases)
-        previous = self.index.update(state, self._monotonic(), deadline, self._replica_rank(key))
+        previous = self.index.update(state, self._monotonic(), deadline, self._replica_rank(key, state))
         if previous is not None and new:
             self.counters["status_changes"] += 1
             self.log.info(
@@ -200,8 +200,13 @@ class Node:
         if event is not None:
             event.set()
 
-    def _replica_rank(self, key: bytes) -> int:
-        """Our position among the job's replicas (from the routing table): 0 speaks first."""
+    def _replica_rank(self, key: bytes, state: lifecycle.JobState) -> int:
+        """Our position among the job's replicas: 0 speaks first. A placed job
+        ranks by its placement (a node that only stores it speaks last);
+        otherwise by the routing table."""
+        me = self.identity.node_id
+        if state.replicas:
+            return state.replicas.index(me) if me in state.replicas else len(state.replicas)
         target = target_node(key)
         mine = self.dht.node.distance_to(target)
         others = self.dht.router.find_neighbors(target, k=self.config.replicas)
