@@ -38,10 +38,31 @@ class DHTConfig:
     # Contacts asked to prove their address at once (ping-back of new senders).
     pending_verifications_max: int = 256
     # Routing-table contacts per /24 (IPv4) or /48 (IPv6) prefix per bucket; 0 = no limit.
+    # Off by default: it counts every address, and loopback or LAN meshes (and the
+    # simulator's 10.x network) put every node in one prefix. Set it (2 is usual)
+    # for a mesh on the internet, where it bounds what one network can place near a key.
     contacts_per_prefix_max: int = 0
+    # Datagrams accepted per second from one source address (token bucket of
+    # peer_datagram_burst), checked before decoding; 0 = no limit. Replies to our
+    # own requests are exempt. Buckets kept at most (least recently seen forgotten).
+    peer_datagrams_per_s: float = 5000.0
+    peer_datagram_burst: int = 10_000
+    peer_buckets_max: int = 10_000
+    # Anti-amplification: a reply larger than its request goes only to an
+    # (address, node id) that answered a request of ours at that address; an
+    # unproven sender is pinged first (a ping is never larger than a request).
+    amplification_guard: bool = True
+    proven_addresses_max: int = 65_536
+    # Identity puzzle: a peer's key must give this many leading zero bits of
+    # BLAKE2b(person="workmesh-puzzle", public key), or we neither answer it nor
+    # ask it anything, so it never enters the routing table. 0 = off. Each bit
+    # doubles the cost of making an identity (16 bits: about 65,000 key pairs).
+    identity_puzzle_bits: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.quorum <= self.replicas:
             raise ValueError("quorum must be between 1 and replicas")
         if self.replicas > self.k:
             raise ValueError("replicas cannot exceed the bucket size k")
+        if not 0 <= self.identity_puzzle_bits <= 64:
+            raise ValueError("identity_puzzle_bits must be between 0 and 64")

@@ -11,7 +11,10 @@ This replaces ``rpcudp``. Differences that matter:
   and every task is tracked and reaped (rpcudp drops its ``ensure_future``s);
 * anything malformed, oversized, unsigned, wrongly signed, stale, replayed or
   misdirected is dropped and counted, and never raises out of
-  ``datagram_received``.
+  ``datagram_received``;
+* per-peer limits (``dht/peerlimit.py``): a token bucket per source address
+  before decoding; a reply larger than its request only to an address that
+  proved itself; no exchange at all with a key that fails the identity puzzle.
 
 The transport is anything with ``sendto(data, addr)`` and ``close()``: a UDP
 transport in production, the simulator's in-memory network in simulation.
@@ -20,13 +23,21 @@ transport in production, the simulator's in-memory network in simulation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from crypto.identity import Identity
+from crypto.identity import Identity, puzzle_bits
 from dht.config import DHTConfig
-from dht.envelope import REPLY, REQUEST, Envelope, EnvelopeError, ReplayGuard, open_envelope, seal
+from dht.envelope import MSG_ID_BYTES, REPLY, REQUEST, Envelope, EnvelopeError, ReplayGuard, open_envelope, seal
+from dht.peerlimit import PeerBuckets, ProvenAddresses
+
+# Canonical envelopes start [fixarray(9), version 1, kind, bin8(16) msg_id ...]:
+# where a reply's message id sits, to exempt replies to our requests from the
+# per-peer rate limit without decoding them.
+_REPLY_PREFIX = bytes([0x99, 0x01, REPLY, 0xC4, MSG_ID_BYTES])
+_MSG_ID_AT = slice(len(_REPLY_PREFIX), len(_REPLY_PREFIX) + MSG_ID_BYTES)
 
 
 class Clock(Protocol):
@@ -70,6 +81,14 @@ class RPCProtocol(asyncio.DatagramProtocol):
         self.transport: Transport | None = None
         self.dropped: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
+        self._peer_buckets = (
+            PeerBuckets(config.peer_datagrams_per_s, config.peer_datagram_burst, config.peer_buckets_max)
+            if config.peer_datagrams_per_s > 0
+            else None
+        )
+        self._proven = ProvenAddresses(config.proven_addresses_max)
+        self._proving: dict[tuple[tuple[str, int], bytes], asyncio.Future] = {}
+        self._puzzle = config.identity_puzzle_bits
 
     # -- asyncio.DatagramProtocol ----------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -81,6 +100,10 @@ class RPCProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.counters["datagrams_in"] += 1
         self.counters["bytes_in"] += len(data)
+        if self._peer_buckets is not None and not self._answers_us(data, addr):
+            if not self._peer_buckets.allow(addr, self.clock.monotonic()):
+                self.dropped["rate_limited"] += 1
+                return
         try:
             env = open_envelope(data, datagram_bytes_max=self.config.datagram_bytes_max, identity=self.identity)
         except EnvelopeError as exc:
@@ -92,6 +115,9 @@ class RPCProtocol(asyncio.DatagramProtocol):
             return
         if env.sender_id == self.identity.node_id:
             self.dropped["from_self"] += 1
+            return
+        if self._puzzle and puzzle_bits(env.sender_key) < self._puzzle:
+            self.dropped["puzzle_unsolved"] += 1
             return
         if env.target_id not in (b"", self.identity.node_id) or (env.kind == REPLY and not env.target_id):
             self.dropped["misdirected"] += 1
@@ -105,6 +131,13 @@ class RPCProtocol(asyncio.DatagramProtocol):
         else:
             self._accept_request(env, addr, len(data))
 
+    def _answers_us(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """Does ``data`` look like a reply, from the address asked, to a request of ours?"""
+        if not data.startswith(_REPLY_PREFIX):
+            return False
+        pending = self._outstanding.get(data[_MSG_ID_AT])
+        return pending is not None and pending[1] == addr
+
     # -- replies ----------------------------------------------------------
     def _accept_reply(self, env: Envelope, addr: tuple[str, int]) -> None:
         pending = self._outstanding.get(env.msg_id)
@@ -117,6 +150,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
             return
         del self._outstanding[env.msg_id]
         self.counters["replies_in"] += 1
+        self._proven.add(addr, env.sender_id)  # it holds its key at the address we asked
         if not future.done():
             future.set_result(env)
 
@@ -137,7 +171,51 @@ class RPCProtocol(asyncio.DatagramProtocol):
         if len(data) > self.config.datagram_bytes_max:
             self.counters["reply_too_large"] += 1
             data = seal(self.identity, REPLY, env.msg_id, self.clock.wall_ms(), env.sender_id, "error", ["reply_too_large"], key)
+        if len(data) > size and self.config.amplification_guard and not await self._prove(addr, env):
+            # Say so in a short error (the requester stops waiting, and does not count a lost
+            # reply against us), or, when even that would outgrow the request, stay silent.
+            self.dropped["unproven_large_reply"] += 1
+            data = seal(self.identity, REPLY, env.msg_id, self.clock.wall_ms(), env.sender_id, "error", ["unproven"], key)
+            if len(data) > size:
+                return
         self._send(data, addr)
+
+    async def _prove(self, addr: tuple[str, int], env: Envelope) -> bool:
+        """Has ``env``'s sender proved it receives at ``addr``? If not yet, ping it there
+        (one ping per pair at a time; the ping is no larger than any request)."""
+        pair = (addr, env.sender_id)
+        if pair in self._proven:
+            return True
+        pending = self._proving.get(pair)
+        if pending is None:
+            if len(self._proving) >= self.config.pending_verifications_max:
+                return False
+            pending = self._proving[pair] = self.spawn(self._ping_to_prove(addr, env), "prove_address")
+            pending.add_done_callback(lambda _: self._proving.pop(pair, None))
+        self.counters["proofs_awaited"] += 1
+        await asyncio.shield(pending)
+        return pair in self._proven
+
+    async def _ping_to_prove(self, addr: tuple[str, int], env: Envelope) -> None:
+        """Two quick chances (a lost ping must not cost the requester its reply). A
+        request already on its way to the pair (the owner verifying a new sender)
+        counts as the first, so an unproven address is not sent pings twice over."""
+        pair, attempts = (addr, env.sender_id), 2
+        for future, asked, expected in list(self._outstanding.values()):
+            if asked == addr and expected == env.sender_id:
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(future), self.config.rpc_timeout_s / 2)
+                if pair in self._proven:
+                    return
+                attempts = 1
+                break
+        for _ in range(attempts):
+            reply = await self.request(
+                addr, "ping", [], expect_id=env.sender_id, peer_key=env.sender_key,
+                timeout_s=self.config.rpc_timeout_s / 4,
+            )
+            if reply is not None:
+                return
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
         """Run ``coro`` in a tracked task whose exception is reported, never lost."""
@@ -183,6 +261,9 @@ class RPCProtocol(asyncio.DatagramProtocol):
         """
         if len(self._outstanding) >= self.config.outstanding_max:
             self.counters["outstanding_full"] += 1
+            return None
+        if self._puzzle and peer_key is not None and puzzle_bits(peer_key) < self._puzzle:
+            self.counters["puzzle_unsolved_skipped"] += 1
             return None
         msg_id = self._new_msg_id()
         data = seal(self.identity, REQUEST, msg_id, self.clock.wall_ms(), expect_id or b"", method, args, peer_key)
