@@ -378,3 +378,44 @@ def test_replaying_every_held_fact_changes_nothing(superseded):
     assert superseded.snapshot() == before
     for name in ("grants_issued", "seals_issued", "renews_accepted"):
         assert superseded.replica.counters[name] == counters[name]
+
+
+# --------------------------------------------------------------------------- found while replaying faults
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the closing attempt (max_attempts + 1) can itself be split by claim contention; then no "
+    "worker can gather a quorum for it (rule 4: not above the granted attempt) and no higher attempt exists "
+    "(rule 2; node/worker.py _claim_and_run gives up when known_attempt + 1 > max_attempts + 1), so the job "
+    "stays non-terminal forever. Seen after a whole-mesh kill and restart (tests/integration/test_faults.py).",
+)
+def test_a_job_whose_closing_attempt_was_split_can_still_end():
+    job = submit(max_attempts=1, replicas=3, quorum=2, lease_ms=1000, nonce=b"\x0c" * 16)
+    stores = [Store(identity=r) for r in (ME, R1, R2)]
+    for s in stores:
+        s.send([job, placement(job)], key=job.job_id)
+        assert s.send([claim(W0, job, 1)], key=job.job_id).produced  # every replica grants attempt 1 to W0
+    evidence = [lease(r, job, 1, W0) for r in (ME, R1, R2)]
+    # W0 dies; three workers race for the closing attempt, each reaching one replica first.
+    for s, w in zip(stores, (W1, *WORKERS[2:4])):
+        s.clock.now += STALE_S + 0.01
+        assert s.send([*evidence, claim(w, job, 2)], key=job.job_id).produced
+    # They die too. Once every grant is stale, some worker must be able to end the job.
+    for s in stores:
+        s.clock.now += STALE_S + 0.01
+    closing = [lease(r, job, 2, w) for r, w in zip((ME, R1, R2), (W1, *WORKERS[2:4]))]
+    winners = []
+    for attempt in (2, 3):
+        for w in WORKERS:
+            granted = sum(
+                1
+                for s in stores
+                if any(
+                    g.body.action == F.LEASE and g.body.subject == w.node_id
+                    for g in s.send([*evidence, *closing, claim(w, job, attempt, ts_ms=50)], key=job.job_id).produced
+                )
+            )
+            if granted >= 2:
+                winners.append((attempt, w))
+    assert winners, "no worker can gather a quorum for any attempt: the job can never end"
