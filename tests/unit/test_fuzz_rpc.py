@@ -100,7 +100,7 @@ def test_every_handler_answers_or_refuses_any_arguments(harness):
     for method in methods:
         seen = outcomes.setdefault(method, {"reply": 0, "refused": 0})
 
-        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
         @given(args=arguments(method))
         def run(args):
             seen[harness.run(_answered_or_refused(harness, method, args))] += 1
