@@ -89,13 +89,11 @@ class WorkmeshRoutingTable(RoutingTable):
         return sum(len(b) for b in self.buckets)
 
     def find_neighbors(self, node: Node, k: int | None = None, exclude: Node | None = None) -> list[Contact]:
-        """The ``k`` contacts closest to ``node`` over the whole table."""
+        """The ``k`` contacts closest to ``node`` over the whole table, the node
+        itself included when it is a contact (a lookup of a node id must be
+        able to find that node)."""
         k = k or self.ksize
-        candidates = (
-            c
-            for c in self.contacts()
-            if c.id != node.id and (exclude is None or not c.same_home_as(exclude))
-        )
+        candidates = (c for c in self.contacts() if exclude is None or not c.same_home_as(exclude))
         return sorted(candidates, key=node.distance_to)[:k]
 
     # -- updates ----------------------------------------------------------

@@ -54,7 +54,8 @@ class RecordPolicy(Protocol):
 
     def stored(self, key: bytes, new: list[Record]) -> None: ...
 
-    # Optional: ``worth_repairing(record) -> bool`` limits read repair to durable records.
+    # Optional: ``worth_repairing(record) -> bool`` limits read repair to durable records;
+    # ``holders(records) -> ids``: nodes that must hold the key besides its r closest.
 
 
 class AcceptAll:
@@ -160,6 +161,7 @@ class DHTServer:
         # Evicted contacts, pinged now and then so a healed partition reconnects.
         self._dormant: OrderedDict[bytes, Contact] = OrderedDict()
         self.dormant_max = 256
+        self._revive_lock = asyncio.Lock()
         self.revive_interval_s = 5.0
         self.revive_per_round = 3
         self.replica_cache_ttl_s = 5.0
@@ -669,10 +671,15 @@ class DHTServer:
     async def republish(self) -> int:
         """Send every key we hold to its current replicas, only what they lack."""
         sent = 0
+        holders = getattr(self.policy, "holders", None)
         for key in self.records.keys():
             replicas = await self.replicas_for(key)
-            if not any(c.id == self.node.id for c in replicas):
+            # Nodes the policy says must hold the key too (a fixed replica set).
+            named = [i for i in (holders(self.records.get(key)) if holders else ()) if i not in {c.id for c in replicas}]
+            if not any(c.id == self.node.id for c in replicas) and self.node.id not in named:
                 continue
+            if named:
+                replicas = replicas + await self.resolve(named)
             counts = await asyncio.gather(*(self.sync_to(c, key) for c in replicas if c.id != self.node.id))
             sent += sum(counts)
         self.stats["republished_records"] += sent
@@ -693,8 +700,20 @@ class DHTServer:
 
         Without this, the two sides of a healed partition would each have
         evicted the other and never look across again."""
+        async with self._revive_lock:  # one round at a time (the loop, reads that missed)
+            revived = await self._revive(count)
+        if revived:
+            self.stats["contacts_revived"] += revived
+            self._replica_cache.clear()
+            seeds = self.router.find_neighbors(self.node, k=self.config.k)
+            await self._lookup(self.identity.node_id, seeds)
+        return revived
+
+    async def _revive(self, count: int) -> int:
         revived = 0
         for contact in list(self._dormant.values())[:count]:
+            if contact.id not in self._dormant:
+                continue
             self._dormant.move_to_end(contact.id)  # the next round tries others
             if self.router.get(contact.id) is not None:
                 self._dormant.pop(contact.id, None)
@@ -703,11 +722,6 @@ class DHTServer:
             if back is not None and back.id == contact.id:
                 self._dormant.pop(contact.id, None)
                 revived += 1
-        if revived:
-            self.stats["contacts_revived"] += revived
-            self._replica_cache.clear()
-            seeds = self.router.find_neighbors(self.node, k=self.config.k)
-            await self._lookup(self.identity.node_id, seeds)
         return revived
 
     async def _revive_loop(self) -> None:

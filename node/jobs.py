@@ -84,13 +84,16 @@ class JobOperations:
         self.wall_ms = wall_ms
         self._announce = announce
         self._waiters = waiters
+        self._largest_mesh = 1
         self.counters = {"submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0}
 
     # -- submit -----------------------------------------------------------------
     def replica_plan(self) -> tuple[int, int]:
-        """(replicas, quorum) for a new job: r, or the whole mesh when it is smaller."""
+        """(replicas, quorum) for a new job: r, or the whole mesh when it is
+        smaller. "The mesh" is the largest this node has seen: a node cut off
+        from its peers must not shrink new jobs onto itself."""
         cfg = self.defaults.dht
-        mesh = len(self.dht.router) + 1
+        self._largest_mesh = mesh = max(self._largest_mesh, len(self.dht.router) + 1)
         if mesh >= cfg.replicas:
             return cfg.replicas, cfg.quorum
         # An odd count: with an even one, two subjects can each get half of
@@ -134,8 +137,13 @@ class JobOperations:
             ids = await self._placement(submit, idempotent=idempotency_key is not None)
             if len(ids) >= replicas:
                 break
-            # Fewer nodes found than planned: plan again with what exists.
-            replicas = max(1, len(ids))
+            if len(ids) < quorum:
+                self.counters["submit_quorum_missed"] += 1
+                raise QuorumUnavailable(
+                    f"only {len(ids)} nodes reachable; a job needs {quorum} of {replicas} replicas. Retry later."
+                )
+            # Fewer nodes found than planned, but a quorum: place on an odd count of them.
+            replicas = len(ids) if len(ids) % 2 else len(ids) - 1
             quorum = max(replicas // 2 + 1, min(quorum, replicas))
         place = F.sign(self.identity, F.GRANT, F.Grant(submit.job_id, F.PLACE, 0, b"".join(ids[:replicas]), created_ms))
         outcome = await self.dht.store(submit.job_id, [submit, place], targets=list(ids[:replicas]), quorum=quorum)

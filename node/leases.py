@@ -230,13 +230,30 @@ def accept_renew(state: JobState, renew: Fact, me: bytes, obs: Observations, now
     return True
 
 
-def decide_seal(state: JobState, subject: Fact, me: bytes) -> Grant | None:
+def decide_seal(
+    state: JobState,
+    subject: Fact,
+    me: bytes,
+    obs: Observations | None = None,
+    now: float | None = None,
+    rules: LeaseRules | None = None,
+) -> Grant | None:
     """The seal grant body to sign for a result or cancel, or None.
 
     Seals when this replica sealed nothing for the job yet and the subject is
     a cancel, or a final result (ok, or error of attempt >= max_attempts) with
-    no lease grant by this replica for a later attempt. Re-asked for the
+    no live lease grant by this replica for a later attempt. Re-asked for the
     subject it already sealed, it returns the same body.
+
+    "Live": without ``obs``/``now``/``rules`` every later grant counts (the
+    strict rule). With them, a later grant stops counting once its attempt is
+    over on this replica's clock (its holder silent past the lease, or a
+    result for it exists). A later claim that won only a minority never runs
+    and never renews; without this, its grants would block the sealing of an
+    earlier attempt's ok result for ever, while that result blocks every new
+    grant: a job that ran and succeeded would never end. A worker that did
+    take over renews, so its grant stays live and a late result of the
+    attempt it replaced is still never sealed.
     """
     if _belongs(state, subject, (F.RESULT, F.CANCEL)) or not state.is_replica(me):
         return None
@@ -251,9 +268,21 @@ def decide_seal(state: JobState, subject: Fact, me: bytes) -> Grant | None:
     if subject.kind == F.RESULT:
         if not is_final_result(state.submit, subject):
             return None
-        if any(g.attempt > subject.attempt for g in _own(state, me, F.LEASE)):
+        later = [g for g in _own(state, me, F.LEASE) if g.attempt > subject.attempt]
+        if any(_grant_live(state, g.attempt, obs, now, rules) for g in later):
             return None
     return Grant(state.job_id, F.SEAL, subject.attempt, subject.fact_id, subject.body.ts_ms)
+
+
+def _grant_live(
+    state: JobState, attempt: int, obs: Observations | None, now: float | None, rules: LeaseRules | None
+) -> bool:
+    if obs is None or now is None or rules is None:
+        return True
+    if any(f.kind == F.RESULT and f.attempt == attempt for f in state.facts):
+        return False
+    seen = obs.holder_seen.get(attempt)
+    return seen is None or now - seen < rules.stale_after_s(state.spec.lease_ms)
 
 
 def lease_deadline(state: JobState, me: bytes, obs: Observations, rules: LeaseRules) -> float | None:

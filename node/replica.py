@@ -108,7 +108,13 @@ class JobReplica:
             if fact.fact_id in known:
                 # A retried claim, result or cancel: answer with what we signed for it before.
                 out.accept.append(fact)
-                out.produced.extend(self._own_answer(fact, known.values()))
+                answer = self._own_answer(fact, known.values())
+                if not answer and fact.kind in (F.RESULT, F.CANCEL):
+                    # Not sealed before (a later grant was live then): judge again.
+                    answer, _ = self._judge(fact, list(known.values()), obs, now)
+                    for p in answer:
+                        known[p.fact_id] = p
+                out.produced.extend(answer)
                 continue
             if fact.slot is not None and any(
                 k.slot == fact.slot and k.version >= fact.version for k in known.values()
@@ -152,7 +158,7 @@ class JobReplica:
             self.counters["renews_refused"] += 1
             return [], "lease not held"
         # result or cancel: store it; seal it if the rules say so
-        seal = leases.decide_seal(state, fact, me)
+        seal = leases.decide_seal(state, fact, me, obs, now, self.rules)
         if seal is None:
             return [], None
         self.counters["seals_issued"] += 1
@@ -185,6 +191,11 @@ class JobReplica:
         if fact.kind == F.GRANT:
             return fact.body.action in (F.SEAL, F.PLACE)
         return fact.kind in (F.SUBMIT, F.RESULT, F.CANCEL)
+
+    def holders(self, facts: list[F.Fact]) -> tuple[bytes, ...]:
+        """The job's placed replicas: republish keeps them supplied too."""
+        placement = next((f for f in facts if f.kind == F.GRANT and f.body.action == F.PLACE), None)
+        return F.placement_ids(placement.body.subject) if placement is not None else ()
 
     def stored(self, key: bytes, new: list[F.Fact]) -> None:
         self._on_stored(key, new)

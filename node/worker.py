@@ -96,6 +96,7 @@ class WorkerPool:
             "results_ok": 0,
             "results_error": 0,
             "renewals": 0,
+            "results_refiled": 0,
         }
 
     @property
@@ -199,6 +200,14 @@ class WorkerPool:
         if state is None or state.status in lifecycle.TERMINAL or not state.replicas:
             return
         spec: F.Submit = state.submit.body
+        undecided = [f for f in state.facts if f.kind == F.RESULT and lifecycle.is_final_result(state.submit, f)]
+        if undecided:
+            # A final result that a quorum has not sealed yet (replicas that
+            # granted a later attempt refused it then): file it again rather
+            # than run the job again; replicas whose later grant went stale seal it.
+            self.counters["results_refiled"] += 1
+            await self._file(state, min(undecided, key=lifecycle.sort_key))
+            return
         # The next attempt after the highest one replicas signed for; their
         # grants go along as evidence, so a replica that missed them can
         # still judge the claim.
@@ -318,7 +327,22 @@ class WorkerPool:
         )
         self.counters["results_ok" if kind == F.OK else "results_error"] += 1
         final = kind == F.OK or attempt >= spec.max_attempts
-        seals: dict[bytes, F.Fact] = {}
+        await self._file(state, result)
+        log.info("execution_finished", attempt=attempt, outcome=kind, final=final)
+        if not final:
+            # Retry later: the replicas grant the next attempt once the backoff has passed.
+            self.offer(state.job_id, spec.job_type, delay_s=self.rules.backoff_s(state.job_id, attempt) + 0.05)
+
+    async def _file(self, state: lifecycle.JobState, result: F.Fact) -> None:
+        """Store a result on the job's replicas; once a quorum sealed it, tell
+        every replica (so each can answer reads and stop re-announcing)."""
+        spec: F.Submit = state.submit.body
+        final = lifecycle.is_final_result(state.submit, result)
+        seals = {
+            f.author_id: f
+            for f in state.facts
+            if f.kind == F.GRANT and f.body.action == F.SEAL and f.body.subject == result.fact_id
+        }
         for _ in range(5):
             outcome = await self.dht.store(state.job_id, [result], targets=list(state.replicas), quorum=spec.quorum)
             for p in outcome.produced:
@@ -328,13 +352,7 @@ class WorkerPool:
                 break
             await asyncio.sleep(0.2)
         if len(seals) >= spec.quorum:
-            # Tell every replica the job is decided, so each can answer reads and
-            # stop re-announcing from its own store.
             await self.dht.store(state.job_id, list(seals.values()), targets=list(state.replicas), quorum=spec.quorum)
-        log.info("execution_finished", attempt=attempt, outcome=kind, final=final)
-        if not final:
-            # Retry later: the replicas grant the next attempt once the backoff has passed.
-            self.offer(state.job_id, spec.job_type, delay_s=self.rules.backoff_s(state.job_id, attempt) + 0.05)
 
     def statistics(self) -> dict[str, int]:
         return {**self.counters, "slots": self.slots, "busy": self.busy, "runnable": len(self._runnable)}

@@ -14,6 +14,7 @@ below keep them fixed.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -27,16 +28,21 @@ from simulations.sim.scenarios import Params
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "simulations" / "sim" / "run.py"
 
+
 def _run_cli(tmp_path: Path, name: str, *args: str) -> dict:
-    out = tmp_path / f"{name}.json"
-    subprocess.run(
-        [sys.executable, str(RUN), *args, "--json", str(out), "--quiet"],
+    out = tmp_path / name
+    done = subprocess.run(
+        [sys.executable, str(RUN), *args, "--out", str(out), "--quiet", "--no-chart"],
         cwd=REPO,
         check=False,
         capture_output=True,
+        text=True,
         timeout=60,
     )
-    return json.loads(out.read_text())
+    assert done.returncode in (0, 1), done.stderr
+    assert f"--seed {args[args.index('--seed') + 1]}" in done.stderr  # the run prints how to replay it
+    assert (out / "summary.txt").read_text().strip() in done.stdout
+    return json.loads((out / "figures.json").read_text())
 
 
 def test_same_seed_replays_the_same_trace(tmp_path):
@@ -74,9 +80,43 @@ CASES = [
 ]
 
 
+@functools.lru_cache(maxsize=None)
+def _figures(scenario: str, nodes: int, jobs: int, seed: int) -> dict:
+    """One run's figures, shared by the tests that look at the same run."""
+    return simulate(Params(scenario=scenario, nodes=nodes, jobs=jobs, seed=seed, liveness_deadline_s=60.0))
+
+
 @pytest.mark.parametrize(("scenario", "nodes", "jobs", "seed"), CASES)
 def test_scenario_keeps_every_promise(scenario, nodes, jobs, seed):
-    _check(simulate(Params(scenario=scenario, nodes=nodes, jobs=jobs, seed=seed, liveness_deadline_s=60.0)))
+    _check(_figures(scenario, nodes, jobs, seed))
+
+
+def test_lookup_of_a_node_id_finds_that_node():
+    figures = _figures("steady", 12, 12, 1)  # n0005 and n0009 miss each other in their tables
+    assert figures["lookups"] > 0
+    assert figures["lookup_success_rate"] == 1.0
+
+
+@pytest.mark.parametrize("loss", [0.05, 0.2], ids=["5pct", "20pct"])
+def test_loss_range_keeps_every_promise(loss):
+    """Both ends of the 5-20% datagram loss range the mesh must tolerate."""
+    figures = simulate(Params(scenario="loss", nodes=12, jobs=12, seed=2, loss=loss, liveness_deadline_s=60.0))
+    _check(figures)
+    # The loss applied during the load phase (it stops at the heal, so the whole-run share is lower).
+    share = figures["network"]["dropped_loss"] / figures["network"]["sent"]
+    assert 0.3 * loss < share < 1.1 * loss, share
+
+
+def test_chart_is_written_and_its_absence_tolerated(tmp_path, monkeypatch):
+    from simulations.sim import report
+
+    figures = simulate(Params(scenario="steady", nodes=4, jobs=3, seed=3, load_s=5.0, liveness_deadline_s=30.0))
+    if report.chart_available():
+        assert report.write_chart(figures, tmp_path / "chart.png")
+        assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setattr(report, "chart_available", lambda: False)
+    assert report.write_chart(figures, tmp_path / "none.png") is False
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_fault_free_mesh_runs_each_job_once():

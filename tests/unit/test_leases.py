@@ -581,3 +581,32 @@ def test_model_run_keeps_leases_exclusive_and_decisions_unique(data) -> None:
         model.check()
     event(f"ended {L.derive(model.everything).status}")
     event(f"late results: {bool(model.late)}")
+
+
+def test_a_stale_minority_grant_for_a_later_attempt_stops_blocking_an_ok_result() -> None:
+    """Found by the simulator under datagram loss: R granted attempt 2 to a
+    worker that never won a quorum (so never ran or renewed) while attempt 1
+    ran elsewhere and succeeded. R must not refuse attempt 1's result for
+    ever: its own later grant stops counting once it is stale on R's clock."""
+    r = Replica()
+    r.add(*other_grants(1, W0, REPLICAS[1:3]))  # attempt 1 was granted by the others
+    assert granted(r.claim(W1, 2))  # R grants 2: it never granted 1
+    ok = quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[1:3])
+    r.add(ok)
+    assert decide_seal(r.state, ok, r.me, r.obs, r.now, RULES) is None  # W1's grant is live
+    assert decide_seal(r.state, ok, r.me) is None  # the strict rule, without a clock
+    r.now = STALE + 0.01
+    assert decide_seal(r.state, ok, r.me, r.obs, r.now, RULES) is not None
+
+
+def test_a_renewing_later_holder_keeps_a_late_result_unsealed() -> None:
+    r = Replica()
+    r.claim(W0, 1)
+    r.now = STALE + 0.01
+    assert granted(r.claim(W1, 2))  # takeover of a silent holder
+    late = quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])
+    for step in range(1, 6):
+        r.now = STALE + 0.01 + step * 0.3
+        assert r.renew(W1, 2)
+        r.add(late)
+        assert decide_seal(r.state, late, r.me, r.obs, r.now, RULES) is None
