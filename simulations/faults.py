@@ -9,13 +9,18 @@ of up to 1, 5 and 30 s (and clock rates at the 2% tolerance), and the
 accepted, lost, by status, invariant violations, duplicate executions
 (overlapping), time to decide every job after the heal, p95 latency. Exit
 status 1 when any run lost a job, violated an invariant or logged a node error.
-Only the public ``simulate(Params)`` API is used; every run replays from its seed.
+Only the public ``simulate(Params)`` API is used. Each run is a fresh process
+with ``PYTHONHASHSEED=0`` (as ``simulations/sim/run.py`` does): runs in one
+process were seen to depend on the runs before them, so only a fresh process
+replays a row from its seed alone (``--one SCENARIO SEED '{"extra": ...}'``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,25 +40,40 @@ ROWS = [
 ]
 
 
+def one(scenario: str, seed: int, extra: dict, nodes: int, jobs: int) -> dict:
+    f = simulate(Params(scenario=scenario, nodes=nodes, jobs=jobs, seed=seed, liveness_deadline_s=120.0, **extra))
+    return {
+        "scenario": scenario, "seed": seed, **extra,
+        "accepted": f["jobs_accepted"], "lost": f["jobs_lost"], "lost_job_ids": f["lost_job_ids"],
+        "by_status": f["jobs_by_status"], "violations": f["invariant_violations"],
+        "duplicates": f["duplicate_execution_jobs"], "duplicates_overlapping": f["duplicate_overlapping"],
+        "executions": f["executions"], "decided_after_heal_s": f["decided_within_s_after_heal"],
+        "latency_p95_s": f["latency_s_p95"], "record_availability": f["record_availability"],
+        "node_errors": f["node_errors"], "wall_s": f["wall_s"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=16)
     ap.add_argument("--jobs", type=int, default=30)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--one", nargs=3, metavar=("SCENARIO", "SEED", "EXTRA_JSON"), default=None)
     args = ap.parse_args(argv)
+    if args.one:
+        scenario, seed, extra = args.one
+        print(json.dumps(one(scenario, int(seed), json.loads(extra), args.nodes, args.jobs)), flush=True)
+        return 0
     out, bad = [], 0
     for seed in args.seeds:
         for scenario, extra in ROWS:
-            f = simulate(Params(scenario=scenario, nodes=args.nodes, jobs=args.jobs, seed=seed, liveness_deadline_s=120.0, **extra))
-            row = {
-                "scenario": scenario, "seed": seed, **extra,
-                "accepted": f["jobs_accepted"], "lost": f["jobs_lost"], "by_status": f["jobs_by_status"],
-                "violations": f["invariant_violations"], "duplicates": f["duplicate_execution_jobs"],
-                "duplicates_overlapping": f["duplicate_overlapping"], "executions": f["executions"],
-                "decided_after_heal_s": f["decided_within_s_after_heal"], "latency_p95_s": f["latency_s_p95"],
-                "node_errors": f["node_errors"], "wall_s": f["wall_s"],
-            }
+            done = subprocess.run(
+                [sys.executable, __file__, "--nodes", str(args.nodes), "--jobs", str(args.jobs),
+                 "--one", scenario, str(seed), json.dumps(extra)],
+                env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True, check=True,
+            )
+            row = json.loads(done.stdout.strip().splitlines()[-1])
             bad += bool(row["lost"] or row["violations"] or row["node_errors"])
             out.append(row)
             print(json.dumps(row), flush=True)
