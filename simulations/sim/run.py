@@ -47,6 +47,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chart", dest="chart_path", default=None, help="write the chart here instead of OUT/chart.png")
     ap.add_argument("--no-chart", action="store_true", help="skip the chart (saves importing matplotlib)")
     ap.add_argument("--trace", dest="trace_path", default=None, help="write every trace line here")
+    ap.add_argument("--profile", default=None, help="write a cProfile of the run here (pstats format)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     return ap.parse_args(argv)
 
@@ -70,9 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[sim] scenario={params.scenario} nodes={params.nodes} jobs={params.jobs} seed={params.seed} "
           f"(replay: --seed {params.seed})", file=sys.stderr, flush=True)
     trace_out = open(args.trace_path, "w") if args.trace_path else None
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         figures = simulate(params, trace_out=trace_out, progress=not args.quiet)
     finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
         if trace_out is not None:
             trace_out.close()
     table = summary_table(figures)
