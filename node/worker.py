@@ -52,6 +52,16 @@ class LeaseLost(Exception):
     pass
 
 
+def _context(state: lifecycle.JobState) -> list[F.Fact]:
+    """The submission and placement: what a replica needs to judge any other fact."""
+    return [state.submit, *([state.placement] if state.placement is not None else [])]
+
+
+def _lacking(outcome: Any) -> set[bytes]:
+    """Replicas that refused a store because they do not hold the job."""
+    return {rid for rid, refusals in outcome.refusals.items() if any(r == "unknown job" for _, r in refusals)}
+
+
 class WorkerPool:
     def __init__(
         self,
@@ -219,15 +229,16 @@ class WorkerPool:
         claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
         outcome = await self.dht.store(job_id, [*evidence, claim], targets=list(state.replicas), quorum=spec.quorum)
         grants = self._lease_grants(outcome.produced, job_id, attempt, state.replicas)
-        answered = set(outcome.answered_ids)
+        answered = set(outcome.answered_ids) - _lacking(outcome)
         for _ in range(CLAIM_RESENDS):
-            # Replicas that did not answer (a lost datagram) may still grant: ask
-            # them again with the same claim. Without this, every lost datagram
-            # burns an attempt number.
-            silent = [i for i in state.replicas if i not in answered]
-            if len(grants) >= spec.quorum or len(grants) + len(silent) < spec.quorum:
+            # Replicas that did not answer (a lost datagram), or that lack the
+            # submission (they missed the write that acknowledged it), may still
+            # grant: ask them again with the same claim and the job's context.
+            # Without this, every lost datagram burns an attempt number.
+            again_ids = [i for i in state.replicas if i not in answered]
+            if len(grants) >= spec.quorum or len(grants) + len(again_ids) < spec.quorum:
                 break
-            again = await self.dht.store(job_id, [*evidence, claim], targets=silent, quorum=1)
+            again = await self.dht.store(job_id, [*_context(state), *evidence, claim], targets=again_ids, quorum=1)
             answered |= again.answered_ids
             grants = self._lease_grants([*grants, *again.produced], job_id, attempt, state.replicas)
         if len(grants) < spec.quorum:
@@ -343,8 +354,11 @@ class WorkerPool:
             for f in state.facts
             if f.kind == F.GRANT and f.body.action == F.SEAL and f.body.subject == result.fact_id
         }
+        batch = [result]
         for _ in range(5):
-            outcome = await self.dht.store(state.job_id, [result], targets=list(state.replicas), quorum=spec.quorum)
+            outcome = await self.dht.store(state.job_id, batch, targets=list(state.replicas), quorum=spec.quorum)
+            if _lacking(outcome):
+                batch = [*_context(state), result]  # some replica missed the submission
             for p in outcome.produced:
                 if p.kind == F.GRANT and p.body.action == F.SEAL and p.body.subject == result.fact_id and p.author_id in state.replicas:
                     seals.setdefault(p.author_id, p)
