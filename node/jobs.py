@@ -88,12 +88,17 @@ class JobOperations:
         self.counters = {"submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0}
 
     # -- submit -----------------------------------------------------------------
+    def mesh_seen(self) -> int:
+        """The largest mesh (routing table + this node) this node has seen."""
+        self._largest_mesh = max(self._largest_mesh, len(self.dht.router) + 1)
+        return self._largest_mesh
+
     def replica_plan(self) -> tuple[int, int]:
         """(replicas, quorum) for a new job: r, or the whole mesh when it is
         smaller. "The mesh" is the largest this node has seen: a node cut off
         from its peers must not shrink new jobs onto itself."""
         cfg = self.defaults.dht
-        self._largest_mesh = mesh = max(self._largest_mesh, len(self.dht.router) + 1)
+        mesh = self.mesh_seen()
         if mesh >= cfg.replicas:
             return cfg.replicas, cfg.quorum
         # An odd count: with an even one, two subjects can each get half of
@@ -179,6 +184,10 @@ class JobOperations:
         state, answered = await read_job(self.dht, job_id)
         if answered == 0:
             raise QuorumUnavailable("no replica of this job answered")
+        if state is None and answered < min(self.defaults.dht.replicas, self.mesh_seen()) // 2 + 1:
+            # "Not found" is a definite answer only from a majority of the
+            # nodes that would hold the job; fewer may all be the wrong ones.
+            raise QuorumUnavailable(f"only {answered} nodes answered; cannot tell whether job {job_id.hex()} exists")
         if state is None:
             raise JobNotFound(f"no replica knows job {job_id.hex()}")
         return state
@@ -186,6 +195,9 @@ class JobOperations:
     async def get(self, job_id: bytes, *, wait_s: float = 0.0, history: bool = False) -> JobView:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait_s)
+        if wait_s > 0:
+            # Listen before the first read: a change during it must wake us.
+            self._waiters.setdefault(job_id, asyncio.Event())
         state = await self.read_state(job_id)
         # A replica hears of every change to the job in its own store (results,
         # pushed seals): it checks its store on each change and re-reads the

@@ -136,13 +136,35 @@ def _belongs(state: JobState, fact: Fact, kinds: tuple[str, ...]) -> str | None:
     return None
 
 
-def current_grant(state: JobState, me: bytes) -> tuple[int, bytes] | None:
-    """(attempt, worker id) of this replica's highest lease grant, or None."""
+def current_grant(state: JobState, me: bytes, obs: Observations | None = None) -> tuple[int, bytes] | None:
+    """(attempt, worker id) of this replica's highest lease grant, or None.
+
+    An unconfirmed attempt may have been granted again to another worker;
+    ``obs`` remembers which grant is the newer (without it, or after a
+    restart, the lowest worker id stands in, stably)."""
     leases = _own(state, me, F.LEASE)
     if not leases:
         return None
-    best = min(leases, key=lambda g: (-g.attempt, g.body.subject))
-    return best.attempt, best.body.subject
+    m = max(g.attempt for g in leases)
+    holders = {g.body.subject for g in leases if g.attempt == m}
+    if obs is not None and obs.grantee.get(m) in holders:
+        return m, obs.grantee[m]
+    return m, min(holders)
+
+
+def confirmed(state: JobState, attempt: int) -> bool:
+    """True when ``attempt`` provably ran or may run: a quorum of the job's
+    replicas granted it to one worker (the worker shows those grants to the
+    replicas before it starts its handler), or a result for it exists."""
+    signers: dict[bytes, set[bytes]] = {}
+    for f in state.facts:
+        if f.attempt != attempt:
+            continue
+        if f.kind == F.RESULT:
+            return True
+        if f.kind == F.GRANT and f.body.action == F.LEASE:
+            signers.setdefault(f.body.subject, set()).add(f.author_id)
+    return any(len(who) >= state.spec.quorum for who in signers.values())
 
 
 def _attempt_over(state: JobState, m: int, obs: Observations, now: float, rules: LeaseRules) -> str | None:
@@ -185,23 +207,34 @@ def decide_claim(
     if not 1 <= n <= spec.max_attempts + 1:  # rule 2
         return f"attempt {n} outside 1..{spec.max_attempts + 1}"
     leases = _own(state, me, F.LEASE)
-    m = max((g.attempt for g in leases), default=0)
+    cur = current_grant(state, me, obs)
+    m = cur[0] if cur else 0
     for g in leases:  # rule 3
         if g.attempt == n and g.body.subject == worker:
-            if n < m:
+            if cur != (n, worker):
                 # Re-sending a superseded grant would let the worker count it
                 # as fresh and believe it holds a lease it lost.
-                return f"grant of attempt {n} was superseded by attempt {m}"
+                return f"grant of attempt {n} was superseded"
             _refresh(obs, n, now)  # the holder itself is asking: it is alive
             return g.body
-    if n <= m:  # rule 4
+    if n == m and not confirmed(state, m):  # rule 4, an attempt that never ran
+        # Our grant of m never became a confirmed lease (the claim won only a
+        # minority, or its worker vanished before showing a quorum): once it
+        # is stale, m goes to the next worker, so lost claims burn no attempt.
+        why = _attempt_over(state, m, obs, now, rules)
+        if why:
+            return why
+        obs.grantee[n] = worker
+        obs.holder_seen[n] = now
+        return Grant(state.job_id, F.LEASE, n, worker, claim.body.ts_ms)
+    if n <= m:
         return f"attempt {n} is not above granted attempt {m}"
-    # "Known" attempts come from replica-signed evidence (grants, and results
-    # which carry grants): a worker's own claims cannot push the count up.
-    # Workers send that evidence along with their claim.
-    known = state.known_attempt
+    # Only confirmed attempts count: the next attempt is one above the
+    # highest that replicas' grants prove ran. Workers send those grants
+    # along with their claim, so a replica that missed them can judge.
+    known = state.lease_attempt
     if n > known + 1:
-        return f"attempt {n} is more than one above known attempt {known}"
+        return f"attempt {n} is more than one above confirmed attempt {known}"
     if m:  # rule 5
         why = _attempt_over(state, m, obs, now, rules)
         if why:
@@ -222,7 +255,7 @@ def accept_renew(state: JobState, renew: Fact, me: bytes, obs: Observations, now
         return False
     if _sealed_cancel(state, me):
         return False
-    if current_grant(state, me) != (renew.attempt, renew.author_id):
+    if current_grant(state, me, obs) != (renew.attempt, renew.author_id):
         return False
     if now is not None:
         obs.grantee.setdefault(renew.attempt, renew.author_id)
@@ -294,7 +327,7 @@ def lease_deadline(state: JobState, me: bytes, obs: Observations, rules: LeaseRu
     the attempt ended for good (ok result, closing attempt), this replica
     sealed a cancel, or ``obs`` never observed the grant (call :func:`observe`).
     """
-    cur = current_grant(state, me)
+    cur = current_grant(state, me, obs)
     if cur is None or state.terminal or _sealed_cancel(state, me):
         return None
     m = cur[0]

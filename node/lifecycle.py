@@ -84,7 +84,6 @@ class JobState:
     lease_attempt: int  # highest attempt with a quorum of lease grants (0 if none)
     lease_worker: bytes | None
     highest_attempt: int  # highest attempt named by any claim/renew/grant/result (0 if none)
-    known_attempt: int  # highest attempt named by replica-signed evidence (lease grants, results)
     replicas: tuple[bytes, ...]  # the placement: node ids whose grants count (empty: none yet)
     placement: Fact | None
     facts: tuple[Fact, ...]  # the valid facts (incl. grants carried by results), sorted
@@ -258,7 +257,6 @@ def derive(facts: Iterable[Fact], *, job_id: bytes | None = None) -> JobState | 
     lease_attempt, lease_worker = _lease_holder(valid, spec.quorum)
     results = [f for f in valid if f.kind == F.RESULT]
     highest = max((f.attempt for f in valid if f.kind in (F.CLAIM, F.RENEW, F.GRANT, F.RESULT)), default=0)
-    known = max((f.attempt for f in valid if f.kind in (F.GRANT, F.RESULT)), default=0)
     errors = [f for f in results if f.body.outcome == F.ERROR]
     last_error = error_message(max(errors, key=lambda f: (f.attempt, f.fact_id))) if errors else None
 
@@ -290,7 +288,6 @@ def derive(facts: Iterable[Fact], *, job_id: bytes | None = None) -> JobState | 
         lease_attempt=lease_attempt,
         lease_worker=lease_worker,
         highest_attempt=highest,
-        known_attempt=known,
         replicas=F.placement_ids(placement.body.subject) if placement is not None else (),
         placement=placement,
         facts=tuple(valid),

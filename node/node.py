@@ -187,6 +187,10 @@ class Node:
             # A replica of a new job is a worker that has heard of it.
             self.workers.offer(key, state.submit.body.job_type, (state.submit, state.placement))
         obs = self.replica.observations(key)
+        if not (obs.holder_seen or obs.error_seen or obs.grantee):
+            # After a restart: what we granted before counts as seen now, so a
+            # dead holder's lease goes stale and the job is re-announced.
+            leases.observe(obs, state.facts, self.identity.node_id, self._monotonic())
         deadline = leases.lease_deadline(state, self.identity.node_id, obs, self.config.leases)
         previous = self.index.update(state, self._monotonic(), deadline, self._replica_rank(key, state))
         if previous is not None and new:

@@ -167,6 +167,9 @@ class JobReplica:
     def _own_answer(self, fact: F.Fact, known) -> list[F.Fact]:
         me = self.identity.node_id
         if fact.kind == F.CLAIM:
+            state = lifecycle.derive(known)
+            if state is None or leases.current_grant(state, me, self._obs.get(fact.job_id)) != (fact.attempt, fact.author_id):
+                return []  # superseded: handing it back would let the worker think it still holds a lease
             want = (F.LEASE, fact.attempt, fact.author_id)
         elif fact.kind in (F.RESULT, F.CANCEL):
             want = (F.SEAL, fact.attempt, fact.fact_id)

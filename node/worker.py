@@ -107,6 +107,7 @@ class WorkerPool:
             "results_error": 0,
             "renewals": 0,
             "results_refiled": 0,
+            "confirms_lost": 0,
         }
 
     @property
@@ -221,10 +222,14 @@ class WorkerPool:
         # The next attempt after the highest one replicas signed for; their
         # grants go along as evidence, so a replica that missed them can
         # still judge the claim.
-        attempt = state.known_attempt + 1
+        attempt = state.lease_attempt + 1
         if attempt > spec.max_attempts + 1:
             return
-        evidence = [f for f in state.facts if f.kind == F.GRANT and f.body.action == F.LEASE and f.attempt == attempt - 1]
+        evidence = [
+            f
+            for f in state.facts
+            if f.kind == F.GRANT and f.body.action == F.LEASE and (f.attempt, f.body.subject) == (state.lease_attempt, state.lease_worker)
+        ]
         self.counters["claims"] += 1
         claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
         outcome = await self.dht.store(job_id, [*evidence, claim], targets=list(state.replicas), quorum=spec.quorum)
@@ -245,6 +250,10 @@ class WorkerPool:
             self.counters["claims_lost"] += 1
             log.debug("claim_lost", attempt=attempt, grants=len(grants))
             return
+        if not await self._confirm(state, attempt, grants):
+            self.counters["confirms_lost"] += 1
+            log.debug("lease_unconfirmed", attempt=attempt)
+            return
         self.counters["claims_won"] += 1
         log.info("lease_acquired", attempt=attempt, grants=len(grants))
         self._on_state(job_id, "running", attempt)
@@ -256,6 +265,24 @@ class WorkerPool:
             return
         release()  # filing the result needs no slot
         await self._report(state, attempt, grants, outcome_kind, data, log)
+
+    async def _confirm(self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact]) -> bool:
+        """Show the quorum of grants to the replicas (with a first renew)
+        before running anything. Once a quorum of replicas hold that proof,
+        none of them will give this attempt number to another worker, so an
+        attempt number is never run twice; a claim that is never confirmed
+        leaves its number free for the next worker."""
+        spec: F.Submit = state.submit.body
+        renew = F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, self.wall_ms()))
+        holding = {g.author_id for g in grants}
+        confirmed: set[bytes] = set()
+        for _ in range(1 + CLAIM_RESENDS):
+            ask = [i for i in state.replicas if i in holding and i not in confirmed]
+            outcome = await self.dht.store(state.job_id, [*grants, renew], targets=ask, quorum=spec.quorum)
+            confirmed |= outcome.stored_ids
+            if len(confirmed) >= spec.quorum or len(confirmed) + len(ask) - len(outcome.stored_ids) < spec.quorum:
+                break
+        return len(confirmed) >= spec.quorum
 
     def _lease_grants(self, produced: list, job_id: bytes, attempt: int, replicas: tuple[bytes, ...]) -> list[F.Fact]:
         by_author: dict[bytes, F.Fact] = {}

@@ -3,11 +3,12 @@
 The checker sees every job state any node derives (the node calls its job
 index with each one) and keeps, across the whole mesh:
 
-* **one lease holder per attempt**: every lease grant any node has stored, by
-  (job, attempt) and replica. A replica that grants one attempt to two workers,
-  or two workers that each gather a quorum for the same attempt, is a
-  violation: quorums intersect, so honest replicas cannot do it, whatever the
-  network did;
+* **one worker per attempt**: an attempt number is a fencing token, so two
+  nodes that each start the handler for the same (job, attempt) is a
+  violation (:meth:`Invariants.on_execution`). Replicas may grant an attempt
+  that never ran to a second worker once the first grant is stale (the
+  first worker never showed its quorum to the replicas), so grants alone
+  prove nothing: the handlers that actually ran are what is checked;
 * **terminal is forever**: per node and job, once the derived status is done,
   failed or cancelled, it and the decided fact never change;
 * **one decision per job**: every node that decides a job decides on the same
@@ -68,9 +69,8 @@ class Invariants:
         self.decided_status: dict[bytes, str] = {}
         self.decided_at: dict[bytes, float] = {}
         # (job id, attempt) -> replica id -> worker id it granted the attempt to
-        self._grants: dict[tuple[bytes, int], dict[bytes, bytes]] = {}
-        self._grant_ids: set[bytes] = set()
-        self._split_leases: set[tuple[bytes, int]] = set()
+        self._split_leases: set[tuple[Any, int]] = set()
+        self._runs: dict[tuple[str, int], str] = {}
         self._split_decisions: set[tuple[bytes, bytes]] = set()
         self.states_seen = 0
 
@@ -102,28 +102,14 @@ class Invariants:
             elif first != decided and (job, decided) not in self._split_decisions:
                 self._split_decisions.add((job, decided))
                 self.violate("two_decisions", f"job {job.hex()[:16]}: {first.hex()[:16]} and {decided.hex()[:16]} ({node})")
-        self._check_grants(state)
 
-    def _check_grants(self, state: lifecycle.JobState) -> None:
-        quorum = state.submit.body.quorum
-        for f in state.facts:
-            if f.kind != F.GRANT or f.body.action != F.LEASE or f.fact_id in self._grant_ids:
-                continue
-            self._grant_ids.add(f.fact_id)
-            key = (state.job_id, f.attempt)
-            by_replica = self._grants.setdefault(key, {})
-            previous = by_replica.setdefault(f.author_id, f.body.subject)
-            if previous != f.body.subject:
-                self.violate(
-                    "replica_double_grant",
-                    f"replica {f.author_id.hex()[:8]} granted job {state.job_id.hex()[:16]} attempt {f.attempt} "
-                    f"to {previous.hex()[:8]} and {f.body.subject.hex()[:8]}",
-                )
-            holders = Counter(by_replica.values())
-            if key not in self._split_leases and sum(1 for n in holders.values() if n >= quorum) > 1:
-                self._split_leases.add(key)
-                who = ", ".join(f"{w.hex()[:8]} by {n}" for w, n in sorted(holders.items()))
-                self.violate("two_lease_holders", f"job {state.job_id.hex()[:16]} attempt {f.attempt}: {who} replicas")
+    def on_execution(self, node: str, job_hex: str, attempt: int) -> None:
+        """A handler started: no other node may ever run the same attempt."""
+        first = self._runs.setdefault((job_hex, attempt), node)
+        if first != node and (job_hex, attempt) not in self._split_leases:
+            self._split_leases.add((job_hex, attempt))
+            self.violate("attempt_run_twice", f"job {job_hex[:16]} attempt {attempt}: {first} and {node}")
+
 
 
 def verify_stores(nodes: list[Any], invariants: Invariants) -> int:

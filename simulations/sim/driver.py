@@ -70,7 +70,7 @@ class Run:
         self.sink = LogSink()
         self.rng = random.Random(derive_seed(params.seed, "scenario"))
         self.network = SimNetwork(loop, random.Random(derive_seed(params.seed, "network")), link_model(params))
-        self.executions = Executions(loop, self.trace.event)
+        self.executions = Executions(loop, self.trace.event, self.invariants.on_execution)
         drift_max, wall_offset_ms_max = clock_setup(params)
         self.mesh = SimMesh(
             loop,

@@ -96,9 +96,15 @@ class Execution:
 class Executions:
     """Every handler run in the mesh: who ran which job's attempt, when, and how it ended."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_event: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_event: Callable[[str], None],
+        on_start: Callable[[str, str, int], None] | None = None,
+    ) -> None:
         self._loop = loop
         self._on_event = on_event
+        self._on_start = on_start or (lambda node, job, attempt: None)
         self.runs: list[Execution] = []
         self.running = 0
 
@@ -107,6 +113,7 @@ class Executions:
         self.runs.append(run)
         self.running += 1
         self._on_event(f"exec-start {node} {ctx.job_id[:16]} {ctx.attempt}")
+        self._on_start(node, ctx.job_id, ctx.attempt)
         return run
 
     def end(self, run: Execution, outcome: str) -> None:

@@ -261,12 +261,6 @@ def test_no_acknowledged_job_is_lost_when_the_whole_mesh_is_killed_and_restarted
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: node/node.py Node.start calls _on_stored(key, []) with empty lease Observations, so "
-    "leases.lease_deadline() is None for a running job and JobIndex.update never schedules it; when every "
-    "replica restarted and the lease holder is dead, nobody re-announces the job and it stays 'running' forever",
-)
 def test_jobs_running_when_the_whole_mesh_is_killed_finish_after_the_restart(mesh):
     jobs = [submit(mesh.nodes[i % NODES], {"type": "sleep", "payload": {"seconds": 4}}) for i in range(3)]
     wait_until(lambda: all(read(mesh.nodes[0], j)[1]["status"] == "running" for j in jobs), 15)
@@ -317,12 +311,6 @@ def test_negative_control_every_replica_of_a_job_killed_gets_no_500_and_no_decis
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: node/jobs.py JobOperations.read_state answers 404 'no replica knows job' when any node "
-    "answered without the job, even when fewer than a quorum of the nodes asked answered (here: every placed "
-    "replica is dead, two non-replicas answer); an accepted job is then reported as nonexistent instead of 503",
-)
 def test_negative_control_reads_of_a_job_whose_replicas_are_all_dead_are_not_404(mesh):
     assert getattr(mesh, "negative_control", None) is not None, "runs after the negative control"
     job_id, survivors, codes = mesh.negative_control

@@ -41,7 +41,10 @@ class Replica:
     def state(self) -> L.JobState:
         return L.derive(self.store)
 
-    def claim(self, worker, attempt: int, ts: int | None = None) -> Fact | str:
+    def claim(self, worker, attempt: int, ts: int | None = None, confirm: bool = True) -> Fact | str:
+        """Claim through this replica. With ``confirm``, a granted worker then
+        shows this replica a quorum of grants (another replica's too), as a
+        real worker does before it runs: the attempt is confirmed."""
         c = claim(worker, self.job, attempt, ts if ts is not None else int(self.now * 1000) + attempt)
         self.add(c)
         out = decide_claim(self.state, c, self.me, self.obs, self.now, RULES)
@@ -49,6 +52,9 @@ class Replica:
             return out
         g = F.sign(self.ident, F.GRANT, out)
         self.add(g)
+        if confirm:
+            other = next(r for r in REPLICAS[: self.job.body.replicas] if r.node_id != self.me)
+            self.add(lease(other, self.job, attempt, worker))
         return g
 
     def renew(self, worker, attempt: int) -> bool:
@@ -121,8 +127,25 @@ def test_at_most_one_attempt_ahead_of_replica_signed_evidence() -> None:
     assert "more than one above" in r.claim(W0, 2)
     r.add(claim(W1, JOB, 1))  # a worker's claim is no evidence
     assert "more than one above" in r.claim(W0, 2)
-    r.add(*other_grants(1, W1))  # another replica granted attempt 1
+    r.add(*other_grants(1, W1))  # one other replica granted attempt 1: a minority proves nothing
+    assert "more than one above" in r.claim(W0, 2)
+    r.add(*other_grants(1, W1, REPLICAS[1:3]))  # a quorum granted attempt 1: it may have run
     assert granted(r.claim(W0, 2))  # this replica granted nothing, so nothing to wait for
+
+
+def test_an_attempt_that_never_ran_is_granted_again_once_stale() -> None:
+    """A claim that won only a minority burns no attempt number: once stale,
+    the same attempt goes to the next worker; a confirmed one never does."""
+    r = Replica()
+    assert granted(r.claim(W0, 1, confirm=False))
+    assert "live" in r.claim(W1, 1)
+    r.now = STALE + 0.01
+    assert "more than one above" in r.claim(W1, 2)  # nothing confirmed attempt 1
+    assert granted(r.claim(W1, 1))  # confirmed this time
+    assert current_grant(r.state, r.me, r.obs) == (1, W1.node_id)
+    assert "superseded" in r.claim(W0, 1)  # the first worker cannot take it back
+    r.now = 2 * STALE + 0.02
+    assert "not above" in r.claim(W2, 1)
 
 
 def test_live_holder_is_kept_and_stale_holder_is_replaced() -> None:
@@ -239,9 +262,9 @@ def test_closing_attempt_ends_a_job_whose_last_worker_vanished() -> None:
 
 
 def test_closing_attempt_is_granted_once() -> None:
-    """Rule 4 as written: a stale closing attempt is not granted to another worker."""
+    """A confirmed closing attempt is not granted to another worker."""
     r = Replica()
-    r.add(*other_grants(2, W0))
+    r.add(*other_grants(2, W0, REPLICAS[1:3]))
     assert granted(r.claim(W1, 3))
     r.now = STALE * 10
     assert "not above" in r.claim(W2, 3)
@@ -437,6 +460,7 @@ class Model:
         self.t = 0.0
         self.ts = 0
         self.received: dict[tuple[int, int], set[Fact]] = {}  # (attempt, worker) -> grants it got
+        self.confirmed: set[tuple[int, int]] = set()  # showed a quorum of grants to a quorum: may run
         self.accepted: dict[tuple[int, int], dict[int, float]] = {}  # -> replica -> last grant/renew time
         self.finished: set[tuple[int, int]] = set()
         self.late: set[Fact] = set()
@@ -460,7 +484,26 @@ class Model:
         return self.ts
 
     def holding(self) -> list[tuple[int, int]]:
-        return sorted(k for k, gs in self.received.items() if len(gs) >= self.q and k not in self.finished)
+        return sorted(k for k in self.confirmed if k not in self.finished)
+
+    def confirm(self) -> None:
+        """A worker with a quorum of grants shows them, with a renew, before it runs."""
+        ready = sorted(k for k, gs in self.received.items() if len(gs) >= self.q and k not in self.confirmed)
+        if not ready:
+            return
+        n, w = self.draw(st.sampled_from(ready))
+        rn = F.sign(self.workers[w], F.RENEW, F.Renew(self.job.job_id, n, self.next_ts()))
+        self.everything.add(rn)
+        grants = sorted(self.received[(n, w)], key=lambda g: g.fact_id)
+        accepted = 0
+        for rep in self.subset():
+            rep.receive(grants, self.t)
+            if accept_renew(rep.state(), rn, rep.me, rep.obs, rep.now(self.t)):
+                rep.receive([rn], self.t)
+                self.accepted[(n, w)][self.replicas.index(rep)] = self.t
+                accepted += 1
+        if accepted >= self.q:
+            self.confirmed.add((n, w))
 
     # -- actions -------------------------------------------------------------
 
@@ -544,13 +587,14 @@ class Model:
                 lease_signers.setdefault((f.attempt, f.body.subject), set()).add(f.author_id)
             elif f.kind == F.GRANT:
                 seal_signers.setdefault(f.body.subject, set()).add(f.author_id)
-        holders = [k for k, who in lease_signers.items() if len(who) >= self.q]
-        assert len({n for n, _ in holders}) == len(holders), "two workers got a quorum for one attempt"
+        holders = sorted(self.confirmed)
+        assert len({n for n, _ in holders}) == len(holders), "two workers confirmed one attempt"
 
         live = [
             (n, w)
             for (n, w), times in self.accepted.items()
-            if (n, w) not in self.finished
+            if (n, w) in self.confirmed
+            and (n, w) not in self.finished
             and sum(1 for at in times.values() if at + self.lease_s / self.worker_rate[w] > self.t) >= self.q
         ]
         assert len(live) <= 1, f"two live lease holders at t={self.t}: {live}"
@@ -574,7 +618,7 @@ class Model:
 @given(st.data())
 def test_model_run_keeps_leases_exclusive_and_decisions_unique(data) -> None:
     model = Model(data)
-    actions = [model.claim] * 3 + [model.renew, model.post_result, model.advance, model.gossip] * 2
+    actions = [model.claim] * 3 + [model.confirm] * 2 + [model.renew, model.post_result, model.advance, model.gossip] * 2
     actions += [model.restart] + [model.cancel] * data.draw(st.sampled_from([0, 0, 0, 1]), label="cancels")
     for _ in range(data.draw(st.integers(10, 60), label="steps")):
         data.draw(st.sampled_from(actions), label="action")()
