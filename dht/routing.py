@@ -120,9 +120,17 @@ class WorkmeshRoutingTable(RoutingTable):
         self._failures.pop(node_id, None)
 
     def record_failure(self, contact: Node) -> bool:
-        """Count a lost reply; evict after the threshold. True if evicted."""
+        """Count a lost reply; evict after the threshold. True if evicted.
+
+        A contact whose bucket has a replacement waiting goes after
+        ``evict_after_failures`` lost replies in a row; one without goes only
+        after three times as many. On a lossy network a small mesh would
+        otherwise evict live peers it has no one to replace with, shrink its
+        table and place new jobs on too few nodes."""
         count = self._failures.get(contact.id, 0) + 1
-        if count < self._evict_after:
+        bucket = self.buckets[self.get_bucket_for(contact)]
+        limit = self._evict_after if bucket.replacement_nodes else 3 * self._evict_after
+        if count < limit:
             self._failures[contact.id] = count
             return False
         self._failures.pop(contact.id, None)

@@ -85,6 +85,7 @@ class JobOperations:
         self._announce = announce
         self._waiters = waiters
         self._largest_mesh = 1
+        self.expects_peers = False  # set once the node was given bootstrap addresses
         self.counters = {"submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0}
 
     # -- submit -----------------------------------------------------------------
@@ -98,6 +99,11 @@ class JobOperations:
         smaller. "The mesh" is the largest this node has seen: a node cut off
         from its peers must not shrink new jobs onto itself."""
         cfg = self.defaults.dht
+        if self.expects_peers and not len(self.dht.router):
+            # Told to join a mesh but alone: a job placed on this node only
+            # would be one crash from lost. Refuse until the node has peers.
+            self.counters["submit_quorum_missed"] += 1
+            raise QuorumUnavailable("this node has not joined its mesh yet (no peers); retry later")
         mesh = self.mesh_seen()
         if mesh >= cfg.replicas:
             return cfg.replicas, cfg.quorum

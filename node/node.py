@@ -36,6 +36,8 @@ from node.replica import JobReplica
 from node.worker import RunCpu, WorkerPool
 
 REANNOUNCE_BATCH = 256
+REJOIN_FIRST_S = 2.0  # a node left without contacts tries its bootstrap addresses again after this
+REJOIN_MAX_S = 60.0  # ...doubling the wait after each failure, up to this
 UDP_BUFFER_BYTES = 4 * 2**20
 
 
@@ -139,6 +141,7 @@ class Node:
         )
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
         self._tasks: list[asyncio.Task] = []
+        self._rejoining = False
         self._reannounce_wakeup: asyncio.Event | None = None
         self.started_at = 0.0
         self.api_address: tuple[str, int] | None = None
@@ -166,7 +169,24 @@ class Node:
         addrs = list(bootstrap if bootstrap is not None else self.config.bootstrap)
         peers = await self.dht.bootstrap(addrs) if addrs or len(self.dht.router) else 0
         self.log.info("node_joined", peers=peers)
+        if addrs and not self._rejoining:
+            # A join whose datagrams were all lost leaves a node alone; so
+            # does losing every contact later. Keep trying while that lasts.
+            self._rejoining = True
+            self.jobs.expects_peers = True
+            self._tasks.append(self.dht.protocol.spawn(self._rejoin_loop(addrs), "rejoin"))
         return peers
+
+    async def _rejoin_loop(self, addrs: list[tuple[str, int]]) -> None:
+        delay = REJOIN_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            if len(self.dht.router):
+                delay = REJOIN_FIRST_S
+                continue
+            peers = await self.dht.bootstrap(addrs)
+            self.log.info("node_rejoined" if peers else "node_rejoin_failed", peers=peers)
+            delay = REJOIN_FIRST_S if peers else min(REJOIN_MAX_S, delay * 2)
 
     async def stop(self) -> None:
         self.workers.stop()

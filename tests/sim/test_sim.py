@@ -5,12 +5,12 @@ in-memory network (``simulations/sim``). A run is a function of its seed, so
 each failing case below is a reproducible bug report: replay it with
 ``python simulations/sim/run.py --scenario S --nodes N --jobs J --seed X --trace t.txt``.
 
-The simulator found four node bugs that these cases once carried as strict
-xfails (replica sets that drifted with each node's view, a claim deadlock
-after minority grants, a second run of a job whose ok result awaited seals,
-and a healed partition that never reconnected); all are fixed, and the cases
-below keep them fixed. The strict xfails below are the bugs still open; each
-names the seed that shows it.
+The simulator found the node bugs these cases once carried as strict xfails
+(replica sets that drifted with each node's view, a claim deadlock after
+minority grants, a second run of a job whose ok result awaited seals, a
+healed partition that never reconnected, a lookup that could not find a node
+by its own id, and nodes left alone by a lossy join placing jobs on
+themselves); all are fixed, and the cases below keep them fixed.
 """
 
 from __future__ import annotations
@@ -98,14 +98,6 @@ def test_lookup_of_a_node_id_finds_that_node():
     assert figures["lookup_success_rate"] == 1.0
 
 
-LOSSY_PLACEMENT = (
-    "BUG: under 5-20% datagram loss a node accepts a job whose placement names fewer than r replicas "
-    "(seed 2 at 20%: jobs placed on a single node), and reads from other nodes return not found "
-    "(record availability 0.33 at 20%, 0.67 and one lost job at 5%)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=LOSSY_PLACEMENT)
 @pytest.mark.parametrize("loss", [0.05, 0.2], ids=["5pct", "20pct"])
 def test_loss_range_keeps_every_promise(loss):
     """Both ends of the 5-20% datagram loss range the mesh must tolerate."""

@@ -90,9 +90,23 @@ def test_a_contact_is_evicted_only_after_consecutive_failures():
     assert router.record_failure(c) is False
     assert router.record_failure(c) is False
     assert router.get(c.id) is not None
+    # No replacement waits in its bucket: a small or lossy mesh keeps it longer.
+    for _ in range(3 * 3 - 3):
+        assert router.record_failure(c) is False
     assert router.record_failure(c) is True
     assert router.get(c.id) is None
     assert router.evictions == 1
+
+
+def test_a_contact_with_a_replacement_waiting_goes_after_the_threshold():
+    router, _ = table(bytes(20), k=2, evict_after_failures=3)
+    for _ in range(40):
+        router.add_contact(contact(bytes([0x80]) + os.urandom(19)))
+    bucket = next(b for b in router.buckets if b.replacement_nodes)  # full, with spares waiting
+    victim = next(iter(bucket.nodes.values()))
+    assert [router.record_failure(victim) for _ in range(3)] == [False, False, True]
+    assert router.get(victim.id) is None
+    assert len(bucket.nodes) == 2  # a replacement took its place
 
 
 def test_re_adding_a_contact_forgets_its_failures():
