@@ -694,6 +694,10 @@ class DHTServer:
     def has_dormant(self) -> bool:
         return bool(self._dormant)
 
+    def dormant_count(self) -> int:
+        """Evicted contacts still remembered (and pinged now and then)."""
+        return len(self._dormant)
+
     async def revive(self, count: int) -> int:
         """Ping up to ``count`` evicted contacts, oldest first; those that answer
         (and prove their key) rejoin the routing table. Returns how many did.

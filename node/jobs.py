@@ -90,8 +90,9 @@ class JobOperations:
 
     # -- submit -----------------------------------------------------------------
     def mesh_seen(self) -> int:
-        """The largest mesh (routing table + this node) this node has seen."""
-        self._largest_mesh = max(self._largest_mesh, len(self.dht.router) + 1)
+        """The largest mesh this node has seen: its contacts, the contacts it
+        evicted (they may be back), and itself."""
+        self._largest_mesh = max(self._largest_mesh, len(self.dht.router) + self.dht.dormant_count() + 1)
         return self._largest_mesh
 
     def replica_plan(self) -> tuple[int, int]:
