@@ -11,10 +11,14 @@ tests drive time explicitly.
 
 Why the rules are safe:
 
-* A replica grants each attempt to at most one worker and only ever moves to
-  higher attempts, so for one attempt at most one worker can gather a
-  quorum, and its *current* grant names one holder: two workers can never
-  both hold a quorum of current grants (quorums intersect).
+* A replica's *current* grant names one worker, and it only ever moves to
+  higher attempts, except that an attempt that was never *confirmed* in its
+  view (no quorum of grants for one worker, no result) may go to another
+  worker once the first grant is stale. A worker runs an attempt only after
+  a quorum of replicas stored its quorum of grants (it shows them with its
+  first renew), and those replicas then never re-grant that attempt: quorums
+  intersect, so no attempt number is ever run by two workers, and a claim
+  that won only a minority uses up no attempt number.
 * A replica grants a new attempt only when its own grant is over (a result
   exists, or it heard nothing from the holder for ``lease + margin`` on its own
   clock). The margin and ``rate_tolerance`` absorb clocks that run at slightly
