@@ -225,12 +225,7 @@ def decide_claim(
         # Our grant of m never became a confirmed lease (the claim won only a
         # minority, or its worker vanished before showing a quorum): once it
         # is stale, m goes to the next worker, so lost claims burn no attempt.
-        why = _attempt_over(state, m, obs, now, rules)
-        if why:
-            return why
-        obs.grantee[n] = worker
-        obs.holder_seen[n] = now
-        return Grant(state.job_id, F.LEASE, n, worker, claim.body.ts_ms)
+        return _attempt_over(state, m, obs, now, rules) or _grant(state, claim, obs, now)
     if n <= m:
         return f"attempt {n} is not above granted attempt {m}"
     # Only confirmed attempts count: the next attempt is one above the
@@ -243,9 +238,14 @@ def decide_claim(
         why = _attempt_over(state, m, obs, now, rules)
         if why:
             return why
-    obs.grantee[n] = worker
-    obs.holder_seen[n] = now
-    return Grant(state.job_id, F.LEASE, n, worker, claim.body.ts_ms)
+    return _grant(state, claim, obs, now)
+
+
+def _grant(state: JobState, claim: Fact, obs: Observations, now: float) -> Grant:
+    """Grant ``claim``'s attempt to its worker, who counts as seen ``now``."""
+    obs.grantee[claim.attempt] = claim.author_id
+    obs.holder_seen[claim.attempt] = now
+    return Grant(state.job_id, F.LEASE, claim.attempt, claim.author_id, claim.body.ts_ms)
 
 
 def accept_renew(state: JobState, renew: Fact, me: bytes, obs: Observations, now: float | None = None) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procmesh import ProcMesh, ProcNode, http  # noqa: E402
+from procmesh import ProcMesh, ProcNode, http, wait_until  # noqa: E402
 
 NODES = 4
 REPLICAS = 3  # per job; its write and lease quorum is a majority: 2
@@ -45,16 +45,6 @@ def expected_digest(data: str, rounds: int) -> str:
     for _ in range(rounds):
         d = hashlib.sha256(d).digest()
     return d.hex()
-
-
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
 
 
 class Demo:

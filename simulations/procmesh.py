@@ -21,6 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def wait_until(predicate, timeout_s: float, what: str = "condition", interval_s: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (returned), or
+    raise TimeoutError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what}: not met within {timeout_s:g} s")
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))

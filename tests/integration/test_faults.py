@@ -33,7 +33,7 @@ import sqlite3
 import time
 
 import pytest
-from procmesh import ProcMesh, free_port, http
+from procmesh import ProcMesh, free_port, http, wait_until
 
 from crypto.identity import Identity
 from node import facts as F
@@ -44,16 +44,6 @@ from node.node import Node
 LEASE_S = 2.0
 NODES = 7
 TERMINAL = {"done", "failed", "cancelled"}
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"condition not met within {timeout_s} s")
 
 
 def submit(node, body) -> str:

@@ -10,7 +10,7 @@ import time
 
 import aiohttp
 import pytest
-from procmesh import ProcMesh, http
+from procmesh import ProcMesh, http, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -22,16 +22,6 @@ def digest(data: str, rounds: int) -> str:
     for _ in range(rounds):
         d = hashlib.sha256(d).digest()
     return d.hex()
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"condition not met within {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
