@@ -90,6 +90,7 @@ class FactStore:
     ) -> None:
         self._path = path
         self._validator = validator
+        self._version_next = 1  # survives a re-open: versions never repeat
         self._limits = limits
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
@@ -103,6 +104,9 @@ class FactStore:
         self._bytes_total = 0
         self._record_count = 0
         self._touched: OrderedDict[bytes, float] = OrderedDict()  # oldest change first
+        # Per-key change counter: bumped whenever a key's record set changes,
+        # so callers can cache what they derive from it against (key, version).
+        self._versions: dict[bytes, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -251,6 +255,17 @@ class FactStore:
         self._bytes_total += plan.bytes_delta
         self._touched[key] = self._clock()
         self._touched.move_to_end(key)
+        self._bump(key)
+
+    def _bump(self, key: bytes) -> None:
+        # Drawn from one process-wide sequence: a key dropped and stored
+        # again never repeats a version it had before.
+        self._versions[key] = self._version_next
+        self._version_next += 1
+
+    def version(self, key: bytes) -> int:
+        """A number that changes whenever the record set of ``key`` changes (0: unknown key)."""
+        return self._versions.get(key, 0)
 
     def _uncount_author(self, author: bytes) -> None:
         n = self._author_counts[author] - 1
@@ -308,6 +323,7 @@ class FactStore:
         del self._records[key]
         self._slots.pop(key, None)
         self._touched.pop(key, None)
+        self._versions.pop(key, None)
         for r in held.values():
             self._uncount_author(r.author_id)
             self._bytes_total -= len(r.raw)

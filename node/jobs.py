@@ -86,6 +86,10 @@ class JobOperations:
         self._waiters = waiters
         self._largest_mesh = 1
         self.expects_peers = False  # set once the node was given bootstrap addresses
+        # The state of what the local store holds for a job (the node plugs in a memo).
+        self.derive_local: Callable[[bytes], lifecycle.JobState | None] = lambda key: lifecycle.derive(
+            self.dht.records.get(key)
+        )
         self.counters = {"submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0}
 
     # -- submit -----------------------------------------------------------------
@@ -183,7 +187,7 @@ class JobOperations:
     # -- read -------------------------------------------------------------------
     async def read_state(self, job_id: bytes) -> lifecycle.JobState:
         self.counters["reads"] += 1
-        local = lifecycle.derive(self.dht.records.get(job_id))
+        local = self.derive_local(job_id)
         if local is not None and local.status in lifecycle.TERMINAL:
             # Decided by a quorum of seals: final, no replica can say otherwise.
             self.counters["local_reads"] += 1
@@ -220,7 +224,7 @@ class JobOperations:
             if self._waiters.get(job_id) is event and event.is_set():
                 self._waiters.pop(job_id, None)
             if changed:
-                local = lifecycle.derive(self.dht.records.get(job_id))
+                local = self.derive_local(job_id)
                 if local is not None and local.status in lifecycle.TERMINAL:
                     state = local
                 continue

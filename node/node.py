@@ -28,6 +28,7 @@ from dht.storage import FactStore
 from node import __version__
 from node import leases, lifecycle
 from node.config import NodeConfig
+from node.derived import DerivedStates
 from node.gossip import Gossip
 from node.handlers import Registry
 from node.jobindex import JobIndex
@@ -98,6 +99,8 @@ class Node:
         )
         path = None if in_memory else os.path.join(config.data_dir, "store.sqlite")
         self.store = FactStore(path, self.replica.validate)
+        self.derived = DerivedStates(self.store)
+        self.replica.derive = self.derived.of
         self.dht = DHTServer(
             self.identity,
             self.store,
@@ -139,6 +142,7 @@ class Node:
             announce=self._announce_new,
             waiters=self._waiters,
         )
+        self.jobs.derive_local = self.derived.local
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
         self._tasks: list[asyncio.Task] = []
         self._rejoining = False
@@ -200,7 +204,7 @@ class Node:
     # -- reactions --------------------------------------------------------------
     def _on_stored(self, key: bytes, new: list) -> None:
         """Facts for ``key`` were stored here: re-derive, index, log, wake waiters."""
-        state = lifecycle.derive(self.store.get(key))
+        state = self.derived.local(key)
         if state is None:
             return
         if state.status == lifecycle.PENDING and state.placement is not None and state.placement in new:
@@ -298,6 +302,7 @@ class Node:
             "gossip": {**self.gossip.statistics(), "reannounced": self.counters["reannounced"]},
             "leases": {**self.replica.statistics(), **self.workers.statistics()},
             "jobs_api": dict(self.jobs.counters),
+            "derive_cache": self.derived.statistics(),
             "crypto": verify_statistics(),
         }
 

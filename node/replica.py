@@ -47,6 +47,8 @@ class JobReplica:
         self._on_stored = on_stored
         self._obs: OrderedDict[bytes, leases.Observations] = OrderedDict()
         self._obs_max = observations_max
+        # lifecycle.derive, or a memo of it (the node plugs in DerivedStates.of).
+        self.derive: Callable[[Any], lifecycle.JobState | None] = lifecycle.derive
         self.counters: dict[str, int] = {
             "grants_issued": 0,
             "claims_refused": 0,
@@ -140,7 +142,7 @@ class JobReplica:
         me = self.identity.node_id
         if fact.kind in (F.SUBMIT, F.GRANT):
             return [], None
-        state = lifecycle.derive(known)
+        state = self.derive(known)
         if state is None:
             return [], "unknown job"
         if fact.kind == F.CLAIM:
@@ -167,7 +169,7 @@ class JobReplica:
     def _own_answer(self, fact: F.Fact, known) -> list[F.Fact]:
         me = self.identity.node_id
         if fact.kind == F.CLAIM:
-            state = lifecycle.derive(known)
+            state = self.derive(known)
             if state is None or leases.current_grant(state, me, self._obs.get(fact.job_id)) != (fact.attempt, fact.author_id):
                 return []  # superseded: handing it back would let the worker think it still holds a lease
             want = (F.LEASE, fact.attempt, fact.author_id)
