@@ -39,6 +39,7 @@ class JobReplica:
         wall_ms: Callable[[], int],
         on_stored: Callable[[bytes, list[F.Fact]], None],
         observations_max: int = 100_000,
+        decoded_max: int = 8192,
     ) -> None:
         self.identity = identity
         self.rules = rules
@@ -47,6 +48,8 @@ class JobReplica:
         self._on_stored = on_stored
         self._obs: OrderedDict[bytes, leases.Observations] = OrderedDict()
         self._obs_max = observations_max
+        self._decoded: OrderedDict[tuple[bytes, bytes], F.Fact] = OrderedDict()
+        self._decoded_max = decoded_max
         # lifecycle.derive, or a memo of it (the node plugs in DerivedStates.of).
         self.derive: Callable[[Any], lifecycle.JobState | None] = lifecycle.derive
         self.counters: dict[str, int] = {
@@ -60,7 +63,20 @@ class JobReplica:
 
     # -- the DHT's RecordPolicy --------------------------------------------
     def validate(self, key: bytes, raw: bytes) -> F.Fact:
-        return F.decode(raw, key=key)
+        """Decode and check a fact. The same bytes arrive again and again (stores,
+        fetch replies, repairs, grants inside results): a fact decoded before
+        is answered from a bounded memo (facts are immutable and a decode is a
+        pure function of (key, bytes)); only facts that decoded are kept."""
+        memo_key = (key, raw)
+        fact = self._decoded.get(memo_key)
+        if fact is not None:
+            self._decoded.move_to_end(memo_key)
+            return fact
+        fact = F.decode(raw, key=key)
+        self._decoded[memo_key] = fact
+        if len(self._decoded) > self._decoded_max:
+            self._decoded.popitem(last=False)
+        return fact
 
     def observations(self, job_id: bytes) -> leases.Observations:
         obs = self._obs.get(job_id)

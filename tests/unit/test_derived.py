@@ -7,8 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dht.storage import FactStore
+from node import facts as F
 from node import lifecycle as L
 from node.derived import DerivedStates
+from node.replica import JobReplica
 from tests.unit.test_storage import KEY, POOL, W1, claim, validator
 
 
@@ -39,3 +41,19 @@ def test_local_state_follows_every_merge(order: list[int]) -> None:
             assert memo.local(KEY) == L.derive(store.get(KEY))
             assert memo.of(reversed(store.get(KEY))) == L.derive(store.get(KEY))
 
+
+def test_validate_memo_returns_the_decoded_fact_and_refuses_bad_bytes() -> None:
+    from crypto.identity import Identity
+
+    replica = JobReplica(Identity.from_seed(b"r" * 32), None, lambda: 0.0, lambda: 0, lambda k, n: None, decoded_max=2)
+    raw = POOL[0].raw
+    first = replica.validate(KEY, raw)
+    assert first == POOL[0] and replica.validate(KEY, raw) is first
+    bad = raw[:-1] + bytes([raw[-1] ^ 1])
+    for _ in range(2):
+        try:
+            replica.validate(KEY, bad)
+        except F.InvalidFact:
+            pass
+        else:
+            raise AssertionError("a corrupted fact was accepted")
