@@ -37,8 +37,15 @@ class NodeConfig:
     # among the job's replicas, so one replica speaks first), doubling up to the max.
     reannounce_first_s: float = 10.0
     reannounce_max_s: float = 30.0
-    # Re-announcements a replica sends per second, at most.
-    reannounce_per_s: float = 500.0
+    # Re-announcements a replica sends per second: at least the min, plus this
+    # many per free worker slot of its own (slots neither busy nor holding a
+    # queued offer), at most reannounce_per_s; multiplied by a factor that
+    # halves each second this node's RPCs time out (down to backoff_min) and
+    # recovers when they stop. Bounded by capacity, not by the backlog.
+    reannounce_per_s: float = 100.0
+    reannounce_min_per_s: float = 2.0
+    reannounce_per_free_slot_s: float = 10.0
+    reannounce_backoff_min: float = 1 / 16
     # Jobs whose facts a node keeps in its local job index (for listing), at most.
     job_index_max: int = 200_000
     # REST protection.

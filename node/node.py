@@ -149,7 +149,7 @@ class Node:
         self._reannounce_wakeup: asyncio.Event | None = None
         self.started_at = 0.0
         self.api_address: tuple[str, int] | None = None
-        self.counters = {"reannounced": 0, "status_changes": 0}
+        self.counters = {"reannounced": 0, "reannounce_over_budget": 0, "status_changes": 0}
 
     def _monotonic(self) -> float:
         return self.clock.monotonic()
@@ -247,23 +247,59 @@ class Node:
         self.gossip.announce(job_id, job_type, (submit, placement), skip=replicas)
         self.workers.offer(job_id, job_type, (submit, placement))
 
+    def _reannounce_rate(self) -> float:
+        """Re-announcements per second this node may send now: bounded by the
+        capacity to run them, not by the backlog. A saturated mesh gains
+        nothing from hearing of more pending jobs; it only loses the datagrams."""
+        cfg = self.config
+        w = self.workers
+        free = max(0, cfg.workers - w.busy - len(w._runnable)) if cfg.workers > 0 else 0
+        return min(cfg.reannounce_per_s, cfg.reannounce_min_per_s + cfg.reannounce_per_free_slot_s * free)
+
     async def _reannounce_loop(self) -> None:
-        """Replicas re-announce jobs that are pending or whose lease went stale."""
-        budget_interval = REANNOUNCE_BATCH / self.config.reannounce_per_s
+        """Replicas re-announce jobs that are pending or whose lease went stale.
+
+        The safety net stays (every due job is looked at again, with a backoff
+        up to ``reannounce_max_s``) but its cost is bounded: a token bucket
+        refilled at ``_reannounce_rate`` (free worker slots, not pending jobs),
+        halved while this node's RPCs time out. (Skipping jobs our own workers
+        already hold was tried and lost a job in the lossy simulation: a job
+        must not depend on this node's workers either.) A due job over the budget is rescheduled with its backoff, not dropped."""
+        tokens = 1.0
+        factor = 1.0
+        last = self._monotonic()
+        adapt_at = last + 1.0
+        timeouts = self.dht.protocol.counters["timeouts"]
         while True:
-            wait = self.index.next_due_in(self._monotonic())
+            now = self._monotonic()
+            rate = self._reannounce_rate() * factor
+            wait = self.index.next_due_in(now)
+            if wait is not None and tokens < 1.0:
+                wait = max(wait, (1.0 - tokens) / rate)
             self._reannounce_wakeup.clear()
             try:
                 await asyncio.wait_for(self._reannounce_wakeup.wait(), wait if wait is not None else 3600)
             except asyncio.TimeoutError:
                 pass
-            due = self.index.pop_due(self._monotonic(), REANNOUNCE_BATCH)
-            for summary in due:
-                self.counters["reannounced"] += 1
-                self.gossip.announce(summary.job_id, summary.job_type)
-                self.workers.offer(summary.job_id, summary.job_type)
-            if len(due) == REANNOUNCE_BATCH:
-                await asyncio.sleep(budget_interval)
+            now = self._monotonic()
+            if now >= adapt_at:
+                seen = self.dht.protocol.counters["timeouts"]
+                # Back off while our own RPCs time out; recover gently.
+                factor = max(self.config.reannounce_backoff_min, factor / 2) if seen > timeouts else min(1.0, factor * 1.5)
+                timeouts, adapt_at = seen, now + 1.0
+            rate = self._reannounce_rate() * factor
+            tokens = min(max(1.0, rate), tokens + (now - last) * rate)
+            last = now
+            if tokens < 1.0:
+                continue
+            for summary in self.index.pop_due(now, REANNOUNCE_BATCH):
+                if tokens >= 1.0:
+                    tokens -= 1.0
+                    self.counters["reannounced"] += 1
+                    self.gossip.announce(summary.job_id, summary.job_type)
+                    self.workers.offer(summary.job_id, summary.job_type)
+                else:
+                    self.counters["reannounce_over_budget"] += 1
 
     # -- JobService (REST) ------------------------------------------------------
     @property
@@ -299,7 +335,10 @@ class Node:
             "workers": {"slots": self.config.workers, "busy": self.workers.busy},
             "replication": {"replicas": self.config.replicas, "quorum": self.config.quorum, "k": self.config.dht.k},
             "dht": {**self.dht.statistics(), **{f"store_{k}": v for k, v in self.store.statistics().items()}},
-            "gossip": {**self.gossip.statistics(), "reannounced": self.counters["reannounced"]},
+            "gossip": {
+                **self.gossip.statistics(),
+                **{k: self.counters[k] for k in ("reannounced", "reannounce_over_budget")},
+            },
             "leases": {**self.replica.statistics(), **self.workers.statistics()},
             "jobs_api": dict(self.jobs.counters),
             "derive_cache": self.derived.statistics(),
