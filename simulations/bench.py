@@ -151,7 +151,8 @@ def format_table(records: list[dict[str, Any]]) -> str:
 
 COST_COLUMNS = (("signatures", "sign"), ("verifications", "verify"), ("verify_cache_hits", "cached"),
                 ("macs", "macs"), ("datagrams_out", "datagrams"), ("bytes_out", "bytes"),
-                ("store_added", "facts stored"), ("store_writes", "sqlite commits"))
+                ("store_added", "facts stored"), ("store_writes", "sqlite commits"),
+                ("reannounced", "reannounced"), ("timeouts", "rpc timeouts"))
 
 
 def format_costs(records: list[dict[str, Any]]) -> str:
@@ -160,7 +161,7 @@ def format_costs(records: list[dict[str, Any]]) -> str:
     body = [[rec["system"], rec["kind"]] + [_fmt(rec["cost_per_job"].get(key), 1) for key, _ in COST_COLUMNS]
             for rec in records if rec["cost_per_job"]]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
-    lines = ["cost per job, all nodes together (crypto operations, datagrams, bytes sent, storage)",
+    lines = ["cost per job, all nodes together (crypto operations, datagrams, bytes sent, storage, re-announcements, RPC timeouts)",
              "  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
     lines += ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in body]
     return "\n".join(lines)
@@ -331,7 +332,8 @@ def start_redis(launcher: Launcher, workdir: Path, deadline_s: float = 10.0) -> 
 WORKMESH_TYPES = {"noop": "echo", "sha256": "sha256"}
 # /status counters that make up a job's cost: (section, names).
 COST_COUNTERS = {"crypto": ("signatures", "verifications", "verify_cache_hits", "macs"),
-                 "dht": ("datagrams_out", "bytes_out", "store_added", "store_writes")}
+                 "dht": ("datagrams_out", "bytes_out", "store_added", "store_writes", "timeouts"),
+                 "gossip": ("reannounced",)}
 TERMINAL = {"done", "failed", "cancelled"}
 PEER_KEYS = ("peers", "peer_count", "known_peers", "contacts", "routing_table_size")
 
@@ -561,6 +563,7 @@ class Settings:
     drain_timeout_s: float
     latency_timeout_s: float
     slots: int
+    kinds: tuple[str, ...] = tuple(bb.JOB_KINDS)
 
 
 def _warm_up(driver: Any, procs: list[Proc]) -> None:
@@ -632,7 +635,7 @@ def run_system(system: str, cfg: Settings, launcher: Launcher, workdir: Path) ->
     A fresh instance per kind, so a backlog one kind left behind (a drain that
     timed out) never shows in the next kind's figures.
     """
-    rows = [Row(system, kind, jobs=cfg.jobs) for kind in bb.JOB_KINDS]
+    rows = [Row(system, kind, jobs=cfg.jobs) for kind in cfg.kinds]
     info: dict[str, Any] = {}
     for row in rows:
         if row is not rows[0] and rows[0].note.startswith("skipped:"):
@@ -669,6 +672,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a short run: 200 jobs per drain, 20 latency samples")
     parser.add_argument("--smoke", action="store_true", help="the smallest run, as CI runs it: 20 jobs, 5 samples")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--kinds", default=",".join(bb.JOB_KINDS), help="comma-separated job kinds (noop, sha256)")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS), help="comma-separated list")
     parser.add_argument("--drain-timeout-s", type=float, default=None, help="bound on one drain (default 300)")
     parser.add_argument("--slots-per-core", type=int, default=2, help="workmesh worker slots per core")
@@ -678,6 +682,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.latency_samples = args.latency_samples or (5 if args.smoke else 20 if args.quick else 200)
     args.drain_timeout_s = args.drain_timeout_s or (60.0 if args.quick or args.smoke else 300.0)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if not args.kinds or any(k not in bb.JOB_KINDS for k in args.kinds):
+        parser.error(f"--kinds: choose from {', '.join(bb.JOB_KINDS)}")
     if args.jobs <= 0 or args.latency_samples <= 0:
         parser.error("--jobs and --latency-samples must be positive")
     return args
@@ -691,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cores = os.cpu_count() or 1
     cfg = Settings(args.jobs, args.latency_samples, args.drain_timeout_s,
-                   latency_timeout_s=max(30.0, 2.0 * args.latency_samples), slots=args.slots_per_core * cores)
+                   latency_timeout_s=max(30.0, 2.0 * args.latency_samples), slots=args.slots_per_core * cores,
+                   kinds=args.kinds)
     signal.signal(signal.SIGTERM, _interrupt)
     machine = machine_info(cores)
     workdir = Path(tempfile.mkdtemp(prefix="workmesh-bench-"))
