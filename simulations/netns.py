@@ -23,6 +23,8 @@ Faults (``--faults``, played in order over the middle of the load phase):
   minority side's nodes still see each other but not the majority, nor the
   driver; ``--partition-s`` later the trunk comes back up (heal);
 * ``isolate``: one majority node's host link goes down, then up;
+* ``flap``: one majority node's host link goes down and up every
+  ``FLAP_PERIOD_S`` for ``--partition-s``, then stays up;
 * ``kill``, ``stop``: as in ``simulations/mesh.py``.
 
 After every heal the script measures how long the job's replicas take to
@@ -62,7 +64,8 @@ FAMILY = "wmn"
 PREFIX_RE = re.compile(rf"^({FAMILY}[0-9a-f]{{4}})")
 STATE_DIR = Path("/run/workmesh-netns") if Path("/run").is_dir() else Path(tempfile.gettempdir()) / "workmesh-netns"
 P2P_PORT, API_PORT = 7000, 8000
-NS_FAULTS = ("partition", "isolate", "kill", "stop")
+NS_FAULTS = ("partition", "isolate", "flap", "kill", "stop")
+FLAP_PERIOD_S = 0.5  # a flapping link is down, then up, for this long each
 
 
 def ip(*args: str, check: bool = True, ns: str | None = None) -> subprocess.CompletedProcess:
@@ -256,7 +259,7 @@ class NetnsDriver(M.Driver):
                     self.down.add(n.index)
                     self.busy.add(n.index)
             link = self.topo.trunk_a
-        else:  # isolate one node of the majority side
+        else:  # isolate (or flap) one node of the majority side
             victims = self.pick(1, [n for n in self.nodes if not self.topo.side_b(n.index)])
             link = victims[0].host_link if victims else ""
         if not victims:
@@ -268,8 +271,17 @@ class NetnsDriver(M.Driver):
         with self.lock:
             for n in victims:
                 self.busy.discard(n.index)
-        self.pending_fault_futures.append(
-            self.fault_pool.submit(self._heal_later, link, victims, time.time() + a.partition_s))
+        heal = self._flap_then_heal if kind == "flap" else self._heal_later
+        self.pending_fault_futures.append(self.fault_pool.submit(heal, link, victims, time.time() + a.partition_s))
+
+    def _flap_then_heal(self, link: str, victims: list, until: float) -> None:
+        """Toggle the link every FLAP_PERIOD_S (bounded by ``until``), then heal it."""
+        up = False
+        while time.time() + FLAP_PERIOD_S < until:
+            time.sleep(FLAP_PERIOD_S)
+            up = not up
+            self.topo.set_link(link, up=up)
+        self._heal_later(link, victims, until)
 
     def _heal_later(self, link: str, victims: list, at: float) -> None:
         time.sleep(max(0.0, at - time.time()))
@@ -381,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "chart.png in --out.")
     M.common_arguments(parser, nodes=5, jobs=60)
     parser.add_argument("--faults", type=parse_ns_faults, default=["partition", "isolate"],
-                        help="comma list: partition, isolate, kill, stop (default partition,isolate)")
+                        help="comma list: partition, isolate, flap, kill, stop (default partition,isolate)")
     parser.add_argument("--partition-s", type=float, default=6.0, help="how long a partition lasts (default 6 s)")
     parser.add_argument("--minority", type=int, help="nodes on the minority side (default (nodes-1)//2)")
     parser.add_argument("--agree-timeout-s", type=float, default=60.0, help="give up waiting for agreement after (default 60 s)")

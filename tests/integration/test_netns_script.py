@@ -109,3 +109,19 @@ def test_leftovers_of_dead_runs_are_removed_and_live_runs_kept():
         netns.remove_prefix(dead)
         netns.remove_prefix(live)
     assert leftovers(live) == []
+
+
+def test_a_flapping_link_loses_no_job_and_cleans_up(tmp_path):
+    """One node's link goes down and up every half second for 3 s, under load."""
+    out, prefix = tmp_path / "run", "wmnf1a0"
+    cmd = [sys.executable, str(SCRIPT), "--nodes", "4", "--jobs", "12", "--load-s", "6", "--faults", "flap",
+           "--partition-s", "3", "--lease-s", "2", "--work-s-max", "1.0", "--drain-s", "30", "--agree-timeout-s", "10",
+           "--seed", "6", "--subnet", "10.79.0.0/24", "--prefix", prefix, "--progress-s", "3", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+    detail = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert leftovers(prefix) == [], "the script left namespaces or links behind"
+    figures = json.loads((out / "figures.json").read_text())
+    assert [r["kind"] for r in figures["recoveries"]] == ["partition"], figures["recoveries"]
+    assert figures["lost"] == 0, figures["lost_jobs"]
+    assert figures["multiple_accepted_results"] == 0, figures["multiple_accepted_jobs"]
+    assert proc.returncode == 0, detail
