@@ -22,7 +22,8 @@ Faults (``--faults``, played in order over the middle of the load phase):
 * ``partition``: the trunk goes down (``ip link set <prefix>ta down``): the
   minority side's nodes still see each other but not the majority, nor the
   driver; ``--partition-s`` later the trunk comes back up (heal);
-* ``isolate``: one majority node's host link goes down, then up;
+* ``isolate``: one majority node's host link goes down, then up; the node
+  chosen is a lease holder (a node running a job) when there is one;
 * ``flap``: one majority node's host link goes down and up every
   ``FLAP_PERIOD_S`` for ``--partition-s``, then stays up;
 * ``kill``, ``stop``: as in ``simulations/mesh.py``.
@@ -259,8 +260,10 @@ class NetnsDriver(M.Driver):
                     self.down.add(n.index)
                     self.busy.add(n.index)
             link = self.topo.trunk_a
-        else:  # isolate (or flap) one node of the majority side
-            victims = self.pick(1, [n for n in self.nodes if not self.topo.side_b(n.index)])
+        else:  # isolate (or flap) one node of the majority side, a lease holder when one runs a job
+            majority = [n for n in self.nodes if not self.topo.side_b(n.index)]
+            holders = [n for n in self.busy_workers(wait_s=2.0) if n in majority] if kind == "isolate" else []
+            victims = self.pick(1, holders + [n for n in majority if n not in holders])
             link = victims[0].host_link if victims else ""
         if not victims:
             self.log(f"[{time.time() - self.t0:7.1f} s] fault {kind} skipped: no node may go down now")
