@@ -165,7 +165,8 @@ class DHTServer:
         self.revive_interval_s = 5.0
         self.revive_per_round = 3
         self.replica_cache_ttl_s = 5.0
-        # After a quorum of replicas answered, wait this long for the rest.
+        # After a quorum of replicas answered, wait for the rest as long again
+        # as the quorum took, at most this long (see _gather_quorum).
         self.quorum_grace_s = 0.05
         self._loops: list[asyncio.Task] = []
         self.lookups: deque[LookupResult] = deque(maxlen=1000)
@@ -516,9 +517,14 @@ class DHTServer:
     async def _gather_quorum(self, contacts, call, quorum: int, success, missing):
         """Run ``call(contact)`` for every contact; return once all answered, or
         ``quorum`` succeeded and a short grace passed (a dead replica must not
-        stall every write and read for a whole RPC timeout). Calls still running
-        go on in tracked tasks; their answers count as ``missing``."""
+        stall every write and read for a whole RPC timeout). The grace is the
+        time the quorum took, at most ``quorum_grace_s``: a replica as fast as
+        the others still counts (its refusals and grants are seen), a slow or
+        dead one costs a job's four sequential quorum writes no fixed 50 ms
+        each. Calls still running go on in tracked tasks; their answers count
+        as ``missing``."""
         loop = asyncio.get_running_loop()
+        started = loop.time()
         tasks = {self.protocol.spawn(call(c), "replica_call"): c for c in contacts}
         answers: dict[bytes, Any] = {}
         pending = set(tasks)
@@ -531,7 +537,8 @@ class DHTServer:
             for task in done:
                 answers[tasks[task].id] = missing if task.cancelled() or task.exception() else task.result()
             if grace_until is None and sum(1 for a in answers.values() if success(a)) >= quorum:
-                grace_until = loop.time() + self.quorum_grace_s
+                now = loop.time()
+                grace_until = now + min(self.quorum_grace_s, now - started)
         for contact in tasks.values():
             answers.setdefault(contact.id, missing)
         return answers
