@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--max-attempts", type=int, default=3, help="default attempts per job")
     start.add_argument("--job-timeout", type=float, default=300.0, help="default handler timeout, seconds")
     start.add_argument("--rate-limit", type=float, help="REST requests per second per client")
+    start.add_argument("--identity-puzzle-bits", type=int, default=0,
+                       help="proof of work on node keys: peers whose key solves fewer bits are ignored, "
+                       "and a new key for this node solves as many (0 = off; the mesh must agree)")
     start.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     start.add_argument("--log-level", default="info")
 
@@ -92,7 +95,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         bootstrap=tuple(args.bootstrap),
         workers=args.workers,
         api_token=args.api_token,
-        dht=replace(DHTConfig(), k=args.k, replicas=args.replicas, quorum=quorum),
+        dht=replace(
+            DHTConfig(), k=args.k, replicas=args.replicas, quorum=quorum, identity_puzzle_bits=args.identity_puzzle_bits
+        ),
         lease_s=args.lease_seconds,
         max_attempts=args.max_attempts,
         job_timeout_s=args.job_timeout,

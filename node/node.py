@@ -86,7 +86,7 @@ class Node:
         self.config = config
         if not in_memory:
             Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-        self.identity = identity or Identity.load_or_create(config.data_dir)
+        self.identity = identity or Identity.load_or_create(config.data_dir, puzzle=config.dht.identity_puzzle_bits)
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random(os.urandom(16))
         self.log = (logger or structlog.get_logger()).bind(node_id=self.identity.node_id.hex()[:12])

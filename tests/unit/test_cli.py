@@ -1,0 +1,19 @@
+"""The `workmesh start` flags reach the node they configure."""
+
+from __future__ import annotations
+
+from crypto.identity import puzzle_bits
+from node.cli import build_parser, config_from_args
+from node.node import Node
+
+
+def test_a_node_started_with_a_puzzle_gets_a_key_that_solves_it(tmp_path):
+    args = build_parser().parse_args(
+        ["start", "--data-dir", str(tmp_path), "--p2p-port", "0", "--api-port", "0", "--identity-puzzle-bits", "8"]
+    )
+    config = config_from_args(args)
+    assert config.dht.identity_puzzle_bits == 8
+    node = Node(config)
+    assert puzzle_bits(node.identity.public_key) >= 8
+    # Restarted on the same data dir: the same (solved) key.
+    assert Node(config).identity.public_key == node.identity.public_key
