@@ -203,13 +203,20 @@ class Node:
 
     # -- reactions --------------------------------------------------------------
     def _on_stored(self, key: bytes, new: list) -> None:
-        """Facts for ``key`` were stored here: re-derive, index, log, wake waiters."""
+        """Facts for ``key`` were stored here: re-derive, index (if we are one
+        of the job's replicas), log, wake waiters."""
         state = self.derived.local(key)
         if state is None:
             return
         if state.status == lifecycle.PENDING and state.placement is not None and state.placement in new:
             # A replica of a new job is a worker that has heard of it.
             self.workers.offer(key, state.submit.body.job_type, (state.submit, state.placement))
+        if state.replicas and self.identity.node_id not in state.replicas:
+            # We only store this job (hand-off, republish, read repair); its
+            # placed replicas index it, count it and re-announce it. Indexing
+            # it here would show a copy that may lag behind the replicas.
+            self._wake(key)
+            return
         obs = self.replica.observations(key)
         if not (obs.holder_seen or obs.error_seen or obs.grantee):
             # After a restart: what we granted before counts as seen now, so a
@@ -224,6 +231,10 @@ class Node:
             )
         if self._reannounce_wakeup is not None:
             self._reannounce_wakeup.set()
+        self._wake(key)
+
+    def _wake(self, key: bytes) -> None:
+        """Wake clients waiting (``?wait``) on this job."""
         event = self._waiters.get(key)
         if event is not None:
             event.set()
