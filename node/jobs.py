@@ -210,10 +210,12 @@ class JobOperations:
             # Listen before the first read: a change during it must wake us.
             self._waiters.setdefault(job_id, asyncio.Event())
         state = await self.read_state(job_id)
-        # A replica hears of every change to the job in its own store (results,
-        # pushed seals): it checks its store on each change and re-reads the
-        # other replicas only now and then. Other nodes poll with backoff.
-        poll = POLL_S_REPLICA if self.dht.records.has(job_id) else POLL_S_MIN
+        # A placed replica hears of every change to the job in its own store
+        # (results, pushed seals): it checks its store on each change and
+        # re-reads the other replicas only now and then. Other nodes (also
+        # ones that merely store a copy, which nobody pushes to) poll with
+        # backoff.
+        poll = POLL_S_REPLICA if state.is_replica(self.identity.node_id) else POLL_S_MIN
         while state.status not in lifecycle.TERMINAL and loop.time() < deadline:
             event = self._waiters.setdefault(job_id, asyncio.Event())
             try:

@@ -36,6 +36,7 @@ from node.leases import LeaseRules
 from node.reads import read_job
 
 CLAIM_RESENDS = 2  # times a claim is sent again to replicas that did not answer
+CLAIM_BOUNDARY_WAIT_S = 0.3  # before asking again a replica whose clock had not yet released the attempt
 
 RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
 
@@ -55,6 +56,16 @@ class LeaseLost(Exception):
 def _context(state: lifecycle.JobState) -> list[F.Fact]:
     """The submission and placement: what a replica needs to judge any other fact."""
     return [state.submit, *([state.placement] if state.placement is not None else [])]
+
+
+def _about_to_allow(outcome: Any) -> set[bytes]:
+    """Replicas that refused a claim only because, on their clock, the old
+    lease was still live or the retry backoff not over: soon they will grant."""
+    return {
+        rid
+        for rid, refusals in outcome.refusals.items()
+        if any(r.endswith(" is live") or r.startswith("retry backoff") for _, r in refusals)
+    }
 
 
 def _lacking(outcome: Any) -> set[bytes]:
@@ -234,17 +245,23 @@ class WorkerPool:
         claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
         outcome = await self.dht.store(job_id, [*evidence, claim], targets=list(state.replicas), quorum=spec.quorum)
         grants = self._lease_grants(outcome.produced, job_id, attempt, state.replicas)
-        answered = set(outcome.answered_ids) - _lacking(outcome)
+        answered = set(outcome.answered_ids) - _lacking(outcome) - _about_to_allow(outcome)
+        boundary = bool(_about_to_allow(outcome))
         for _ in range(CLAIM_RESENDS):
-            # Replicas that did not answer (a lost datagram), or that lack the
-            # submission (they missed the write that acknowledged it), may still
+            # Replicas that did not answer (a lost datagram), that lack the
+            # submission (they missed the write that acknowledged it), or whose
+            # own clock had not yet seen the old lease go stale or the retry
+            # backoff end (replicas judge a few milliseconds apart) may still
             # grant: ask them again with the same claim and the job's context.
-            # Without this, every lost datagram burns an attempt number.
+            # Without this, every such near miss costs a whole lease.
             again_ids = [i for i in state.replicas if i not in answered]
             if len(grants) >= spec.quorum or len(grants) + len(again_ids) < spec.quorum:
                 break
+            if boundary:
+                await asyncio.sleep(CLAIM_BOUNDARY_WAIT_S)
             again = await self.dht.store(job_id, [*_context(state), *evidence, claim], targets=again_ids, quorum=1)
-            answered |= again.answered_ids
+            answered |= set(again.answered_ids) - _about_to_allow(again)
+            boundary = bool(_about_to_allow(again))
             grants = self._lease_grants([*grants, *again.produced], job_id, attempt, state.replicas)
         if len(grants) < spec.quorum:
             self.counters["claims_lost"] += 1
