@@ -274,7 +274,7 @@ def _is_json(data: bytes, limit: int) -> bool:
     return True
 
 
-_TS_MAX = 2**53
+_TS_MAX = 2**53  # largest ts_ms a fact may carry
 
 
 def _parse_body(kind: str, f: list) -> Body:

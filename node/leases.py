@@ -144,16 +144,15 @@ def current_grant(state: JobState, me: bytes, obs: Observations | None = None) -
     """(attempt, worker id) of this replica's highest lease grant, or None.
 
     An unconfirmed attempt may have been granted again to another worker;
-    ``obs`` remembers which grant is the newer (without it, or after a
-    restart, the lowest worker id stands in, stably)."""
+    the newer grant carries a larger ``ts_ms`` (see :func:`_grant`), so the
+    facts alone say which is current, also after a restart. (``obs`` is
+    accepted for symmetry and not needed.)"""
     leases = _own(state, me, F.LEASE)
     if not leases:
         return None
     m = max(g.attempt for g in leases)
-    holders = {g.body.subject for g in leases if g.attempt == m}
-    if obs is not None and obs.grantee.get(m) in holders:
-        return m, obs.grantee[m]
-    return m, min(holders)
+    newest = max((g for g in leases if g.attempt == m), key=lambda g: (g.body.ts_ms, g.body.subject))
+    return m, newest.body.subject
 
 
 def confirmed(state: JobState, attempt: int) -> bool:
@@ -225,7 +224,7 @@ def decide_claim(
         # Our grant of m never became a confirmed lease (the claim won only a
         # minority, or its worker vanished before showing a quorum): once it
         # is stale, m goes to the next worker, so lost claims burn no attempt.
-        return _attempt_over(state, m, obs, now, rules) or _grant(state, claim, obs, now)
+        return _attempt_over(state, m, obs, now, rules) or _grant(state, claim, obs, now, me)
     if n <= m:
         return f"attempt {n} is not above granted attempt {m}"
     # Only confirmed attempts count: the next attempt is one above the
@@ -238,14 +237,20 @@ def decide_claim(
         why = _attempt_over(state, m, obs, now, rules)
         if why:
             return why
-    return _grant(state, claim, obs, now)
+    return _grant(state, claim, obs, now, me)
 
 
-def _grant(state: JobState, claim: Fact, obs: Observations, now: float) -> Grant:
-    """Grant ``claim``'s attempt to its worker, who counts as seen ``now``."""
-    obs.grantee[claim.attempt] = claim.author_id
-    obs.holder_seen[claim.attempt] = now
-    return Grant(state.job_id, F.LEASE, claim.attempt, claim.author_id, claim.body.ts_ms)
+def _grant(state: JobState, claim: Fact, obs: Observations, now: float, me: bytes) -> Grant:
+    """Grant ``claim``'s attempt to its worker, who counts as seen ``now``.
+
+    A grant that replaces an earlier one of the same attempt gets a ``ts_ms``
+    above every earlier grant's, so the current grant follows from the facts.
+    """
+    n = claim.attempt
+    ts = max([claim.body.ts_ms, *(g.body.ts_ms + 1 for g in _own(state, me, F.LEASE) if g.attempt == n)])
+    obs.grantee[n] = claim.author_id
+    obs.holder_seen[n] = now
+    return Grant(state.job_id, F.LEASE, n, claim.author_id, min(ts, F._TS_MAX))
 
 
 def accept_renew(state: JobState, renew: Fact, me: bytes, obs: Observations, now: float | None = None) -> bool:

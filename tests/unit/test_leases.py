@@ -654,3 +654,17 @@ def test_a_renewing_later_holder_keeps_a_late_result_unsealed() -> None:
         assert r.renew(W1, 2)
         r.add(late)
         assert decide_seal(r.state, late, r.me, r.obs, r.now, RULES) is None
+
+
+def test_after_a_restart_the_newer_grant_of_a_regranted_attempt_stays_current() -> None:
+    """Found by the model run: a restarted replica must not take the older of
+    two grants of one (re-granted) attempt for its current one."""
+    r = Replica()
+    assert granted(r.claim(W1, 1, ts=900, confirm=False))  # a worker with a fast clock
+    r.now = STALE + 0.01
+    assert granted(r.claim(W0, 1, ts=5))  # re-granted; W0's clock is behind
+    assert current_grant(r.state, r.me) == (1, W0.node_id)
+    r.obs = Observations()  # restart: observations are rebuilt from the facts
+    observe(r.obs, r.store, r.me, r.now)
+    assert current_grant(r.state, r.me, r.obs) == (1, W0.node_id)
+    assert not accept_renew(r.state, renew(W1, JOB, 1, 1000), r.me, r.obs, r.now)
