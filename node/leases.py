@@ -140,13 +140,12 @@ def _belongs(state: JobState, fact: Fact, kinds: tuple[str, ...]) -> str | None:
     return None
 
 
-def current_grant(state: JobState, me: bytes, obs: Observations | None = None) -> tuple[int, bytes] | None:
+def current_grant(state: JobState, me: bytes) -> tuple[int, bytes] | None:
     """(attempt, worker id) of this replica's highest lease grant, or None.
 
     An unconfirmed attempt may have been granted again to another worker;
     the newer grant carries a larger ``ts_ms`` (see :func:`_grant`), so the
-    facts alone say which is current, also after a restart. (``obs`` is
-    accepted for symmetry and not needed.)"""
+    facts alone say which is current, also after a restart."""
     leases = _own(state, me, F.LEASE)
     if not leases:
         return None
@@ -210,7 +209,7 @@ def decide_claim(
     if not 1 <= n <= spec.max_attempts + 1:  # rule 2
         return f"attempt {n} outside 1..{spec.max_attempts + 1}"
     leases = _own(state, me, F.LEASE)
-    cur = current_grant(state, me, obs)
+    cur = current_grant(state, me)
     m = cur[0] if cur else 0
     for g in leases:  # rule 3
         if g.attempt == n and g.body.subject == worker:
@@ -264,7 +263,7 @@ def accept_renew(state: JobState, renew: Fact, me: bytes, obs: Observations, now
         return False
     if _sealed_cancel(state, me):
         return False
-    if current_grant(state, me, obs) != (renew.attempt, renew.author_id):
+    if current_grant(state, me) != (renew.attempt, renew.author_id):
         return False
     if now is not None:
         obs.grantee.setdefault(renew.attempt, renew.author_id)
@@ -336,7 +335,7 @@ def lease_deadline(state: JobState, me: bytes, obs: Observations, rules: LeaseRu
     the attempt ended for good (ok result, closing attempt), this replica
     sealed a cancel, or ``obs`` never observed the grant (call :func:`observe`).
     """
-    cur = current_grant(state, me, obs)
+    cur = current_grant(state, me)
     if cur is None or state.terminal or _sealed_cancel(state, me):
         return None
     m = cur[0]

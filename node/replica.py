@@ -186,7 +186,7 @@ class JobReplica:
         me = self.identity.node_id
         if fact.kind == F.CLAIM:
             state = self.derive(known)
-            if state is None or leases.current_grant(state, me, self._obs.get(fact.job_id)) != (fact.attempt, fact.author_id):
+            if state is None or leases.current_grant(state, me) != (fact.attempt, fact.author_id):
                 return []  # superseded: handing it back would let the worker think it still holds a lease
             want = (F.LEASE, fact.attempt, fact.author_id)
         elif fact.kind in (F.RESULT, F.CANCEL):
