@@ -100,8 +100,10 @@ def test_a_contact_is_evicted_only_after_consecutive_failures():
 
 def test_a_contact_with_a_replacement_waiting_goes_after_the_threshold():
     router, _ = table(bytes(20), k=2, evict_after_failures=3)
-    for _ in range(40):
-        router.add_contact(contact(bytes([0x80]) + os.urandom(19)))
+    # Four ids far from ours sharing a 5-bit prefix: kademlia does not split
+    # their bucket (depth % 5 == 0), so two are contacts and two wait as spares.
+    for first in (0x80, 0x84, 0x82, 0x81):
+        router.add_contact(contact(bytes([first]) + os.urandom(19)))
     bucket = next(b for b in router.buckets if b.replacement_nodes)  # full, with spares waiting
     victim = next(iter(bucket.nodes.values()))
     assert [router.record_failure(victim) for _ in range(3)] == [False, False, True]
