@@ -206,16 +206,25 @@ class JobOperations:
     async def get(self, job_id: bytes, *, wait_s: float = 0.0, history: bool = False) -> JobView:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait_s)
+        me = self.identity.node_id
+        local = None
         if wait_s > 0:
             # Listen before the first read: a change during it must wake us.
             self._waiters.setdefault(job_id, asyncio.Event())
-        state = await self.read_state(job_id)
-        # A placed replica hears of every change to the job in its own store
-        # (results, pushed seals): it checks its store on each change and
-        # re-reads the other replicas only now and then. Other nodes (also
-        # ones that merely store a copy, which nobody pushes to) poll with
-        # backoff.
-        poll = POLL_S_REPLICA if state.is_replica(self.identity.node_id) else POLL_S_MIN
+            local = self.derive_local(job_id)
+        if local is not None and self._fresh_here(local):
+            # A job this node placed on itself moments ago: as a placed replica
+            # it hears of every change in its own store (the result and the
+            # seals are pushed to it), so the long-poll starts from the local
+            # copy; the other replicas are read on the poll timer below (also
+            # when the deadline ends the wait).
+            self.counters["local_reads"] += 1
+            state = local
+        else:
+            state = await self.read_state(job_id)
+        # Other nodes (also ones that merely store a copy, which nobody pushes
+        # to) poll with backoff.
+        poll = POLL_S_REPLICA if state.is_replica(me) else POLL_S_MIN
         while state.status not in lifecycle.TERMINAL and loop.time() < deadline:
             event = self._waiters.setdefault(job_id, asyncio.Event())
             try:
@@ -233,6 +242,19 @@ class JobOperations:
             poll = max(poll, min(POLL_S_MAX, poll * 2))
             state = await self.read_state(job_id)
         return view(state, history=history)
+
+    def _fresh_here(self, local: lifecycle.JobState) -> bool:
+        """Did this node submit the job, place it on itself, and is the job
+        still within its first lease? Then no other replica can know more
+        than the pushes that will reach us; a job decided long ago while this
+        replica was away is read remotely instead."""
+        spec: F.Submit = local.submit.body
+        return (
+            local.status not in lifecycle.TERMINAL
+            and local.submit.author_id == self.identity.node_id
+            and local.is_replica(self.identity.node_id)
+            and 0 <= self.wall_ms() - spec.created_ms < spec.lease_ms
+        )
 
     # -- cancel -----------------------------------------------------------------
     async def cancel(self, job_id: bytes, reason: str) -> JobView:
