@@ -22,9 +22,15 @@ from node.errors import Conflict, JobNotFound, QuorumUnavailable, UnknownJobType
 from node.jobindex import JobIndex
 from node.reads import read_job
 
+# Long-polls re-read the job's replicas with backoff: a node that is not a
+# placed replica from POLL_S_MIN up to POLL_S_MAX; a placed replica (pushed
+# every change) only as a safety net for a lost push, from POLL_S_REPLICA up to
+# POLL_S_REPLICA_MAX, so a thousand waiting clients do not cost a thousand
+# quorum reads a second.
 POLL_S_MIN = 0.05
 POLL_S_MAX = 0.5
 POLL_S_REPLICA = 1.0
+POLL_S_REPLICA_MAX = 4.0
 
 
 def view(state: lifecycle.JobState, *, history: bool = False) -> JobView:
@@ -224,7 +230,7 @@ class JobOperations:
             state = await self.read_state(job_id)
         # Other nodes (also ones that merely store a copy, which nobody pushes
         # to) poll with backoff.
-        poll = POLL_S_REPLICA if state.is_replica(me) else POLL_S_MIN
+        poll, poll_max = (POLL_S_REPLICA, POLL_S_REPLICA_MAX) if state.is_replica(me) else (POLL_S_MIN, POLL_S_MAX)
         while state.status not in lifecycle.TERMINAL and loop.time() < deadline:
             event = self._waiters.setdefault(job_id, asyncio.Event())
             try:
@@ -239,7 +245,7 @@ class JobOperations:
                 if local is not None and local.status in lifecycle.TERMINAL:
                     state = local
                 continue
-            poll = max(poll, min(POLL_S_MAX, poll * 2))
+            poll = min(poll_max, poll * 2)
             state = await self.read_state(job_id)
         return view(state, history=history)
 
