@@ -17,13 +17,13 @@ from typing import Any
 import prometheus_client
 import structlog
 from aiohttp import web
-from node.errors import BadRequest, Unauthorized
+from node.errors import BadRequest, JobNotFound, QuorumUnavailable, Unauthorized
 
 from api import validation
 from api.errors import error_middleware
 from api.openapi import build_spec, render_yaml
 from api.ratelimit import TokenBuckets, ratelimit_middleware
-from api.service import JobService
+from api.service import TERMINAL_STATUSES, JobService
 
 SERVICE = web.AppKey("workmesh.service", JobService)
 API_TOKEN = web.AppKey("workmesh.api_token", bytes)  # BLAKE2b-256 of the token, see _check_token
@@ -86,6 +86,7 @@ async def submit_job(request: web.Request) -> web.Response:
     _check_token(request)
     service = request.app[SERVICE]
     key = validation.parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    wait_s = validation.parse_wait(request.query)
     raw = await _read_json_body(request)
     req = validation.parse_submit(validation.parse_json_body(raw), service.job_types)
     view = await service.submit(
@@ -96,7 +97,15 @@ async def submit_job(request: web.Request) -> web.Response:
         timeout_seconds=req.timeout_seconds,
         idempotency_key=key,
     )
-    return web.json_response(view.to_json(), status=202, headers={"Location": f"/jobs/{view.id}"})
+    if wait_s > 0 and view.status not in TERMINAL_STATUSES:
+        # Submit and wait in one request. The job is accepted whatever the
+        # wait brings: a read that fails now still answers 202 with the view.
+        try:
+            view = await service.get(bytes.fromhex(view.id), wait_s=wait_s)
+        except (JobNotFound, QuorumUnavailable):
+            pass
+    status = 200 if view.status in TERMINAL_STATUSES else 202
+    return web.json_response(view.to_json(), status=status, headers={"Location": f"/jobs/{view.id}"})
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -174,10 +174,23 @@ def _paths(auth: bool) -> dict:
                 "operationId": "submitJob",
                 "summary": "Submit a job; answered once a write quorum of replicas stored it.",
                 **secured,
-                "parameters": [{"$ref": _REF + "parameters/IdempotencyKey"}],
+                "parameters": [
+                    {"$ref": _REF + "parameters/IdempotencyKey"},
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "description": "Also wait up to this many seconds for the accepted job to turn terminal "
+                        "(200 if it did, else 202 with the job as it is).",
+                        "schema": {"type": "number", "minimum": 0, "maximum": v.WAIT_S_MAX},
+                    },
+                ],
                 "requestBody": {"required": True, "content": _json_content("SubmitRequest")},
                 "responses": _responses(
-                    {"202": _ok("Accepted.", "JobView", headers={"Location": {"$ref": _REF + "headers/Location"}})},
+                    {
+                        "200": _ok("Accepted and already terminal (with `wait`).", "JobView",
+                                   headers={"Location": {"$ref": _REF + "headers/Location"}}),
+                        "202": _ok("Accepted.", "JobView", headers={"Location": {"$ref": _REF + "headers/Location"}}),
+                    },
                     write_errors,
                 ),
             },

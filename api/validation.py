@@ -230,14 +230,20 @@ def _one(query: Mapping[str, str], name: str) -> str | None:
     return values[0] if values else None
 
 
-def parse_get_query(query: Mapping[str, str]) -> tuple[float, bool]:
-    """``?wait=SECONDS`` (0..60) and ``?history=1`` of ``GET /jobs/{id}``."""
+def parse_wait(query: Mapping[str, str]) -> float:
+    """``?wait=SECONDS`` (0..60) of ``GET /jobs/{id}`` and ``POST /jobs``; 0 when absent."""
     wait_s = 0.0
     text = _one(query, "wait")
     if text is not None:
         wait_s = float(text) if _DECIMAL.fullmatch(text) else math.nan
         if not 0.0 <= wait_s <= WAIT_S_MAX:
             raise BadRequest(f"wait: must be a number of seconds in 0..{WAIT_S_MAX:g}")
+    return wait_s
+
+
+def parse_get_query(query: Mapping[str, str]) -> tuple[float, bool]:
+    """``?wait=SECONDS`` (0..60) and ``?history=1`` of ``GET /jobs/{id}``."""
+    wait_s = parse_wait(query)
     history = False
     text = _one(query, "history")
     if text is not None:

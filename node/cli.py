@@ -154,9 +154,10 @@ def _client(args: argparse.Namespace) -> int:
         body = {"type": args.type, "payload": json.loads(args.payload)}
         if args.max_attempts:
             body["max_attempts"] = args.max_attempts
-        code, doc = _http("POST", f"{base}/jobs", body, args.token)
-        if code == 202 and args.wait > 0:
-            code, doc = _http("GET", f"{base}/jobs/{doc['id']}?wait={args.wait}", None, args.token)
+        wait_s = min(args.wait, 60.0)  # the API's bound on one wait
+        code, doc = _http("POST", f"{base}/jobs?wait={wait_s:g}" if wait_s > 0 else f"{base}/jobs", body, args.token)
+        if code == 202 and args.wait > wait_s:
+            code, doc = _http("GET", f"{base}/jobs/{doc['id']}?wait={min(60.0, args.wait - wait_s):g}", None, args.token)
     print(json.dumps(doc, indent=2))
     return 0 if code < 400 else 1
 

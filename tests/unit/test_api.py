@@ -296,6 +296,57 @@ async def test_get_job_passes_wait_and_history(make_client):
     assert service.calls[-1] == ("get", bytes.fromhex(view["id"]), 2.5, True)
 
 
+class FinishingService(FakeService):
+    """A service whose jobs are done by the time anyone waits for them."""
+
+    async def get(self, job_id, *, wait_s=0.0, history=False):
+        view = await super().get(job_id, wait_s=wait_s, history=history)
+        if wait_s > 0:
+            view = self.jobs[job_id] = replace(view, status="done", attempts=1, result={"n": 1})
+        return view
+
+
+async def test_submit_with_wait_answers_200_with_the_terminal_job(make_client):
+    service = FinishingService()
+    client = await make_client(service)
+    resp, view = await call(client, "POST", "/jobs?wait=5", json={"type": "echo", "payload": {"n": 1}})
+    assert resp.status == 200 and view["status"] == "done" and view["result"] == {"n": 1}
+    assert resp.headers["Location"] == f"/jobs/{view['id']}"
+    assert service.calls[-1] == ("get", bytes.fromhex(view["id"]), 5.0, False)
+
+
+async def test_submit_with_wait_answers_202_while_the_job_is_not_terminal(make_client):
+    service = FakeService()  # its jobs stay pending
+    client = await make_client(service)
+    resp, view = await call(client, "POST", "/jobs?wait=0.5", json={"type": "echo", "payload": {"n": 1}})
+    assert resp.status == 202 and view["status"] == "pending"
+    assert service.calls[-1][0] == "get"
+
+
+async def test_submit_with_wait_keeps_the_acceptance_when_the_wait_cannot_read(make_client):
+    service = FakeService()
+    client = await make_client(service)
+    real_get = service.get
+
+    async def unreadable(job_id, **kw):
+        service.raise_next = QuorumUnavailable("no replica answered")
+        return await real_get(job_id, **kw)
+
+    service.get = unreadable
+    resp, view = await call(client, "POST", "/jobs?wait=1", json={"type": "echo", "payload": {"n": 1}})
+    assert resp.status == 202 and view["status"] == "pending"
+    assert bytes.fromhex(view["id"]) in service.jobs  # accepted all the same
+
+
+@pytest.mark.parametrize("query", ["wait=61", "wait=-1", "wait=abc", "wait=1&wait=2"])
+async def test_submit_with_a_bad_wait_is_400_and_submits_nothing(make_client, query):
+    service = FakeService()
+    client = await make_client(service)
+    resp, problem = await call(client, "POST", f"/jobs?{query}", json={"type": "echo", "payload": {"n": 1}})
+    assert resp.status == 400 and problem["detail"].startswith("wait:")
+    assert not service.calls
+
+
 @pytest.mark.parametrize("job_id", ["AB" * 20, "ab" * 19, "ab" * 21, "zz" * 20, "x"])
 async def test_get_job_with_a_malformed_id_is_400(make_client, job_id):
     client = await make_client()
