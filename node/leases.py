@@ -98,9 +98,14 @@ def _flatten(facts: Iterable[Fact]) -> list[Fact]:
 def observe(obs: Observations, facts: Iterable[Fact], me: bytes, now: float) -> None:
     """Fold newly stored facts into ``obs`` at local time ``now``.
 
-    Own lease grants (also those carried inside results), and claims or
-    renews by the worker this replica granted that attempt to, refresh
-    ``holder_seen``; an error result sets ``error_seen`` the first time only.
+    Own lease grants (also those carried inside results), and renews by the
+    worker this replica granted that attempt to, refresh ``holder_seen``; an
+    error result sets ``error_seen`` the first time only. A claim does not
+    (:func:`decide_claim` refreshes a re-asking holder only once its attempt
+    is confirmed): a worker that asks again for an attempt it holds only a
+    minority of grants for must not keep that grant alive, or a split vote
+    (each replica granted another worker, each worker keeps asking) would
+    never go stale and the job would wait for ever.
     Pass only facts that were new to storage: a replayed old renew must not
     keep a dead holder's lease alive.
     """
@@ -110,7 +115,7 @@ def observe(obs: Observations, facts: Iterable[Fact], me: bytes, now: float) -> 
             obs.grantee.setdefault(f.attempt, f.body.subject)
             _refresh(obs, f.attempt, now)
     for f in batch:
-        if f.kind in (F.CLAIM, F.RENEW) and obs.grantee.get(f.attempt) == f.author_id:
+        if f.kind == F.RENEW and obs.grantee.get(f.attempt) == f.author_id:
             _refresh(obs, f.attempt, now)
         elif f.kind == F.RESULT and f.body.outcome == F.ERROR:
             obs.error_seen.setdefault(f.attempt, now)
@@ -217,7 +222,10 @@ def decide_claim(
                 # Re-sending a superseded grant would let the worker count it
                 # as fresh and believe it holds a lease it lost.
                 return f"grant of attempt {n} was superseded"
-            _refresh(obs, n, now)  # the holder itself is asking: it is alive
+            if confirmed(state, n):
+                _refresh(obs, n, now)  # the holder of a lease that runs is asking: it is alive
+            # A holder of a minority asking again gets the same grant, but its
+            # asking does not extend it (see observe): a split vote goes stale.
             return g.body
     if n == m and not confirmed(state, m):  # rule 4, an attempt that never ran
         # Our grant of m never became a confirmed lease (the claim won only a

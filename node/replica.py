@@ -146,10 +146,13 @@ class JobReplica:
                 continue
             out.accept.append(fact)
             known[fact.fact_id] = fact
+            # Observe only what is new: a grant signed again for a holder that
+            # asks again is the same fact, and must not refresh its lease.
+            fresh = [p for p in produced if p.fact_id not in known]
             for p in produced:
                 out.produced.append(p)
                 known[p.fact_id] = p
-            leases.observe(obs, [fact, *produced], me, now)
+            leases.observe(obs, [fact, *fresh], me, now)
         self.counters["facts_refused"] += len(out.refused)
         return out
 

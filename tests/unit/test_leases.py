@@ -172,6 +172,21 @@ def test_renews_and_re_claims_of_the_holder_keep_it_live() -> None:
     assert granted(r.claim(W1, 2))
 
 
+def test_a_split_vote_goes_stale_although_each_holder_keeps_asking() -> None:
+    """Each replica granted attempt 1 to another worker (r = 3: no quorum for
+    anyone). A holder asking again gets its grant back, but that does not keep
+    a minority grant alive: once stale, the attempt goes to the next claimer."""
+    r = Replica()
+    assert granted(r.claim(W0, 1, confirm=False))  # this replica's vote; the others voted W1, W2
+    for k in range(1, 4):
+        r.now = k * STALE / 4
+        assert granted(r.claim(W0, 1, ts=1, confirm=False))  # the same grant, asked again
+        assert "live" in r.claim(W1, 1, confirm=False)
+    r.now = STALE
+    assert granted(r.claim(W1, 1, confirm=False))
+    assert current_grant(r.state, r.me) == (1, W1.node_id)
+
+
 def test_other_workers_claims_do_not_keep_a_dead_holder_alive() -> None:
     r = Replica()
     r.claim(W0, 1)
