@@ -5,7 +5,8 @@ its placement names (the two sets drift apart as nodes join and leave). A
 read asks the closest nodes plus the placement replicas this node knows of;
 when the answers reveal a placement it had not asked, it asks those too.
 When nobody knows the job, it pings contacts it evicted (the far side of a
-partition that just healed) and asks again before it answers "not found".
+partition that just healed) and asks again, then asks the 2r closest nodes,
+before it answers "not found".
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dht.server import DHTServer
 from node import lifecycle
 
 REVIVE_ON_MISS = 8  # evicted contacts pinged before a read answers "not found"
+WIDER_READ = 2  # a read that found nothing asks this many times r closest nodes once more
 
 
 async def read_job(dht: DHTServer, job_id: bytes) -> tuple[lifecycle.JobState | None, int]:
@@ -28,6 +30,13 @@ async def read_job(dht: DHTServer, job_id: bytes) -> tuple[lifecycle.JobState | 
         if await dht.revive(REVIVE_ON_MISS):
             facts, answered = await dht.fetch(job_id, also=placed)
             state = lifecycle.derive(facts)
+    if state is None:
+        # Still nobody. The job's placed replicas may have drifted away from
+        # the r closest (a partition healed, nodes joined); a miss is rare, so
+        # ask twice as wide once before answering "not found".
+        facts, wider = await dht.fetch(job_id, replicas=WIDER_READ * dht.config.replicas)
+        state = lifecycle.derive(facts)
+        answered = max(answered, wider)
     if state is not None and state.replicas and not placed:
         more, extra = await dht.fetch(job_id, also=state.replicas)
         facts = [*facts, *more]
