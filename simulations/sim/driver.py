@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from dht.config import DHTConfig
 from dht.routing import target_node
 from node import lifecycle
 from node.config import NodeConfig
@@ -63,7 +64,11 @@ class Run:
         self.params = params
         self.loop = loop
         self.progress = progress
-        self.config = NodeConfig(data_dir="/nonexistent/sim", workers=params.workers)
+        self.config = NodeConfig(
+            data_dir="/nonexistent/sim",
+            workers=params.workers,
+            dht=DHTConfig(replicas=params.replicas, quorum=params.replicas // 2 + 1),
+        )
         self.trace = TraceLog(loop, trace_out)
         self.invariants = Invariants(loop, self.trace)
         self.lookups = LookupStats()

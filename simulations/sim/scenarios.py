@@ -41,6 +41,7 @@ class Params:
     seed: int = 1
     load_s: float | None = None  # default: at least 30 s, about 0.2 job/s per node
     workers: int = 2  # handler slots per node
+    replicas: int = 5  # replicas per job (r); the quorum is a majority of them
     loss: float = 0.1  # the loss scenario's datagram loss
     churn: float = 0.3  # the churn scenario: fraction of the mesh replaced
     crash_fraction: float = 0.2  # the crash scenario: fraction of the mesh crashed
