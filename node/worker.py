@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from crypto.identity import Identity
-from dht.server import DHTServer
+from dht.server import DHTServer, StoreOutcome
 from node import facts as F
 from node import lifecycle, rendezvous
 from node.handlers import Handler, HandlerError, JobContext, Registry
@@ -71,6 +71,19 @@ def _about_to_allow(outcome: Any) -> set[bytes]:
 def _lacking(outcome: Any) -> set[bytes]:
     """Replicas that refused a store because they do not hold the job."""
     return {rid for rid, refusals in outcome.refusals.items() if any(r == "unknown job" for _, r in refusals)}
+
+
+def _merged(a: StoreOutcome, b: StoreOutcome) -> StoreOutcome:
+    """One outcome for two stores of the same records on disjoint replicas."""
+    return StoreOutcome(
+        stored_on=a.stored_on + b.stored_on,
+        answered=a.answered + b.answered,
+        asked=a.asked + b.asked,
+        produced=[*a.produced, *b.produced],
+        refusals={**a.refusals, **b.refusals},
+        stored_ids=a.stored_ids | b.stored_ids,
+        answered_ids=a.answered_ids | b.answered_ids,
+    )
 
 
 class WorkerPool:
@@ -243,8 +256,10 @@ class WorkerPool:
         ]
         self.counters["claims"] += 1
         claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
-        outcome = await self.dht.store(job_id, [*evidence, claim], targets=list(state.replicas), quorum=spec.quorum)
+        own_grant = lambda produced: self._lease_grants(produced, job_id, attempt, state.replicas)  # noqa: E731
+        outcome, own = await self._store_own_first(state, [*evidence, claim], own_grant)
         grants = self._lease_grants(outcome.produced, job_id, attempt, state.replicas)
+        shown = self._holding_quorum(state, outcome, own, grants)
         answered = set(outcome.answered_ids) - _lacking(outcome) - _about_to_allow(outcome)
         boundary = bool(_about_to_allow(outcome))
         for _ in range(CLAIM_RESENDS):
@@ -259,15 +274,16 @@ class WorkerPool:
                 break
             if boundary:
                 await asyncio.sleep(CLAIM_BOUNDARY_WAIT_S)
-            again = await self.dht.store(job_id, [*_context(state), *evidence, claim], targets=again_ids, quorum=1)
+            again = await self.dht.store(job_id, [*_context(state), *evidence, claim, *own], targets=again_ids, quorum=1)
             answered |= set(again.answered_ids) - _about_to_allow(again)
             boundary = bool(_about_to_allow(again))
             grants = self._lease_grants([*grants, *again.produced], job_id, attempt, state.replicas)
+            shown |= self._holding_quorum(state, again, own, grants)
         if len(grants) < spec.quorum:
             self.counters["claims_lost"] += 1
             log.debug("claim_lost", attempt=attempt, grants=len(grants))
             return
-        if not await self._confirm(state, attempt, grants):
+        if not await self._confirm(state, attempt, grants, shown):
             self.counters["confirms_lost"] += 1
             log.debug("lease_unconfirmed", attempt=attempt)
             return
@@ -283,18 +299,29 @@ class WorkerPool:
         release()  # filing the result needs no slot
         await self._report(state, attempt, grants, outcome_kind, data, log)
 
-    async def _confirm(self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact]) -> bool:
+    async def _confirm(
+        self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact], shown: set[bytes] = frozenset()
+    ) -> bool:
         """Show the quorum of grants to the replicas (with a first renew)
         before running anything. Once a quorum of replicas hold that proof,
         none of them will give this attempt number to another worker, so an
         attempt number is never run twice; a claim that is never confirmed
-        leaves its number free for the next worker."""
+        leaves its number free for the next worker.
+
+        ``shown``: replicas that hold the proof already (they granted with a
+        quorum of grants in hand). When they and this node's own replica make
+        a quorum, the proof only has to reach the local store: no datagram."""
         spec: F.Submit = state.submit.body
+        me = self.identity.node_id
         renew = F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, self.wall_ms()))
         holding = {g.author_id for g in grants}
-        confirmed: set[bytes] = set()
+        confirmed: set[bytes] = set(shown) & holding
         for _ in range(1 + CLAIM_RESENDS):
             ask = [i for i in state.replicas if i in holding and i not in confirmed]
+            if me in ask and len(confirmed) + 1 >= spec.quorum:
+                ask = [me]
+            if not ask:
+                break
             outcome = await self.dht.store(state.job_id, [*grants, renew], targets=ask, quorum=spec.quorum)
             confirmed |= outcome.stored_ids
             if len(confirmed) >= spec.quorum or len(confirmed) + len(ask) - len(outcome.stored_ids) < spec.quorum:
@@ -314,6 +341,41 @@ class WorkerPool:
             ):
                 by_author.setdefault(g.author_id, g)
         return sorted(by_author.values(), key=lambda g: g.author_id)
+
+    async def _store_own_first(
+        self, state: lifecycle.JobState, batch: list[F.Fact], pick: Callable[[list], list[F.Fact]]
+    ) -> tuple[StoreOutcome, list[F.Fact]]:
+        """Store ``batch`` on the job's replicas; when this node is one of them
+        and its own answer plus one other replica's make a quorum (r = 3),
+        store it here first and send this node's answer (``pick`` finds it in
+        what the local replica produced: a lease grant, a seal) along to the
+        others. Each other replica that answers in kind then holds a quorum of
+        answers at once, which spares the round that would show it them.
+
+        Returns the outcome over all replicas and this node's own answer
+        (empty when it gave none or the store went to all replicas at once)."""
+        spec: F.Submit = state.submit.body
+        me = self.identity.node_id
+        if me not in state.replicas or spec.quorum != 2:
+            return await self.dht.store(state.job_id, batch, targets=list(state.replicas), quorum=spec.quorum), []
+        here = await self.dht.store(state.job_id, batch, targets=[me], quorum=1)
+        own = pick(here.produced)
+        others = [i for i in state.replicas if i != me]
+        there = await self.dht.store(
+            state.job_id, [*batch, *own], targets=others, quorum=max(1, spec.quorum - here.stored_on)
+        )
+        return _merged(here, there), own
+
+    def _holding_quorum(
+        self, state: lifecycle.JobState, outcome: StoreOutcome, own: list[F.Fact], answers: list[F.Fact]
+    ) -> set[bytes]:
+        """The other replicas that stored every record sent with ``own`` (this
+        node's answer) and answered in kind (one of ``answers`` is theirs): each
+        holds ``own`` and its own answer, which is a quorum when r = 3."""
+        if not own or len(own) + 1 < state.submit.body.quorum:
+            return set()
+        me = self.identity.node_id
+        return {a.author_id for a in answers if a.author_id != me and a.author_id in outcome.stored_ids}
 
     async def _execute(self, state: lifecycle.JobState, attempt: int, log: Any) -> tuple[str, Any]:
         spec: F.Submit = state.submit.body
@@ -398,19 +460,37 @@ class WorkerPool:
             for f in state.facts
             if f.kind == F.GRANT and f.body.action == F.SEAL and f.body.subject == result.fact_id
         }
+        me = self.identity.node_id
+
+        def sealed(produced: list, by: bytes | None = None) -> list[F.Fact]:
+            return [
+                p
+                for p in produced
+                if p.kind == F.GRANT
+                and p.body.action == F.SEAL
+                and p.body.subject == result.fact_id
+                and p.author_id in state.replicas
+                and by in (None, p.author_id)
+            ]
+
         batch = [result]
+        decided: set[bytes] = set()  # replicas that hold a quorum of seals already
         for _ in range(5):
-            outcome = await self.dht.store(state.job_id, batch, targets=list(state.replicas), quorum=spec.quorum)
+            outcome, own = await self._store_own_first(state, batch, lambda produced: sealed(produced, me))
             if _lacking(outcome):
                 batch = [*_context(state), result]  # some replica missed the submission
-            for p in outcome.produced:
-                if p.kind == F.GRANT and p.body.action == F.SEAL and p.body.subject == result.fact_id and p.author_id in state.replicas:
-                    seals.setdefault(p.author_id, p)
+            for p in sealed(outcome.produced):
+                seals.setdefault(p.author_id, p)
+            decided |= self._holding_quorum(state, outcome, own, list(seals.values()))
             if not final or len(seals) >= spec.quorum or outcome.stored_on >= spec.quorum:
                 break
             await asyncio.sleep(0.2)
         if len(seals) >= spec.quorum:
-            await self.dht.store(state.job_id, list(seals.values()), targets=list(state.replicas), quorum=spec.quorum)
+            # Tell the replicas that do not know yet (this node's own store
+            # costs no datagram).
+            tell = [i for i in state.replicas if i not in decided]
+            if tell:
+                await self.dht.store(state.job_id, list(seals.values()), targets=tell, quorum=min(len(tell), spec.quorum))
 
     def statistics(self) -> dict[str, int]:
         return {**self.counters, "slots": self.slots, "busy": self.busy, "runnable": len(self._runnable)}
