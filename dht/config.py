@@ -32,6 +32,10 @@ class DHTConfig:
     republish_interval_s: float = 60.0
     # Refresh buckets nobody looked up for this long.
     refresh_interval_s: float = 600.0
+    # ...but this often while the table holds fewer than k contacts: in a
+    # small mesh, or after a lossy join, a lookup of our own id is cheap and
+    # finds the nodes the table is missing.
+    refresh_thin_interval_s: float = 15.0
     # Hand-off of keys to new neighbours: queued keys at most, and syncs per second.
     handoff_queue_max: int = 10_000
     handoff_per_s: float = 200.0

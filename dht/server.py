@@ -161,6 +161,10 @@ class DHTServer:
         # Evicted contacts, pinged now and then so a healed partition reconnects.
         self._dormant: OrderedDict[bytes, Contact] = OrderedDict()
         self.dormant_max = 256
+        # Node ids named in lookup replies: evidence of how large the mesh is,
+        # even when a lossy join left this node's own table thin.
+        self._heard: OrderedDict[bytes, None] = OrderedDict()
+        self.heard_max = 1024
         self._revive_lock = asyncio.Lock()
         self.revive_interval_s = 5.0
         self.revive_per_round = 3
@@ -183,6 +187,7 @@ class DHTServer:
             "republished_records": 0,
             "lookups": 0,
             "contacts_revived": 0,
+            "find_node_replies": 0,
         }
 
     # ------------------------------------------------------------------ life
@@ -396,6 +401,7 @@ class DHTServer:
         reply = await self.call(contact, "find_node", [key])
         if reply is None:
             return None
+        self.stats["find_node_replies"] += 1
         found = []
         for entry in reply[: self.config.k * 2]:
             checked = check_contact(entry)
@@ -404,6 +410,10 @@ class DHTServer:
                 continue
             if checked[0] != self.identity.node_id:
                 found.append(Contact(*checked))
+                self._heard[checked[0]] = None
+                self._heard.move_to_end(checked[0])
+        while len(self._heard) > self.heard_max:
+            self._heard.popitem(last=False)
         return found
 
     async def _lookup(self, key: bytes, seeds: list[Contact]) -> LookupResult:
@@ -444,9 +454,21 @@ class DHTServer:
     def router_is_complete(self) -> bool:
         """True while the table is one unsplit bucket, not full and without
         replacements: it never held more than k contacts, so it knows the whole
-        mesh it can reach. A table that split once may miss closer nodes."""
+        mesh it can reach. A table that split once may miss closer nodes, and
+        so does one that lacks nodes lookups named (a join whose replies were
+        lost leaves a thin table that only looks complete)."""
         buckets = self.router.buckets
-        return len(buckets) == 1 and len(buckets[0]) < self.config.k and not buckets[0].replacement_nodes
+        return (
+            len(buckets) == 1
+            and len(buckets[0]) < self.config.k
+            and not buckets[0].replacement_nodes
+            and all(i in buckets[0].nodes or i in self._dormant for i in self._heard)
+        )
+
+    def heard_count(self) -> int:
+        """Distinct other nodes named in lookup replies (bounded): a lower bound
+        of the mesh's size that a thin routing table cannot shrink."""
+        return len(self._heard)
 
     def is_replica_locally(self, key: bytes) -> bool:
         """From our routing table alone: are we among the r closest to ``key``?"""
@@ -577,12 +599,20 @@ class DHTServer:
 
     # ---------------------------------------------------------------- fetch
     async def fetch(
-        self, key: bytes, *, repair: bool = True, replicas: int | None = None, also: Iterable[bytes] = ()
+        self,
+        key: bytes,
+        *,
+        repair: bool = True,
+        replicas: int | None = None,
+        also: Iterable[bytes] = (),
+        until_found: bool = False,
     ) -> tuple[list[Record], int]:
         """Every valid record the replicas of ``key`` hold, and how many answered.
 
         ``also`` names more nodes to ask (a fixed replica set that may have
-        drifted from the r closest)."""
+        drifted from the r closest). ``until_found``: a search rather than a
+        read: wait for every answer (up to the RPC timeout) unless one node
+        answers with records, instead of returning after a majority."""
         self.stats["fetches"] += 1
         replicas = await self.replicas_for(key, count=replicas)
         extra = [i for i in also if i not in {c.id for c in replicas}]
@@ -598,8 +628,10 @@ class DHTServer:
             records, _bad = self._decode_all(key, reply[1])
             return contact, records
 
-        quorum = len(replicas) // 2 + 1
-        by_id = await self._gather_quorum(replicas, one, quorum, lambda a: a[1] is not None, None)
+        if until_found:
+            by_id = await self._gather_quorum(replicas, one, 1, lambda a: bool(a[1]), None)
+        else:
+            by_id = await self._gather_quorum(replicas, one, len(replicas) // 2 + 1, lambda a: a[1] is not None, None)
         answers = [by_id[c.id] or (c, None) for c in replicas]
         merged: dict[bytes, Record] = {}
         for _, records in answers:
@@ -743,7 +775,8 @@ class DHTServer:
 
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.refresh_interval_s)
+            thin = len(self.router) < self.config.k
+            await asyncio.sleep(self.config.refresh_thin_interval_s if thin else self.config.refresh_interval_s)
             seeds = self.router.find_neighbors(self.node, k=self.config.k)
             if seeds:
                 await self._lookup(self.identity.node_id, seeds)

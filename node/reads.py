@@ -33,8 +33,9 @@ async def read_job(dht: DHTServer, job_id: bytes) -> tuple[lifecycle.JobState | 
     if state is None:
         # Still nobody. The job's placed replicas may have drifted away from
         # the r closest (a partition healed, nodes joined); a miss is rare, so
-        # ask twice as wide once before answering "not found".
-        facts, wider = await dht.fetch(job_id, replicas=WIDER_READ * dht.config.replicas)
+        # search twice as wide once, waiting for every answer, before
+        # answering "not found".
+        facts, wider = await dht.fetch(job_id, replicas=WIDER_READ * dht.config.replicas, until_found=True)
         state = lifecycle.derive(facts)
         answered = max(answered, wider)
     if state is not None and state.replicas and not placed:
