@@ -101,8 +101,10 @@ class JobOperations:
     # -- submit -----------------------------------------------------------------
     def mesh_seen(self) -> int:
         """The largest mesh this node has seen: its contacts, the contacts it
-        evicted (they may be back), and itself."""
-        self._largest_mesh = max(self._largest_mesh, len(self.dht.router) + self.dht.dormant_count() + 1)
+        evicted (they may be back), and itself; or the nodes lookups named, if
+        more (a thin table after a lossy join must not shrink new jobs)."""
+        seen = max(len(self.dht.router) + self.dht.dormant_count(), self.dht.heard_count()) + 1
+        self._largest_mesh = max(self._largest_mesh, seen)
         return self._largest_mesh
 
     def replica_plan(self) -> tuple[int, int]:
@@ -110,11 +112,13 @@ class JobOperations:
         smaller. "The mesh" is the largest this node has seen: a node cut off
         from its peers must not shrink new jobs onto itself."""
         cfg = self.defaults.dht
-        if self.expects_peers and not len(self.dht.router):
-            # Told to join a mesh but alone: a job placed on this node only
-            # would be one crash from lost. Refuse until the node has peers.
+        if self.expects_peers and not (len(self.dht.router) and self.dht.stats["find_node_replies"]):
+            # Told to join a mesh but alone, or no lookup was ever answered (a
+            # lossy join left one contact, and the table looks like a mesh of
+            # two): a job placed from this view would go to too few replicas,
+            # one crash from lost. Refuse until the node has joined.
             self.counters["submit_quorum_missed"] += 1
-            raise QuorumUnavailable("this node has not joined its mesh yet (no peers); retry later")
+            raise QuorumUnavailable("this node has not joined its mesh yet; retry later")
         mesh = self.mesh_seen()
         if mesh >= cfg.replicas:
             return cfg.replicas, cfg.quorum
@@ -164,8 +168,11 @@ class JobOperations:
                 raise QuorumUnavailable(
                     f"only {len(ids)} nodes reachable; a job needs {quorum} of {replicas} replicas. Retry later."
                 )
-            # Fewer nodes found than planned, but a quorum: place on an odd count of them.
-            replicas = len(ids) if len(ids) % 2 else len(ids) - 1
+            # Fewer nodes found than planned, but a quorum: place on an odd
+            # count of them, unless that would fall below the quorum (then on
+            # all of them, with a majority quorum, which two subjects cannot
+            # both reach either).
+            replicas = len(ids) if len(ids) % 2 or len(ids) - 1 < quorum else len(ids) - 1
             quorum = max(replicas // 2 + 1, min(quorum, replicas))
         place = F.sign(self.identity, F.GRANT, F.Grant(submit.job_id, F.PLACE, 0, b"".join(ids[:replicas]), created_ms))
         outcome = await self.dht.store(submit.job_id, [submit, place], targets=list(ids[:replicas]), quorum=quorum)

@@ -185,11 +185,19 @@ class Node:
         delay = REJOIN_FIRST_S
         while True:
             await asyncio.sleep(delay)
-            if len(self.dht.router):
+            alone = not len(self.dht.router)
+            known = len(self.dht.router) + self.dht.dormant_count()
+            replied = self.dht.stats["find_node_replies"] > 0
+            if not alone and replied and known * 2 >= self.dht.heard_count():
                 delay = REJOIN_FIRST_S
                 continue
+            # Alone, or no lookup was ever answered, or lookups named twice as
+            # many nodes as the table holds: a join whose replies were lost
+            # leaves a thin table that may look complete, and reads and
+            # placements from it ask too few nodes. Join again.
             peers = await self.dht.bootstrap(addrs)
-            self.log.info("node_rejoined" if peers else "node_rejoin_failed", peers=peers)
+            if alone:
+                self.log.info("node_rejoined" if peers else "node_rejoin_failed", peers=peers)
             delay = REJOIN_FIRST_S if peers else min(REJOIN_MAX_S, delay * 2)
 
     async def stop(self) -> None:

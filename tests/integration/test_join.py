@@ -1,0 +1,82 @@
+"""Joining a mesh: a node places jobs only from a view of the mesh that a
+lookup confirmed, so a join whose replies were lost cannot put a job on too
+few replicas. Real nodes on loopback UDP, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from dht.routing import target_node
+from node import lifecycle
+from node.config import NodeConfig
+from node.errors import QuorumUnavailable
+from node.node import Node
+
+
+async def wait_for(predicate, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.01)
+
+
+async def started(tmp_path, name: str) -> Node:
+    node = Node(NodeConfig(data_dir=str(tmp_path / name), workers=0, reannounce_first_s=3600.0))
+    await node.start()
+    return node
+
+
+async def test_a_node_whose_lookups_went_unanswered_refuses_jobs_until_one_is(tmp_path):
+    nodes = [await started(tmp_path, f"n{i}") for i in range(3)]
+    late = await started(tmp_path, "late")
+    try:
+        for node in nodes[1:]:
+            await node.join([nodes[0].dht.address])
+        await wait_for(lambda: all(len(n.dht.router) == 2 for n in nodes))
+        # The late node reached its bootstrap node (a ping), but no lookup
+        # reply ever came back: its table holds one contact and looks like a
+        # whole mesh of two, so a job would be placed on one node.
+        assert await late.dht.ping(nodes[0].dht.address) is not None
+        late.jobs.expects_peers = True
+        assert len(late.dht.router) == 1 and late.dht.router_is_complete()
+        with pytest.raises(QuorumUnavailable, match="not joined"):
+            await late.jobs.submit("echo", {"n": 1})
+        # One answered lookup later it sees the mesh, and places on 3 replicas.
+        await late.dht.bootstrap([nodes[0].dht.address])
+        view = await late.jobs.submit("echo", {"n": 2})
+        job_id = bytes.fromhex(view.id)
+        held = [n for n in [*nodes, late] if n.dht.records.get(job_id)]
+        state = lifecycle.derive(held[0].dht.records.get(job_id))
+        assert len(state.replicas) == 3 and len(held) >= 2
+    finally:
+        for node in [*nodes, late]:
+            await node.stop()
+
+
+async def test_a_table_that_lacks_nodes_a_lookup_named_is_not_taken_for_the_whole_mesh(tmp_path):
+    nodes = [await started(tmp_path, f"n{i}") for i in range(4)]
+    late = await started(tmp_path, "late")
+    try:
+        for node in nodes[1:]:
+            await node.join([nodes[0].dht.address])
+        await wait_for(lambda: all(len(n.dht.router) == 3 for n in nodes))
+        assert await late.dht.ping(nodes[0].dht.address) is not None
+        assert late.dht.router_is_complete()  # one contact, nothing heard of: looks whole
+        # One find_node answer names the others; none of them is asked yet.
+        named = await late.dht._ask_find_node(late.dht.node.id, late.dht.router.contacts()[0])
+        assert named and late.dht.heard_count() >= 3
+        assert len(late.dht.router) == 1
+        assert not late.dht.router_is_complete()
+        assert late.jobs.mesh_seen() >= 4
+        # So replica sets come from a lookup, which finds the true closest.
+        key = bytes(20)
+        found = {c.id for c in await late.dht.replicas_for(key, count=3)}
+        everyone = [n.dht.node for n in [*nodes, late]]
+        true = {c.id for c in sorted(everyone, key=lambda c: c.distance_to(target_node(key)))[:3]}
+        assert found == true
+    finally:
+        for node in [*nodes, late]:
+            await node.stop()
