@@ -118,11 +118,10 @@ def test_lookup_of_a_node_id_finds_that_node():
 def test_loss_range_keeps_every_promise(loss):
     """Both ends of the 5-20% datagram loss range the mesh must tolerate."""
     figures = simulate(Params(scenario="loss", nodes=12, jobs=12, seed=2, loss=loss, liveness_deadline_s=60.0))
-    # Every job is kept and decided at both ends. The availability read is made
-    # right after the loss stops; at 20% loss a reader whose routing table is
-    # still thin can miss a job for that first read (about 1 in 11 here), which
-    # is a known limit of reading at once after heavy loss (docs/simulation.md).
-    _check(figures, availability_min=1.0 if loss < 0.1 else 0.9)
+    # Every job is kept and decided at both ends, and read back at once after
+    # the loss stops (a lossy join once left thin tables that placed jobs on
+    # one node and could not find others' jobs; see dht/server.py heard ids).
+    _check(figures)
     # The loss applied during the load phase (it stops at the heal, so the whole-run share is lower).
     share = figures["network"]["dropped_loss"] / figures["network"]["sent"]
     assert 0.3 * loss < share < 1.1 * loss, share
