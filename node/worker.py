@@ -228,7 +228,14 @@ class WorkerPool:
             # that another worker claimed it already: no need to ask anyone.
             self.counters["offers_skipped"] += 1
             return
-        state = lifecycle.derive(offer.first) if offer.first and offer.best else None
+        state = None
+        if offer.first and local is not None and local.is_replica(self.identity.node_id):
+            # A fresh job this node holds as a placed replica: claims go to
+            # every replica, and this one has seen none (above), so its copy
+            # is as good as a read (if it is behind, the claim is refused).
+            state = local
+        elif offer.first and offer.best:
+            state = lifecycle.derive(offer.first)
         if state is None or not state.replicas:
             # Not a fresh job we rank first for: read it before claiming.
             state, _answered = await read_job(self.dht, job_id)
