@@ -230,12 +230,13 @@ class JobOperations:
             # Listen before the first read: a change during it must wake us.
             self._waiters.setdefault(job_id, asyncio.Event())
             local = self.derive_local(job_id)
-        if local is not None and self._fresh_here(local):
-            # A job this node placed on itself moments ago: as a placed replica
-            # it hears of every change in its own store (the result and the
-            # seals are pushed to it), so the long-poll starts from the local
-            # copy; the other replicas are read on the poll timer below (also
-            # when the deadline ends the wait).
+        if local is not None and local.status not in lifecycle.TERMINAL and local.is_replica(me):
+            # A placed replica hears of every change in its own store (claims,
+            # the result and the seals are sent or pushed to it), so the
+            # long-poll starts from the local copy; the other replicas are read
+            # on the poll timer below, which also covers a push this replica
+            # missed (a decided job is then seen after POLL_S_REPLICA), and
+            # when the deadline ends the wait.
             self.counters["local_reads"] += 1
             state = local
         else:
@@ -260,19 +261,6 @@ class JobOperations:
             poll = min(poll_max, poll * 2)
             state = await self.read_state(job_id)
         return view(state, history=history)
-
-    def _fresh_here(self, local: lifecycle.JobState) -> bool:
-        """Did this node submit the job, place it on itself, and is the job
-        still within its first lease? Then no other replica can know more
-        than the pushes that will reach us; a job decided long ago while this
-        replica was away is read remotely instead."""
-        spec: F.Submit = local.submit.body
-        return (
-            local.status not in lifecycle.TERMINAL
-            and local.submit.author_id == self.identity.node_id
-            and local.is_replica(self.identity.node_id)
-            and 0 <= self.wall_ms() - spec.created_ms < spec.lease_ms
-        )
 
     # -- cancel -----------------------------------------------------------------
     async def cancel(self, job_id: bytes, reason: str) -> JobView:
