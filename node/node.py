@@ -189,13 +189,16 @@ class Node:
             alone = not len(self.dht.router)
             known = len(self.dht.router) + self.dht.dormant_count()
             replied = self.dht.stats["find_node_replies"] > 0
-            if not alone and replied and known * 2 >= self.dht.heard_count():
+            thin = known < self.config.dht.k and known * 2 < self.dht.heard_count()
+            if not alone and replied and not thin:
                 delay = REJOIN_FIRST_S
                 continue
-            # Alone, or no lookup was ever answered, or lookups named twice as
-            # many nodes as the table holds: a join whose replies were lost
-            # leaves a thin table that may look complete, and reads and
-            # placements from it ask too few nodes. Join again.
+            # Alone, or no lookup was ever answered, or a table of fewer than
+            # k contacts while lookups named twice as many nodes: a join whose
+            # replies were lost leaves a thin table that may look complete,
+            # and reads and placements from it ask too few nodes. Join again.
+            # (A large mesh's table holds k or more contacts and far fewer
+            # than the nodes lookups name: that is not thin.)
             peers = await self.dht.bootstrap(addrs)
             if alone:
                 self.log.info("node_rejoined" if peers else "node_rejoin_failed", peers=peers)
