@@ -142,8 +142,7 @@ class Node:
             announce=self._announce_new,
             waiters=self._waiters,
         )
-        self.jobs.derived = self.derived
-        self.workers.derived = self.derived
+        self.jobs.derive_local = self.derived.local
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
         self._tasks: list[asyncio.Task] = []
         self._rejoining = False

@@ -31,7 +31,6 @@ from crypto.identity import Identity
 from dht.server import DHTServer, StoreOutcome
 from node import facts as F
 from node import lifecycle, rendezvous
-from node.derived import DerivedStates
 from node.handlers import Handler, HandlerError, JobContext, Registry
 from node.leases import LeaseRules
 from node.reads import read_job
@@ -118,8 +117,6 @@ class WorkerPool:
         self.reports_max = 256  # attempts past their handler, filing results, at most
         self._wakeup = asyncio.Event()
         self._on_state = on_state or (lambda job_id, status, attempt: None)
-        # The node's memo of derived states over its store (None: derive every time).
-        self.derived: DerivedStates | None = None
         self.log = logger or structlog.get_logger()
         self.counters = {
             "offers": 0,
@@ -223,8 +220,7 @@ class WorkerPool:
 
     async def _claim_and_run(self, job_id: bytes, offer: _Offer, release: Callable[[], None]) -> None:
         log = self.log.bind(job_id=job_id.hex())
-        derived = self.derived
-        local = derived.local(job_id) if derived is not None else lifecycle.derive(self.dht.records.get(job_id))
+        local = lifecycle.derive(self.dht.records.get(job_id))
         if local is not None and (
             local.status in lifecycle.TERMINAL or (offer.first and local.highest_attempt > 0)
         ):
@@ -239,10 +235,10 @@ class WorkerPool:
             # is as good as a read (if it is behind, the claim is refused).
             state = local
         elif offer.first and offer.best:
-            state = (derived.of if derived is not None else lifecycle.derive)(offer.first)
+            state = lifecycle.derive(offer.first)
         if state is None or not state.replicas:
             # Not a fresh job we rank first for: read it before claiming.
-            state, _answered = await read_job(self.dht, job_id, derived)
+            state, _answered = await read_job(self.dht, job_id)
         if state is None or state.status in lifecycle.TERMINAL or not state.replicas:
             return
         spec: F.Submit = state.submit.body
