@@ -183,6 +183,11 @@ def _attempt_over(state: JobState, m: int, obs: Observations, now: float, rules:
     if any(f.body.outcome == F.OK for f in results):
         # The job succeeded; it only waits for seals. Never run it again.
         return f"attempt {m} succeeded; its result awaits seals"
+    if any(is_final_result(state.submit, f) for f in results):
+        # The last attempt failed: that error ends the job once sealed. A
+        # closing attempt now would only file a second final result to race
+        # it for the seals (workers file the unsealed one again instead).
+        return f"attempt {m} was the last; its error awaits seals"
     if results:
         wait = rules.backoff_s(state.job_id, m) - (now - obs.error_seen.setdefault(m, now))
         return None if wait <= 0 else f"retry backoff of attempt {m}: {wait:.3f}s left"

@@ -276,6 +276,19 @@ def test_closing_attempt_ends_a_job_whose_last_worker_vanished() -> None:
     assert (state.status, state.attempts, state.error) == (L.FAILED, 2, "attempts exhausted")
 
 
+def test_no_closing_attempt_while_the_last_attempts_error_awaits_seals() -> None:
+    """Attempt max_attempts failed and its error result is stored but not
+    sealed yet (the seals were slow): that error is the job's end. However
+    long it waits, no closing attempt is granted to race it with an
+    "attempts exhausted" result."""
+    r = Replica()
+    r.add(*other_grants(2, W1, REPLICAS[1:3]))
+    assert granted(r.claim(W1, 2))
+    r.add(quorum_result(JOB, W1, 2, F.ERROR))
+    r.now = STALE * 10  # past any backoff and any lease
+    assert "awaits seals" in r.claim(W2, 3)
+
+
 def test_closing_attempt_is_granted_once() -> None:
     """A confirmed closing attempt is not granted to another worker."""
     r = Replica()
