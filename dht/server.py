@@ -85,6 +85,18 @@ class StoreOutcome:
     def reached(self, quorum: int) -> bool:
         return self.stored_on >= quorum
 
+    def merged(self, other: StoreOutcome) -> StoreOutcome:
+        """One outcome for two stores of the same records on disjoint replicas."""
+        return StoreOutcome(
+            stored_on=self.stored_on + other.stored_on,
+            answered=self.answered + other.answered,
+            asked=self.asked + other.asked,
+            produced=[*self.produced, *other.produced],
+            refusals={**self.refusals, **other.refusals},
+            stored_ids=self.stored_ids | other.stored_ids,
+            answered_ids=self.answered_ids | other.answered_ids,
+        )
+
 
 class SystemClock:
     """Production clock: the event loop's monotonic time, the system's wall time."""

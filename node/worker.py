@@ -73,19 +73,6 @@ def _lacking(outcome: Any) -> set[bytes]:
     return {rid for rid, refusals in outcome.refusals.items() if any(r == "unknown job" for _, r in refusals)}
 
 
-def _merged(a: StoreOutcome, b: StoreOutcome) -> StoreOutcome:
-    """One outcome for two stores of the same records on disjoint replicas."""
-    return StoreOutcome(
-        stored_on=a.stored_on + b.stored_on,
-        answered=a.answered + b.answered,
-        asked=a.asked + b.asked,
-        produced=[*a.produced, *b.produced],
-        refusals={**a.refusals, **b.refusals},
-        stored_ids=a.stored_ids | b.stored_ids,
-        answered_ids=a.answered_ids | b.answered_ids,
-    )
-
-
 class WorkerPool:
     def __init__(
         self,
@@ -371,7 +358,7 @@ class WorkerPool:
         there = await self.dht.store(
             state.job_id, [*batch, *own], targets=others, quorum=max(1, spec.quorum - here.stored_on)
         )
-        return _merged(here, there), own
+        return here.merged(there), own
 
     def _holding_quorum(
         self, state: lifecycle.JobState, outcome: StoreOutcome, own: list[F.Fact], answers: list[F.Fact]
