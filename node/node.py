@@ -275,7 +275,7 @@ class Node:
         nothing from hearing of more pending jobs; it only loses the datagrams."""
         cfg = self.config
         w = self.workers
-        free = max(0, cfg.workers - w.busy - len(w._runnable)) if cfg.workers > 0 else 0
+        free = max(0, cfg.workers - w.busy - w.queued) if cfg.workers > 0 else 0
         return min(cfg.reannounce_per_s, cfg.reannounce_min_per_s + cfg.reannounce_per_free_slot_s * free)
 
     async def _reannounce_loop(self) -> None:

@@ -125,6 +125,11 @@ class WorkerPool:
     def busy(self) -> int:
         return self._executing
 
+    @property
+    def queued(self) -> int:
+        """Offers waiting for a slot."""
+        return len(self._runnable)
+
     # -- offers -------------------------------------------------------------
     def offer(
         self, job_id: bytes, job_type: str, first: tuple[F.Fact, ...] = (), *, delay_s: float | None = None
@@ -487,4 +492,4 @@ class WorkerPool:
                 await self.dht.store(state.job_id, list(seals.values()), targets=tell, quorum=min(len(tell), spec.quorum))
 
     def statistics(self) -> dict[str, int]:
-        return {**self.counters, "slots": self.slots, "busy": self.busy, "runnable": len(self._runnable)}
+        return {**self.counters, "slots": self.slots, "busy": self.busy, "runnable": self.queued}
