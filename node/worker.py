@@ -105,6 +105,10 @@ class WorkerPool:
         self._wakeup = asyncio.Event()
         self._on_state = on_state or (lambda job_id, status, attempt: None)
         self.log = logger or structlog.get_logger()
+        # The state of what the local store holds for a job (the node plugs in its memo).
+        self.derive_local: Callable[[bytes], lifecycle.JobState | None] = lambda key: lifecycle.derive(
+            self.dht.records.get(key)
+        )
         self.counters = {
             "offers": 0,
             "offers_dropped": 0,
@@ -212,7 +216,7 @@ class WorkerPool:
 
     async def _claim_and_run(self, job_id: bytes, offer: _Offer, release: Callable[[], None]) -> None:
         log = self.log.bind(job_id=job_id.hex())
-        local = lifecycle.derive(self.dht.records.get(job_id))
+        local = self.derive_local(job_id)
         if local is not None and (
             local.status in lifecycle.TERMINAL or (offer.first and local.highest_attempt > 0)
         ):
