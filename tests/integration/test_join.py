@@ -5,6 +5,7 @@ few replicas. Real nodes on loopback UDP, in one process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -29,13 +30,23 @@ async def started(tmp_path, name: str) -> Node:
     return node
 
 
-async def test_a_node_whose_lookups_went_unanswered_refuses_jobs_until_one_is(tmp_path):
-    nodes = [await started(tmp_path, f"n{i}") for i in range(3)]
+@contextlib.asynccontextmanager
+async def mesh_and_latecomer(tmp_path, count: int):
+    """A joined mesh of ``count`` nodes, and one more node that knows nobody yet."""
+    nodes = [await started(tmp_path, f"n{i}") for i in range(count)]
     late = await started(tmp_path, "late")
     try:
         for node in nodes[1:]:
             await node.join([nodes[0].dht.address])
-        await wait_for(lambda: all(len(n.dht.router) == 2 for n in nodes))
+        await wait_for(lambda: all(len(n.dht.router) == count - 1 for n in nodes))
+        yield nodes, late
+    finally:
+        for node in [*nodes, late]:
+            await node.stop()
+
+
+async def test_a_node_whose_lookups_went_unanswered_refuses_jobs_until_one_is(tmp_path):
+    async with mesh_and_latecomer(tmp_path, 3) as (nodes, late):
         # The late node reached its bootstrap node (a ping), but no lookup
         # reply ever came back: its table holds one contact and looks like a
         # whole mesh of two, so a job would be placed on one node.
@@ -51,18 +62,10 @@ async def test_a_node_whose_lookups_went_unanswered_refuses_jobs_until_one_is(tm
         held = [n for n in [*nodes, late] if n.dht.records.get(job_id)]
         state = lifecycle.derive(held[0].dht.records.get(job_id))
         assert len(state.replicas) == 3 and len(held) >= 2
-    finally:
-        for node in [*nodes, late]:
-            await node.stop()
 
 
 async def test_a_table_that_lacks_nodes_a_lookup_named_is_not_taken_for_the_whole_mesh(tmp_path):
-    nodes = [await started(tmp_path, f"n{i}") for i in range(4)]
-    late = await started(tmp_path, "late")
-    try:
-        for node in nodes[1:]:
-            await node.join([nodes[0].dht.address])
-        await wait_for(lambda: all(len(n.dht.router) == 3 for n in nodes))
+    async with mesh_and_latecomer(tmp_path, 4) as (nodes, late):
         assert await late.dht.ping(nodes[0].dht.address) is not None
         assert late.dht.router_is_complete()  # one contact, nothing heard of: looks whole
         # One find_node answer names the others; none of them is asked yet.
@@ -77,6 +80,3 @@ async def test_a_table_that_lacks_nodes_a_lookup_named_is_not_taken_for_the_whol
         everyone = [n.dht.node for n in [*nodes, late]]
         true = {c.id for c in sorted(everyone, key=lambda c: c.distance_to(target_node(key)))[:3]}
         assert found == true
-    finally:
-        for node in [*nodes, late]:
-            await node.stop()
