@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from api.service import JobView
@@ -96,6 +96,9 @@ class JobOperations:
         self.derive_local: Callable[[bytes], lifecycle.JobState | None] = lambda key: lifecycle.derive(
             self.dht.records.get(key)
         )
+        # A local worker slot that claims a new job in the store placing it
+        # (the node plugs in its worker pool's ``take_fresh``); None: no slot.
+        self.take_fresh: Callable[[F.Fact, F.Fact], Awaitable[Any] | None] = lambda submit, place: None
         self.counters = {"submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0}
 
     # -- submit -----------------------------------------------------------------
@@ -175,15 +178,27 @@ class JobOperations:
             replicas = len(ids) if len(ids) % 2 or len(ids) - 1 < quorum else len(ids) - 1
             quorum = max(replicas // 2 + 1, min(quorum, replicas))
         place = F.sign(self.identity, F.GRANT, F.Grant(submit.job_id, F.PLACE, 0, b"".join(ids[:replicas]), created_ms))
-        outcome = await self.dht.store(submit.job_id, [submit, place], targets=list(ids[:replicas]), quorum=quorum)
-        if outcome.stored_on < quorum:
-            self.counters["submit_quorum_missed"] += 1
-            raise QuorumUnavailable(
-                f"only {outcome.stored_on} of {outcome.asked} replicas stored the job; {quorum} needed. "
-                "Retry with the same Idempotency-Key."
-            )
+        # With a worker slot free here, the store that places the job also
+        # claims it (not for a resubmission: that job may be claimed already).
+        taking = self.take_fresh(submit, place) if idempotency_key is None else None
+        placed = await taking if taking is not None else None
+        if placed is not None and len(placed.stored_ids) >= quorum:
+            stored_ids, claimed = placed.stored_ids, placed.claimed
+        else:
+            outcome = await self.dht.store(submit.job_id, [submit, place], targets=list(ids[:replicas]), quorum=quorum)
+            if outcome.stored_on < quorum:
+                self.counters["submit_quorum_missed"] += 1
+                raise QuorumUnavailable(
+                    f"only {outcome.stored_on} of {outcome.asked} replicas stored the job; {quorum} needed. "
+                    "Retry with the same Idempotency-Key."
+                )
+            stored_ids, claimed = outcome.stored_ids, False
         self.counters["submitted"] += 1
-        self._announce(submit, place, outcome.stored_ids)
+        # A job a quorum let this node claim needs no announcement: no other
+        # worker may run it now, and the replicas re-announce it if this
+        # node's lease goes stale.
+        if not claimed:
+            self._announce(submit, place, stored_ids)
         state = lifecycle.derive([submit, place])
         return view(state)
 

@@ -143,6 +143,7 @@ class Node:
             waiters=self._waiters,
         )
         self.jobs.derive_local = self.workers.derive_local = self.derived.local
+        self.jobs.take_fresh = self.workers.take_fresh
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
         self._tasks: list[asyncio.Task] = []
         self._rejoining = False

@@ -49,6 +49,14 @@ class _Offer:
     best: bool  # this worker ranks first for the job
 
 
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """What the store that placed a job and claimed it at once achieved."""
+
+    stored_ids: frozenset[bytes]  # replicas that hold the submission and its placement
+    claimed: bool  # a quorum of them granted this node's claim on attempt 1
+
+
 class LeaseLost(Exception):
     pass
 
@@ -66,6 +74,15 @@ def _about_to_allow(outcome: Any) -> set[bytes]:
         for rid, refusals in outcome.refusals.items()
         if any(r.endswith(" is live") or r.startswith("retry backoff") for _, r in refusals)
     }
+
+
+def _holding(outcome: Any, first: int) -> frozenset[bytes]:
+    """Replicas that answered a store and refused none of its ``first`` records."""
+    return frozenset(
+        rid
+        for rid in outcome.answered_ids
+        if not any(index < first for index, _ in outcome.refusals.get(rid, ()))
+    )
 
 
 def _lacking(outcome: Any) -> set[bytes]:
@@ -123,6 +140,7 @@ class WorkerPool:
             "renewals": 0,
             "results_refiled": 0,
             "confirms_lost": 0,
+            "claims_with_submit": 0,
         }
 
     @property
@@ -158,6 +176,32 @@ class WorkerPool:
             self.counters["offers_dropped"] += 1
         self._wakeup.set()
 
+    def take_fresh(self, submit: F.Fact, place: F.Fact) -> asyncio.Future | None:
+        """A job this node is accepting, while one of its slots is free: claim
+        attempt 1 in the same store that places the job (one round fewer than
+        placing, then claiming). The future gives the :class:`Placed` outcome
+        of that store (the submitter answers the client from it), or ``None``
+        when the claim never stored anything and the job must be placed as
+        usual. ``None`` instead of a future: no free slot or no handler."""
+        job_id, job_type = submit.job_id, submit.body.job_type
+        if (
+            self._executing >= self.slots
+            or len(self._active) >= self.slots + self.reports_max
+            or self.registry.get(job_type) is None
+            or job_id in self._active
+        ):
+            return None
+        placed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.counters["claims_with_submit"] += 1
+        self._start(job_id, _Offer(job_type, self.monotonic(), (submit, place), True), placed)
+        return placed
+
+    def _start(self, job_id: bytes, offer: _Offer, placed: asyncio.Future | None = None) -> None:
+        self._executing += 1
+        task = asyncio.ensure_future(self._attempt(job_id, offer, placed))
+        self._active[job_id] = task
+        task.add_done_callback(lambda t, j=job_id: self._done(j, t))
+
     def _next_due(self, now: float) -> tuple[bytes | None, float | None]:
         soonest = None
         for job_id, offer in self._runnable.items():
@@ -181,11 +225,7 @@ class WorkerPool:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            offer = self._runnable.pop(job_id)
-            self._executing += 1
-            task = asyncio.ensure_future(self._attempt(job_id, offer))
-            self._active[job_id] = task
-            task.add_done_callback(lambda t, j=job_id: self._done(j, t))
+            self._start(job_id, self._runnable.pop(job_id))
 
     def _done(self, job_id: bytes, task: asyncio.Task) -> None:
         self._active.pop(job_id, None)
@@ -198,8 +238,10 @@ class WorkerPool:
             task.cancel()
 
     # -- one attempt ----------------------------------------------------------
-    async def _attempt(self, job_id: bytes, offer: _Offer) -> None:
-        """Claim, run and report one attempt. Holds a slot until the handler ends."""
+    async def _attempt(self, job_id: bytes, offer: _Offer, placed: asyncio.Future | None = None) -> None:
+        """Claim, run and report one attempt. Holds a slot until the handler
+        ends. With ``placed``, the job is new: its submission and placement go
+        in the claim's store, and ``placed`` learns what that store achieved."""
         released = False
 
         def release() -> None:
@@ -210,11 +252,15 @@ class WorkerPool:
                 self._wakeup.set()
 
         try:
-            await self._claim_and_run(job_id, offer, release)
+            await self._claim_and_run(job_id, offer, release, placed)
         finally:
             release()
+            if placed is not None and not placed.done():
+                placed.set_result(None)  # nothing stored: the submitter places the job itself
 
-    async def _claim_and_run(self, job_id: bytes, offer: _Offer, release: Callable[[], None]) -> None:
+    async def _claim_and_run(
+        self, job_id: bytes, offer: _Offer, release: Callable[[], None], placed: asyncio.Future | None = None
+    ) -> None:
         log = self.log.bind(job_id=job_id.hex())
         local = self.derive_local(job_id)
         if local is not None and (
@@ -260,8 +306,11 @@ class WorkerPool:
         self.counters["claims"] += 1
         claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
         own_grant = lambda produced: self._lease_grants(produced, job_id, attempt, state.replicas)  # noqa: E731
-        outcome, own = await self._store_own_first(state, [*evidence, claim], own_grant)
+        fresh = list(offer.first) if placed is not None else []
+        outcome, own = await self._store_own_first(state, [*fresh, *evidence, claim], own_grant)
         grants = self._lease_grants(outcome.produced, job_id, attempt, state.replicas)
+        if placed is not None and not placed.done():
+            placed.set_result(Placed(_holding(outcome, len(fresh)), len(grants) >= spec.quorum))
         shown = self._holding_quorum(state, outcome, own, grants)
         answered = set(outcome.answered_ids) - _lacking(outcome) - _about_to_allow(outcome)
         boundary = bool(_about_to_allow(outcome))

@@ -76,6 +76,18 @@ async def test_200_sha256_jobs_reach_done_and_read_the_same_everywhere(mesh):
         await asyncio.gather(*(same_everywhere(i, d) for i, d in results))
 
 
+def test_a_job_submitted_to_a_node_with_a_free_slot_runs_there_uncontested(mesh):
+    """An idle node that accepts a job claims it in the same write that places
+    it: the job runs on that node, and no other worker ever claims it."""
+    for node in mesh.live():
+        job = submit(node, {"type": "sha256", "payload": {"data": node.node_id, "rounds": 1}})
+        code, doc = read(node, job["id"], wait=30)
+        assert code == 200 and doc["status"] == "done", doc
+        assert doc["worker"] == node.node_id, (node.node_id, doc["worker"])
+        claims = [f for f in doc["history"] if f["kind"] == "claim"]
+        assert [(c["author"], c["attempt"]) for c in claims] == [(node.node_id, 1)], claims
+
+
 def _running_on(mesh, job_id, timeout_s=20):
     def check():
         code, doc = read(mesh.nodes[0] if mesh.nodes[0].alive else mesh.live()[0], job_id)
