@@ -115,6 +115,7 @@ class WorkerPool:
         self.wall_ms = wall_ms
         self._run_cpu = run_cpu
         self._runnable: OrderedDict[bytes, _Offer] = OrderedDict()
+        self._best: OrderedDict[bytes, None] = OrderedDict()  # the offers this worker ranks first for
         self._runnable_max = runnable_max
         self._active: dict[bytes, asyncio.Task] = {}
         self._executing = 0  # attempts holding a slot (claiming or running a handler)
@@ -171,10 +172,19 @@ class WorkerPool:
             return
         self.counters["offers"] += 1
         self._runnable[job_id] = _Offer(job_type, not_before, first, best)
+        if best:
+            self._best[job_id] = None
+        else:
+            self._best.pop(job_id, None)
         while len(self._runnable) > self._runnable_max:
-            self._runnable.popitem(last=False)
+            dropped, _ = self._runnable.popitem(last=False)
+            self._best.pop(dropped, None)
             self.counters["offers_dropped"] += 1
         self._wakeup.set()
+
+    def _take(self, job_id: bytes) -> _Offer:
+        self._best.pop(job_id, None)
+        return self._runnable.pop(job_id)
 
     def take_fresh(self, submit: F.Fact, place: F.Fact) -> asyncio.Future | None:
         """A job this node is accepting, while one of its slots is free: claim
@@ -203,6 +213,13 @@ class WorkerPool:
         task.add_done_callback(lambda t, j=job_id: self._done(j, t))
 
     def _next_due(self, now: float) -> tuple[bytes | None, float | None]:
+        """The offer to claim next: the oldest due one this worker ranks first
+        for, else the oldest due one. Under a backlog every offer is due, and
+        taking them in one shared order would send every worker after the
+        same jobs; taking one's own first spreads them, as the ranks do."""
+        for job_id in self._best:
+            if self._runnable[job_id].not_before <= now:
+                return job_id, None
         soonest = None
         for job_id, offer in self._runnable.items():
             if offer.not_before <= now:
@@ -225,7 +242,7 @@ class WorkerPool:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            self._start(job_id, self._runnable.pop(job_id))
+            self._start(job_id, self._take(job_id))
 
     def _done(self, job_id: bytes, task: asyncio.Task) -> None:
         self._active.pop(job_id, None)

@@ -1,0 +1,60 @@
+"""Which offer a worker claims next: its own best-ranked jobs before the rest.
+
+Under a backlog every offer is due at once; if every worker took them in the
+same order, all of them would claim the same job and all but one would lose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+
+from crypto.identity import Identity
+from node import rendezvous
+from node.handlers import Registry
+from node.leases import LeaseRules
+from node.worker import WorkerPool
+
+
+def _pool(identity: Identity, peers: list[bytes], now: list[float]) -> WorkerPool:
+    router = SimpleNamespace(contacts=lambda: [SimpleNamespace(id=p) for p in peers])
+    return WorkerPool(
+        identity,
+        SimpleNamespace(router=router),
+        Registry(load_entry_points=False),
+        slots=1,
+        rules=LeaseRules(),
+        monotonic=lambda: now[0],
+        wall_ms=lambda: int(now[0] * 1000),
+        run_cpu=None,
+        runnable_max=1000,
+    )
+
+
+def _drain_order(pool: WorkerPool, now: float) -> list[bytes]:
+    order = []
+    while True:
+        job_id, _ = pool._next_due(now)
+        if job_id is None:
+            return order
+        pool._take(job_id)
+        order.append(job_id)
+
+
+async def test_a_backlogged_worker_takes_the_jobs_it_ranks_first_for_before_the_others():
+    me = Identity.generate()
+    peers = [hashlib.blake2b(bytes([i]), digest_size=20).digest() for i in range(2)]
+    now = [100.0]
+    pool = _pool(me, peers, now)
+    jobs = [hashlib.blake2b(b"job%d" % i, digest_size=20).digest() for i in range(60)]
+    for job_id in jobs:
+        pool.offer(job_id, "echo")
+    mine = [j for j in jobs if rendezvous.rank(j, me.node_id, peers) == 0]
+    assert 0 < len(mine) < len(jobs)
+
+    order = _drain_order(pool, now[0] + 10.0)  # long after every claim delay: all due
+
+    assert sorted(order) == sorted(jobs)  # every offer is still taken
+    assert order[: len(mine)] == mine  # its own first, oldest first
+    assert order[len(mine) :] == [j for j in jobs if j not in mine]  # then the rest, oldest first
+
