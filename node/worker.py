@@ -391,7 +391,8 @@ class WorkerPool:
                 ask = [me]
             if not ask:
                 break
-            outcome = await self.dht.store(state.job_id, [*grants, renew], targets=ask, quorum=spec.quorum)
+            needed = max(1, min(len(ask), spec.quorum - len(confirmed)))
+            outcome = await self.dht.store(state.job_id, [*grants, renew], targets=ask, quorum=needed)
             confirmed |= outcome.stored_ids
             if len(confirmed) >= spec.quorum or len(confirmed) + len(ask) - len(outcome.stored_ids) < spec.quorum:
                 break
