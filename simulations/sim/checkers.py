@@ -68,6 +68,8 @@ class Invariants:
         self.decided: dict[bytes, bytes] = {}
         self.decided_status: dict[bytes, str] = {}
         self.decided_at: dict[bytes, float] = {}
+        # jobs whose decided fact is the closing attempt's result (max_attempts + 1)
+        self.closed: set[bytes] = set()
         # (job id, attempt) -> replica id -> worker id it granted the attempt to
         self._split_leases: set[tuple[Any, int]] = set()
         self._runs: dict[tuple[str, int], str] = {}
@@ -98,6 +100,8 @@ class Invariants:
             if first == decided and job not in self.decided_at:
                 self.decided_at[job] = self._loop.time()
                 self.decided_status[job] = state.status
+                if state.decided.attempt > state.spec.max_attempts:
+                    self.closed.add(job)
                 self._trace.event(f"decided {job.hex()[:16]} {state.status} {decided.hex()[:16]}")
             elif first != decided and (job, decided) not in self._split_decisions:
                 self._split_decisions.add((job, decided))

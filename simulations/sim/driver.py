@@ -165,6 +165,8 @@ class Run:
 
     # -- load ---------------------------------------------------------------
     def _job_spec(self, i: int) -> tuple[str, Any, int | None]:
+        if self.params.job_mix == "fail":
+            return "fail", {"message": f"job-{i}"}, 3
         u = self.rng.random()
         if u < 0.80:
             return "work", {"seconds": round(self.rng.uniform(0.3, 3.0), 3), "n": i}, None

@@ -51,6 +51,7 @@ def run_figures(run: Run, lost: list[str], destroyed: list[str], available: floa
         "jobs_rejected_503": run.counts["rejected_503"],
         "client_errors": run.counts["client_errors"],
         "jobs_by_status": dict(statuses),
+        "jobs_closed_by_closing_attempt": len(inv.closed),
         "jobs_lost": len(lost),
         "jobs_destroyed": len(destroyed),
         "lost_job_ids": lost[:20],

@@ -41,6 +41,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--churn", type=float, default=0.3, help="fraction of nodes replaced in the churn scenario")
     ap.add_argument("--workers", type=int, default=2, help="handler slots per node")
     ap.add_argument("--replicas", type=int, default=5, help="replicas per job (r); the quorum is a majority")
+    ap.add_argument("--job-mix", choices=["mixed", "fail"], default="mixed", help="mixed: work, sha256 and 5%% fail jobs; fail: only fail jobs with three attempts")
     ap.add_argument("--deadline-s", type=float, default=300.0, help="virtual seconds after healing for every job to be decided")
     ap.add_argument("--sample-s", type=float, default=1.0, help="time-series step (virtual seconds)")
     ap.add_argument("--out", default=None, help="directory for figures.json, chart.png, summary.txt (default: simulations/out/sim-SCENARIO-NODESn-sSEED)")
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         churn=args.churn,
         workers=args.workers,
         replicas=args.replicas,
+        job_mix=args.job_mix,
         liveness_deadline_s=args.deadline_s,
         sample_s=args.sample_s,
     )

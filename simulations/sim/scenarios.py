@@ -50,6 +50,9 @@ class Params:
     liveness_deadline_s: float = 300.0  # after healing, every accepted job must be decided within this
     sample_s: float = 1.0  # time-series resolution (virtual seconds)
     join_concurrency: int = 16  # nodes joining at once during boot
+    # "mixed": 80% work, 15% sha256, 5% fail (two attempts); "fail": only
+    # fail jobs with three attempts (each must end on attempt 3's own error)
+    job_mix: str = "mixed"
 
     @property
     def load_seconds(self) -> float:
