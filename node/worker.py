@@ -343,7 +343,12 @@ class WorkerPool:
                 break
             if boundary:
                 await asyncio.sleep(CLAIM_BOUNDARY_WAIT_S)
-            again = await self.dht.store(job_id, [*_context(state), *evidence, claim, *own], targets=again_ids, quorum=1)
+            # Wait for as many answers in kind as the claim still lacks: this
+            # node's own replica answers at once, and a store that returned on
+            # that answer alone would drop the grants of the others, a quorum
+            # granting the attempt to a worker that gave it up (a lost attempt).
+            need = spec.quorum - len(grants)
+            again = await self.dht.store(job_id, [*_context(state), *evidence, claim, *own], targets=again_ids, quorum=need)
             answered |= set(again.answered_ids) - _about_to_allow(again)
             boundary = bool(_about_to_allow(again))
             grants = self._lease_grants([*grants, *again.produced], job_id, attempt, state.replicas)

@@ -143,3 +143,20 @@ def test_fault_free_mesh_runs_each_job_once():
     figures = simulate(Params(scenario="steady", nodes=12, jobs=20, seed=1, liveness_deadline_s=60.0))
     _check(figures)
     assert figures["duplicate_execution_jobs"] == 0
+
+
+@pytest.mark.parametrize("replicas", [5, 3])
+def test_fail_jobs_end_on_their_last_attempts_error_without_faults(replicas):
+    """No worker dies, so no attempt is lost: every fail job ends on attempt
+    3's own error, never on the closing attempt's "attempts exhausted". A
+    worker that asked again for attempt 3 right at the end of the retry
+    backoff once stopped listening at its own replica's instant grant,
+    dropping the other replicas' grants: a quorum had granted the attempt to
+    a worker that gave it up, and the job closed without running it (12 of
+    these 30 jobs at r = 5, 2 at r = 3)."""
+    figures = simulate(
+        Params(scenario="steady", nodes=8, jobs=30, seed=1, replicas=replicas, job_mix="fail", liveness_deadline_s=60.0)
+    )
+    _check(figures)
+    assert figures["jobs_by_status"] == {"failed": 30}
+    assert figures["jobs_closed_by_closing_attempt"] == 0
