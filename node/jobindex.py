@@ -52,7 +52,11 @@ class JobIndex:
             self._delay.pop(job_id, None)
             self._schedule(job_id, lease_deadline)
         elif state.status == lifecycle.PENDING and job_id not in self._next_due:
-            self._schedule(job_id, now + self._first_s * (1 + rank))
+            # First seen: re-announce later, by rank; but a job first seen
+            # with a grant already (claimed in the write that placed it) is
+            # looked at again no later than when that grant goes stale.
+            when = now + self._first_s * (1 + rank)
+            self._schedule(job_id, when if lease_deadline is None else min(when, lease_deadline))
         elif lease_deadline is not None:
             self._schedule(job_id, lease_deadline)
         if old is None:
