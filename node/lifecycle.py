@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from node import facts as F
@@ -168,8 +169,9 @@ class Derivation:
     """
 
     __slots__ = (
-        "job_id", "seen", "submit", "submit_job_id", "placement", "replicas", "valid", "renew_slots",
-        "leases", "seals", "result_attempts", "last_error", "highest", "state",
+        "job_id", "seen", "submit", "submit_job_id", "placement", "replica_ids", "replicas", "valid",
+        "renew_slots", "leases", "seals", "result_attempts", "last_error", "last_error_message", "highest",
+        "keyed", "facts", "added", "dropped", "state", "fresh",
     )  # fmt: skip
 
     def __init__(self, job_id: bytes | None, seen: frozenset[bytes]) -> None:
@@ -178,6 +180,7 @@ class Derivation:
         self.submit: Fact | None = None
         self.submit_job_id = b""
         self.placement: Fact | None = None
+        self.replica_ids: tuple[bytes, ...] = ()  # the placement's replicas, in its order
         self.replicas: frozenset[bytes] = frozenset()
         self.valid: dict[bytes, Fact] = {}  # fact id -> valid fact (incl. grants carried by results)
         self.renew_slots: dict[bytes, Fact] = {}  # slot -> the renew holding it
@@ -185,15 +188,25 @@ class Derivation:
         self.seals: dict[bytes, frozenset[bytes]] = {}  # subject fact id -> sealing replicas
         self.result_attempts: frozenset[int] = frozenset()
         self.last_error: Fact | None = None  # the error result with the highest (attempt, fact id)
+        self.last_error_message: str | None = None
         self.highest = 0
+        self.keyed: list[tuple[tuple[int, int, bytes], Fact]] = []  # (sort_key, fact) of the valid facts, sorted
+        self.facts: tuple[Fact, ...] = ()  # the valid facts in sort_key order
+        self.added: list[Fact] = []  # admitted since the copy (may since have lost their slot)
+        self.dropped = False  # a renew lost its slot since the copy
         self.state: JobState | None = None
+        self.fresh = True  # False when built from an earlier derivation
 
     def _copy(self, seen: frozenset[bytes]) -> Derivation:
         d = Derivation(self.job_id, seen)
-        d.submit, d.submit_job_id, d.placement, d.replicas = self.submit, self.submit_job_id, self.placement, self.replicas
+        d.fresh = False
+        d.submit, d.submit_job_id, d.placement = self.submit, self.submit_job_id, self.placement
+        d.replica_ids, d.replicas = self.replica_ids, self.replicas
         d.valid, d.renew_slots = self.valid.copy(), self.renew_slots.copy()
         d.leases, d.seals = self.leases.copy(), self.seals.copy()
-        d.result_attempts, d.last_error, d.highest = self.result_attempts, self.last_error, self.highest
+        d.result_attempts, d.highest = self.result_attempts, self.highest
+        d.last_error, d.last_error_message = self.last_error, self.last_error_message
+        d.keyed, d.facts = self.keyed, self.facts  # replaced, not changed, by _finish
         return d
 
     def _admit(self, fact: Fact) -> None:
@@ -235,8 +248,10 @@ class Derivation:
                     if (old.version, old.fact_id) >= (fact.version, fact.fact_id):
                         return
                     del valid[old.fact_id]
+                    self.dropped = True
                 self.renew_slots[slot] = fact
         valid[fact.fact_id] = fact
+        self.added.append(fact)
         attempt = fact.attempt
         if attempt > self.highest:
             self.highest = attempt
@@ -246,28 +261,39 @@ class Derivation:
                 last = self.last_error
                 if last is None or (last.attempt, last.fact_id) < (attempt, fact.fact_id):
                     self.last_error = fact
+                    self.last_error_message = error_message(fact)
             for grant in fact.body.grants:
                 self._admit(grant)
 
     def _finish(self) -> Derivation:
-        self.state = _state(self) if self.submit is not None else None
+        if self.submit is None:
+            return self
+        if self.added or self.dropped:
+            valid = self.valid
+            keyed = [p for p in self.keyed if p[1].fact_id in valid] if self.dropped else list(self.keyed)
+            keyed.extend((sort_key(f), f) for f in self.added if f.fact_id in valid)
+            keyed.sort()  # keys are unique (they end with the fact id): facts are never compared
+            self.keyed, self.facts = keyed, tuple(map(itemgetter(1), keyed))
+            self.added, self.dropped = [], False
+        self.state = _state(self)
         return self
 
-    def extended(self, facts: Iterable[Fact]) -> Derivation | None:
-        """The derivation of the facts seen so far and ``facts``, or None
-        when a new submission or placement calls for deriving afresh."""
-        new = [f for f in facts if f.fact_id not in self.seen]
-        if not new:
-            return self
+    def _extended(self, new: list[Fact], seen: frozenset[bytes]) -> Derivation | None:
+        """The derivation of what ``seen`` names, being the facts seen so far
+        (less some that do not count) and ``new``; None when a new submission
+        or placement calls for deriving afresh."""
         if self.submit is None:
             return None
         for f in new:
             if f.kind == F.SUBMIT or (f.kind == F.GRANT and f.body.action == F.PLACE):
                 return None
-        d = self._copy(self.seen | {f.fact_id for f in new})
+        d = self._copy(seen)
         for f in new:
             d._admit(f)
         return d._finish()
+
+
+_fact_id = attrgetter("fact_id")
 
 
 def derivation(facts: Iterable[Fact], *, job_id: bytes | None = None) -> Derivation:
@@ -282,35 +308,39 @@ def derivation(facts: Iterable[Fact], *, job_id: bytes | None = None) -> Derivat
     d.submit_job_id, d.submit = min(chosen, key=lambda p: p[0])
     d.placement = placement_of(pool.values(), d.submit)
     if d.placement is not None:
-        d.replicas = frozenset(F.placement_ids(d.placement.body.subject))
+        d.replica_ids = F.placement_ids(d.placement.body.subject)
+        d.replicas = frozenset(d.replica_ids)
     for f in pool.values():
         d._admit(f)
     return d._finish()
 
 
-def derive_with(previous: Derivation | None, facts: Iterable[Fact]) -> Derivation:
+def derive_with(previous: Derivation | None, facts: Iterable[Fact], *, ids: frozenset[bytes] | None = None) -> Derivation:
     """``derivation(facts, job_id=previous.job_id)``, from ``previous`` when it can be.
 
-    ``facts`` is the whole current set. When it holds everything ``previous``
-    saw, only the new facts are admitted. A fact may also be gone from the
-    set if it is not among the valid facts once the new ones are in (a store
-    drops a renew that a newer one replaced): a fact that does not count,
-    or no longer counts, changes nothing. Anything else is derived afresh.
+    ``facts`` is the whole current set (``ids``: their fact ids, if the
+    caller has them). When it holds everything ``previous`` saw, only the new
+    facts are admitted. A fact may also be gone from the set if it is not
+    among the valid facts once the new ones are in (a store drops a renew
+    that a newer one replaced): a fact that does not count, or no longer
+    counts, changes nothing. Anything else is derived afresh.
     """
     facts = list(facts)
     if previous is None:
         return derivation(facts)
-    ids = {f.fact_id for f in facts}
-    gone = previous.seen - ids
-    d = previous.extended(facts)
-    if d is not None and gone:
-        if any(fid in d.valid for fid in gone):
-            d = None
-        else:
-            if d is previous:
-                d = previous._copy(previous.seen)
-                d.state = previous.state
-            d.seen = frozenset(ids)
+    if ids is None:
+        ids = frozenset(map(_fact_id, facts))
+    seen = previous.seen
+    if ids == seen:
+        return previous
+    gone = seen - ids
+    if len(ids) - (len(seen) - len(gone)) == 0:  # nothing new: only facts gone
+        d: Derivation | None = previous._copy(ids)
+        d.state = previous.state  # type: ignore[union-attr]
+    else:
+        d = previous._extended([f for f in facts if f.fact_id not in seen], ids)
+    if d is not None and gone and any(fid in d.valid for fid in gone):
+        d = None
     if d is None:
         return derivation(facts, job_id=previous.job_id)
     return d
@@ -360,7 +390,6 @@ def _state(d: Derivation) -> JobState:
         status, worker = RUNNING, lease_worker
     else:
         status = PENDING
-    placement = d.placement
     return JobState(
         job_id=d.submit_job_id,
         submit=submit,
@@ -368,15 +397,15 @@ def _state(d: Derivation) -> JobState:
         attempts=min(lease_attempt, spec.max_attempts),
         result=result,
         error=error,
-        last_error=error_message(d.last_error) if d.last_error is not None else None,
+        last_error=d.last_error_message,
         worker=worker,
         decided=decided,
         lease_attempt=lease_attempt,
         lease_worker=lease_worker,
         highest_attempt=d.highest,
-        replicas=F.placement_ids(placement.body.subject) if placement is not None else (),
-        placement=placement,
-        facts=tuple(sorted(d.valid.values(), key=sort_key)),
+        replicas=d.replica_ids,
+        placement=d.placement,
+        facts=d.facts,
     )
 
 
