@@ -12,10 +12,10 @@ memos, all bounded LRUs:
   of their fact ids (a fact id is the hash of the signed bytes, so equal ids
   mean equal facts). ``local`` looks here too on a miss: ``JobReplica`` judges
   a fact against the store plus that fact, which is the store once it is in.
-* the newest ``lifecycle.Derivation`` of each job (by its submission's fact
-  id): a miss of either memo derives from it with ``lifecycle.derive_with``,
-  which admits only the facts it has not seen (or derives afresh when it
-  cannot; the answer is the same).
+* the two newest ``lifecycle.Derivation`` of each job (by its submission's
+  fact id): a miss of either memo derives from one with
+  ``lifecycle.derive_with``, which admits only the facts it has not seen (or
+  derives afresh when it cannot; the answer is the same).
 
 ``JobState`` and ``Derivation`` are never mutated, so a cached one can be
 shared by every caller.
@@ -43,7 +43,9 @@ class DerivedStates:
         self._jobs_max = jobs_max  # derivations kept to derive the next state from
         self._by_version: OrderedDict[bytes, tuple[int, lifecycle.JobState | None]] = OrderedDict()
         self._by_set: OrderedDict[frozenset[bytes], lifecycle.JobState | None] = OrderedDict()
-        self._latest: OrderedDict[bytes, lifecycle.Derivation] = OrderedDict()
+        # submission fact id -> the job's newest derivations, newest first
+        self._latest: OrderedDict[bytes, tuple[lifecycle.Derivation, ...]] = OrderedDict()
+        self._per_job = 2
         self.counters = {"hits": 0, "misses": 0, "incremental": 0}
 
     def local(self, key: bytes) -> lifecycle.JobState | None:
@@ -78,22 +80,26 @@ class DerivedStates:
         return state
 
     def _derive(self, facts: list[Fact], ids: frozenset[bytes]) -> lifecycle.JobState | None:
-        previous = None
+        recent: tuple[lifecycle.Derivation, ...] = ()
         for f in facts:
             if f.kind == F.SUBMIT:
-                previous = self._latest.get(f.fact_id)
-                if previous is not None:
+                recent = self._latest.get(f.fact_id, ())
+                if recent:
                     break
+        # Prefer one that saw nothing missing here: a read merges the
+        # replicas' facts, which the local store may not all hold.
+        previous = next((d for d in recent if d.seen <= ids), recent[0] if recent else None)
         d = lifecycle.derive_with(previous, facts, ids=ids)
         if d.submit is None:
             return None
         if not d.fresh:
             self.counters["incremental"] += 1
-        self._latest[d.submit.fact_id] = d
-        self._latest.move_to_end(d.submit.fact_id)
+        key = d.submit.fact_id
+        self._latest[key] = (d, *(r for r in self._latest.get(key, ()) if r is not d))[: self._per_job]
+        self._latest.move_to_end(key)
         while len(self._latest) > self._jobs_max:
             self._latest.popitem(last=False)
         return d.state
 
     def statistics(self) -> dict[str, int]:
-        return {**self.counters, "cached": len(self._by_version) + len(self._by_set), "derivations": len(self._latest)}
+        return {**self.counters, "cached": len(self._by_version) + len(self._by_set), "derived_jobs": len(self._latest)}
