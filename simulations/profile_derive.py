@@ -18,10 +18,11 @@ temporary modules) and with the working tree's code:
   the local store);
 * ``judge``: ``DerivedStates.of(store contents)`` before each merge, as
   ``JobReplica._judge`` does with what it knows;
-* ``node``: per fact, the judgement, the merge, ``local`` twice (after the
-  store; a client's read of a decided job) and ``of`` a read of the replicas
-  that finds one fact more than this store holds (figures per fact, four
-  derives each).
+* ``node``: per fact, the judgement, the merge, ``local`` (``_on_stored``)
+  and a read (``reads.read_job``: the local store, then the replicas'
+  answer, which holds one fact more than this store); before, reads called
+  ``lifecycle.derive`` directly, after they go through the memo (figures per
+  fact, four derives each).
 
 Times are the process CPU spent inside the derive calls only (not the
 store's merges), best of ``--rounds`` sweeps; every cache of the code
@@ -153,20 +154,25 @@ def sweep_judge(lifecycle: types.ModuleType, derived: types.ModuleType, facts: l
 
 def sweep_node(lifecycle: types.ModuleType, derived: types.ModuleType, facts: list[F.Fact]) -> tuple[list, float]:
     key = facts[0].job_id
+    routed = derived is new_derived  # before: reads called lifecycle.derive directly
     out, cpu = [], 0.0
     with FactStore(None, validator) as store:
         memo = derived.DerivedStates(store)
         for i, fact in enumerate(facts):
             known = [*store.get(key), fact]
             t0 = time.process_time()
-            out.append(memo.of(known))
+            out.append(memo.of(known))  # JobReplica._judge
             cpu += time.process_time() - t0
             store.merge(key, [fact])
             fetched = [*store.get(key), *facts[i + 1 : i + 2]]
             t0 = time.process_time()
-            out.append(memo.local(key))
-            out.append(memo.local(key))
-            out.append(memo.of(fetched))
+            out.append(memo.local(key))  # Node._on_stored
+            if routed:  # reads.read_job: the local store, then what the replicas answered
+                out.append(memo.local(key))
+                out.append(memo.of(fetched))
+            else:
+                out.append(lifecycle.derive(store.get(key)))
+                out.append(lifecycle.derive(fetched))
             cpu += time.process_time() - t0
     return out, cpu
 
