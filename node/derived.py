@@ -37,10 +37,12 @@ _fact_id = attrgetter("fact_id")
 
 
 class DerivedStates:
-    def __init__(self, store: FactStore, size_max: int = 4096, jobs_max: int = 1024) -> None:
+    def __init__(self, store: FactStore, size_max: int = 4096, jobs_max: int = 256) -> None:
         self._store = store
         self._size_max = size_max
-        self._jobs_max = jobs_max  # derivations kept to derive the next state from
+        # Jobs whose derivations are kept to derive their next state from
+        # (about 6 KB each for r = 5, two per job): the jobs that are changing.
+        self._jobs_max = jobs_max
         self._by_version: OrderedDict[bytes, tuple[int, lifecycle.JobState | None]] = OrderedDict()
         self._by_set: OrderedDict[frozenset[bytes], lifecycle.JobState | None] = OrderedDict()
         # submission fact id -> the job's newest derivations, newest first

@@ -301,8 +301,21 @@ def test_memo_answers_the_reference_as_a_store_grows(history, data) -> None:
     key = job.job_id
     mine = [f for f in data.draw(st.permutations(fs)) if f.job_id == key]
     with FactStore(None, lambda k, raw: F.decode(raw, key=k)) as store:
-        memo = DerivedStates(store, size_max=data.draw(st.sampled_from([1, 2, 64])))
+        memo = DerivedStates(store, size_max=data.draw(st.sampled_from([1, 2, 64])), jobs_max=data.draw(st.sampled_from([1, 256])))
         for fact in mine:
             assert memo.of([*store.get(key), fact]) == ref_derive([*store.get(key), fact])
             store.merge(key, [fact])
             assert memo.local(key) == ref_derive(store.get(key))
+
+
+def test_memo_keeps_derivations_of_at_most_jobs_max_jobs() -> None:
+    jobs = [make_submit(nonce=bytes([0x20 + i]) * 16) for i in range(5)]
+    with FactStore(None, lambda k, raw: F.decode(raw, key=k)) as store:
+        memo = DerivedStates(store, size_max=3, jobs_max=2)
+        for round_ in range(2):
+            for job in jobs:
+                facts = [job, placement(job)] + [renew(WORKERS[0], job, 1, 1)] * round_
+                store.merge(job.job_id, facts)
+                assert memo.local(job.job_id) == ref_derive(store.get(job.job_id))
+                assert memo.statistics()["derived_jobs"] <= 2
+        assert memo.statistics()["cached"] <= 6
