@@ -24,6 +24,11 @@ so once a subject is decided no other one can be, and more facts can never
 move a terminal job. The allowed moves between statuses are the table
 :data:`TRANSITIONS`; :func:`diagram` draws the documentation picture from it
 so the picture cannot drift from the code.
+
+Nodes derive a job again each time its set grows by a fact or two, so
+:func:`derive_with` starts from an earlier :class:`Derivation` and admits only
+the new facts; it returns what :func:`derive` returns for the whole set
+(tests/unit/test_derive_incremental.py checks both against a reference).
 """
 
 from __future__ import annotations
@@ -210,7 +215,9 @@ class Derivation:
         return d
 
     def _admit(self, fact: Fact) -> None:
-        """Add ``fact`` to the valid facts if it counts (exactly the rules of docs/protocol.md, section 3)."""
+        """Add ``fact`` to the valid facts if it counts: the rules of
+        :func:`node.facts.context_error` and :func:`counts_in`, inlined, and
+        one renew per slot as storage keeps (docs/protocol.md, section 3)."""
         valid = self.valid
         if fact.fact_id in valid:
             return
