@@ -21,7 +21,19 @@ from node import facts as F
 from node import lifecycle as L
 from node.derived import DerivedStates
 from node.errors import InvalidFact
-from tests.unit.strategies import REPLICAS, STRANGER, SUBMITTER, WORKERS, job_histories, lease, placement, renew
+from tests.unit.strategies import (
+    REPLICAS,
+    STRANGER,
+    SUBMITTER,
+    WORKERS,
+    claim,
+    job_histories,
+    lease,
+    placement,
+    renew,
+    result,
+    seal,
+)
 from tests.unit.strategies import submit as make_submit
 
 # --------------------------------------------------------------------------
@@ -319,3 +331,42 @@ def test_memo_keeps_derivations_of_at_most_jobs_max_jobs() -> None:
                 assert memo.local(job.job_id) == ref_derive(store.get(job.job_id))
                 assert memo.statistics()["derived_jobs"] <= 2
         assert memo.statistics()["cached"] <= 6
+
+
+def _last_error_and_closing_attempt() -> tuple[F.Fact, list[F.Fact], F.Fact]:
+    """A fail job (max_attempts 3) whose attempt 3 error result two of three
+    replicas sealed, while a closing attempt 4 (granted by replicas that had
+    not seen that error yet) filed "attempts exhausted" and got one seal."""
+    job = make_submit(max_attempts=3, replicas=3, quorum=2, nonce=b"\x31" * 16)
+    fs = [job, placement(job)]
+    results = []
+    for attempt in (1, 2, 3, 4):
+        worker = WORKERS[attempt % 2]
+        granters = REPLICAS[:2] if attempt < 4 else REPLICAS[1:3]
+        grants = tuple(lease(g, job, attempt, worker) for g in granters)
+        data = b'{"error":"attempts exhausted"}' if attempt == 4 else b'{"error":"boom"}'
+        results.append(result(worker, job, attempt, grants, F.ERROR, data))
+        fs += [claim(worker, job, attempt), *grants, results[-1]]
+    last, closing = results[2], results[3]
+    fs += [seal(REPLICAS[0], job, last), seal(REPLICAS[1], job, last), seal(REPLICAS[2], job, closing)]
+    return job, fs, last
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_the_last_attempts_sealed_error_is_decided_however_the_facts_arrive(data) -> None:
+    """The integration symptom that had the incremental derivation taken out
+    (the closing attempt's "attempts exhausted" decided instead of attempt
+    3's "boom"): with a quorum sealing attempt 3's error, derive_with and the
+    memo decide it in any arrival order and from any earlier set."""
+    job, fs, last = _last_error_and_closing_attempt()
+    order = data.draw(st.permutations(fs))
+    d = None
+    with FactStore(None, lambda k, raw: F.decode(raw, key=k)) as store:
+        memo = DerivedStates(store, size_max=2, jobs_max=1)
+        for i, fact in enumerate(order):
+            store.merge(job.job_id, [fact])
+            d = L.derive_with(d, order[: i + 1])
+            assert d.state == memo.local(job.job_id) == ref_derive(order[: i + 1])
+    state = d.state
+    assert (state.status, state.attempts, state.error, state.decided) == (L.FAILED, 3, "boom", last)
