@@ -383,21 +383,36 @@ def decode(raw: bytes, *, key: bytes | None = None) -> Fact:
 
 def check_in_context(submit: Fact, fact: Fact) -> None:
     """Rules that need the job's submission; raise :class:`InvalidFact`."""
+    why = context_error(submit, fact)
+    if why is not None:
+        raise InvalidFact(why)
+
+
+def context_error(submit: Fact, fact: Fact, job_id: bytes | None = None) -> str | None:
+    """Why ``fact`` breaks a rule that needs the job's submission, or None.
+
+    ``job_id`` is ``submit.job_id`` when the caller has it already (it is a
+    hash of the submission, so a caller checking many facts passes it once).
+    """
     spec: Submit = submit.body
-    if fact.kind == SUBMIT:
-        _need(fact.fact_id == submit.fact_id, "a second submission under one key")
-        return
-    _need(fact.job_id == submit.job_id, "fact belongs to another job")
-    if fact.kind == CANCEL:
-        _need(fact.author == submit.author, "cancel is not signed by the submitter")
-    elif fact.kind in (CLAIM, RENEW, RESULT):
-        _need(fact.attempt <= spec.max_attempts + 1, "attempt beyond max_attempts + 1")
-        if fact.kind == RESULT:
-            _need(len(fact.body.grants) >= spec.quorum, "result lacks a majority of lease grants")
-            if fact.attempt > spec.max_attempts:
-                _need(fact.body.outcome == ERROR, "the closing attempt can only record failure")
-    elif fact.kind == GRANT:
-        _need(fact.attempt <= spec.max_attempts + 1, "attempt beyond max_attempts + 1")
-        if fact.body.action == PLACE:
-            _need(fact.author == submit.author, "placement is not signed by the submitter")
-            _need(len(fact.body.subject) == NODE_ID_BYTES * spec.replicas, "placement does not name r replicas")
+    kind = fact.kind
+    if kind == SUBMIT:
+        return None if fact.fact_id == submit.fact_id else "a second submission under one key"
+    if fact.body.job_id != (submit.job_id if job_id is None else job_id):
+        return "fact belongs to another job"
+    if kind == CANCEL:
+        return None if fact.author == submit.author else "cancel is not signed by the submitter"
+    body = fact.body
+    if body.attempt > spec.max_attempts + 1:
+        return "attempt beyond max_attempts + 1"
+    if kind == RESULT:
+        if len(body.grants) < spec.quorum:
+            return "result lacks a majority of lease grants"
+        if body.attempt > spec.max_attempts and body.outcome != ERROR:
+            return "the closing attempt can only record failure"
+    elif kind == GRANT and body.action == PLACE:
+        if fact.author != submit.author:
+            return "placement is not signed by the submitter"
+        if len(body.subject) != NODE_ID_BYTES * spec.replicas:
+            return "placement does not name r replicas"
+    return None

@@ -18,6 +18,7 @@ from crypto.identity import Identity
 from dht.server import DHTServer
 from node import facts as F
 from node import lifecycle
+from node.derived import DerivedStates
 from node.errors import Conflict, JobNotFound, QuorumUnavailable, UnknownJobType, ValidationFailed
 from node.jobindex import JobIndex
 from node.reads import read_job
@@ -92,14 +93,18 @@ class JobOperations:
         self._waiters = waiters
         self._largest_mesh = 1
         self.expects_peers = False  # set once the node was given bootstrap addresses
-        # The state of what the local store holds for a job (the node plugs in a memo).
-        self.derive_local: Callable[[bytes], lifecycle.JobState | None] = lambda key: lifecycle.derive(
-            self.dht.records.get(key)
-        )
+        # The node's memo of derived states over its store (None: derive every time).
+        self.derived: DerivedStates | None = None
         # A local worker slot that claims a new job in the store placing it
         # (the node plugs in its worker pool's ``take_fresh``); None: no slot.
         self.take_fresh: Callable[[F.Fact, F.Fact], Awaitable[Any] | None] = lambda submit, place: None
         self.counters = {"submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0}
+
+    def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
+        """The state of what the local store holds for a job."""
+        if self.derived is not None:
+            return self.derived.local(job_id)
+        return lifecycle.derive(self.dht.records.get(job_id))
 
     # -- submit -----------------------------------------------------------------
     def mesh_seen(self) -> int:
@@ -199,14 +204,14 @@ class JobOperations:
         # node's lease goes stale.
         if not claimed:
             self._announce(submit, place, stored_ids)
-        state = lifecycle.derive([submit, place])
+        state = self.derived.of([submit, place]) if self.derived is not None else lifecycle.derive([submit, place])
         return view(state)
 
     async def _placement(self, submit: F.Fact, *, idempotent: bool) -> tuple[bytes, ...]:
         """The replica ids for a new job: the r closest nodes to its key. A
         resubmission (same idempotency key and body) keeps the job's placement."""
         if idempotent:
-            existing, _ = await read_job(self.dht, submit.job_id)
+            existing, _ = await read_job(self.dht, submit.job_id, self.derived)
             if existing is not None and existing.replicas:
                 return existing.replicas
         found = await self.dht.replicas_for(submit.job_id, count=submit.body.replicas, fresh=True)
@@ -220,7 +225,7 @@ class JobOperations:
             # Decided by a quorum of seals: final, no replica can say otherwise.
             self.counters["local_reads"] += 1
             return local
-        state, answered = await read_job(self.dht, job_id)
+        state, answered = await read_job(self.dht, job_id, self.derived)
         if answered == 0:
             raise QuorumUnavailable("no replica of this job answered")
         if state is None and answered < min(self.defaults.dht.replicas, self.mesh_seen()) // 2 + 1:

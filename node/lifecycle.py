@@ -24,6 +24,11 @@ so once a subject is decided no other one can be, and more facts can never
 move a terminal job. The allowed moves between statuses are the table
 :data:`TRANSITIONS`; :func:`diagram` draws the documentation picture from it
 so the picture cannot drift from the code.
+
+Nodes derive a job again each time its set grows by a fact or two, so
+:func:`derive_with` starts from an earlier :class:`Derivation` and admits only
+the new facts; it returns what :func:`derive` returns for the whole set
+(tests/unit/test_derive_incremental.py checks both against a reference).
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from node import facts as F
-from node.errors import InvalidFact
 from node.facts import Fact
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
@@ -119,25 +124,15 @@ def sort_key(fact: Fact) -> tuple[int, int, bytes]:
     return (KIND_ORDER[fact.kind], fact.attempt, fact.fact_id)
 
 
-def _pick_submit(pool: set[Fact], job_id: bytes | None) -> Fact | None:
-    submits = [f for f in pool if f.kind == F.SUBMIT and (job_id is None or f.job_id == job_id)]
-    if not submits:
-        return None
-    # Several submissions only when facts of several jobs were mixed; choose stably.
-    return min(submits, key=lambda f: f.job_id)
-
-
 def placement_of(facts: Iterable[Fact], submit: Fact) -> Fact | None:
     """The job's placement: the submitter's ``place`` grant (the lowest fact id
     if a submitter ever signed two; an honest one signs exactly one)."""
+    job_id = submit.job_id
     best: Fact | None = None
     for f in facts:
         if f.kind == F.GRANT and f.body.action == F.PLACE and (best is None or f.fact_id < best.fact_id):
-            try:
-                F.check_in_context(submit, f)
-            except InvalidFact:
-                continue
-            best = f
+            if F.context_error(submit, f, job_id) is None:
+                best = f
     return best
 
 
@@ -155,67 +150,6 @@ def counts_in(replicas: tuple[bytes, ...] | frozenset[bytes], submit: Fact, fact
     return None
 
 
-def valid_facts(facts: Iterable[Fact], submit: Fact, placement: Fact | None = None) -> list[Fact]:
-    """The facts of ``submit``'s job that pass validation in context, sorted.
-
-    Grants carried inside results are included (they are facts of this job in
-    their own right, and a replica must count its own grants however it
-    learns them). Renews keep one winner per slot, the highest
-    ``(version, fact_id)``, exactly as storage does, so ``derive`` agrees with
-    what a store would hold.
-    """
-    facts = list(facts)
-    if placement is None:
-        placement = placement_of(facts, submit)
-    replicas = frozenset(F.placement_ids(placement.body.subject)) if placement is not None else frozenset()
-    out: dict[bytes, Fact] = {}
-    renew_slots: dict[bytes, Fact] = {}
-
-    def admit(fact: Fact) -> None:
-        if fact.fact_id in out:
-            return
-        if fact.kind == F.GRANT and fact.body.action == F.PLACE and fact != placement:
-            return
-        try:
-            F.check_in_context(submit, fact)
-        except InvalidFact:
-            return
-        if counts_in(replicas, submit, fact):
-            return
-        if fact.kind == F.GRANT and fact.body.action == F.LEASE and fact.attempt < 1:
-            return  # a lease for attempt 0 endorses nothing
-        if fact.kind == F.RENEW:
-            old = renew_slots.get(fact.slot)
-            if old is not None and (old.version, old.fact_id) >= (fact.version, fact.fact_id):
-                return
-            if old is not None:
-                del out[old.fact_id]
-            renew_slots[fact.slot] = fact
-        out[fact.fact_id] = fact
-        if fact.kind == F.RESULT:
-            for grant in fact.body.grants:
-                admit(grant)
-
-    for fact in facts:
-        admit(fact)
-    return sorted(out.values(), key=sort_key)
-
-
-def _lease_holder(valid: list[Fact], quorum: int) -> tuple[int, bytes | None]:
-    """Highest attempt with ``quorum`` distinct lease grant authors for one worker."""
-    signers: dict[tuple[int, bytes], set[bytes]] = {}
-    for f in valid:
-        if f.kind == F.GRANT and f.body.action == F.LEASE:
-            signers.setdefault((f.attempt, f.body.subject), set()).add(f.author_id)
-    best: tuple[int, bytes | None] = (0, None)
-    for (attempt, worker), who in sorted(signers.items()):
-        # sorted: for equal attempts the lowest worker id wins (only possible
-        # with a split replica set; any stable choice will do)
-        if len(who) >= quorum and attempt > best[0]:
-            best = (attempt, worker)
-    return best
-
-
 def seal_counts(valid: Iterable[Fact]) -> dict[bytes, int]:
     """Subject fact id -> number of distinct replicas that sealed it."""
     signers: dict[bytes, set[bytes]] = {}
@@ -225,17 +159,261 @@ def seal_counts(valid: Iterable[Fact]) -> dict[bytes, int]:
     return {subject: len(who) for subject, who in signers.items()}
 
 
-def _decided(valid: list[Fact], submit: Fact) -> Fact | None:
+class Derivation:
+    """What :func:`derive` learned from a set of facts, kept so that a larger
+    set can be derived from it (:func:`derive_with`) by admitting only the
+    facts it has not seen.
+
+    Once the submission and the placement are chosen, whether a fact is valid
+    depends only on the fact, them and (for renews) the other renews of its
+    slot, and every tally below only grows when a fact is admitted; a renew
+    that loses its slot leaves behind one of the same attempt. So admitting
+    the new facts into a copy gives what admitting all of them gives. A new
+    submission or placement may change those choices: it is derived afresh.
+    Never mutated once built (copies are), so it may be shared.
+    """
+
+    __slots__ = (
+        "job_id", "seen", "submit", "submit_job_id", "placement", "replica_ids", "replicas", "valid",
+        "renew_slots", "leases", "seals", "result_attempts", "last_error", "last_error_message", "highest",
+        "keyed", "facts", "added", "dropped", "state", "fresh",
+    )  # fmt: skip
+
+    def __init__(self, job_id: bytes | None, seen: frozenset[bytes]) -> None:
+        self.job_id = job_id  # the job asked for (None: the lowest job id present)
+        self.seen = seen  # ids of every fact considered, valid or not
+        self.submit: Fact | None = None
+        self.submit_job_id = b""
+        self.placement: Fact | None = None
+        self.replica_ids: tuple[bytes, ...] = ()  # the placement's replicas, in its order
+        self.replicas: frozenset[bytes] = frozenset()
+        self.valid: dict[bytes, Fact] = {}  # fact id -> valid fact (incl. grants carried by results)
+        self.renew_slots: dict[bytes, Fact] = {}  # slot -> the renew holding it
+        self.leases: dict[tuple[int, bytes], frozenset[bytes]] = {}  # (attempt, worker) -> granting replicas
+        self.seals: dict[bytes, frozenset[bytes]] = {}  # subject fact id -> sealing replicas
+        self.result_attempts: frozenset[int] = frozenset()
+        self.last_error: Fact | None = None  # the error result with the highest (attempt, fact id)
+        self.last_error_message: str | None = None
+        self.highest = 0
+        self.keyed: list[tuple[tuple[int, int, bytes], Fact]] = []  # (sort_key, fact) of the valid facts, sorted
+        self.facts: tuple[Fact, ...] = ()  # the valid facts in sort_key order
+        self.added: list[Fact] = []  # admitted since the copy (may since have lost their slot)
+        self.dropped = False  # a renew lost its slot since the copy
+        self.state: JobState | None = None
+        self.fresh = True  # False when built from an earlier derivation
+
+    def _copy(self, seen: frozenset[bytes]) -> Derivation:
+        d = Derivation(self.job_id, seen)
+        d.fresh = False
+        d.submit, d.submit_job_id, d.placement = self.submit, self.submit_job_id, self.placement
+        d.replica_ids, d.replicas = self.replica_ids, self.replicas
+        d.valid, d.renew_slots = self.valid.copy(), self.renew_slots.copy()
+        d.leases, d.seals = self.leases.copy(), self.seals.copy()
+        d.result_attempts, d.highest = self.result_attempts, self.highest
+        d.last_error, d.last_error_message = self.last_error, self.last_error_message
+        d.keyed, d.facts = self.keyed, self.facts  # replaced, not changed, by _finish
+        return d
+
+    def _admit(self, fact: Fact) -> None:
+        """Add ``fact`` to the valid facts if it counts: the rules of
+        :func:`node.facts.context_error` and :func:`counts_in`, inlined, and
+        one renew per slot as storage keeps (docs/protocol.md, section 3)."""
+        valid = self.valid
+        if fact.fact_id in valid:
+            return
+        kind = fact.kind
+        submit = self.submit
+        assert submit is not None
+        if kind == F.GRANT:
+            body = fact.body
+            action = body.action
+            if action == F.PLACE:
+                if fact != self.placement:
+                    return
+            elif fact.author_id not in self.replicas:
+                return  # a grant by a node that is not a replica of the job
+            elif action == F.LEASE and body.attempt < 1:
+                return  # a lease for attempt 0 endorses nothing
+            if F.context_error(submit, fact, self.submit_job_id) is not None:
+                return
+            if action == F.LEASE:
+                key = (body.attempt, body.subject)
+                self.leases[key] = self.leases.get(key, frozenset()) | {fact.author_id}
+            elif action == F.SEAL:
+                self.seals[body.subject] = self.seals.get(body.subject, frozenset()) | {fact.author_id}
+        else:
+            if F.context_error(submit, fact, self.submit_job_id) is not None:
+                return
+            if kind == F.RESULT:
+                replicas = self.replicas
+                if sum(1 for g in fact.body.grants if g.author_id in replicas) < submit.body.quorum:
+                    return  # lacks lease grants from a quorum of the job's replicas
+            elif kind == F.RENEW:
+                slot = fact.slot
+                old = self.renew_slots.get(slot)
+                if old is not None:
+                    if (old.version, old.fact_id) >= (fact.version, fact.fact_id):
+                        return
+                    del valid[old.fact_id]
+                    self.dropped = True
+                self.renew_slots[slot] = fact
+        valid[fact.fact_id] = fact
+        self.added.append(fact)
+        attempt = fact.attempt
+        if attempt > self.highest:
+            self.highest = attempt
+        if kind == F.RESULT:
+            self.result_attempts |= {attempt}
+            if fact.body.outcome == F.ERROR:
+                last = self.last_error
+                if last is None or (last.attempt, last.fact_id) < (attempt, fact.fact_id):
+                    self.last_error = fact
+                    self.last_error_message = error_message(fact)
+            for grant in fact.body.grants:
+                self._admit(grant)
+
+    def _finish(self) -> Derivation:
+        if self.submit is None:
+            return self
+        if self.added or self.dropped:
+            valid = self.valid
+            keyed = [p for p in self.keyed if p[1].fact_id in valid] if self.dropped else list(self.keyed)
+            keyed.extend((sort_key(f), f) for f in self.added if f.fact_id in valid)
+            keyed.sort()  # keys are unique (they end with the fact id): facts are never compared
+            self.keyed, self.facts = keyed, tuple(map(itemgetter(1), keyed))
+            self.added, self.dropped = [], False
+        self.state = _state(self)
+        return self
+
+    def _extended(self, new: list[Fact], seen: frozenset[bytes]) -> Derivation | None:
+        """The derivation of what ``seen`` names, being the facts seen so far
+        (less some that do not count) and ``new``; None when a new submission
+        or placement calls for deriving afresh."""
+        if self.submit is None:
+            return None
+        for f in new:
+            if f.kind == F.SUBMIT or (f.kind == F.GRANT and f.body.action == F.PLACE):
+                return None
+        d = self._copy(seen)
+        for f in new:
+            d._admit(f)
+        return d._finish()
+
+
+_fact_id = attrgetter("fact_id")
+
+
+def derivation(facts: Iterable[Fact], *, job_id: bytes | None = None) -> Derivation:
+    """Derive the job's state from ``facts`` afresh (see :func:`derive`)."""
+    pool = {f.fact_id: f for f in facts}
+    d = Derivation(job_id, frozenset(pool))
+    submits = [f for f in pool.values() if f.kind == F.SUBMIT]
+    chosen = [(f.job_id, f) for f in submits if job_id is None or f.job_id == job_id]
+    if not chosen:
+        return d
+    # Several submissions only when facts of several jobs were mixed; choose stably.
+    d.submit_job_id, d.submit = min(chosen, key=lambda p: p[0])
+    d.placement = placement_of(pool.values(), d.submit)
+    if d.placement is not None:
+        d.replica_ids = F.placement_ids(d.placement.body.subject)
+        d.replicas = frozenset(d.replica_ids)
+    for f in pool.values():
+        d._admit(f)
+    return d._finish()
+
+
+def derive_with(previous: Derivation | None, facts: Iterable[Fact], *, ids: frozenset[bytes] | None = None) -> Derivation:
+    """``derivation(facts, job_id=previous.job_id)``, from ``previous`` when it can be.
+
+    ``facts`` is the whole current set (``ids``: their fact ids, if the
+    caller has them). When it holds everything ``previous`` saw, only the new
+    facts are admitted. A fact may also be gone from the set if it is not
+    among the valid facts once the new ones are in (a store drops a renew
+    that a newer one replaced): a fact that does not count, or no longer
+    counts, changes nothing. Anything else is derived afresh.
+    """
+    facts = list(facts)
+    if previous is None:
+        return derivation(facts)
+    if ids is None:
+        ids = frozenset(map(_fact_id, facts))
+    seen = previous.seen
+    if ids == seen:
+        return previous
+    gone = seen - ids
+    if len(ids) - (len(seen) - len(gone)) == 0:  # nothing new: only facts gone
+        d: Derivation | None = previous._copy(ids)
+        d.state = previous.state  # type: ignore[union-attr]
+    else:
+        d = previous._extended([f for f in facts if f.fact_id not in seen], ids)
+    if d is not None and gone and any(fid in d.valid for fid in gone):
+        d = None
+    if d is None:
+        return derivation(facts, job_id=previous.job_id)
+    return d
+
+
+def _lease_holder(leases: dict[tuple[int, bytes], frozenset[bytes]], quorum: int) -> tuple[int, bytes | None]:
+    """Highest attempt with ``quorum`` distinct lease grant authors for one
+    worker; for equal attempts the lowest worker id wins (only possible with a
+    split replica set; any stable choice will do)."""
+    best: tuple[int, bytes | None] = (0, None)
+    for (attempt, worker), who in leases.items():
+        if len(who) >= quorum and attempt > 0 and (attempt > best[0] or (attempt == best[0] and worker < best[1])):  # type: ignore[operator]
+            best = (attempt, worker)
+    return best
+
+
+def _decided(d: Derivation, submit: Fact) -> Fact | None:
     quorum = submit.body.quorum
-    counts = seal_counts(valid)
-    candidates = [
-        f
-        for f in valid
-        if counts.get(f.fact_id, 0) >= quorum and (f.kind == F.CANCEL or is_final_result(submit, f))
-    ]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda f: (f.kind != F.RESULT, f.attempt, f.fact_id))
+    best: Fact | None = None
+    for subject, who in d.seals.items():
+        if len(who) < quorum:
+            continue
+        f = d.valid.get(subject)
+        if f is None or not (f.kind == F.CANCEL or is_final_result(submit, f)):
+            continue
+        if best is None or (f.kind != F.RESULT, f.attempt, f.fact_id) < (best.kind != F.RESULT, best.attempt, best.fact_id):
+            best = f
+    return best
+
+
+def _state(d: Derivation) -> JobState:
+    submit = d.submit
+    assert submit is not None
+    spec: F.Submit = submit.body
+    lease_attempt, lease_worker = _lease_holder(d.leases, spec.quorum)
+    decided = _decided(d, submit)
+    result: Any | None = None
+    error: str | None = None
+    worker: bytes | None = None
+    if decided is not None and decided.kind == F.CANCEL:
+        status = CANCELLED
+    elif decided is not None and decided.body.outcome == F.OK:
+        status, result, worker = DONE, decided.body.data, decided.author_id
+    elif decided is not None:
+        status, error, worker = FAILED, error_message(decided), decided.author_id
+    elif lease_attempt and lease_attempt not in d.result_attempts:
+        status, worker = RUNNING, lease_worker
+    else:
+        status = PENDING
+    return JobState(
+        job_id=d.submit_job_id,
+        submit=submit,
+        status=status,
+        attempts=min(lease_attempt, spec.max_attempts),
+        result=result,
+        error=error,
+        last_error=d.last_error_message,
+        worker=worker,
+        decided=decided,
+        lease_attempt=lease_attempt,
+        lease_worker=lease_worker,
+        highest_attempt=d.highest,
+        replicas=d.replica_ids,
+        placement=d.placement,
+        facts=d.facts,
+    )
 
 
 def derive(facts: Iterable[Fact], *, job_id: bytes | None = None) -> JobState | None:
@@ -246,52 +424,7 @@ def derive(facts: Iterable[Fact], *, job_id: bytes | None = None) -> JobState | 
     chooses the job when facts of several jobs are mixed (otherwise the
     submission with the lowest job id is taken).
     """
-    pool = set(facts)
-    submit = _pick_submit(pool, job_id)
-    if submit is None:
-        return None
-    spec: F.Submit = submit.body
-    placement = placement_of(pool, submit)
-    valid = valid_facts(pool, submit, placement)
-
-    lease_attempt, lease_worker = _lease_holder(valid, spec.quorum)
-    results = [f for f in valid if f.kind == F.RESULT]
-    highest = max((f.attempt for f in valid if f.kind in (F.CLAIM, F.RENEW, F.GRANT, F.RESULT)), default=0)
-    errors = [f for f in results if f.body.outcome == F.ERROR]
-    last_error = error_message(max(errors, key=lambda f: (f.attempt, f.fact_id))) if errors else None
-
-    decided = _decided(valid, submit)
-    result: Any | None = None
-    error: str | None = None
-    worker: bytes | None = None
-    if decided is not None and decided.kind == F.CANCEL:
-        status = CANCELLED
-    elif decided is not None and decided.body.outcome == F.OK:
-        status, result, worker = DONE, decided.body.data, decided.author_id
-    elif decided is not None:
-        status, error, worker = FAILED, error_message(decided), decided.author_id
-    elif lease_attempt and not any(f.attempt == lease_attempt for f in results):
-        status, worker = RUNNING, lease_worker
-    else:
-        status = PENDING
-
-    return JobState(
-        job_id=submit.job_id,
-        submit=submit,
-        status=status,
-        attempts=min(lease_attempt, spec.max_attempts),
-        result=result,
-        error=error,
-        last_error=last_error,
-        worker=worker,
-        decided=decided,
-        lease_attempt=lease_attempt,
-        lease_worker=lease_worker,
-        highest_attempt=highest,
-        replicas=F.placement_ids(placement.body.subject) if placement is not None else (),
-        placement=placement,
-        facts=tuple(valid),
-    )
+    return derivation(facts, job_id=job_id).state
 
 
 def can_move(old: str, new: str) -> bool:

@@ -142,7 +142,7 @@ class Node:
             announce=self._announce_new,
             waiters=self._waiters,
         )
-        self.jobs.derive_local = self.workers.derive_local = self.derived.local
+        self.jobs.derived = self.workers.derived = self.derived
         self.jobs.take_fresh = self.workers.take_fresh
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
         self._tasks: list[asyncio.Task] = []

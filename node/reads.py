@@ -13,35 +13,43 @@ from __future__ import annotations
 
 from dht.server import DHTServer
 from node import lifecycle
+from node.derived import DerivedStates
 
 REVIVE_ON_MISS = 8  # evicted contacts pinged before a read answers "not found"
 WIDER_READ = 2  # a read that found nothing asks this many times r closest nodes once more
 
 
-async def read_job(dht: DHTServer, job_id: bytes) -> tuple[lifecycle.JobState | None, int]:
-    """(the derived state or None when nobody knows the job, replicas that answered)."""
-    local = lifecycle.derive(dht.records.get(job_id))
+async def read_job(
+    dht: DHTServer, job_id: bytes, derived: DerivedStates | None = None
+) -> tuple[lifecycle.JobState | None, int]:
+    """(the derived state or None when nobody knows the job, replicas that answered).
+
+    ``derived``: the node's memo of derived states over ``dht.records``
+    (None: derive every time; the answer is the same).
+    """
+    derive = derived.of if derived is not None else lifecycle.derive
+    local = derived.local(job_id) if derived is not None else lifecycle.derive(dht.records.get(job_id))
     placed = local.replicas if local is not None else ()
     facts, answered = await dht.fetch(job_id, also=placed)
-    state = lifecycle.derive(facts)
+    state = derive(facts)
     if state is None and dht.has_dormant():
         # Nobody we asked knows the job. Before saying "not found", try the
         # contacts we evicted: after a partition they may be the other half.
         if await dht.revive(REVIVE_ON_MISS):
             facts, answered = await dht.fetch(job_id, also=placed)
-            state = lifecycle.derive(facts)
+            state = derive(facts)
     if state is None:
         # Still nobody. The job's placed replicas may have drifted away from
         # the r closest (a partition healed, nodes joined); a miss is rare, so
         # search twice as wide once, waiting for every answer, before
         # answering "not found".
         facts, wider = await dht.fetch(job_id, replicas=WIDER_READ * dht.config.replicas, until_found=True)
-        state = lifecycle.derive(facts)
+        state = derive(facts)
         answered = max(answered, wider)
     if state is not None and state.replicas and not placed:
         more, extra = await dht.fetch(job_id, also=state.replicas)
         facts = [*facts, *more]
-        state = lifecycle.derive(facts)
+        state = derive(facts)
         answered = max(answered, extra)
     if state is not None and local is not None:
         _keep_up(dht, job_id, facts)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from crypto.identity import Identity
 from dht.server import DHTServer, StoreOutcome
 from node import facts as F
 from node import lifecycle, rendezvous
+from node.derived import DerivedStates
 from node.handlers import Handler, HandlerError, JobContext, Registry
 from node.leases import LeaseRules
 from node.reads import read_job
@@ -122,11 +123,9 @@ class WorkerPool:
         self.reports_max = 256  # attempts past their handler, filing results, at most
         self._wakeup = asyncio.Event()
         self._on_state = on_state or (lambda job_id, status, attempt: None)
+        # The node's memo of derived states over its store (None: derive every time).
+        self.derived: DerivedStates | None = None
         self.log = logger or structlog.get_logger()
-        # The state of what the local store holds for a job (the node plugs in its memo).
-        self.derive_local: Callable[[bytes], lifecycle.JobState | None] = lambda key: lifecycle.derive(
-            self.dht.records.get(key)
-        )
         self.counters = {
             "offers": 0,
             "offers_dropped": 0,
@@ -143,6 +142,16 @@ class WorkerPool:
             "confirms_lost": 0,
             "claims_with_submit": 0,
         }
+
+    def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
+        """The state of what the local store holds for a job."""
+        if self.derived is not None:
+            return self.derived.local(job_id)
+        return lifecycle.derive(self.dht.records.get(job_id))
+
+    def derive(self, facts: Iterable[F.Fact]) -> lifecycle.JobState | None:
+        """The state a set of facts decides (through the node's memo when plugged in)."""
+        return self.derived.of(facts) if self.derived is not None else lifecycle.derive(facts)
 
     @property
     def busy(self) -> int:
@@ -294,10 +303,10 @@ class WorkerPool:
             # is as good as a read (if it is behind, the claim is refused).
             state = local
         elif offer.first and offer.best:
-            state = lifecycle.derive(offer.first)
+            state = self.derive(offer.first)
         if state is None or not state.replicas:
             # Not a fresh job we rank first for: read it before claiming.
-            state, _answered = await read_job(self.dht, job_id)
+            state, _answered = await read_job(self.dht, job_id, self.derived)
         if state is None or state.status in lifecycle.TERMINAL or not state.replicas:
             return
         spec: F.Submit = state.submit.body
