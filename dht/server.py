@@ -438,11 +438,13 @@ class DHTServer(Upkeep):
         return result
 
     async def replicas_for(self, key: bytes, *, count: int | None = None, fresh: bool = False) -> list[Contact]:
-        """The ``count`` (default r) closest nodes to ``key``, this node included when it is one."""
-        count = count or self.config.replicas
+        """The ``count`` (default r) closest nodes to ``key``, this node included
+        when it is one. ``count`` may exceed r (a wider read, a placement's
+        candidates), up to k."""
+        count = min(count or self.config.replicas, self.config.k)
         now = self.clock.monotonic()
         cached = self._replica_cache.get(key)
-        if cached is not None and not fresh and now - cached[0] < self.replica_cache_ttl_s:
+        if cached is not None and not fresh and now - cached[0] < self.replica_cache_ttl_s and len(cached[1]) >= count:
             return cached[1][:count]
         target = target_node(key)
         seeds = self.router.find_neighbors(target, k=self.config.k)
@@ -453,11 +455,12 @@ class DHTServer(Upkeep):
         found = (await self._lookup(key, seeds)).contacts if seeds else []
         everyone = {c.id: c for c in found}
         everyone[self.node.id] = self.node
-        if len(everyone) < self.config.replicas + 1:
+        wanted = max(count, self.config.replicas)
+        if len(everyone) < wanted + 1:
             # A lookup cut short by lost replies: fall back on contacts we know.
             for c in seeds:
                 everyone.setdefault(c.id, c)
-        closest = sorted(everyone.values(), key=target.distance_to)[: self.config.replicas]
+        closest = sorted(everyone.values(), key=target.distance_to)[:wanted]
         self._replica_cache[key] = (now, closest)
         self._replica_cache.move_to_end(key)
         while len(self._replica_cache) > 4096:

@@ -211,3 +211,20 @@ async def test_after_the_table_split_replica_sets_come_from_a_lookup():
 def test_target_node_measures_xor_distance():
     a, b = os.urandom(20), os.urandom(20)
     assert target_node(a).distance_to(target_node(b)) == dist(a, b)
+
+
+async def test_replica_sets_wider_than_r_come_from_the_lookup_too():
+    """A read's wider search and a placement's candidates ask for 2r nodes;
+    a table that split must not cut the lookup's answer down to r."""
+    s, identity = server(k=4, replicas=2, quorum=2)
+    known = [Contact(with_top_bit(b), "127.0.0.1", 200 + i, KEY) for i, b in enumerate([0, 0, 1, 1, 1])]
+    net = StubNet(identity, {})
+    s.protocol.request = net.request
+    for c in known:
+        s.router.add_contact(net.add(c))
+    assert not s.router_is_complete()
+    key = os.urandom(20)
+    got = await s.replicas_for(key, count=4)
+    everyone = [c.id for c in known] + [identity.node_id]
+    assert [c.id for c in got] == sorted(everyone, key=lambda i: dist(i, key))[:4]
+    assert [c.id for c in await s.replicas_for(key)] == [c.id for c in got[:2]]  # r by default, from the cache
