@@ -3,6 +3,7 @@ the replica set a DHT server derives from it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -247,8 +248,6 @@ class ProbeNet:
         return c
 
     async def request(self, addr, method, args, *, expect_id, peer_key=None, timeout_s=None):
-        import asyncio
-
         c = self.by_addr[addr]
         self.pinged.append(c.id)
         if c.id in self.silent:
@@ -267,8 +266,6 @@ def probing_server(silent_count: int) -> tuple[DHTServer, list[Contact], ProbeNe
 
 
 async def test_a_probe_returns_who_answered_without_waiting_out_the_silent():
-    import asyncio
-
     s, contacts, net = probing_server(silent_count=2)
     answered = await asyncio.wait_for(s.probe(contacts, enough=3, grace_s=0.01), timeout=5)
     assert answered == {c.id for c in contacts[2:]}
@@ -279,8 +276,6 @@ async def test_a_probe_returns_who_answered_without_waiting_out_the_silent():
 
 
 async def test_a_probe_stops_as_soon_as_the_caller_is_settled():
-    import asyncio
-
     s, contacts, _ = probing_server(silent_count=1)
 
     def until(answered: set[bytes], pending: set[bytes]) -> bool:
