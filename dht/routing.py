@@ -116,6 +116,10 @@ class WorkmeshRoutingTable(RoutingTable):
         elif self._on_full is not None:
             self._on_full(bucket.head())
 
+    def failures(self, node_id: bytes) -> int:
+        """Lost replies in a row from a contact (0 once it answers again)."""
+        return self._failures.get(node_id, 0)
+
     def record_success(self, node_id: bytes) -> None:
         self._failures.pop(node_id, None)
 

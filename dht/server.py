@@ -1,7 +1,7 @@
 """A DHT peer: routing, signed RPCs, replicated record sets, repair.
 
 ``DHTServer`` owns the routing table, the RPC protocol and the record store,
-and offers the node layer four operations:
+and offers the node layer these operations:
 
 * ``store(key, records)``: write to the ``r`` closest replicas; reports how
   many really stored (never raises on an empty or dead neighbourhood), and
@@ -9,6 +9,8 @@ and offers the node layer four operations:
 * ``fetch(key)``: ask the ``r`` closest replicas, merge every valid record of
   every reply (never a majority vote), and push back what each lacked;
 * ``lookup(key)``: the ``r`` closest live contacts;
+* ``probe(contacts)``: which of them answer a ping now (with
+  ``answered_age_s`` and ``failures``, what the node knows already);
 * ``register(method, handler)``: more RPCs (gossip) over the same envelope.
 
 What a record means is not this layer's business: an injected
@@ -37,6 +39,8 @@ from dht.routing import Contact, WorkmeshRoutingTable, target_node
 from dht.upkeep import Upkeep
 
 RECORDS_PER_REPLY_BYTES = 48_000
+# Pings sent at once to each contact a probe asks (DHTServer.probe).
+PROBE_PINGS = 2
 
 
 @dataclass(slots=True)
@@ -178,6 +182,10 @@ class DHTServer(Upkeep):
         # even when a lossy join left this node's own table thin.
         self._heard: OrderedDict[bytes, None] = OrderedDict()
         self.heard_max = 1024
+        # When each contact last answered a request of ours (monotonic s), the
+        # most recent answered_max: what placing a job on it now relies on.
+        self._answered: OrderedDict[bytes, float] = OrderedDict()
+        self.answered_max = 10_000
         self._revive_lock = asyncio.Lock()
         self.revive_interval_s = 5.0
         self.revive_per_round = 3
@@ -257,6 +265,10 @@ class DHTServer(Upkeep):
 
     def _proved(self, contact: Contact) -> None:
         """``contact`` answered a request we sent to its address: it holds its key there."""
+        self._answered[contact.id] = self.clock.monotonic()
+        self._answered.move_to_end(contact.id)
+        while len(self._answered) > self.answered_max:
+            self._answered.popitem(last=False)
         is_new = self.router.get(contact.id) is None
         self.router.add_contact(contact)
         if is_new and self.router.get(contact.id) is not None and self._newly_met(contact.id):
@@ -438,11 +450,13 @@ class DHTServer(Upkeep):
         return result
 
     async def replicas_for(self, key: bytes, *, count: int | None = None, fresh: bool = False) -> list[Contact]:
-        """The ``count`` (default r) closest nodes to ``key``, this node included when it is one."""
-        count = count or self.config.replicas
+        """The ``count`` (default r) closest nodes to ``key``, this node included
+        when it is one. ``count`` may exceed r (a wider read, a placement's
+        candidates), up to k."""
+        count = min(count or self.config.replicas, self.config.k)
         now = self.clock.monotonic()
         cached = self._replica_cache.get(key)
-        if cached is not None and not fresh and now - cached[0] < self.replica_cache_ttl_s:
+        if cached is not None and not fresh and now - cached[0] < self.replica_cache_ttl_s and len(cached[1]) >= count:
             return cached[1][:count]
         target = target_node(key)
         seeds = self.router.find_neighbors(target, k=self.config.k)
@@ -453,16 +467,71 @@ class DHTServer(Upkeep):
         found = (await self._lookup(key, seeds)).contacts if seeds else []
         everyone = {c.id: c for c in found}
         everyone[self.node.id] = self.node
-        if len(everyone) < self.config.replicas + 1:
+        wanted = max(count, self.config.replicas)
+        if len(everyone) < wanted + 1:
             # A lookup cut short by lost replies: fall back on contacts we know.
             for c in seeds:
                 everyone.setdefault(c.id, c)
-        closest = sorted(everyone.values(), key=target.distance_to)[: self.config.replicas]
+        closest = sorted(everyone.values(), key=target.distance_to)[:wanted]
         self._replica_cache[key] = (now, closest)
         self._replica_cache.move_to_end(key)
         while len(self._replica_cache) > 4096:
             self._replica_cache.popitem(last=False)
         return closest[:count]
+
+    def answered_age_s(self, node_id: bytes) -> float | None:
+        """Seconds since ``node_id`` last answered a request of ours (0 for this
+        node itself; None if it never did, or that was forgotten)."""
+        if node_id == self.node.id:
+            return 0.0
+        at = self._answered.get(node_id)
+        return None if at is None else self.clock.monotonic() - at
+
+    def failures(self, node_id: bytes) -> int:
+        """Requests to ``node_id`` that went unanswered in a row (0 once it answers)."""
+        return 0 if node_id == self.node.id else self.router.failures(node_id)
+
+    async def probe(
+        self,
+        contacts: list[Contact],
+        *,
+        enough: int,
+        grace_s: float,
+        until: Callable[[set[bytes], set[bytes]], bool] = lambda answered, pending: False,
+    ) -> set[bytes]:
+        """Ping ``contacts`` at once, each ``PROBE_PINGS`` times (one lost
+        datagram must not pass a live node over); the ids that answered.
+        Returns when every ping is answered or timed out, when
+        ``until(answered, pending ids)`` holds, or ``grace_s`` after ``enough``
+        answered (from the start when ``enough`` is 0): a node that does not
+        answer then costs no whole RPC timeout. Pings still running go on in
+        tracked tasks."""
+        if not contacts:
+            return set()
+        loop = asyncio.get_running_loop()
+
+        async def ping(contact: Contact) -> bool:
+            tries = [self.protocol.spawn(self._ping_contact(contact), "probe") for _ in range(PROBE_PINGS)]
+            for first in asyncio.as_completed(tries):
+                if await first:
+                    return True
+            return False
+
+        tasks = {self.protocol.spawn(ping(c), "probe"): c.id for c in contacts}
+        answered: set[bytes] = set()
+        pending = set(tasks)
+        grace_until = loop.time() + grace_s if enough <= 0 else None
+        while pending:
+            timeout = None if grace_until is None else max(0.0, grace_until - loop.time())
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            answered.update(tasks[t] for t in done if not t.cancelled() and t.exception() is None and t.result())
+            if until(answered, {tasks[t] for t in pending}):
+                break
+            if grace_until is None and len(answered) >= enough:
+                grace_until = loop.time() + grace_s
+        return answered
 
     def router_is_complete(self) -> bool:
         """True while the table is one unsplit bucket, not full and without

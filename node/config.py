@@ -31,6 +31,13 @@ class NodeConfig:
     gossip_fanout: int = 4
     gossip_ttl: int = 4
     gossip_seen_max: int = 100_000
+    # A new job is placed on the closest nodes that answer (node/placement.py):
+    # a candidate that answered one of our requests this recently (and none
+    # went unanswered since) is named without a ping; others are pinged first.
+    placement_fresh_s: float = 2.0
+    # ...and once enough candidates answered, a closer one that has not is
+    # waited for this long at most, then passed over.
+    placement_probe_wait_s: float = 0.25
     # Jobs a worker remembers as runnable, at most.
     runnable_max: int = 20_000
     # A replica re-announces a pending job after this delay (times its rank

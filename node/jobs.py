@@ -17,7 +17,7 @@ from api.service import JobView
 from crypto.identity import Identity
 from dht.server import DHTServer
 from node import facts as F
-from node import lifecycle
+from node import lifecycle, placement
 from node.derived import DerivedStates
 from node.errors import Conflict, JobNotFound, QuorumUnavailable, UnknownJobType, ValidationFailed
 from node.jobindex import JobIndex
@@ -98,7 +98,9 @@ class JobOperations:
         # A local worker slot that claims a new job in the store placing it
         # (the node plugs in its worker pool's ``take_fresh``); None: no slot.
         self.take_fresh: Callable[[F.Fact, F.Fact], Awaitable[Any] | None] = lambda submit, place: None
-        self.counters = {"submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0}
+        self.counters = {
+            "submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0, "placed_off_closest": 0,
+        }
 
     def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
         """The state of what the local store holds for a job."""
@@ -208,14 +210,33 @@ class JobOperations:
         return view(state)
 
     async def _placement(self, submit: F.Fact, *, idempotent: bool) -> tuple[bytes, ...]:
-        """The replica ids for a new job: the r closest nodes to its key. A
-        resubmission (same idempotency key and body) keeps the job's placement."""
+        """The replica ids for a new job: the closest nodes to its key that
+        answer, among the ``placement.WIDER`` * r closest (node/placement.py).
+        A resubmission (same idempotency key and body) keeps the job's placement."""
         if idempotent:
             existing, _ = await read_job(self.dht, submit.job_id, self.derived)
             if existing is not None and existing.replicas:
                 return existing.replicas
-        found = await self.dht.replicas_for(submit.job_id, count=submit.body.replicas, fresh=True)
-        return tuple(c.id for c in found)
+        count = submit.body.replicas
+        found = await self.dht.replicas_for(submit.job_id, count=placement.WIDER * count, fresh=True)
+        ids = [c.id for c in found]
+        fresh_s = self.defaults.placement_fresh_s
+        verdicts = {
+            c.id: placement.verdict(self.dht.answered_age_s(c.id), self.dht.failures(c.id), fresh_s) for c in found
+        }
+        trusted = {i for i, v in verdicts.items() if v == placement.TRUSTED}
+        asked = set(placement.to_probe(ids, verdicts, count))
+        answered = await self.dht.probe(
+            [c for c in found if c.id in asked],
+            enough=placement.probe_enough(ids, verdicts, count),
+            grace_s=self.defaults.placement_probe_wait_s,
+            until=lambda answered, pending: placement.settled(ids, trusted | answered, pending, count),
+        )
+        alive = trusted | answered
+        chosen = placement.choose(ids, alive, count)
+        if chosen != tuple(ids[:count]):
+            self.counters["placed_off_closest"] += 1
+        return chosen
 
     # -- read -------------------------------------------------------------------
     async def read_state(self, job_id: bytes) -> lifecycle.JobState:

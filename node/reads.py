@@ -12,11 +12,13 @@ before it answers "not found".
 from __future__ import annotations
 
 from dht.server import DHTServer
-from node import lifecycle
+from node import lifecycle, placement
 from node.derived import DerivedStates
 
 REVIVE_ON_MISS = 8  # evicted contacts pinged before a read answers "not found"
-WIDER_READ = 2  # a read that found nothing asks this many times r closest nodes once more
+# A read that found nothing asks this many times r closest nodes once more:
+# as many as a placement chooses its replicas among (node/placement.py).
+WIDER_READ = placement.WIDER
 
 
 async def read_job(
@@ -39,10 +41,10 @@ async def read_job(
             facts, answered = await dht.fetch(job_id, also=placed)
             state = derive(facts)
     if state is None:
-        # Still nobody. The job's placed replicas may have drifted away from
-        # the r closest (a partition healed, nodes joined); a miss is rare, so
-        # search twice as wide once, waiting for every answer, before
-        # answering "not found".
+        # Still nobody. The job's placed replicas may not be the r closest
+        # (placed past nodes that did not answer, or a partition healed, or
+        # nodes joined); a miss is rare, so search twice as wide once,
+        # waiting for every answer, before answering "not found".
         facts, wider = await dht.fetch(job_id, replicas=WIDER_READ * dht.config.replicas, until_found=True)
         state = derive(facts)
         answered = max(answered, wider)

@@ -91,6 +91,10 @@ class Run:
         )
         self.accepted: dict[bytes, Accepted] = {}
         self.counts: Counter[str] = Counter()
+        # While the mesh is split: each node's side ("majority" or "minority"),
+        # and the submissions made on each side ("majority_accepted", ...).
+        self.sides: dict[tuple[str, int], str] = {}
+        self.by_side: Counter[str] = Counter()
         self.series: list[dict[str, float]] = []
         self.marks: list[tuple[float, str]] = []
         self.load_started = 0.0
@@ -177,10 +181,13 @@ class Run:
     async def _submit(self, sim: SimNode, i: int) -> None:
         kind, payload, max_attempts = self._job_spec(i)
         self.counts["submitted"] += 1
+        side = self.sides.get(sim.addr)
         try:
             view = await sim.node.submit(kind, payload, max_attempts=max_attempts, lease_seconds=None, timeout_seconds=None, idempotency_key=None)
         except QuorumUnavailable:
             self.counts["rejected_503"] += 1
+            if side:
+                self.by_side[f"{side}_refused"] += 1
             self.trace.event(f"submit-503 {sim.name} {i}")
             return
         except asyncio.CancelledError:
@@ -194,6 +201,8 @@ class Run:
             self.counts[f"client_error_{type(exc).__name__}"] += 1
             self.trace.event(f"submit-error {sim.name} {i} {type(exc).__name__}")
             return
+        if side:
+            self.by_side[f"{side}_accepted"] += 1
         job_id = bytes.fromhex(view.id)
         self.accepted[job_id] = Accepted(job_id, kind, sim.name, self.loop.time())
         self.trace.event(f"submit-202 {sim.name} {i} {view.id[:16]}")

@@ -50,6 +50,11 @@ def run_figures(run: Run, lost: list[str], destroyed: list[str], available: floa
         "jobs_accepted": len(run.accepted),
         "jobs_rejected_503": run.counts["rejected_503"],
         "client_errors": run.counts["client_errors"],
+        # Submissions made while the mesh was split, by the accepting node's side.
+        "submits_by_side": {
+            side: {"accepted": run.by_side[f"{side}_accepted"], "refused": run.by_side[f"{side}_refused"]}
+            for side in ("majority", "minority")
+        },
         "jobs_by_status": dict(statuses),
         "jobs_closed_by_closing_attempt": len(inv.closed),
         "jobs_lost": len(lost),

@@ -299,6 +299,7 @@ class SimMesh:
                 ("replica", n.replica.counters),
                 ("rpc", n.dht.protocol.counters),
                 ("node", n.counters),
+                ("jobs", n.jobs.counters),
             )
             for prefix, counters in parts:
                 for name, value in counters.items():

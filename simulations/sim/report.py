@@ -13,6 +13,7 @@ SUMMARY_ROWS = (
     ("crashed / joined later", lambda f: f"{f['crashed']} / {f['joined_later']}"),
     ("jobs submitted / accepted / 503", lambda f: f"{f['jobs_submitted']} / {f['jobs_accepted']} / {f['jobs_rejected_503']}"),
     ("client errors", lambda f: f["client_errors"]),
+    ("while split: majority / minority side accepted (503)", lambda f: _by_side(f)),
     ("jobs by status", lambda f: ", ".join(f"{k} {v}" for k, v in sorted(f["jobs_by_status"].items()))),
     ("lost / destroyed jobs", lambda f: f"{f['jobs_lost']} / {f['jobs_destroyed']}"),
     ("latency mean / p95 / max (s)", lambda f: f"{f['latency_s_mean']} / {f['latency_s_p95']} / {f['latency_s_max']}"),
@@ -32,6 +33,11 @@ SUMMARY_ROWS = (
     ("peak memory (MiB)", lambda f: f.get("peak_rss_mib", "?")),
     ("trace sha256", lambda f: f"{f['trace_sha256']} ({f['trace_events']} events)"),
 )
+
+
+def _by_side(figures: dict[str, Any]) -> str:
+    sides = figures.get("submits_by_side", {})
+    return " / ".join(f"{sides[s]['accepted']} ({sides[s]['refused']})" for s in ("majority", "minority") if s in sides)
 
 
 def _per_job(figures: dict[str, Any], *names: str) -> str:

@@ -140,10 +140,12 @@ async def partition(run: Run) -> None:
     run.rng.shuffle(nodes)
     cut = max(1, int(len(nodes) * 0.6))
     run.network.partition([[s.addr for s in nodes[:cut]], [s.addr for s in nodes[cut:]]])
+    run.sides = {s.addr: "majority" if i < cut else "minority" for i, s in enumerate(nodes)}
     run.mark("partition")
     run.trace.event(f"partition {cut}/{len(nodes) - cut}")
     await asyncio.sleep(max(3 * lease_s, 0.4 * p.load_seconds))
     run.network.heal()
+    run.sides = {}
     run.mark("heal")
     run.trace.event("heal")
 

@@ -82,14 +82,40 @@ CASES = [
 
 
 @functools.lru_cache(maxsize=None)
-def _figures(scenario: str, nodes: int, jobs: int, seed: int) -> dict:
+def _figures(scenario: str, nodes: int, jobs: int, seed: int, replicas: int = 5) -> dict:
     """One run's figures, shared by the tests that look at the same run."""
-    return simulate(Params(scenario=scenario, nodes=nodes, jobs=jobs, seed=seed, liveness_deadline_s=60.0))
+    return simulate(Params(scenario=scenario, nodes=nodes, jobs=jobs, seed=seed, replicas=replicas, liveness_deadline_s=60.0))
 
 
 @pytest.mark.parametrize(("scenario", "nodes", "jobs", "seed"), CASES)
 def test_scenario_keeps_every_promise(scenario, nodes, jobs, seed):
     _check(_figures(scenario, nodes, jobs, seed))
+
+
+@pytest.mark.parametrize("replicas", [5, 3])
+def test_a_partition_refuses_no_submission_a_quorum_could_store(replicas):
+    """Finding 11 (docs/simulation.md): while the mesh was split 60/40, nodes
+    on either side placed new jobs on the r closest nodes, some across the
+    split, missed the write quorum and answered 503. Over seeds 1-2 (12
+    nodes) the majority side accepted 4 of 8 (r = 5) and 5 of 8 (r = 3), the
+    minority side 2 of 10 and 3 of 10. A job is now placed on the closest
+    nodes that answer, among the 2r closest, so a node that reaches a quorum
+    of them accepts: 8 of 8 and 10 of 10 with either r. Jobs placed past the
+    r closest are found again after the heal (record availability 1.0)."""
+    sides = {"majority": [0, 0], "minority": [0, 0]}
+    placed_off = 0
+    for seed in (1, 2):
+        figures = _figures("partition", 12, 12, seed, replicas)
+        _check(figures)
+        for side, counts in figures["submits_by_side"].items():
+            sides[side][0] += counts["accepted"]
+            sides[side][1] += counts["refused"]
+        placed_off += figures["node_totals"].get("jobs_placed_off_closest", 0)
+    majority, minority = sides["majority"], sides["minority"]
+    print(f"\nFIGURES partition r={replicas} seeds 1-2: accepted/refused majority {majority} minority {minority}, placed past the r closest {placed_off}")
+    assert majority[0] >= 6 and majority[0] >= 0.9 * sum(majority), sides
+    assert minority[0] >= 0.75 * sum(minority), sides
+    assert placed_off > 0  # the heal's reads above found jobs placed off the r closest
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -3,6 +3,7 @@ the replica set a DHT server derives from it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -211,3 +212,89 @@ async def test_after_the_table_split_replica_sets_come_from_a_lookup():
 def test_target_node_measures_xor_distance():
     a, b = os.urandom(20), os.urandom(20)
     assert target_node(a).distance_to(target_node(b)) == dist(a, b)
+
+
+async def test_replica_sets_wider_than_r_come_from_the_lookup_too():
+    """A read's wider search and a placement's candidates ask for 2r nodes;
+    a table that split must not cut the lookup's answer down to r."""
+    s, identity = server(k=4, replicas=2, quorum=2)
+    known = [Contact(with_top_bit(b), "127.0.0.1", 200 + i, KEY) for i, b in enumerate([0, 0, 1, 1, 1])]
+    net = StubNet(identity, {})
+    s.protocol.request = net.request
+    for c in known:
+        s.router.add_contact(net.add(c))
+    assert not s.router_is_complete()
+    key = os.urandom(20)
+    got = await s.replicas_for(key, count=4)
+    everyone = [c.id for c in known] + [identity.node_id]
+    assert [c.id for c in got] == sorted(everyone, key=lambda i: dist(i, key))[:4]
+    assert [c.id for c in await s.replicas_for(key)] == [c.id for c in got[:2]]  # r by default, from the cache
+
+
+# --------------------------------------------------------------------------- probes
+
+
+class ProbeNet:
+    """Pings: contacts in ``silent`` never answer (the call is cancelled when
+    the probe stops waiting), the others answer at once."""
+
+    def __init__(self, own: Identity, silent: set[bytes]) -> None:
+        self.own, self.silent = own, silent
+        self.by_addr: dict[tuple[str, int], Contact] = {}
+        self.pinged: list[bytes] = []
+
+    def add(self, c: Contact) -> Contact:
+        self.by_addr[c.addr] = c
+        return c
+
+    async def request(self, addr, method, args, *, expect_id, peer_key=None, timeout_s=None):
+        c = self.by_addr[addr]
+        self.pinged.append(c.id)
+        if c.id in self.silent:
+            await asyncio.sleep(3600)
+        return Envelope(REPLY, b"\0" * 16, c.public_key, c.id, 0, self.own.node_id, method, [])
+
+
+def probing_server(silent_count: int) -> tuple[DHTServer, list[Contact], ProbeNet]:
+    s, identity = server(k=8, replicas=3, quorum=2)
+    contacts = [Contact(os.urandom(20), "127.0.0.1", 300 + i, KEY) for i in range(5)]
+    net = ProbeNet(identity, {c.id for c in contacts[:silent_count]})
+    s.protocol.request = net.request
+    for c in contacts:
+        s.router.add_contact(net.add(c))
+    return s, contacts, net
+
+
+async def test_a_probe_returns_who_answered_without_waiting_out_the_silent():
+    s, contacts, net = probing_server(silent_count=2)
+    answered = await asyncio.wait_for(s.probe(contacts, enough=3, grace_s=0.01), timeout=5)
+    assert answered == {c.id for c in contacts[2:]}
+    assert net.pinged.count(contacts[0].id) == 2  # each contact is pinged twice at once
+    assert s.answered_age_s(contacts[4].id) is not None and s.answered_age_s(contacts[0].id) is None
+    assert s.answered_age_s(s.node.id) == 0.0
+    s.protocol.close()  # the silent pings
+
+
+async def test_a_probe_stops_as_soon_as_the_caller_is_settled():
+    s, contacts, _ = probing_server(silent_count=1)
+
+    def until(answered: set[bytes], pending: set[bytes]) -> bool:
+        assert pending <= {contacts[0].id}
+        return contacts[1].id in answered
+
+    # enough=2 is never reached: only ``until`` can end the wait before the silent ping.
+    answered = await asyncio.wait_for(s.probe(contacts[:2], enough=2, grace_s=3600, until=until), timeout=5)
+    assert answered == {contacts[1].id}
+    s.protocol.close()
+
+
+async def test_failures_count_lost_replies_in_a_row_and_reset_on_an_answer():
+    s, contacts, _ = probing_server(silent_count=0)
+    c = contacts[0]
+    assert s.failures(c.id) == 0
+    s.router.record_failure(c)
+    s.router.record_failure(c)
+    assert s.failures(c.id) == 2
+    assert await s.probe([c], enough=1, grace_s=0.0) == {c.id}
+    assert s.failures(c.id) == 0 and 0.0 <= s.answered_age_s(c.id) < 1.0
+    assert s.failures(s.node.id) == 0
