@@ -105,3 +105,14 @@ class DerivedStates:
 
     def statistics(self) -> dict[str, int]:
         return {**self.counters, "cached": len(self._by_version) + len(self._by_set), "derived_jobs": len(self._latest)}
+
+
+def state_of(memo: DerivedStates | None, facts: Iterable[Fact]) -> lifecycle.JobState | None:
+    """The state ``facts`` decide: through ``memo`` when a node plugged one
+    in, else derived afresh (the answer is the same)."""
+    return memo.of(facts) if memo is not None else lifecycle.derive(facts)
+
+
+def local_state(memo: DerivedStates | None, store: FactStore, key: bytes) -> lifecycle.JobState | None:
+    """The state of what ``store`` holds for ``key`` (through ``memo`` when there is one)."""
+    return memo.local(key) if memo is not None else lifecycle.derive(store.get(key))

@@ -18,7 +18,7 @@ from crypto.identity import Identity
 from dht.server import DHTServer
 from node import facts as F
 from node import lifecycle, placement
-from node.derived import DerivedStates
+from node.derived import DerivedStates, local_state, state_of
 from node.errors import Conflict, JobNotFound, QuorumUnavailable, UnknownJobType, ValidationFailed
 from node.jobindex import JobIndex
 from node.reads import read_job
@@ -104,9 +104,7 @@ class JobOperations:
 
     def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
         """The state of what the local store holds for a job."""
-        if self.derived is not None:
-            return self.derived.local(job_id)
-        return lifecycle.derive(self.dht.records.get(job_id))
+        return local_state(self.derived, self.dht.records, job_id)
 
     # -- submit -----------------------------------------------------------------
     def mesh_seen(self) -> int:
@@ -206,7 +204,7 @@ class JobOperations:
         # node's lease goes stale.
         if not claimed:
             self._announce(submit, place, stored_ids)
-        state = self.derived.of([submit, place]) if self.derived is not None else lifecycle.derive([submit, place])
+        state = state_of(self.derived, [submit, place])
         return view(state)
 
     async def _placement(self, submit: F.Fact, *, idempotent: bool) -> tuple[bytes, ...]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dht.server import DHTServer
 from node import lifecycle, placement
-from node.derived import DerivedStates
+from node.derived import DerivedStates, local_state, state_of
 
 REVIVE_ON_MISS = 8  # evicted contacts pinged before a read answers "not found"
 # A read that found nothing asks this many times r closest nodes once more:
@@ -29,29 +29,28 @@ async def read_job(
     ``derived``: the node's memo of derived states over ``dht.records``
     (None: derive every time; the answer is the same).
     """
-    derive = derived.of if derived is not None else lifecycle.derive
-    local = derived.local(job_id) if derived is not None else lifecycle.derive(dht.records.get(job_id))
+    local = local_state(derived, dht.records, job_id)
     placed = local.replicas if local is not None else ()
     facts, answered = await dht.fetch(job_id, also=placed)
-    state = derive(facts)
+    state = state_of(derived, facts)
     if state is None and dht.has_dormant():
         # Nobody we asked knows the job. Before saying "not found", try the
         # contacts we evicted: after a partition they may be the other half.
         if await dht.revive(REVIVE_ON_MISS):
             facts, answered = await dht.fetch(job_id, also=placed)
-            state = derive(facts)
+            state = state_of(derived, facts)
     if state is None:
         # Still nobody. The job's placed replicas may not be the r closest
         # (placed past nodes that did not answer, or a partition healed, or
         # nodes joined); a miss is rare, so search twice as wide once,
         # waiting for every answer, before answering "not found".
         facts, wider = await dht.fetch(job_id, replicas=WIDER_READ * dht.config.replicas, until_found=True)
-        state = derive(facts)
+        state = state_of(derived, facts)
         answered = max(answered, wider)
     if state is not None and state.replicas and not placed:
         more, extra = await dht.fetch(job_id, also=state.replicas)
         facts = [*facts, *more]
-        state = derive(facts)
+        state = state_of(derived, facts)
         answered = max(answered, extra)
     if state is not None and local is not None:
         _keep_up(dht, job_id, facts)

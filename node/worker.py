@@ -31,7 +31,7 @@ from crypto.identity import Identity
 from dht.server import DHTServer, StoreOutcome
 from node import facts as F
 from node import lifecycle, rendezvous
-from node.derived import DerivedStates
+from node.derived import DerivedStates, local_state, state_of
 from node.handlers import Handler, HandlerError, JobContext, Registry
 from node.leases import LeaseRules
 from node.reads import read_job
@@ -145,13 +145,11 @@ class WorkerPool:
 
     def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
         """The state of what the local store holds for a job."""
-        if self.derived is not None:
-            return self.derived.local(job_id)
-        return lifecycle.derive(self.dht.records.get(job_id))
+        return local_state(self.derived, self.dht.records, job_id)
 
     def derive(self, facts: Iterable[F.Fact]) -> lifecycle.JobState | None:
         """The state a set of facts decides (through the node's memo when plugged in)."""
-        return self.derived.of(facts) if self.derived is not None else lifecycle.derive(facts)
+        return state_of(self.derived, facts)
 
     @property
     def busy(self) -> int:
