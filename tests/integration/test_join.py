@@ -47,21 +47,40 @@ async def mesh_and_latecomer(tmp_path, count: int):
 
 async def test_a_node_whose_lookups_went_unanswered_refuses_jobs_until_one_is(tmp_path):
     async with mesh_and_latecomer(tmp_path, 3) as (nodes, late):
-        # The late node reached its bootstrap node (a ping), but no lookup
-        # reply ever came back: its table holds one contact and looks like a
-        # whole mesh of two, so a job would be placed on one node.
-        assert await late.dht.ping(nodes[0].dht.address) is not None
+        # The late node reached one node (a ping), which then went away: no
+        # lookup reply ever comes back. Its table holds one contact and looks
+        # like a whole mesh of two, so a job would be placed on one node.
+        gone = await started(tmp_path, "gone")
+        assert await late.dht.ping(gone.dht.address) is not None
+        await gone.stop()
         late.jobs.expects_peers = True
         assert len(late.dht.router) == 1 and late.dht.router_is_complete()
+        # Its own lookup before placing goes unanswered too: it refuses.
         with pytest.raises(QuorumUnavailable, match="not joined"):
             await late.jobs.submit("echo", {"n": 1})
-        # One answered lookup later it sees the mesh, and places on 3 replicas.
+        # One answered lookup later it sees the mesh (and remembers the node
+        # that went away), and places on at least 3 replicas, a quorum holding it.
         await late.dht.bootstrap([nodes[0].dht.address])
         view = await late.jobs.submit("echo", {"n": 2})
         job_id = bytes.fromhex(view.id)
         held = [n for n in [*nodes, late] if n.dht.records.get(job_id)]
         state = lifecycle.derive(held[0].dht.records.get(job_id))
-        assert len(state.replicas) == 3 and len(held) >= 2
+        assert len(state.replicas) >= 3 and len(held) >= state.submit.body.quorum
+
+
+async def test_a_node_with_a_thin_view_looks_itself_up_before_placing_a_job(tmp_path):
+    async with mesh_and_latecomer(tmp_path, 4) as (nodes, late):
+        # The late node knows one node of a 5-node mesh and nothing it named:
+        # from this view a job would go to 1 replica (a mesh of two).
+        assert await late.dht.ping(nodes[0].dht.address) is not None
+        late.jobs.expects_peers = True
+        assert late.jobs.mesh_seen() == 2
+        # The submit looks the node up first, and places on the whole mesh.
+        view = await late.jobs.submit("echo", {"n": 1})
+        job_id = bytes.fromhex(view.id)
+        held = [n for n in [*nodes, late] if n.dht.records.get(job_id)]
+        state = lifecycle.derive(held[0].dht.records.get(job_id))
+        assert len(state.replicas) == 5 and state.submit.body.quorum == 3 and len(held) >= 3
 
 
 async def test_a_table_that_lacks_nodes_a_lookup_named_is_not_taken_for_the_whole_mesh(tmp_path):
