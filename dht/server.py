@@ -102,6 +102,35 @@ class StoreOutcome:
         )
 
 
+def _store_outcome(replicas: list[Contact], answers: dict[bytes, tuple], missing: tuple) -> StoreOutcome:
+    """A store's outcome from each replica's (answered, stored all, refusals, produced)."""
+    results = [answers.get(c.id, missing) for c in replicas]
+    return StoreOutcome(
+            stored_on=sum(1 for _, ok, _, _ in results if ok),
+            answered=sum(1 for answered, _, _, _ in results if answered),
+            asked=len(replicas),
+            produced=[p for _, _, _, ps in results for p in ps],
+            refusals={c.id: r[2] for c, r in zip(replicas, results) if r[2]},
+            stored_ids=frozenset(c.id for c, r in zip(replicas, results) if r[1]),
+            answered_ids=frozenset(c.id for c, r in zip(replicas, results) if r[0]),
+        )
+
+
+def _once(fn: Callable[[StoreOutcome], None] | None) -> Callable[[StoreOutcome], None] | None:
+    """``fn`` that runs on its first call only (a store may be retried)."""
+    if fn is None:
+        return None
+    done = False
+
+    def call(outcome: StoreOutcome) -> None:
+        nonlocal done
+        if not done:
+            done = True
+            fn(outcome)
+
+    return call
+
+
 class SystemClock:
     """Production clock: the event loop's monotonic time, the system's wall time."""
 
@@ -596,9 +625,18 @@ class DHTServer(Upkeep):
         replicas: int | None = None,
         quorum: int | None = None,
         targets: list[bytes] | None = None,
+        grace_s: float | None = None,
+        on_quorum: Callable[[StoreOutcome], None] | None = None,
     ) -> StoreOutcome:
         """Write ``records`` to the ``replicas`` (default r) closest nodes of
-        ``key``, or to the nodes named by ``targets`` (a fixed replica set)."""
+        ``key``, or to the nodes named by ``targets`` (a fixed replica set).
+
+        ``grace_s``: how long to wait for the other replicas once a quorum
+        stored (default: the adaptive grace of :meth:`_gather_quorum`; 0 for
+        a caller that needs no more answers than the quorum's).
+        ``on_quorum``: called once, with the outcome so far, the moment a
+        quorum stored, while the store still waits out the grace (a caller
+        can act on the quorum at once and still see the later answers)."""
         self.stats["stores"] += 1
         if targets is not None:
             replicas = len(targets)
@@ -610,23 +648,25 @@ class DHTServer(Upkeep):
             return await self.replicas_for(key, count=replicas, fresh=fresh)
 
         raws = [r.raw for r in records]
-        outcome = await self._store_on(key, raws, records, await where(False), quorum)
+        once = _once(on_quorum)
+        outcome = await self._store_on(key, raws, records, await where(False), quorum, grace_s, once)
         if outcome.stored_on < quorum and outcome.answered < (targets and len(targets) or outcome.asked):
             # The cached replica set or addresses may be stale: look again and retry once.
-            outcome = await self._store_on(key, raws, records, await where(True), quorum)
+            outcome = await self._store_on(key, raws, records, await where(True), quorum, grace_s, once)
         if outcome.stored_on < quorum:
             self.stats["store_quorum_missed"] += 1
         return outcome
 
-    async def _gather_quorum(self, contacts, call, quorum: int, success, missing):
+    async def _gather_quorum(self, contacts, call, quorum: int, success, missing, grace_s=None, on_quorum=None):
         """Run ``call(contact)`` for every contact; return once all answered, or
         ``quorum`` succeeded and a short grace passed (a dead replica must not
         stall every write and read for a whole RPC timeout). The grace is the
         time the quorum took, at most ``quorum_grace_s``: a replica as fast as
         the others still counts (its refusals and grants are seen), a slow or
         dead one costs a job's four sequential quorum writes no fixed 50 ms
-        each. Calls still running go on in tracked tasks; their answers count
-        as ``missing``."""
+        each. ``grace_s`` overrides it. ``on_quorum(answers so far)`` is called
+        once when the quorum succeeded. Calls still running go on in tracked
+        tasks; their answers count as ``missing``."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         tasks = {self.protocol.spawn(call(c), "replica_call"): c for c in contacts}
@@ -642,13 +682,22 @@ class DHTServer(Upkeep):
                 answers[tasks[task].id] = missing if task.cancelled() or task.exception() else task.result()
             if grace_until is None and sum(1 for a in answers.values() if success(a)) >= quorum:
                 now = loop.time()
-                grace_until = now + min(self.quorum_grace_s, now - started)
+                grace_until = now + (min(self.quorum_grace_s, now - started) if grace_s is None else grace_s)
+                if on_quorum is not None and pending:
+                    on_quorum(answers)
         for contact in tasks.values():
             answers.setdefault(contact.id, missing)
         return answers
 
     async def _store_on(
-        self, key: bytes, raws: list[bytes], records: list[Record], replicas: list[Contact], quorum: int
+        self,
+        key: bytes,
+        raws: list[bytes],
+        records: list[Record],
+        replicas: list[Contact],
+        quorum: int,
+        grace_s: float | None = None,
+        on_quorum: Callable[[StoreOutcome], None] | None = None,
     ) -> StoreOutcome:
         async def one(contact: Contact) -> tuple[bool, bool, list, list[Record]]:
             """(answered, stored all, refusals, produced records)"""
@@ -667,17 +716,17 @@ class DHTServer(Upkeep):
                 produced_all.extend(p for p in produced if p.author_id == contact.id)
             return True, ok_all, refused_all, produced_all
 
-        answers = await self._gather_quorum(replicas, one, quorum, lambda r: r[1], (False, False, [], []))
-        results = [answers[c.id] for c in replicas]
-        return StoreOutcome(
-            stored_on=sum(1 for _, ok, _, _ in results if ok),
-            answered=sum(1 for answered, _, _, _ in results if answered),
-            asked=len(replicas),
-            produced=[p for _, _, _, ps in results for p in ps],
-            refusals={c.id: r[2] for c, r in zip(replicas, results) if r[2]},
-            stored_ids=frozenset(c.id for c, r in zip(replicas, results) if r[1]),
-            answered_ids=frozenset(c.id for c, r in zip(replicas, results) if r[0]),
+        missing = (False, False, [], [])
+        answers = await self._gather_quorum(
+            replicas,
+            one,
+            quorum,
+            lambda r: r[1],
+            missing,
+            grace_s,
+            None if on_quorum is None else lambda so_far: on_quorum(_store_outcome(replicas, so_far, missing)),
         )
+        return _store_outcome(replicas, answers, missing)
 
     # ---------------------------------------------------------------- fetch
     async def fetch(

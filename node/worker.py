@@ -331,7 +331,12 @@ class WorkerPool:
         claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
         own_grant = lambda produced: self._lease_grants(produced, job_id, attempt, state.replicas)  # noqa: E731
         fresh = list(offer.first) if placed is not None else []
-        outcome, own = await self._store_own_first(state, [*fresh, *evidence, claim], own_grant)
+        # A claim in the placing write is uncontested: once a quorum stored
+        # (and granted) it, the worker goes on without waiting out the grace
+        # for the last replica (its grant would only be one more of a quorum).
+        outcome, own = await self._store_own_first(
+            state, [*fresh, *evidence, claim], own_grant, grace_s=0.0 if placed is not None else None
+        )
         grants = self._lease_grants(outcome.produced, job_id, attempt, state.replicas)
         if placed is not None and not placed.done():
             placed.set_result(Placed(_holding(outcome, len(fresh)), len(grants) >= spec.quorum))
@@ -425,7 +430,13 @@ class WorkerPool:
         return sorted(by_author.values(), key=lambda g: g.author_id)
 
     async def _store_own_first(
-        self, state: lifecycle.JobState, batch: list[F.Fact], pick: Callable[[list], list[F.Fact]]
+        self,
+        state: lifecycle.JobState,
+        batch: list[F.Fact],
+        pick: Callable[[list], list[F.Fact]],
+        *,
+        grace_s: float | None = None,
+        on_quorum: Callable[[StoreOutcome], None] | None = None,
     ) -> tuple[StoreOutcome, list[F.Fact]]:
         """Store ``batch`` on the job's replicas; when this node is one of them
         and its own answer plus one other replica's make a quorum (r = 3),
@@ -435,16 +446,26 @@ class WorkerPool:
         answers at once, which spares the round that would show it them.
 
         Returns the outcome over all replicas and this node's own answer
-        (empty when it gave none or the store went to all replicas at once)."""
+        (empty when it gave none or the store went to all replicas at once).
+        ``grace_s`` and ``on_quorum`` are :meth:`DHTServer.store`'s, over all
+        the replicas."""
         spec: F.Submit = state.submit.body
         me = self.identity.node_id
         if me not in state.replicas or spec.quorum != 2:
-            return await self.dht.store(state.job_id, batch, targets=list(state.replicas), quorum=spec.quorum), []
+            outcome = await self.dht.store(
+                state.job_id, batch, targets=list(state.replicas), quorum=spec.quorum, grace_s=grace_s, on_quorum=on_quorum
+            )
+            return outcome, []
         here = await self.dht.store(state.job_id, batch, targets=[me], quorum=1)
         own = pick(here.produced)
         others = [i for i in state.replicas if i != me]
         there = await self.dht.store(
-            state.job_id, [*batch, *own], targets=others, quorum=max(1, spec.quorum - here.stored_on)
+            state.job_id,
+            [*batch, *own],
+            targets=others,
+            quorum=max(1, spec.quorum - here.stored_on),
+            grace_s=grace_s,
+            on_quorum=None if on_quorum is None else lambda so_far: on_quorum(here.merged(so_far)),
         )
         return here.merged(there), own
 
@@ -557,8 +578,24 @@ class WorkerPool:
 
         batch = [result]
         decided: set[bytes] = set()  # replicas that hold a quorum of seals already
+        told_me = False
+
+        def tell_me_early(so_far: StoreOutcome) -> None:
+            # A quorum sealed while the store still waits for the last
+            # replica: this node's own store (and so a client waiting on it)
+            # learns the outcome now, not after the grace.
+            nonlocal told_me
+            found = dict(seals)
+            for p in sealed(so_far.produced):
+                found.setdefault(p.author_id, p)
+            if me in state.replicas and len(found) >= spec.quorum:
+                self.dht.ingest(state.job_id, list(found.values()), me)
+                told_me = True
+
         for _ in range(5):
-            outcome, own = await self._store_own_first(state, batch, lambda produced: sealed(produced, me))
+            outcome, own = await self._store_own_first(
+                state, batch, lambda produced: sealed(produced, me), on_quorum=tell_me_early
+            )
             if _lacking(outcome):
                 batch = [*_context(state), result]  # some replica missed the submission
             for p in sealed(outcome.produced):
@@ -570,7 +607,7 @@ class WorkerPool:
         if len(seals) >= spec.quorum:
             # Tell the replicas that do not know yet (this node's own store
             # costs no datagram).
-            tell = [i for i in state.replicas if i not in decided]
+            tell = [i for i in state.replicas if i not in decided and not (i == me and told_me)]
             if tell:
                 await self.dht.store(state.job_id, list(seals.values()), targets=tell, quorum=min(len(tell), spec.quorum))
 

@@ -298,3 +298,64 @@ async def test_failures_count_lost_replies_in_a_row_and_reset_on_an_answer():
     assert await s.probe([c], enough=1, grace_s=0.0) == {c.id}
     assert s.failures(c.id) == 0 and 0.0 <= s.answered_age_s(c.id) < 1.0
     assert s.failures(s.node.id) == 0
+
+
+# --------------------------------------------------------------------------- store quorum
+
+
+class StoreNet:
+    """Store RPCs: every contact stores; each answers after its own delay."""
+
+    def __init__(self, own: Identity, delays: dict[bytes, float]) -> None:
+        self.own, self.delays = own, delays
+        self.by_addr: dict[tuple[str, int], Contact] = {}
+        self.answered: list[bytes] = []
+
+    def add(self, c: Contact) -> Contact:
+        self.by_addr[c.addr] = c
+        return c
+
+    async def request(self, addr, method, args, *, expect_id, peer_key=None, timeout_s=None):
+        c = self.by_addr[addr]
+        await asyncio.sleep(self.delays[c.id])
+        self.answered.append(c.id)
+        return Envelope(REPLY, b"\0" * 16, c.public_key, c.id, 0, self.own.node_id, method, [True, [], []])
+
+
+def storing_server(delays: list[float]) -> tuple[DHTServer, list[Contact], StoreNet]:
+    s, identity = server(k=8, replicas=3, quorum=2)
+    contacts = [Contact(os.urandom(20), "127.0.0.1", 400 + i, KEY) for i in range(len(delays))]
+    net = StoreNet(identity, {c.id: d for c, d in zip(contacts, delays)})
+    s.protocol.request = net.request
+    for c in contacts:
+        s.router.add_contact(net.add(c))
+    return s, contacts, net
+
+
+def a_fact() -> F.Fact:
+    return F.sign(Identity.generate(), F.CLAIM, F.Claim(b"j" * 20, 1, 1))
+
+
+async def test_on_quorum_fires_once_at_the_quorum_while_the_store_waits_for_the_last_replica():
+    # Two replicas answer at 20 ms (so the grace is about 20 ms), the third at 30 ms.
+    s, contacts, net = storing_server([0.02, 0.02, 0.03])
+    fact = a_fact()
+    seen: list[tuple[int, list[bytes]]] = []
+    outcome = await s.store(
+        fact.job_id, [fact], targets=[c.id for c in contacts], quorum=2,
+        on_quorum=lambda so_far: seen.append((so_far.stored_on, list(net.answered))),
+    )
+    assert len(seen) == 1
+    stored_then, answered_then = seen[0]
+    assert stored_then == 2 and contacts[2].id not in answered_then  # called before the last answer
+    assert outcome.stored_on == 3  # and the store still waited for it
+
+
+async def test_a_store_without_grace_returns_at_the_quorum():
+    s, contacts, net = storing_server([0.0, 0.0, 0.5])
+    fact = a_fact()
+    outcome = await asyncio.wait_for(
+        s.store(fact.job_id, [fact], targets=[c.id for c in contacts], quorum=2, grace_s=0.0), timeout=0.4
+    )
+    assert outcome.stored_on == 2 and contacts[2].id not in outcome.stored_ids
+    s.protocol.close()  # the slow call
