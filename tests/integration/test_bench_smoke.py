@@ -125,3 +125,17 @@ def test_smoke_bench_prints_every_column_and_skips_what_is_not_installed(tmp_pat
 
     started = {pid for system in doc["info"].values() for kind in system.values() for pid in kind["sessions"]}
     assert started and not _live_sessions(started), "the bench left processes running"
+
+
+def test_cpu_per_job_runs_a_mesh_in_one_process_and_prints_both_phases(tmp_path):
+    """The A/B instrument for node code (simulations/cpu_per_job.py): a tiny run
+    completes and reports CPU per job for the sequential jobs and the drain."""
+    out = tmp_path / "cpu.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "simulations" / "cpu_per_job.py"), "--jobs", "5", "--drain", "20", "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "sequential: 5 jobs, cpu" in done.stdout and "drain:      20 jobs, cpu" in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["sequential"]["cpu_ms_per_job"] > 0 and figures["drain"]["jobs_per_s"] > 0
