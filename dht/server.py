@@ -34,6 +34,7 @@ from dht.config import DHTConfig
 from dht.crawl import LookupResult, lookup
 from dht.envelope import Envelope, check_contact
 from dht.protocol import Clock, RPCProtocol
+from dht.quorum import StoreOutcome, _once, _store_outcome, gather, gather_quorum
 from dht.records import Record
 from dht.routing import Contact, WorkmeshRoutingTable, target_node
 from dht.upkeep import Upkeep
@@ -74,61 +75,6 @@ class AcceptAll:
 
     def stored(self, key, new):
         pass
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOutcome:
-    stored_on: int  # replicas (this node included) that now hold every record
-    answered: int  # replicas that replied at all
-    asked: int
-    produced: list[Record]
-    refusals: dict[bytes, list[tuple[int, str]]]  # replica id -> refusals
-    stored_ids: frozenset[bytes] = frozenset()  # the replicas that hold every record
-    answered_ids: frozenset[bytes] = frozenset()  # the replicas that replied
-
-    def reached(self, quorum: int) -> bool:
-        return self.stored_on >= quorum
-
-    def merged(self, other: StoreOutcome) -> StoreOutcome:
-        """One outcome for two stores of the same records on disjoint replicas."""
-        return StoreOutcome(
-            stored_on=self.stored_on + other.stored_on,
-            answered=self.answered + other.answered,
-            asked=self.asked + other.asked,
-            produced=[*self.produced, *other.produced],
-            refusals={**self.refusals, **other.refusals},
-            stored_ids=self.stored_ids | other.stored_ids,
-            answered_ids=self.answered_ids | other.answered_ids,
-        )
-
-
-def _store_outcome(replicas: list[Contact], answers: dict[bytes, tuple], missing: tuple) -> StoreOutcome:
-    """A store's outcome from each replica's (answered, stored all, refusals, produced)."""
-    results = [answers.get(c.id, missing) for c in replicas]
-    return StoreOutcome(
-            stored_on=sum(1 for _, ok, _, _ in results if ok),
-            answered=sum(1 for answered, _, _, _ in results if answered),
-            asked=len(replicas),
-            produced=[p for _, _, _, ps in results for p in ps],
-            refusals={c.id: r[2] for c, r in zip(replicas, results) if r[2]},
-            stored_ids=frozenset(c.id for c, r in zip(replicas, results) if r[1]),
-            answered_ids=frozenset(c.id for c, r in zip(replicas, results) if r[0]),
-        )
-
-
-def _once(fn: Callable[[StoreOutcome], None] | None) -> Callable[[StoreOutcome], None] | None:
-    """``fn`` that runs on its first call only (a store may be retried)."""
-    if fn is None:
-        return None
-    done = False
-
-    def call(outcome: StoreOutcome) -> None:
-        nonlocal done
-        if not done:
-            done = True
-            fn(outcome)
-
-    return call
 
 
 class SystemClock:
@@ -220,7 +166,7 @@ class DHTServer(Upkeep):
         self.revive_per_round = 3
         self.replica_cache_ttl_s = 5.0
         # After a quorum of replicas answered, wait for the rest as long again
-        # as the quorum took, at most this long (see _gather_quorum).
+        # as the quorum took, at most this long (see dht.quorum.gather_quorum).
         self.quorum_grace_s = 0.05
         self._loops: list[asyncio.Task] = []
         self.lookups: deque[LookupResult] = deque(maxlen=1000)
@@ -537,7 +483,6 @@ class DHTServer(Upkeep):
         tracked tasks."""
         if not contacts:
             return set()
-        loop = asyncio.get_running_loop()
 
         async def ping(contact: Contact) -> bool:
             tries = [self.protocol.spawn(self._ping_contact(contact), "probe") for _ in range(PROBE_PINGS)]
@@ -546,21 +491,18 @@ class DHTServer(Upkeep):
                     return True
             return False
 
-        tasks = {self.protocol.spawn(ping(c), "probe"): c.id for c in contacts}
-        answered: set[bytes] = set()
-        pending = set(tasks)
-        grace_until = loop.time() + grace_s if enough <= 0 else None
-        while pending:
-            timeout = None if grace_until is None else max(0.0, grace_until - loop.time())
-            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                break
-            answered.update(tasks[t] for t in done if not t.cancelled() and t.exception() is None and t.result())
-            if until(answered, {tasks[t] for t in pending}):
-                break
-            if grace_until is None and len(answered) >= enough:
-                grace_until = loop.time() + grace_s
-        return answered
+        answers = await gather(
+            contacts,
+            ping,
+            spawn=self.protocol.spawn,
+            name="probe",
+            missing=False,
+            success=bool,
+            enough=enough,
+            grace=lambda took: grace_s,
+            until=lambda so_far, pending: until({i for i, ok in so_far.items() if ok}, pending),
+        )
+        return {i for i, ok in answers.items() if ok}
 
     def router_is_complete(self) -> bool:
         """True while the table is one unsplit bucket, not full and without
@@ -658,36 +600,18 @@ class DHTServer(Upkeep):
         return outcome
 
     async def _gather_quorum(self, contacts, call, quorum: int, success, missing, grace_s=None, on_quorum=None):
-        """Run ``call(contact)`` for every contact; return once all answered, or
-        ``quorum`` succeeded and a short grace passed (a dead replica must not
-        stall every write and read for a whole RPC timeout). The grace is the
-        time the quorum took, at most ``quorum_grace_s``: a replica as fast as
-        the others still counts (its refusals and grants are seen), a slow or
-        dead one costs a job's four sequential quorum writes no fixed 50 ms
-        each. ``grace_s`` overrides it. ``on_quorum(answers so far)`` is called
-        once when the quorum succeeded. Calls still running go on in tracked
-        tasks; their answers count as ``missing``."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        tasks = {self.protocol.spawn(call(c), "replica_call"): c for c in contacts}
-        answers: dict[bytes, Any] = {}
-        pending = set(tasks)
-        grace_until: float | None = None
-        while pending:
-            timeout = None if grace_until is None else max(0.0, grace_until - loop.time())
-            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                break
-            for task in done:
-                answers[tasks[task].id] = missing if task.cancelled() or task.exception() else task.result()
-            if grace_until is None and sum(1 for a in answers.values() if success(a)) >= quorum:
-                now = loop.time()
-                grace_until = now + (min(self.quorum_grace_s, now - started) if grace_s is None else grace_s)
-                if on_quorum is not None and pending:
-                    on_quorum(answers)
-        for contact in tasks.values():
-            answers.setdefault(contact.id, missing)
-        return answers
+        """:func:`dht.quorum.gather_quorum` with this server's tasks and grace."""
+        return await gather_quorum(
+            contacts,
+            call,
+            quorum,
+            success,
+            missing,
+            spawn=self.protocol.spawn,
+            grace_max_s=self.quorum_grace_s,
+            grace_s=grace_s,
+            on_quorum=on_quorum,
+        )
 
     async def _store_on(
         self,
