@@ -51,21 +51,21 @@ class StoreOutcome:
         )
 
 
-def _store_outcome(replicas: list[Contact], answers: dict[bytes, tuple], missing: tuple) -> StoreOutcome:
+def store_outcome(replicas: list[Contact], answers: dict[bytes, tuple], missing: tuple) -> StoreOutcome:
     """A store's outcome from each replica's (answered, stored all, refusals, produced)."""
     results = [answers.get(c.id, missing) for c in replicas]
     return StoreOutcome(
-            stored_on=sum(1 for _, ok, _, _ in results if ok),
-            answered=sum(1 for answered, _, _, _ in results if answered),
-            asked=len(replicas),
-            produced=[p for _, _, _, ps in results for p in ps],
-            refusals={c.id: r[2] for c, r in zip(replicas, results) if r[2]},
-            stored_ids=frozenset(c.id for c, r in zip(replicas, results) if r[1]),
-            answered_ids=frozenset(c.id for c, r in zip(replicas, results) if r[0]),
-        )
+        stored_on=sum(1 for _, ok, _, _ in results if ok),
+        answered=sum(1 for answered, _, _, _ in results if answered),
+        asked=len(replicas),
+        produced=[p for _, _, _, ps in results for p in ps],
+        refusals={c.id: r[2] for c, r in zip(replicas, results) if r[2]},
+        stored_ids=frozenset(c.id for c, r in zip(replicas, results) if r[1]),
+        answered_ids=frozenset(c.id for c, r in zip(replicas, results) if r[0]),
+    )
 
 
-def _once(fn: Callable[[StoreOutcome], None] | None) -> Callable[[StoreOutcome], None] | None:
+def call_once(fn: Callable[[StoreOutcome], None] | None) -> Callable[[StoreOutcome], None] | None:
     """``fn`` that runs on its first call only (a store may be retried)."""
     if fn is None:
         return None

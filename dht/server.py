@@ -34,7 +34,7 @@ from dht.config import DHTConfig
 from dht.crawl import LookupResult, lookup
 from dht.envelope import Envelope, check_contact
 from dht.protocol import Clock, RPCProtocol
-from dht.quorum import StoreOutcome, _once, _store_outcome, gather, gather_quorum
+from dht.quorum import StoreOutcome, call_once, gather, gather_quorum, store_outcome
 from dht.records import Record
 from dht.routing import Contact, WorkmeshRoutingTable, target_node
 from dht.upkeep import Upkeep
@@ -590,7 +590,7 @@ class DHTServer(Upkeep):
             return await self.replicas_for(key, count=replicas, fresh=fresh)
 
         raws = [r.raw for r in records]
-        once = _once(on_quorum)
+        once = call_once(on_quorum)
         outcome = await self._store_on(key, raws, records, await where(False), quorum, grace_s, once)
         if outcome.stored_on < quorum and outcome.answered < (targets and len(targets) or outcome.asked):
             # The cached replica set or addresses may be stale: look again and retry once.
@@ -648,9 +648,9 @@ class DHTServer(Upkeep):
             lambda r: r[1],
             missing,
             grace_s,
-            None if on_quorum is None else lambda so_far: on_quorum(_store_outcome(replicas, so_far, missing)),
+            None if on_quorum is None else lambda so_far: on_quorum(store_outcome(replicas, so_far, missing)),
         )
-        return _store_outcome(replicas, answers, missing)
+        return store_outcome(replicas, answers, missing)
 
     # ---------------------------------------------------------------- fetch
     async def fetch(
