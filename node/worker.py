@@ -13,6 +13,9 @@ The worker side of ``docs/protocol.md`` section 4. For one job:
 4. file the result with the grants that prove the lease; the replicas seal a
    final result, and a quorum of seals decides the job.
 
+This module keeps the pool (offers, slots, running and renewing); the rounds
+with the replicas in steps 2 and 4 are :mod:`node.claims`.
+
 The runnable index is bounded; offers carry a not-before time derived from
 the rendezvous rank, so the best-ranked free worker claims first.
 """
@@ -28,16 +31,14 @@ from typing import Any
 import structlog
 
 from crypto.identity import Identity
-from dht.server import DHTServer, StoreOutcome
+from dht.server import DHTServer
 from node import facts as F
 from node import lifecycle, rendezvous
+from node.claims import Claims
 from node.derived import DerivedStates, local_state, state_of
 from node.handlers import Handler, HandlerError, JobContext, Registry
 from node.leases import LeaseRules
 from node.reads import read_job
-
-CLAIM_RESENDS = 2  # times a claim is sent again to replicas that did not answer
-CLAIM_BOUNDARY_WAIT_S = 0.3  # before asking again a replica whose clock had not yet released the attempt
 
 RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
 
@@ -50,45 +51,8 @@ class _Offer:
     best: bool  # this worker ranks first for the job
 
 
-@dataclass(frozen=True, slots=True)
-class Placed:
-    """What the store that placed a job and claimed it at once achieved."""
-
-    stored_ids: frozenset[bytes]  # replicas that hold the submission and its placement
-    claimed: bool  # a quorum of them granted this node's claim on attempt 1
-
-
 class LeaseLost(Exception):
     pass
-
-
-def _context(state: lifecycle.JobState) -> list[F.Fact]:
-    """The submission and placement: what a replica needs to judge any other fact."""
-    return [state.submit, *([state.placement] if state.placement is not None else [])]
-
-
-def _about_to_allow(outcome: Any) -> set[bytes]:
-    """Replicas that refused a claim only because, on their clock, the old
-    lease was still live or the retry backoff not over: soon they will grant."""
-    return {
-        rid
-        for rid, refusals in outcome.refusals.items()
-        if any(r.endswith(" is live") or r.startswith("retry backoff") for _, r in refusals)
-    }
-
-
-def _holding(outcome: Any, first: int) -> frozenset[bytes]:
-    """Replicas that answered a store and refused none of its ``first`` records."""
-    return frozenset(
-        rid
-        for rid in outcome.answered_ids
-        if not any(index < first for index, _ in outcome.refusals.get(rid, ()))
-    )
-
-
-def _lacking(outcome: Any) -> set[bytes]:
-    """Replicas that refused a store because they do not hold the job."""
-    return {rid for rid, refusals in outcome.refusals.items() if any(r == "unknown job" for _, r in refusals)}
 
 
 class WorkerPool:
@@ -142,6 +106,7 @@ class WorkerPool:
             "confirms_lost": 0,
             "claims_with_submit": 0,
         }
+        self.claims = Claims(identity, dht, wall_ms=wall_ms, counters=self.counters)
 
     def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
         """The state of what the local store holds for a job."""
@@ -196,7 +161,7 @@ class WorkerPool:
     def take_fresh(self, submit: F.Fact, place: F.Fact) -> asyncio.Future | None:
         """A job this node is accepting, while one of its slots is free: claim
         attempt 1 in the same store that places the job (one round fewer than
-        placing, then claiming). The future gives the :class:`Placed` outcome
+        placing, then claiming). The future gives the :class:`node.claims.Placed` outcome
         of that store (the submitter answers the client from it), or ``None``
         when the claim never stored anything and the job must be placed as
         usual. ``None`` instead of a future: no free slot or no handler."""
@@ -314,67 +279,12 @@ class WorkerPool:
             # granted a later attempt refused it then): file it again rather
             # than run the job again; replicas whose later grant went stale seal it.
             self.counters["results_refiled"] += 1
-            await self._file(state, min(undecided, key=lifecycle.sort_key))
+            await self.claims.file(state, min(undecided, key=lifecycle.sort_key))
             return
-        # The next attempt after the highest one replicas signed for; their
-        # grants go along as evidence, so a replica that missed them can
-        # still judge the claim.
-        attempt = state.lease_attempt + 1
-        if attempt > spec.max_attempts + 1:
+        won = await self.claims.claim(state, offer.first, log, placed)
+        if won is None:
             return
-        evidence = [
-            f
-            for f in state.facts
-            if f.kind == F.GRANT and f.body.action == F.LEASE and (f.attempt, f.body.subject) == (state.lease_attempt, state.lease_worker)
-        ]
-        self.counters["claims"] += 1
-        claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
-        own_grant = lambda produced: self._lease_grants(produced, job_id, attempt, state.replicas)  # noqa: E731
-        fresh = list(offer.first) if placed is not None else []
-        # A claim in the placing write is uncontested: once a quorum stored
-        # (and granted) it, the worker goes on without waiting out the grace
-        # for the last replica (its grant would only be one more of a quorum).
-        outcome, own = await self._store_own_first(
-            state, [*fresh, *evidence, claim], own_grant, grace_s=0.0 if placed is not None else None
-        )
-        grants = self._lease_grants(outcome.produced, job_id, attempt, state.replicas)
-        if placed is not None and not placed.done():
-            placed.set_result(Placed(_holding(outcome, len(fresh)), len(grants) >= spec.quorum))
-        shown = self._holding_quorum(state, outcome, own, grants)
-        answered = set(outcome.answered_ids) - _lacking(outcome) - _about_to_allow(outcome)
-        boundary = bool(_about_to_allow(outcome))
-        for _ in range(CLAIM_RESENDS):
-            # Replicas that did not answer (a lost datagram), that lack the
-            # submission (they missed the write that acknowledged it), or whose
-            # own clock had not yet seen the old lease go stale or the retry
-            # backoff end (replicas judge a few milliseconds apart) may still
-            # grant: ask them again with the same claim and the job's context.
-            # Without this, every such near miss costs a whole lease.
-            again_ids = [i for i in state.replicas if i not in answered]
-            if len(grants) >= spec.quorum or len(grants) + len(again_ids) < spec.quorum:
-                break
-            if boundary:
-                await asyncio.sleep(CLAIM_BOUNDARY_WAIT_S)
-            # Wait for as many answers in kind as the claim still lacks: this
-            # node's own replica answers at once, and a store that returned on
-            # that answer alone would drop the grants of the others, a quorum
-            # granting the attempt to a worker that gave it up (a lost attempt).
-            need = spec.quorum - len(grants)
-            again = await self.dht.store(job_id, [*_context(state), *evidence, claim, *own], targets=again_ids, quorum=need)
-            answered |= set(again.answered_ids) - _about_to_allow(again)
-            boundary = bool(_about_to_allow(again))
-            grants = self._lease_grants([*grants, *again.produced], job_id, attempt, state.replicas)
-            shown |= self._holding_quorum(state, again, own, grants)
-        if len(grants) < spec.quorum:
-            self.counters["claims_lost"] += 1
-            log.debug("claim_lost", attempt=attempt, grants=len(grants))
-            return
-        if not await self._confirm(state, attempt, grants, shown):
-            self.counters["confirms_lost"] += 1
-            log.debug("lease_unconfirmed", attempt=attempt)
-            return
-        self.counters["claims_won"] += 1
-        log.info("lease_acquired", attempt=attempt, grants=len(grants))
+        attempt, grants = won
         self._on_state(job_id, "running", attempt)
         try:
             outcome_kind, data = await self._execute(state, attempt, log)
@@ -383,102 +293,9 @@ class WorkerPool:
             log.warning("lease_lost", attempt=attempt)
             return
         release()  # filing the result needs no slot
-        await self._report(state, attempt, grants, outcome_kind, data, log)
-
-    async def _confirm(
-        self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact], shown: set[bytes] = frozenset()
-    ) -> bool:
-        """Show the quorum of grants to the replicas (with a first renew)
-        before running anything. Once a quorum of replicas hold that proof,
-        none of them will give this attempt number to another worker, so an
-        attempt number is never run twice; a claim that is never confirmed
-        leaves its number free for the next worker.
-
-        ``shown``: replicas that hold the proof already (they granted with a
-        quorum of grants in hand). When they and this node's own replica make
-        a quorum, the proof only has to reach the local store: no datagram."""
-        spec: F.Submit = state.submit.body
-        me = self.identity.node_id
-        renew = F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, self.wall_ms()))
-        holding = {g.author_id for g in grants}
-        confirmed: set[bytes] = set(shown) & holding
-        for _ in range(1 + CLAIM_RESENDS):
-            ask = [i for i in state.replicas if i in holding and i not in confirmed]
-            if me in ask and len(confirmed) + 1 >= spec.quorum:
-                ask = [me]
-            if not ask:
-                break
-            needed = max(1, min(len(ask), spec.quorum - len(confirmed)))
-            outcome = await self.dht.store(state.job_id, [*grants, renew], targets=ask, quorum=needed)
-            confirmed |= outcome.stored_ids
-            if len(confirmed) >= spec.quorum or len(confirmed) + len(ask) - len(outcome.stored_ids) < spec.quorum:
-                break
-        return len(confirmed) >= spec.quorum
-
-    def _lease_grants(self, produced: list, job_id: bytes, attempt: int, replicas: tuple[bytes, ...]) -> list[F.Fact]:
-        by_author: dict[bytes, F.Fact] = {}
-        me = self.identity.node_id
-        for g in produced:
-            b = g.body
-            if (
-                g.kind == F.GRANT
-                and b.action == F.LEASE
-                and (b.job_id, b.attempt, b.subject) == (job_id, attempt, me)
-                and g.author_id in replicas
-            ):
-                by_author.setdefault(g.author_id, g)
-        return sorted(by_author.values(), key=lambda g: g.author_id)
-
-    async def _store_own_first(
-        self,
-        state: lifecycle.JobState,
-        batch: list[F.Fact],
-        pick: Callable[[list], list[F.Fact]],
-        *,
-        grace_s: float | None = None,
-        on_quorum: Callable[[StoreOutcome], None] | None = None,
-    ) -> tuple[StoreOutcome, list[F.Fact]]:
-        """Store ``batch`` on the job's replicas; when this node is one of them
-        and its own answer plus one other replica's make a quorum (r = 3),
-        store it here first and send this node's answer (``pick`` finds it in
-        what the local replica produced: a lease grant, a seal) along to the
-        others. Each other replica that answers in kind then holds a quorum of
-        answers at once, which spares the round that would show it them.
-
-        Returns the outcome over all replicas and this node's own answer
-        (empty when it gave none or the store went to all replicas at once).
-        ``grace_s`` and ``on_quorum`` are :meth:`DHTServer.store`'s, over all
-        the replicas."""
-        spec: F.Submit = state.submit.body
-        me = self.identity.node_id
-        if me not in state.replicas or spec.quorum != 2:
-            outcome = await self.dht.store(
-                state.job_id, batch, targets=list(state.replicas), quorum=spec.quorum, grace_s=grace_s, on_quorum=on_quorum
-            )
-            return outcome, []
-        here = await self.dht.store(state.job_id, batch, targets=[me], quorum=1)
-        own = pick(here.produced)
-        others = [i for i in state.replicas if i != me]
-        there = await self.dht.store(
-            state.job_id,
-            [*batch, *own],
-            targets=others,
-            quorum=max(1, spec.quorum - here.stored_on),
-            grace_s=grace_s,
-            on_quorum=None if on_quorum is None else lambda so_far: on_quorum(here.merged(so_far)),
-        )
-        return here.merged(there), own
-
-    def _holding_quorum(
-        self, state: lifecycle.JobState, outcome: StoreOutcome, own: list[F.Fact], answers: list[F.Fact]
-    ) -> set[bytes]:
-        """The other replicas that stored every record sent with ``own`` (this
-        node's answer) and answered in kind (one of ``answers`` is theirs): each
-        holds ``own`` and its own answer, which is a quorum when r = 3."""
-        if not own or len(own) + 1 < state.submit.body.quorum:
-            return set()
-        me = self.identity.node_id
-        return {a.author_id for a in answers if a.author_id != me and a.author_id in outcome.stored_ids}
+        if not await self.claims.report(state, attempt, grants, outcome_kind, data, log):
+            # Retry later: the replicas grant the next attempt once the backoff has passed.
+            self.offer(job_id, spec.job_type, delay_s=self.rules.backoff_s(job_id, attempt) + 0.05)
 
     async def _execute(self, state: lifecycle.JobState, attempt: int, log: Any) -> tuple[str, Any]:
         spec: F.Submit = state.submit.body
@@ -533,83 +350,6 @@ class WorkerPool:
             self.counters["renewals"] += 1
             if outcome.stored_on < spec.quorum and not work.done():
                 raise LeaseLost()
-
-    async def _report(self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact], kind: str, data: Any, log: Any) -> None:
-        spec: F.Submit = state.submit.body
-        try:
-            data_json = F.canonical_json(data)
-        except Exception as exc:
-            kind, data_json = F.ERROR, F.canonical_json({"error": f"result is not JSON: {exc}"})
-        if len(data_json) > F.RESULT_BYTES_MAX:
-            kind, data_json = F.ERROR, F.canonical_json({"error": "result exceeds the size limit"})
-        result = F.sign(
-            self.identity, F.RESULT, F.Result(state.job_id, attempt, kind, data_json, tuple(grants), self.wall_ms())
-        )
-        self.counters["results_ok" if kind == F.OK else "results_error"] += 1
-        final = kind == F.OK or attempt >= spec.max_attempts
-        await self._file(state, result)
-        log.info("execution_finished", attempt=attempt, outcome=kind, final=final)
-        if not final:
-            # Retry later: the replicas grant the next attempt once the backoff has passed.
-            self.offer(state.job_id, spec.job_type, delay_s=self.rules.backoff_s(state.job_id, attempt) + 0.05)
-
-    async def _file(self, state: lifecycle.JobState, result: F.Fact) -> None:
-        """Store a result on the job's replicas; once a quorum sealed it, tell
-        every replica (so each can answer reads and stop re-announcing)."""
-        spec: F.Submit = state.submit.body
-        final = lifecycle.is_final_result(state.submit, result)
-        seals = {
-            f.author_id: f
-            for f in state.facts
-            if f.kind == F.GRANT and f.body.action == F.SEAL and f.body.subject == result.fact_id
-        }
-        me = self.identity.node_id
-
-        def sealed(produced: list, by: bytes | None = None) -> list[F.Fact]:
-            return [
-                p
-                for p in produced
-                if p.kind == F.GRANT
-                and p.body.action == F.SEAL
-                and p.body.subject == result.fact_id
-                and p.author_id in state.replicas
-                and by in (None, p.author_id)
-            ]
-
-        batch = [result]
-        decided: set[bytes] = set()  # replicas that hold a quorum of seals already
-        told_me = False
-
-        def tell_me_early(so_far: StoreOutcome) -> None:
-            # A quorum sealed while the store still waits for the last
-            # replica: this node's own store (and so a client waiting on it)
-            # learns the outcome now, not after the grace.
-            nonlocal told_me
-            found = dict(seals)
-            for p in sealed(so_far.produced):
-                found.setdefault(p.author_id, p)
-            if me in state.replicas and len(found) >= spec.quorum:
-                self.dht.ingest(state.job_id, list(found.values()), me)
-                told_me = True
-
-        for _ in range(5):
-            outcome, own = await self._store_own_first(
-                state, batch, lambda produced: sealed(produced, me), on_quorum=tell_me_early
-            )
-            if _lacking(outcome):
-                batch = [*_context(state), result]  # some replica missed the submission
-            for p in sealed(outcome.produced):
-                seals.setdefault(p.author_id, p)
-            decided |= self._holding_quorum(state, outcome, own, list(seals.values()))
-            if not final or len(seals) >= spec.quorum or outcome.stored_on >= spec.quorum:
-                break
-            await asyncio.sleep(0.2)
-        if len(seals) >= spec.quorum:
-            # Tell the replicas that do not know yet (this node's own store
-            # costs no datagram).
-            tell = [i for i in state.replicas if i not in decided and not (i == me and told_me)]
-            if tell:
-                await self.dht.store(state.job_id, list(seals.values()), targets=tell, quorum=min(len(tell), spec.quorum))
 
     def statistics(self) -> dict[str, int]:
         return {**self.counters, "slots": self.slots, "busy": self.busy, "runnable": self.queued}

@@ -1,0 +1,323 @@
+"""Claims: the conversation with a job's replicas that wins and closes an attempt.
+
+Steps 2 and 4 of ``docs/protocol.md`` section 4, apart from the worker pool
+that decides *when* to claim and runs the handler in between. Winning a lease
+(claim with the last lease's grants as evidence, ask again the replicas that
+missed it, show the quorum of grants) and filing a result (until a quorum has
+sealed it, then telling the rest) are rounds of stores whose rules come from
+the replicas' side (``node/leases.py``), not from scheduling: kept here, they
+can change without touching dispatch, slots or renewal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from crypto.identity import Identity
+from dht.server import DHTServer, StoreOutcome
+from node import facts as F
+from node import lifecycle
+
+CLAIM_RESENDS = 2  # times a claim is sent again to replicas that did not answer
+CLAIM_BOUNDARY_WAIT_S = 0.3  # before asking again a replica whose clock had not yet released the attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """What the store that placed a job and claimed it at once achieved."""
+
+    stored_ids: frozenset[bytes]  # replicas that hold the submission and its placement
+    claimed: bool  # a quorum of them granted this node's claim on attempt 1
+
+
+def _context(state: lifecycle.JobState) -> list[F.Fact]:
+    """The submission and placement: what a replica needs to judge any other fact."""
+    return [state.submit, *([state.placement] if state.placement is not None else [])]
+
+
+def _about_to_allow(outcome: Any) -> set[bytes]:
+    """Replicas that refused a claim only because, on their clock, the old
+    lease was still live or the retry backoff not over: soon they will grant."""
+    return {
+        rid
+        for rid, refusals in outcome.refusals.items()
+        if any(r.endswith(" is live") or r.startswith("retry backoff") for _, r in refusals)
+    }
+
+
+def _holding(outcome: Any, first: int) -> frozenset[bytes]:
+    """Replicas that answered a store and refused none of its ``first`` records."""
+    return frozenset(
+        rid
+        for rid in outcome.answered_ids
+        if not any(index < first for index, _ in outcome.refusals.get(rid, ()))
+    )
+
+
+def _lacking(outcome: Any) -> set[bytes]:
+    """Replicas that refused a store because they do not hold the job."""
+    return {rid for rid, refusals in outcome.refusals.items() if any(r == "unknown job" for _, r in refusals)}
+
+
+class Claims:
+    """One worker's side of the claim and result rounds, signed as ``identity``.
+
+    ``counters`` is the worker pool's: the claim and result counts land there."""
+
+    def __init__(
+        self, identity: Identity, dht: DHTServer, *, wall_ms: Callable[[], int], counters: dict[str, int]
+    ) -> None:
+        self.identity = identity
+        self.dht = dht
+        self.wall_ms = wall_ms
+        self.counters = counters
+
+    async def claim(
+        self,
+        state: lifecycle.JobState,
+        first: tuple[F.Fact, ...],
+        log: Any,
+        placed: asyncio.Future | None = None,
+    ) -> tuple[int, list[F.Fact]] | None:
+        """Win the job's next attempt: returns it with the quorum of lease
+        grants that prove it, once a quorum of replicas hold that proof; None
+        when the lease went elsewhere or no attempt is left. With ``placed``,
+        the job is new: ``first`` (its submission and placement) goes in the
+        claim's store, and ``placed`` learns what that store achieved."""
+        job_id = state.job_id
+        spec: F.Submit = state.submit.body
+        # The next attempt after the highest one replicas signed for; their
+        # grants go along as evidence, so a replica that missed them can
+        # still judge the claim.
+        attempt = state.lease_attempt + 1
+        if attempt > spec.max_attempts + 1:
+            return None
+        evidence = [
+            f
+            for f in state.facts
+            if f.kind == F.GRANT and f.body.action == F.LEASE and (f.attempt, f.body.subject) == (state.lease_attempt, state.lease_worker)
+        ]
+        self.counters["claims"] += 1
+        claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
+        own_grant = lambda produced: self._lease_grants(produced, job_id, attempt, state.replicas)  # noqa: E731
+        fresh = list(first) if placed is not None else []
+        # A claim in the placing write is uncontested: once a quorum stored
+        # (and granted) it, the worker goes on without waiting out the grace
+        # for the last replica (its grant would only be one more of a quorum).
+        outcome, own = await self._store_own_first(
+            state, [*fresh, *evidence, claim], own_grant, grace_s=0.0 if placed is not None else None
+        )
+        grants = self._lease_grants(outcome.produced, job_id, attempt, state.replicas)
+        if placed is not None and not placed.done():
+            placed.set_result(Placed(_holding(outcome, len(fresh)), len(grants) >= spec.quorum))
+        shown = self._holding_quorum(state, outcome, own, grants)
+        answered = set(outcome.answered_ids) - _lacking(outcome) - _about_to_allow(outcome)
+        boundary = bool(_about_to_allow(outcome))
+        for _ in range(CLAIM_RESENDS):
+            # Replicas that did not answer (a lost datagram), that lack the
+            # submission (they missed the write that acknowledged it), or whose
+            # own clock had not yet seen the old lease go stale or the retry
+            # backoff end (replicas judge a few milliseconds apart) may still
+            # grant: ask them again with the same claim and the job's context.
+            # Without this, every such near miss costs a whole lease.
+            again_ids = [i for i in state.replicas if i not in answered]
+            if len(grants) >= spec.quorum or len(grants) + len(again_ids) < spec.quorum:
+                break
+            if boundary:
+                await asyncio.sleep(CLAIM_BOUNDARY_WAIT_S)
+            # Wait for as many answers in kind as the claim still lacks: this
+            # node's own replica answers at once, and a store that returned on
+            # that answer alone would drop the grants of the others, a quorum
+            # granting the attempt to a worker that gave it up (a lost attempt).
+            need = spec.quorum - len(grants)
+            again = await self.dht.store(job_id, [*_context(state), *evidence, claim, *own], targets=again_ids, quorum=need)
+            answered |= set(again.answered_ids) - _about_to_allow(again)
+            boundary = bool(_about_to_allow(again))
+            grants = self._lease_grants([*grants, *again.produced], job_id, attempt, state.replicas)
+            shown |= self._holding_quorum(state, again, own, grants)
+        if len(grants) < spec.quorum:
+            self.counters["claims_lost"] += 1
+            log.debug("claim_lost", attempt=attempt, grants=len(grants))
+            return None
+        if not await self._confirm(state, attempt, grants, shown):
+            self.counters["confirms_lost"] += 1
+            log.debug("lease_unconfirmed", attempt=attempt)
+            return None
+        self.counters["claims_won"] += 1
+        log.info("lease_acquired", attempt=attempt, grants=len(grants))
+        return attempt, grants
+
+    async def _confirm(
+        self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact], shown: set[bytes] = frozenset()
+    ) -> bool:
+        """Show the quorum of grants to the replicas (with a first renew)
+        before running anything. Once a quorum of replicas hold that proof,
+        none of them will give this attempt number to another worker, so an
+        attempt number is never run twice; a claim that is never confirmed
+        leaves its number free for the next worker.
+
+        ``shown``: replicas that hold the proof already (they granted with a
+        quorum of grants in hand). When they and this node's own replica make
+        a quorum, the proof only has to reach the local store: no datagram."""
+        spec: F.Submit = state.submit.body
+        me = self.identity.node_id
+        renew = F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, self.wall_ms()))
+        holding = {g.author_id for g in grants}
+        confirmed: set[bytes] = set(shown) & holding
+        for _ in range(1 + CLAIM_RESENDS):
+            ask = [i for i in state.replicas if i in holding and i not in confirmed]
+            if me in ask and len(confirmed) + 1 >= spec.quorum:
+                ask = [me]
+            if not ask:
+                break
+            needed = max(1, min(len(ask), spec.quorum - len(confirmed)))
+            outcome = await self.dht.store(state.job_id, [*grants, renew], targets=ask, quorum=needed)
+            confirmed |= outcome.stored_ids
+            if len(confirmed) >= spec.quorum or len(confirmed) + len(ask) - len(outcome.stored_ids) < spec.quorum:
+                break
+        return len(confirmed) >= spec.quorum
+
+    def _lease_grants(self, produced: list, job_id: bytes, attempt: int, replicas: tuple[bytes, ...]) -> list[F.Fact]:
+        by_author: dict[bytes, F.Fact] = {}
+        me = self.identity.node_id
+        for g in produced:
+            b = g.body
+            if (
+                g.kind == F.GRANT
+                and b.action == F.LEASE
+                and (b.job_id, b.attempt, b.subject) == (job_id, attempt, me)
+                and g.author_id in replicas
+            ):
+                by_author.setdefault(g.author_id, g)
+        return sorted(by_author.values(), key=lambda g: g.author_id)
+
+    async def _store_own_first(
+        self,
+        state: lifecycle.JobState,
+        batch: list[F.Fact],
+        pick: Callable[[list], list[F.Fact]],
+        *,
+        grace_s: float | None = None,
+        on_quorum: Callable[[StoreOutcome], None] | None = None,
+    ) -> tuple[StoreOutcome, list[F.Fact]]:
+        """Store ``batch`` on the job's replicas; when this node is one of them
+        and its own answer plus one other replica's make a quorum (r = 3),
+        store it here first and send this node's answer (``pick`` finds it in
+        what the local replica produced: a lease grant, a seal) along to the
+        others. Each other replica that answers in kind then holds a quorum of
+        answers at once, which spares the round that would show it them.
+
+        Returns the outcome over all replicas and this node's own answer
+        (empty when it gave none or the store went to all replicas at once).
+        ``grace_s`` and ``on_quorum`` are :meth:`DHTServer.store`'s, over all
+        the replicas."""
+        spec: F.Submit = state.submit.body
+        me = self.identity.node_id
+        if me not in state.replicas or spec.quorum != 2:
+            outcome = await self.dht.store(
+                state.job_id, batch, targets=list(state.replicas), quorum=spec.quorum, grace_s=grace_s, on_quorum=on_quorum
+            )
+            return outcome, []
+        here = await self.dht.store(state.job_id, batch, targets=[me], quorum=1)
+        own = pick(here.produced)
+        others = [i for i in state.replicas if i != me]
+        there = await self.dht.store(
+            state.job_id,
+            [*batch, *own],
+            targets=others,
+            quorum=max(1, spec.quorum - here.stored_on),
+            grace_s=grace_s,
+            on_quorum=None if on_quorum is None else lambda so_far: on_quorum(here.merged(so_far)),
+        )
+        return here.merged(there), own
+
+    def _holding_quorum(
+        self, state: lifecycle.JobState, outcome: StoreOutcome, own: list[F.Fact], answers: list[F.Fact]
+    ) -> set[bytes]:
+        """The other replicas that stored every record sent with ``own`` (this
+        node's answer) and answered in kind (one of ``answers`` is theirs): each
+        holds ``own`` and its own answer, which is a quorum when r = 3."""
+        if not own or len(own) + 1 < state.submit.body.quorum:
+            return set()
+        me = self.identity.node_id
+        return {a.author_id for a in answers if a.author_id != me and a.author_id in outcome.stored_ids}
+
+    async def report(self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact], kind: str, data: Any, log: Any) -> bool:
+        """File the handler's outcome for ``attempt`` (an error when it is not
+        JSON or too large). Returns whether it is final: False means a retry."""
+        spec: F.Submit = state.submit.body
+        try:
+            data_json = F.canonical_json(data)
+        except Exception as exc:
+            kind, data_json = F.ERROR, F.canonical_json({"error": f"result is not JSON: {exc}"})
+        if len(data_json) > F.RESULT_BYTES_MAX:
+            kind, data_json = F.ERROR, F.canonical_json({"error": "result exceeds the size limit"})
+        result = F.sign(
+            self.identity, F.RESULT, F.Result(state.job_id, attempt, kind, data_json, tuple(grants), self.wall_ms())
+        )
+        self.counters["results_ok" if kind == F.OK else "results_error"] += 1
+        final = kind == F.OK or attempt >= spec.max_attempts
+        await self.file(state, result)
+        log.info("execution_finished", attempt=attempt, outcome=kind, final=final)
+        return final
+
+    async def file(self, state: lifecycle.JobState, result: F.Fact) -> None:
+        """Store a result on the job's replicas; once a quorum sealed it, tell
+        every replica (so each can answer reads and stop re-announcing)."""
+        spec: F.Submit = state.submit.body
+        final = lifecycle.is_final_result(state.submit, result)
+        seals = {
+            f.author_id: f
+            for f in state.facts
+            if f.kind == F.GRANT and f.body.action == F.SEAL and f.body.subject == result.fact_id
+        }
+        me = self.identity.node_id
+
+        def sealed(produced: list, by: bytes | None = None) -> list[F.Fact]:
+            return [
+                p
+                for p in produced
+                if p.kind == F.GRANT
+                and p.body.action == F.SEAL
+                and p.body.subject == result.fact_id
+                and p.author_id in state.replicas
+                and by in (None, p.author_id)
+            ]
+
+        batch = [result]
+        decided: set[bytes] = set()  # replicas that hold a quorum of seals already
+        told_me = False
+
+        def tell_me_early(so_far: StoreOutcome) -> None:
+            # A quorum sealed while the store still waits for the last
+            # replica: this node's own store (and so a client waiting on it)
+            # learns the outcome now, not after the grace.
+            nonlocal told_me
+            found = dict(seals)
+            for p in sealed(so_far.produced):
+                found.setdefault(p.author_id, p)
+            if me in state.replicas and len(found) >= spec.quorum:
+                self.dht.ingest(state.job_id, list(found.values()), me)
+                told_me = True
+
+        for _ in range(5):
+            outcome, own = await self._store_own_first(
+                state, batch, lambda produced: sealed(produced, me), on_quorum=tell_me_early
+            )
+            if _lacking(outcome):
+                batch = [*_context(state), result]  # some replica missed the submission
+            for p in sealed(outcome.produced):
+                seals.setdefault(p.author_id, p)
+            decided |= self._holding_quorum(state, outcome, own, list(seals.values()))
+            if not final or len(seals) >= spec.quorum or outcome.stored_on >= spec.quorum:
+                break
+            await asyncio.sleep(0.2)
+        if len(seals) >= spec.quorum:
+            # Tell the replicas that do not know yet (this node's own store
+            # costs no datagram).
+            tell = [i for i in state.replicas if i not in decided and not (i == me and told_me)]
+            if tell:
+                await self.dht.store(state.job_id, list(seals.values()), targets=tell, quorum=min(len(tell), spec.quorum))
