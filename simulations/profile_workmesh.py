@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sqlite", ("sqlite3", "dht/storage.py")),
     ("HTTP", ("aiohttp", "api/", "multidict", "yarl", "http/")),
     ("gossip", ("node/gossip.py", "node/rendezvous.py")),
-    ("claims", ("node/worker.py", "node/leases.py", "node/replica.py", "node/handlers.py")),
+    ("claims", ("node/worker.py", "node/claims.py", "node/leases.py", "node/replica.py", "node/handlers.py")),
     ("results", ("node/lifecycle.py", "node/jobs.py", "node/jobindex.py", "node/node.py")),
     ("DHT round trips", ("dht/", "kademlia", "socket", "sendto", "recvfrom")),
     ("logging", ("structlog", "logging/")),
