@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from crypto.identity import Identity
-from dht.server import DHTServer, StoreOutcome
+from dht.quorum import StoreOutcome
+from dht.server import DHTServer
 from node import facts as F
 from node import lifecycle
 
@@ -150,6 +151,10 @@ class Claims:
         log.info("lease_acquired", attempt=attempt, grants=len(grants))
         return attempt, grants
 
+    def renewal(self, state: lifecycle.JobState, attempt: int) -> F.Fact:
+        """A signed renew of this worker's lease on ``attempt``, dated now."""
+        return F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, self.wall_ms()))
+
     async def _confirm(
         self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact], shown: set[bytes] = frozenset()
     ) -> bool:
@@ -164,7 +169,7 @@ class Claims:
         a quorum, the proof only has to reach the local store: no datagram."""
         spec: F.Submit = state.submit.body
         me = self.identity.node_id
-        renew = F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, self.wall_ms()))
+        renew = self.renewal(state, attempt)
         holding = {g.author_id for g in grants}
         confirmed: set[bytes] = set(shown) & holding
         for _ in range(1 + CLAIM_RESENDS):

@@ -345,7 +345,7 @@ class WorkerPool:
             await asyncio.sleep(interval)
             if work.done():
                 return
-            renew = F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, self.wall_ms()))
+            renew = self.claims.renewal(state, attempt)
             outcome = await self.dht.store(state.job_id, [renew], targets=list(state.replicas), quorum=spec.quorum)
             self.counters["renewals"] += 1
             if outcome.stored_on < spec.quorum and not work.done():
