@@ -147,23 +147,34 @@ def test_contacts_per_prefix_are_limited_per_bucket():
 # --------------------------------------------------------------------------- replica sets
 
 
-class StubNet:
-    """Every contact answers find_node with ``referrals[node id]``."""
+class FakeNet:
+    """Stands in for the server's protocol: contacts by address, and a reply
+    envelope from one of them (subclasses decide what each answers, and when)."""
 
-    def __init__(self, own: Identity, referrals: dict[bytes, list[Contact]]) -> None:
-        self.own, self.referrals = own, referrals
+    def __init__(self, own: Identity) -> None:
+        self.own = own
         self.by_addr: dict[tuple[str, int], Contact] = {}
-        self.asked: list[bytes] = []
 
     def add(self, c: Contact) -> Contact:
         self.by_addr[c.addr] = c
         return c
 
+    def reply(self, c: Contact, method: str, body: list) -> Envelope:
+        return Envelope(REPLY, b"\0" * 16, c.public_key, c.id, 0, self.own.node_id, method, body)
+
+
+class StubNet(FakeNet):
+    """Every contact answers find_node with ``referrals[node id]``."""
+
+    def __init__(self, own: Identity, referrals: dict[bytes, list[Contact]]) -> None:
+        super().__init__(own)
+        self.referrals = referrals
+        self.asked: list[bytes] = []
+
     async def request(self, addr, method, args, *, expect_id, peer_key=None, timeout_s=None):
         c = self.by_addr[addr]
         self.asked.append(c.id)
-        reply = [r.to_wire() for r in self.referrals.get(c.id, [])] if method == "find_node" else []
-        return Envelope(REPLY, b"\0" * 16, c.public_key, c.id, 0, self.own.node_id, method, reply)
+        return self.reply(c, method, [r.to_wire() for r in self.referrals.get(c.id, [])] if method == "find_node" else [])
 
 
 def server(k: int, replicas: int, quorum: int) -> tuple[DHTServer, Identity]:
@@ -234,25 +245,21 @@ async def test_replica_sets_wider_than_r_come_from_the_lookup_too():
 # --------------------------------------------------------------------------- probes
 
 
-class ProbeNet:
+class ProbeNet(FakeNet):
     """Pings: contacts in ``silent`` never answer (the call is cancelled when
     the probe stops waiting), the others answer at once."""
 
     def __init__(self, own: Identity, silent: set[bytes]) -> None:
-        self.own, self.silent = own, silent
-        self.by_addr: dict[tuple[str, int], Contact] = {}
+        super().__init__(own)
+        self.silent = silent
         self.pinged: list[bytes] = []
-
-    def add(self, c: Contact) -> Contact:
-        self.by_addr[c.addr] = c
-        return c
 
     async def request(self, addr, method, args, *, expect_id, peer_key=None, timeout_s=None):
         c = self.by_addr[addr]
         self.pinged.append(c.id)
         if c.id in self.silent:
             await asyncio.sleep(3600)
-        return Envelope(REPLY, b"\0" * 16, c.public_key, c.id, 0, self.own.node_id, method, [])
+        return self.reply(c, method, [])
 
 
 def probing_server(silent_count: int) -> tuple[DHTServer, list[Contact], ProbeNet]:
@@ -303,23 +310,19 @@ async def test_failures_count_lost_replies_in_a_row_and_reset_on_an_answer():
 # --------------------------------------------------------------------------- store quorum
 
 
-class StoreNet:
+class StoreNet(FakeNet):
     """Store RPCs: every contact stores; each answers after its own delay."""
 
     def __init__(self, own: Identity, delays: dict[bytes, float]) -> None:
-        self.own, self.delays = own, delays
-        self.by_addr: dict[tuple[str, int], Contact] = {}
+        super().__init__(own)
+        self.delays = delays
         self.answered: list[bytes] = []
-
-    def add(self, c: Contact) -> Contact:
-        self.by_addr[c.addr] = c
-        return c
 
     async def request(self, addr, method, args, *, expect_id, peer_key=None, timeout_s=None):
         c = self.by_addr[addr]
         await asyncio.sleep(self.delays[c.id])
         self.answered.append(c.id)
-        return Envelope(REPLY, b"\0" * 16, c.public_key, c.id, 0, self.own.node_id, method, [True, [], []])
+        return self.reply(c, method, [True, [], []])
 
 
 def storing_server(delays: list[float]) -> tuple[DHTServer, list[Contact], StoreNet]:
