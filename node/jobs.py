@@ -106,6 +106,7 @@ class JobOperations:
         self.take_fresh: Callable[[F.Fact, F.Fact], Awaitable[Any] | None] = lambda submit, place: None
         self.counters = {
             "submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0, "placed_off_closest": 0,
+            "view_refreshes_failed": 0,
         }
 
     def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
@@ -158,7 +159,10 @@ class JobOperations:
             self._widened_at = now
             self._widening = asyncio.ensure_future(self.dht.bootstrap([]))
             self._widening.add_done_callback(lambda _f: setattr(self, "_widening", None))
-        await asyncio.shield(self._widening)
+        try:
+            await asyncio.shield(self._widening)
+        except Exception:  # the view stays as it was; replica_plan judges it
+            self.counters["view_refreshes_failed"] += 1
 
     async def submit(
         self,
