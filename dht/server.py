@@ -77,6 +77,16 @@ class AcceptAll:
         pass
 
 
+def remember(cache: OrderedDict, key: Any, value: Any, size_max: int) -> None:
+    """Put ``key`` in a bounded recency map as its newest entry, and drop the
+    oldest entries past ``size_max`` (the server's caches of contacts, answers
+    and replica sets are all kept this way)."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size_max:
+        cache.popitem(last=False)
+
+
 class SystemClock:
     """Production clock: the event loop's monotonic time, the system's wall time."""
 
@@ -240,10 +250,7 @@ class DHTServer(Upkeep):
 
     def _proved(self, contact: Contact) -> None:
         """``contact`` answered a request we sent to its address: it holds its key there."""
-        self._answered[contact.id] = self.clock.monotonic()
-        self._answered.move_to_end(contact.id)
-        while len(self._answered) > self.answered_max:
-            self._answered.popitem(last=False)
+        remember(self._answered, contact.id, self.clock.monotonic(), self.answered_max)
         is_new = self.router.get(contact.id) is None
         self.router.add_contact(contact)
         if is_new and self.router.get(contact.id) is not None and self._newly_met(contact.id):
@@ -254,10 +261,7 @@ class DHTServer(Upkeep):
         re-added peer already holds what we would hand it; republish covers the rest)."""
         now = self.clock.monotonic()
         last = self._met.get(node_id)
-        self._met[node_id] = now
-        self._met.move_to_end(node_id)
-        while len(self._met) > 10_000:
-            self._met.popitem(last=False)
+        remember(self._met, node_id, now, 10_000)
         return last is None or now - last > self.config.republish_interval_s
 
     def _check_head(self, head: Contact) -> None:
@@ -282,10 +286,7 @@ class DHTServer(Upkeep):
         if env is None:
             if self.router.record_failure(contact):
                 self._replica_cache.clear()  # an evicted contact may sit in cached replica sets
-                self._dormant[contact.id] = contact
-                self._dormant.move_to_end(contact.id)
-                while len(self._dormant) > self.dormant_max:
-                    self._dormant.popitem(last=False)
+                remember(self._dormant, contact.id, contact, self.dormant_max)
             return None
         self._proved(contact)
         if env.method == "error":
@@ -410,10 +411,7 @@ class DHTServer(Upkeep):
                 continue
             if checked[0] != self.identity.node_id:
                 found.append(Contact(*checked))
-                self._heard[checked[0]] = None
-                self._heard.move_to_end(checked[0])
-        while len(self._heard) > self.heard_max:
-            self._heard.popitem(last=False)
+                remember(self._heard, checked[0], None, self.heard_max)
         return found
 
     async def _lookup(self, key: bytes, seeds: list[Contact]) -> LookupResult:
@@ -448,10 +446,7 @@ class DHTServer(Upkeep):
             for c in seeds:
                 everyone.setdefault(c.id, c)
         closest = sorted(everyone.values(), key=target.distance_to)[:wanted]
-        self._replica_cache[key] = (now, closest)
-        self._replica_cache.move_to_end(key)
-        while len(self._replica_cache) > 4096:
-            self._replica_cache.popitem(last=False)
+        remember(self._replica_cache, key, (now, closest), 4096)
         return closest[:count]
 
     def answered_age_s(self, node_id: bytes) -> float | None:
@@ -552,9 +547,7 @@ class DHTServer(Upkeep):
                 found = (await self._lookup(node_id, seeds)).contacts if seeds else []
                 contact = next((c for c in found if c.id == node_id), None)
                 if contact is not None:
-                    self._resolved[node_id] = (now, contact)
-                    while len(self._resolved) > 4096:
-                        self._resolved.popitem(last=False)
+                    remember(self._resolved, node_id, (now, contact), 4096)
             if contact is not None:
                 out.append(contact)
         return out
