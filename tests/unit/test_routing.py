@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kademlia.node import Node
