@@ -11,11 +11,11 @@ __all__ = ["JobService", "JobView", "create_app", "run_api"]
 
 def __getattr__(name: str) -> Any:
     if name in ("create_app", "run_api"):
-        from api import app
+        from workmesh.api import app
 
         return getattr(app, name)
     if name in ("JobService", "JobView"):
-        from api import service
+        from workmesh.api import service
 
         return getattr(service, name)
     raise AttributeError(f"module 'api' has no attribute {name!r}")

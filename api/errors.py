@@ -18,7 +18,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from node.errors import RateLimited, Unauthorized, WorkmeshError
+from workmesh.node.errors import RateLimited, Unauthorized, WorkmeshError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:workmesh:problem:"

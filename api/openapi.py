@@ -19,8 +19,8 @@ import re
 import sys
 from typing import Any
 
-from api import validation as v
-from api.service import STATUSES
+from workmesh.api import validation as v
+from workmesh.api.service import STATUSES
 
 PROBLEM = "application/problem+json"
 JSON = "application/json"

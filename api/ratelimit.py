@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from node.errors import RateLimited
+from workmesh.node.errors import RateLimited
 
 CLIENTS_MAX_DEFAULT = 10_000
 # Liveness and scraping must keep working while a client is being throttled.

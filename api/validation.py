@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from node import facts
-from node.errors import BadRequest, UnknownJobType, ValidationFailed
+from workmesh.node import facts
+from workmesh.node.errors import BadRequest, UnknownJobType, ValidationFailed
 
-from api.service import STATUSES
+from workmesh.api.service import STATUSES
 
 JSON_DEPTH_MAX = 32  # nesting levels allowed inside ``payload``
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers any worker language can hold

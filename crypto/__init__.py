@@ -6,9 +6,9 @@ so that a signature made for one kind of message can never be replayed as
 another kind.
 """
 
-from crypto.canonical import canonical_pack, canonical_unpack, signing_bytes
-from crypto.errors import BadSignature, CryptoError, EncodingError
-from crypto.identity import Identity, node_id_of, verify
+from workmesh.crypto.canonical import canonical_pack, canonical_unpack, signing_bytes
+from workmesh.crypto.errors import BadSignature, CryptoError, EncodingError
+from workmesh.crypto.identity import Identity, node_id_of, verify
 
 __all__ = [
     "BadSignature",

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from crypto.errors import EncodingError
+from workmesh.crypto.errors import EncodingError
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1

@@ -17,8 +17,8 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
-from crypto.canonical import signing_bytes
-from crypto.errors import BadSignature, CryptoError
+from workmesh.crypto.canonical import signing_bytes
+from workmesh.crypto.errors import BadSignature, CryptoError
 
 KEY_FILE = "identity.key"
 NODE_ID_BYTES = 20

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from kademlia.node import NodeHeap
 
-from dht.routing import Contact, target_node
+from workmesh.dht.routing import Contact, target_node
 
 # ask(contact) -> list of contacts it returned, or None if it did not answer
 Ask = Callable[[Contact], Awaitable[list[Contact] | None]]

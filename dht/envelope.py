@@ -32,10 +32,10 @@ from typing import Any
 
 import msgpack
 
-from crypto import domains
-from crypto.canonical import canonical_pack, canonical_unpack
-from crypto.errors import BadSignature, EncodingError
-from crypto.identity import (
+from workmesh.crypto import domains
+from workmesh.crypto.canonical import canonical_pack, canonical_unpack
+from workmesh.crypto.errors import BadSignature, EncodingError
+from workmesh.crypto.identity import (
     MAC_BYTES,
     NODE_ID_BYTES,
     PUBLIC_KEY_BYTES,

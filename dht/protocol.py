@@ -28,10 +28,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from crypto.identity import Identity, puzzle_bits
-from dht.config import DHTConfig
-from dht.envelope import MSG_ID_BYTES, REPLY, REQUEST, Envelope, EnvelopeError, ReplayGuard, open_envelope, seal
-from dht.peerlimit import PeerBuckets, ProvenAddresses
+from workmesh.crypto.identity import Identity, puzzle_bits
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.envelope import MSG_ID_BYTES, REPLY, REQUEST, Envelope, EnvelopeError, ReplayGuard, open_envelope, seal
+from workmesh.dht.peerlimit import PeerBuckets, ProvenAddresses
 
 # Canonical envelopes start [fixarray(9), version 1, kind, bin8(16) msg_id ...]:
 # where a reply's message id sits, to exempt replies to our requests from the

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dht.records import Record
-from dht.routing import Contact
+from workmesh.dht.records import Record
+from workmesh.dht.routing import Contact
 
 T = TypeVar("T")
 Spawn = Callable[[Awaitable[Any], str], asyncio.Task]

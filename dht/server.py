@@ -29,15 +29,15 @@ from typing import Any, Protocol
 
 import structlog
 
-from crypto.identity import Identity
-from dht.config import DHTConfig
-from dht.crawl import LookupResult, lookup
-from dht.envelope import Envelope, check_contact
-from dht.protocol import Clock, RPCProtocol
-from dht.quorum import StoreOutcome, call_once, gather, gather_quorum, store_outcome
-from dht.records import Record
-from dht.routing import Contact, WorkmeshRoutingTable, target_node
-from dht.upkeep import Upkeep
+from workmesh.crypto.identity import Identity
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.crawl import LookupResult, lookup
+from workmesh.dht.envelope import Envelope, check_contact
+from workmesh.dht.protocol import Clock, RPCProtocol
+from workmesh.dht.quorum import StoreOutcome, call_once, gather, gather_quorum, store_outcome
+from workmesh.dht.records import Record
+from workmesh.dht.routing import Contact, WorkmeshRoutingTable, target_node
+from workmesh.dht.upkeep import Upkeep
 
 RECORDS_PER_REPLY_BYTES = 48_000
 # Pings sent at once to each contact a probe asks (DHTServer.probe).

@@ -38,8 +38,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from crypto.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, node_id_of
-from dht.records import KEY_BYTES, MergePlan, Record, StorageLimits, Validator, plan_merge
+from workmesh.crypto.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, node_id_of
+from workmesh.dht.records import KEY_BYTES, MergePlan, Record, StorageLimits, Validator, plan_merge
 
 __all__ = ["FactStore", "StorageError", "StorageLimits", "Contact"]
 

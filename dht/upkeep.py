@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from dht.routing import Contact, target_node
+from workmesh.dht.routing import Contact, target_node
 
 
 class Upkeep:

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from crypto.identity import Identity
-from dht.quorum import StoreOutcome
-from dht.server import DHTServer
-from node import facts as F
-from node import lifecycle
+from workmesh.crypto.identity import Identity
+from workmesh.dht.quorum import StoreOutcome
+from workmesh.dht.server import DHTServer
+from workmesh.node import facts as F
+from workmesh.node import lifecycle
 
 CLAIM_RESENDS = 2  # times a claim is sent again to replicas that did not answer
 CLAIM_BOUNDARY_WAIT_S = 0.3  # before asking again a replica whose clock had not yet released the attempt

@@ -21,9 +21,9 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 
-from dht.config import DHTConfig
-from node import __version__
-from node.config import NodeConfig
+from workmesh.dht.config import DHTConfig
+from workmesh.node import __version__
+from workmesh.node.config import NodeConfig
 
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython: 700)
 
@@ -122,8 +122,8 @@ def _tune_gc() -> None:
 
 
 async def run_node(config: NodeConfig) -> None:
-    from api.app import create_app, run_api
-    from node.node import Node
+    from workmesh.api.app import create_app, run_api
+    from workmesh.node.node import Node
 
     node = Node(config)
     await node.start()
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"workmesh: {exc}", file=sys.stderr)
         return 2
-    from node.logs import configure
+    from workmesh.node.logs import configure
 
     configure(config.log_format, config.log_level)
     try:

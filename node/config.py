@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dht.config import DHTConfig
-from node.leases import LeaseRules
+from workmesh.dht.config import DHTConfig
+from workmesh.node.leases import LeaseRules
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,10 +27,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from operator import attrgetter
 
-from dht.storage import FactStore
-from node import facts as F
-from node import lifecycle
-from node.facts import Fact
+from workmesh.dht.storage import FactStore
+from workmesh.node import facts as F
+from workmesh.node import lifecycle
+from workmesh.node.facts import Fact
 
 _MISSING = object()
 _fact_id = attrgetter("fact_id")

@@ -40,11 +40,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from crypto import domains
-from crypto.canonical import canonical_pack, canonical_unpack
-from crypto.errors import BadSignature, EncodingError
-from crypto.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, node_id_of, verify
-from node.errors import InvalidFact
+from workmesh.crypto import domains
+from workmesh.crypto.canonical import canonical_pack, canonical_unpack
+from workmesh.crypto.errors import BadSignature, EncodingError
+from workmesh.crypto.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, node_id_of, verify
+from workmesh.node.errors import InvalidFact
 
 SUBMIT = "submit"
 CLAIM = "claim"

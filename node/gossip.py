@@ -21,10 +21,10 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable
 
-from dht.envelope import Envelope
-from dht.server import DHTServer
-from node import facts as F
-from node import rendezvous
+from workmesh.dht.envelope import Envelope
+from workmesh.dht.server import DHTServer
+from workmesh.node import facts as F
+from workmesh.node import rendezvous
 
 TYPE_CHARS_MAX = 64
 

@@ -15,7 +15,7 @@ import heapq
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
-from node import lifecycle
+from workmesh.node import lifecycle
 
 
 @dataclass(slots=True)

@@ -13,15 +13,15 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from api.service import JobView
-from crypto.identity import Identity
-from dht.server import DHTServer
-from node import facts as F
-from node import lifecycle, placement
-from node.derived import DerivedStates, local_state, state_of
-from node.errors import Conflict, JobNotFound, QuorumUnavailable, UnknownJobType, ValidationFailed
-from node.jobindex import JobIndex
-from node.reads import read_job
+from workmesh.api.service import JobView
+from workmesh.crypto.identity import Identity
+from workmesh.dht.server import DHTServer
+from workmesh.node import facts as F
+from workmesh.node import lifecycle, placement
+from workmesh.node.derived import DerivedStates, local_state, state_of
+from workmesh.node.errors import Conflict, JobNotFound, QuorumUnavailable, UnknownJobType, ValidationFailed
+from workmesh.node.jobindex import JobIndex
+from workmesh.node.reads import read_job
 
 # Long-polls re-read the job's replicas with backoff: a node that is not a
 # placed replica from POLL_S_MIN up to POLL_S_MAX; a placed replica (pushed

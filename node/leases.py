@@ -41,10 +41,10 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from node import facts as F
-from node.errors import InvalidFact
-from node.facts import Fact, Grant
-from node.lifecycle import JobState, is_final_result
+from workmesh.node import facts as F
+from workmesh.node.errors import InvalidFact
+from workmesh.node.facts import Fact, Grant
+from workmesh.node.lifecycle import JobState, is_final_result
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from node import facts as F
-from node.facts import Fact
+from workmesh.node import facts as F
+from workmesh.node.facts import Fact
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
 STATUSES = (PENDING, RUNNING, DONE, FAILED, CANCELLED)

@@ -20,21 +20,21 @@ from typing import Any
 
 import structlog
 
-from crypto.identity import Identity, verify_statistics
-from dht.protocol import Clock
-from dht.routing import target_node
-from dht.server import DHTServer, SystemClock
-from dht.storage import FactStore
-from node import __version__
-from node import leases, lifecycle
-from node.config import NodeConfig
-from node.derived import DerivedStates
-from node.gossip import Gossip
-from node.handlers import Registry
-from node.jobindex import JobIndex
-from node.jobs import JobOperations
-from node.replica import JobReplica
-from node.worker import RunCpu, WorkerPool
+from workmesh.crypto.identity import Identity, verify_statistics
+from workmesh.dht.protocol import Clock
+from workmesh.dht.routing import target_node
+from workmesh.dht.server import DHTServer, SystemClock
+from workmesh.dht.storage import FactStore
+from workmesh.node import __version__
+from workmesh.node import leases, lifecycle
+from workmesh.node.config import NodeConfig
+from workmesh.node.derived import DerivedStates
+from workmesh.node.gossip import Gossip
+from workmesh.node.handlers import Registry
+from workmesh.node.jobindex import JobIndex
+from workmesh.node.jobs import JobOperations
+from workmesh.node.replica import JobReplica
+from workmesh.node.worker import RunCpu, WorkerPool
 
 REANNOUNCE_BATCH = 256
 REJOIN_FIRST_S = 2.0  # a node left without contacts tries its bootstrap addresses again after this
@@ -369,6 +369,6 @@ class Node:
         }
 
     def metrics_registry(self):
-        from node.metrics import registry_for
+        from workmesh.node.metrics import registry_for
 
         return registry_for(self)

@@ -11,9 +11,9 @@ before it answers "not found".
 
 from __future__ import annotations
 
-from dht.server import DHTServer
-from node import lifecycle, placement
-from node.derived import DerivedStates, local_state, state_of
+from workmesh.dht.server import DHTServer
+from workmesh.node import lifecycle, placement
+from workmesh.node.derived import DerivedStates, local_state, state_of
 
 REVIVE_ON_MISS = 8  # evicted contacts pinged before a read answers "not found"
 # A read that found nothing asks this many times r closest nodes once more:

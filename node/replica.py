@@ -14,11 +14,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from crypto.identity import Identity
-from dht.server import Admission
-from node import facts as F
-from node import leases, lifecycle
-from node.errors import InvalidFact
+from workmesh.crypto.identity import Identity
+from workmesh.dht.server import Admission
+from workmesh.node import facts as F
+from workmesh.node import leases, lifecycle
+from workmesh.node.errors import InvalidFact
 
 
 _ORDER = {F.SUBMIT: 0, F.GRANT: 2, F.CLAIM: 3, F.RENEW: 4, F.RESULT: 5, F.CANCEL: 6}

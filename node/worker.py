@@ -30,15 +30,15 @@ from typing import Any
 
 import structlog
 
-from crypto.identity import Identity
-from dht.server import DHTServer
-from node import facts as F
-from node import lifecycle, rendezvous
-from node.claims import Claims
-from node.derived import DerivedStates, local_state, state_of
-from node.handlers import Handler, HandlerError, JobContext, Registry
-from node.leases import LeaseRules
-from node.reads import read_job
+from workmesh.crypto.identity import Identity
+from workmesh.dht.server import DHTServer
+from workmesh.node import facts as F
+from workmesh.node import lifecycle, rendezvous
+from workmesh.node.claims import Claims
+from workmesh.node.derived import DerivedStates, local_state, state_of
+from workmesh.node.handlers import Handler, HandlerError, JobContext, Registry
+from workmesh.node.leases import LeaseRules
+from workmesh.node.reads import read_job
 
 RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
 

@@ -356,7 +356,7 @@ def workmesh_command() -> list[str]:
     script = Path(sys.executable).with_name("workmesh")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from node.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from workmesh.node.cli import main; sys.exit(main())"]
 
 
 def _get_json(url: str, timeout_s: float = 2.0) -> dict[str, Any] | None:

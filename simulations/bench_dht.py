@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kademlia.network import Server  # noqa: E402
 
-from crypto.identity import Identity  # noqa: E402
-from node import facts as F  # noqa: E402
-from node.config import NodeConfig  # noqa: E402
-from node.logs import configure  # noqa: E402
-from node.node import Node  # noqa: E402
+from workmesh.crypto.identity import Identity  # noqa: E402
+from workmesh.node import facts as F  # noqa: E402
+from workmesh.node.config import NodeConfig  # noqa: E402
+from workmesh.node.logs import configure  # noqa: E402
+from workmesh.node.node import Node  # noqa: E402
 
 OP_TIMEOUT_S = 30.0
 

@@ -59,9 +59,9 @@ def _free_tcp_port() -> int:
 
 
 async def _start_node(index: int, data_dir: str, workers: int, bootstrap: str | None):
-    from api.app import create_app, run_api
-    from node.cli import build_parser, config_from_args
-    from node.node import Node
+    from workmesh.api.app import create_app, run_api
+    from workmesh.node.cli import build_parser, config_from_args
+    from workmesh.node.node import Node
 
     argv = ["start", "--data-dir", f"{data_dir}/n{index}", "--workers", str(workers), "--p2p-port", "0",
             "--api-port", str(_free_tcp_port()), "--log-level", "warning"]
@@ -85,7 +85,7 @@ def _slots(nodes: int) -> list[int]:
 async def _measure(args: argparse.Namespace) -> dict:
     import aiohttp
 
-    from node.logs import configure
+    from workmesh.node.logs import configure
 
     configure("json", "warning")
     started = []
@@ -149,7 +149,7 @@ async def _phases(http, urls: list[str], args: argparse.Namespace) -> dict:
     for i in range(20):  # warm-up: connections, caches, the first derive of each code path
         await _one(http, urls[0], i)
     profiler = cProfile.Profile() if args.profile else None
-    figures: dict = {"nodes": args.nodes, "code": str(Path(sys.modules["node"].__file__).resolve().parent.parent)}
+    figures: dict = {"nodes": args.nodes, "code": str(Path(sys.modules["workmesh.node"].__file__).resolve().parent.parent)}
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     latencies = []

@@ -49,7 +49,7 @@ def workmesh_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("workmesh")
-    return [found] if found else [sys.executable, "-m", "node.cli"]
+    return [found] if found else [sys.executable, "-m", "workmesh"]
 
 
 def http(method: str, url: str, body: object | None = None, *, timeout_s: float = 30.0, headers: dict | None = None) -> tuple[int, dict]:

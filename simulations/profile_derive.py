@@ -46,11 +46,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crypto.identity import Identity  # noqa: E402
-from dht.storage import FactStore  # noqa: E402
-from node import derived as new_derived  # noqa: E402
-from node import facts as F  # noqa: E402
-from node import lifecycle as new_lifecycle  # noqa: E402
+from workmesh.crypto.identity import Identity  # noqa: E402
+from workmesh.dht.storage import FactStore  # noqa: E402
+from workmesh.node import derived as new_derived  # noqa: E402
+from workmesh.node import facts as F  # noqa: E402
+from workmesh.node import lifecycle as new_lifecycle  # noqa: E402
 
 BASE_DEFAULT = "29fd4eb"  # the commit before the derive work (perf-derive's fork point)
 

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msgpack  # noqa: E402
 import nacl.signing  # noqa: E402
 
-import crypto.identity as ci  # noqa: E402
-from crypto.canonical import canonical_pack, canonical_unpack  # noqa: E402
-from crypto.identity import Identity  # noqa: E402
-from dht.envelope import REQUEST, open_envelope, seal  # noqa: E402
-from dht.storage import FactStore  # noqa: E402
-from node import facts as F  # noqa: E402
+import workmesh.crypto.identity as ci  # noqa: E402
+from workmesh.crypto.canonical import canonical_pack, canonical_unpack  # noqa: E402
+from workmesh.crypto.identity import Identity  # noqa: E402
+from workmesh.dht.envelope import REQUEST, open_envelope, seal  # noqa: E402
+from workmesh.dht.storage import FactStore  # noqa: E402
+from workmesh.node import facts as F  # noqa: E402
 
 
 def per_call_us(fn: Callable[[], object], rounds: int) -> float:

@@ -29,8 +29,8 @@ import hashlib
 from collections import Counter
 from typing import Any, TextIO
 
-from node import facts as F
-from node import lifecycle
+from workmesh.node import facts as F
+from workmesh.node import lifecycle
 
 VIOLATIONS_KEPT_MAX = 100
 

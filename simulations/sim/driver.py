@@ -32,12 +32,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from dht.config import DHTConfig
-from dht.routing import target_node
-from node import lifecycle
-from node.config import NodeConfig
-from node.errors import QuorumUnavailable
-from node.reads import read_job
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.routing import target_node
+from workmesh.node import lifecycle
+from workmesh.node.config import NodeConfig
+from workmesh.node.errors import QuorumUnavailable
+from workmesh.node.reads import read_job
 
 from simulations.sim.checkers import Invariants, LookupStats, TraceLog, verify_stores
 from simulations.sim.clock import VirtualTimeLoop

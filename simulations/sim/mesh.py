@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crypto.identity import Identity
-from node import handlers as H
-from node.config import NodeConfig
-from node.node import Node
+from workmesh.crypto.identity import Identity
+from workmesh.node import handlers as H
+from workmesh.node.config import NodeConfig
+from workmesh.node.node import Node
 
 from simulations.sim.clock import SimClock
 from simulations.sim.network import Addr, SimNetwork

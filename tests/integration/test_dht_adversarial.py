@@ -16,13 +16,13 @@ import time
 
 import pytest
 
-from crypto.canonical import canonical_unpack
-from crypto.identity import Identity
-from dht.envelope import REPLY, REQUEST, Envelope, EnvelopeError, open_envelope, seal
-from dht.routing import Contact
-from node import facts as F
-from node.config import NodeConfig
-from node.node import Node
+from workmesh.crypto.canonical import canonical_unpack
+from workmesh.crypto.identity import Identity
+from workmesh.dht.envelope import REPLY, REQUEST, Envelope, EnvelopeError, open_envelope, seal
+from workmesh.dht.routing import Contact
+from workmesh.node import facts as F
+from workmesh.node.config import NodeConfig
+from workmesh.node.node import Node
 
 DEADLINE_S = 5.0
 

@@ -22,13 +22,13 @@ import time
 import pytest
 import pytest_asyncio
 
-from crypto.identity import Identity
-from dht.config import DHTConfig
-from dht.routing import target_node
-from node import facts as F
-from node import lifecycle
-from node.config import NodeConfig
-from node.node import Node
+from workmesh.crypto.identity import Identity
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.routing import target_node
+from workmesh.node import facts as F
+from workmesh.node import lifecycle
+from workmesh.node.config import NodeConfig
+from workmesh.node.node import Node
 
 NODES = 30
 KEYS = 200

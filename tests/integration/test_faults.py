@@ -35,11 +35,11 @@ import time
 import pytest
 from procmesh import ProcMesh, free_port, http, wait_until
 
-from crypto.identity import Identity
-from node import facts as F
-from node import lifecycle
-from node.config import NodeConfig
-from node.node import Node
+from workmesh.crypto.identity import Identity
+from workmesh.node import facts as F
+from workmesh.node import lifecycle
+from workmesh.node.config import NodeConfig
+from workmesh.node.node import Node
 
 LEASE_S = 2.0
 NODES = 7

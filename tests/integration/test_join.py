@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from dht.routing import target_node
-from node import lifecycle
-from node.config import NodeConfig
-from node.errors import QuorumUnavailable
-from node.node import Node
+from workmesh.dht.routing import target_node
+from workmesh.node import lifecycle
+from workmesh.node.config import NodeConfig
+from workmesh.node.errors import QuorumUnavailable
+from workmesh.node.node import Node
 
 
 async def wait_for(predicate, timeout_s: float = 5.0) -> None:

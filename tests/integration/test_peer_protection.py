@@ -21,12 +21,12 @@ from dataclasses import replace
 
 import pytest
 
-from crypto.identity import Identity, node_id_of, puzzle_bits
-from dht.config import DHTConfig
-from dht.envelope import REQUEST, seal
-from dht.routing import Contact
-from node.config import NodeConfig
-from node.node import Node
+from workmesh.crypto.identity import Identity, node_id_of, puzzle_bits
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.envelope import REQUEST, seal
+from workmesh.dht.routing import Contact
+from workmesh.node.config import NodeConfig
+from workmesh.node.node import Node
 from tests.integration.test_dht_adversarial import RawPeer, wait_for
 
 DEADLINE_S = 5.0

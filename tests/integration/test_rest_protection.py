@@ -21,8 +21,8 @@ import urllib.request
 
 import pytest
 
-from api import app as api_app
-from api.app import create_app, run_api
+from workmesh.api import app as api_app
+from workmesh.api.app import create_app, run_api
 from procmesh import ProcMesh, http, workmesh_command
 from tests.unit.test_api import FakeService
 

@@ -12,10 +12,10 @@ import sqlite3
 import stat
 import time
 
-from crypto.identity import KEY_FILE, Identity
-from node import facts as F
-from node.config import NodeConfig
-from node.node import Node
+from workmesh.crypto.identity import KEY_FILE, Identity
+from workmesh.node import facts as F
+from workmesh.node.config import NodeConfig
+from workmesh.node.node import Node
 
 
 def config(path) -> NodeConfig:

@@ -11,9 +11,9 @@ from functools import lru_cache
 
 from hypothesis import strategies as st
 
-from crypto.identity import Identity
-from node import facts as F
-from node.facts import Fact
+from workmesh.crypto.identity import Identity
+from workmesh.node import facts as F
+from workmesh.node.facts import Fact
 
 REPLICAS = tuple(Identity.from_seed(bytes([1 + i]) * 32) for i in range(7))
 WORKERS = tuple(Identity.from_seed(bytes([100 + i]) * 32) for i in range(4))

@@ -22,12 +22,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from api import validation
-from api.app import METRICS_CONTENT_TYPE, create_app
-from api.openapi import REFERENCE_HEADER, build_spec, render_yaml
-from api.ratelimit import TokenBuckets
-from api.service import TERMINAL_STATUSES, JobService, JobView
-from node.errors import BadRequest, Conflict, JobNotFound, QuorumUnavailable, WorkmeshError
+from workmesh.api import validation
+from workmesh.api.app import METRICS_CONTENT_TYPE, create_app
+from workmesh.api.openapi import REFERENCE_HEADER, build_spec, render_yaml
+from workmesh.api.ratelimit import TokenBuckets
+from workmesh.api.service import TERMINAL_STATUSES, JobService, JobView
+from workmesh.node.errors import BadRequest, Conflict, JobNotFound, QuorumUnavailable, WorkmeshError
 
 TOKEN = "s3cret-token"
 UNKNOWN_ID = "ab" * 20
@@ -224,7 +224,7 @@ async def make_client():
 
 
 def app_service(app: web.Application) -> Any:
-    from api.app import SERVICE
+    from workmesh.api.app import SERVICE
 
     return app[SERVICE]
 

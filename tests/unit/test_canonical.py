@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.canonical import canonical_pack, canonical_unpack
-from crypto.errors import EncodingError
+from workmesh.crypto.canonical import canonical_pack, canonical_unpack
+from workmesh.crypto.errors import EncodingError
 
 DEPTH_MAX = 16
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from crypto.identity import puzzle_bits
-from node.cli import build_parser, config_from_args
-from node.node import Node
+from workmesh.crypto.identity import puzzle_bits
+from workmesh.node.cli import build_parser, config_from_args
+from workmesh.node.node import Node
 
 
 def test_a_node_started_with_a_puzzle_gets_a_key_that_solves_it(tmp_path):

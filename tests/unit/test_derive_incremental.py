@@ -16,11 +16,11 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from dht.storage import FactStore
-from node import facts as F
-from node import lifecycle as L
-from node.derived import DerivedStates
-from node.errors import InvalidFact
+from workmesh.dht.storage import FactStore
+from workmesh.node import facts as F
+from workmesh.node import lifecycle as L
+from workmesh.node.derived import DerivedStates
+from workmesh.node.errors import InvalidFact
 from tests.unit.strategies import (
     REPLICAS,
     STRANGER,

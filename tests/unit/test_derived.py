@@ -6,11 +6,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dht.storage import FactStore
-from node import facts as F
-from node import lifecycle as L
-from node.derived import DerivedStates
-from node.replica import JobReplica
+from workmesh.dht.storage import FactStore
+from workmesh.node import facts as F
+from workmesh.node import lifecycle as L
+from workmesh.node.derived import DerivedStates
+from workmesh.node.replica import JobReplica
 from tests.unit.test_storage import KEY, POOL, W1, claim, validator
 
 
@@ -43,7 +43,7 @@ def test_local_state_follows_every_merge(order: list[int]) -> None:
 
 
 def test_validate_memo_returns_the_decoded_fact_and_refuses_bad_bytes() -> None:
-    from crypto.identity import Identity
+    from workmesh.crypto.identity import Identity
 
     replica = JobReplica(Identity.from_seed(b"r" * 32), None, lambda: 0.0, lambda: 0, lambda k, n: None, decoded_max=2)
     raw = POOL[0].raw

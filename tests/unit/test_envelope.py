@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto import domains
-from crypto.canonical import canonical_pack
-from crypto.identity import Identity, node_id_of
-from dht.envelope import (
+from workmesh.crypto import domains
+from workmesh.crypto.canonical import canonical_pack
+from workmesh.crypto.identity import Identity, node_id_of
+from workmesh.dht.envelope import (
     MSG_ID_BYTES,
     REPLY,
     REQUEST,

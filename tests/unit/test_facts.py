@@ -7,9 +7,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from crypto.canonical import canonical_pack
-from node import facts as F
-from node.errors import InvalidFact
+from workmesh.crypto.canonical import canonical_pack
+from workmesh.node import facts as F
+from workmesh.node.errors import InvalidFact
 from tests.unit.strategies import REPLICAS, STRANGER, SUBMITTER, WORKERS, cancel, claim, lease, quorum_result
 from tests.unit.strategies import renew, result, seal, submit
 

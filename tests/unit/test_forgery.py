@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import pytest
 
-from crypto.canonical import canonical_pack, canonical_unpack
-from crypto.identity import Identity
-from node import facts as F
-from node import lifecycle
-from node.errors import InvalidFact
-from node.facts import Fact
-from node.leases import LeaseRules
-from node.replica import JobReplica
+from workmesh.crypto.canonical import canonical_pack, canonical_unpack
+from workmesh.crypto.identity import Identity
+from workmesh.node import facts as F
+from workmesh.node import lifecycle
+from workmesh.node.errors import InvalidFact
+from workmesh.node.facts import Fact
+from workmesh.node.leases import LeaseRules
+from workmesh.node.replica import JobReplica
 from tests.unit.strategies import REPLICAS, STRANGER, SUBMITTER, WORKERS, cancel, claim, lease, placement, renew, result, seal, submit
 
 JOB = submit(max_attempts=2, replicas=3, quorum=2, lease_ms=1000)

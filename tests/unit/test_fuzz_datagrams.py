@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dht.config import DHTConfig
-from dht.envelope import REPLY, REQUEST, seal
-from node.config import NodeConfig
-from node.node import Node
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.envelope import REPLY, REQUEST, seal
+from workmesh.node.config import NodeConfig
+from workmesh.node.node import Node
 from tests.integration.test_dht_adversarial import JOB_A, RawPeer
 
 FUZZ_SETTINGS = settings(

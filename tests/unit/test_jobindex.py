@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from node import lifecycle as L
-from node.jobindex import JobIndex
-from node.leases import LeaseRules, Observations, lease_deadline, observe
+from workmesh.node import lifecycle as L
+from workmesh.node.jobindex import JobIndex
+from workmesh.node.leases import LeaseRules, Observations, lease_deadline, observe
 from tests.unit.strategies import REPLICAS, WORKERS, claim, lease, placement, submit
 
 RULES = LeaseRules()

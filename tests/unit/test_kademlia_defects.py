@@ -24,13 +24,13 @@ from kademlia.storage import ForgetfulStorage
 from kademlia.utils import digest
 from rpcudp.protocol import RPCProtocol as LibRPCProtocol
 
-from crypto.identity import Identity, node_id_of
-from dht.config import DHTConfig
-from dht.envelope import REPLY, REQUEST, Envelope, open_envelope, seal
-from dht.routing import Contact, WorkmeshRoutingTable
-from dht.server import AcceptAll, DHTServer
-from dht.storage import FactStore
-from node import facts as F
+from workmesh.crypto.identity import Identity, node_id_of
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.envelope import REPLY, REQUEST, Envelope, open_envelope, seal
+from workmesh.dht.routing import Contact, WorkmeshRoutingTable
+from workmesh.dht.server import AcceptAll, DHTServer
+from workmesh.dht.storage import FactStore
+from workmesh.node import facts as F
 
 ADDR = ("127.0.0.1", 4000)
 

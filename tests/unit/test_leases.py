@@ -6,11 +6,11 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from node import facts as F
-from node import lifecycle as L
-from node.facts import Fact, Grant
-from node.leases import LeaseRules, Observations, accept_renew, current_grant, decide_claim, decide_seal
-from node.leases import lease_deadline, observe
+from workmesh.node import facts as F
+from workmesh.node import lifecycle as L
+from workmesh.node.facts import Fact, Grant
+from workmesh.node.leases import LeaseRules, Observations, accept_renew, current_grant, decide_claim, decide_seal
+from workmesh.node.leases import lease_deadline, observe
 from tests.unit.strategies import CONFIGS, REPLICAS, STRANGER, WORKERS, cancel, claim, lease, quorum_result
 from tests.unit.strategies import placement, renew, result, submit
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from node import facts as F
-from node import lifecycle as L
-from node.leases import decide_seal
+from workmesh.node import facts as F
+from workmesh.node import lifecycle as L
+from workmesh.node.leases import decide_seal
 from tests.unit.strategies import REPLICAS, STRANGER, WORKERS, cancel, claim, job_histories, lease, quorum_result
 from tests.unit.strategies import placement, renew, result, seal, submit
 

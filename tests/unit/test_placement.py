@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node import placement as P
-from node.placement import FAILING, TRUSTED, UNKNOWN, choose, probe_enough, settled, to_probe, verdict
+from workmesh.node import placement as P
+from workmesh.node.placement import FAILING, TRUSTED, UNKNOWN, choose, probe_enough, settled, to_probe, verdict
 
 ids = [bytes([i]) * 20 for i in range(12)]  # closest first
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from dht.quorum import gather_quorum
-from dht.routing import Contact
+from workmesh.dht.quorum import gather_quorum
+from workmesh.dht.routing import Contact
 
 MISSING = "missing"
 

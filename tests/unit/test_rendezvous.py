@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.rendezvous import claim_delay_s, rank, rank_key
+from workmesh.node.rendezvous import claim_delay_s, rank, rank_key
 
 ids = st.binary(min_size=20, max_size=20)
 

@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kademlia.node import Node
 
-from crypto.identity import Identity
-from dht.config import DHTConfig
-from dht.envelope import REPLY, Envelope
-from dht.routing import Contact, WorkmeshRoutingTable, target_node
-from dht.server import AcceptAll, DHTServer
-from dht.storage import FactStore
-from node import facts as F
+from workmesh.crypto.identity import Identity
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.envelope import REPLY, Envelope
+from workmesh.dht.routing import Contact, WorkmeshRoutingTable, target_node
+from workmesh.dht.server import AcceptAll, DHTServer
+from workmesh.dht.storage import FactStore
+from workmesh.node import facts as F
 
 KEY = b"k" * 32
 ids20 = st.binary(min_size=20, max_size=20)

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.identity import Identity
-from dht.records import Record, plan_merge, supersedes
-from dht.storage import FactStore, StorageError, StorageLimits
-from node import facts
+from workmesh.crypto.identity import Identity
+from workmesh.dht.records import Record, plan_merge, supersedes
+from workmesh.dht.storage import FactStore, StorageError, StorageLimits
+from workmesh.node import facts
 
 
 def validator(key: bytes, raw: bytes) -> facts.Fact:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 from types import SimpleNamespace
 
-from crypto.identity import Identity
-from node import rendezvous
-from node.handlers import Registry
-from node.leases import LeaseRules
-from node.worker import WorkerPool
+from workmesh.crypto.identity import Identity
+from workmesh.node import rendezvous
+from workmesh.node.handlers import Registry
+from workmesh.node.leases import LeaseRules
+from workmesh.node.worker import WorkerPool
 
 
 def _pool(identity: Identity, peers: list[bytes], now: list[float]) -> WorkerPool:
