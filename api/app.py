@@ -23,7 +23,7 @@ from workmesh.api import validation
 from workmesh.api.errors import error_middleware
 from workmesh.api.openapi import build_spec, render_yaml
 from workmesh.api.ratelimit import TokenBuckets, ratelimit_middleware
-from workmesh.api.service import TERMINAL_STATUSES, JobService
+from workmesh.contract import TERMINAL_STATUSES, JobService
 
 SERVICE = web.AppKey("workmesh.service", JobService)
 API_TOKEN = web.AppKey("workmesh.api_token", bytes)  # BLAKE2b-256 of the token, see _check_token

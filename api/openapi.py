@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from workmesh.api import validation as v
-from workmesh.api.service import STATUSES
+from workmesh.contract import STATUSES
 
 PROBLEM = "application/problem+json"
 JSON = "application/json"

@@ -18,23 +18,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from workmesh.node import facts
 from workmesh.node.errors import BadRequest, UnknownJobType, ValidationFailed
 
-from workmesh.api.service import STATUSES
+from workmesh import contract as C
+from workmesh.contract import STATUSES
 
-JSON_DEPTH_MAX = 32  # nesting levels allowed inside ``payload``
+# The limits are the contract's (workmesh/contract.py), named here in the
+# units requests use.
+JSON_DEPTH_MAX = C.JSON_DEPTH_MAX  # nesting levels allowed inside ``payload``
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers any worker language can hold
-ATTEMPTS_MIN, ATTEMPTS_MAX = 1, facts.ATTEMPTS_MAX
-LEASE_S_MIN, LEASE_S_MAX = facts.LEASE_MS_MIN / 1000, facts.LEASE_MS_MAX / 1000
-TIMEOUT_S_MIN, TIMEOUT_S_MAX = 0.001, facts.TIMEOUT_MS_MAX / 1000
-TYPE_CHARS_MAX = facts.TYPE_CHARS_MAX
-REASON_CHARS_MAX = facts.REASON_CHARS_MAX
-PAYLOAD_BYTES_MAX = facts.PAYLOAD_BYTES_MAX
-IDEMPOTENCY_KEY_CHARS_MAX = 128
-CURSOR_CHARS_MAX = 256
-WAIT_S_MAX = 60.0
-LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 100, 500
+ATTEMPTS_MIN, ATTEMPTS_MAX = 1, C.ATTEMPTS_MAX
+LEASE_S_MIN, LEASE_S_MAX = C.LEASE_MS_MIN / 1000, C.LEASE_MS_MAX / 1000
+TIMEOUT_S_MIN, TIMEOUT_S_MAX = 0.001, C.TIMEOUT_MS_MAX / 1000
+TYPE_CHARS_MAX = C.TYPE_CHARS_MAX
+REASON_CHARS_MAX = C.REASON_CHARS_MAX
+PAYLOAD_BYTES_MAX = C.PAYLOAD_BYTES_MAX
+IDEMPOTENCY_KEY_CHARS_MAX = C.IDEMPOTENCY_KEY_CHARS_MAX
+CURSOR_CHARS_MAX = C.CURSOR_CHARS_MAX
+WAIT_S_MAX = C.WAIT_S_MAX
+LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = C.LIST_LIMIT_DEFAULT, C.LIST_LIMIT_MAX
+BATCH_JOBS_MAX = C.BATCH_JOBS_MAX
 
 SUBMIT_FIELDS = frozenset({"type", "payload", "max_attempts", "lease_seconds", "timeout_seconds"})
 CANCEL_FIELDS = frozenset({"reason"})

@@ -40,6 +40,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from workmesh.contract import (  # noqa: F401 (re-exported: node code reads them as facts.X)
+    ATTEMPTS_MAX,
+    LEASE_MS_MAX,
+    LEASE_MS_MIN,
+    PAYLOAD_BYTES_MAX,
+    REASON_CHARS_MAX,
+    RESULT_BYTES_MAX,
+    TIMEOUT_MS_MAX,
+    TYPE_CHARS_MAX,
+)
 from workmesh.crypto import domains
 from workmesh.crypto.canonical import canonical_pack, canonical_unpack
 from workmesh.crypto.errors import BadSignature, EncodingError
@@ -68,18 +78,11 @@ PLACE = "place"
 OK = "ok"
 ERROR = "error"
 
-# Bounds (bytes unless named otherwise).
+# Bounds (bytes unless named otherwise). What a job may be is the contract's
+# (workmesh/contract.py), shared with the API; the rest is the format's own.
 FACT_BYTES_MAX = 16384
-PAYLOAD_BYTES_MAX = 8192
-RESULT_BYTES_MAX = 8192
-TYPE_CHARS_MAX = 64
-REASON_CHARS_MAX = 256
 NONCE_BYTES = 16
-ATTEMPTS_MAX = 100
 REPLICAS_MAX = 16
-LEASE_MS_MIN = 500
-LEASE_MS_MAX = 3_600_000
-TIMEOUT_MS_MAX = 86_400_000
 FACT_ID_BYTES = 32
 
 

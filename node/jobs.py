@@ -1,6 +1,6 @@
 """The client-facing job operations every node offers: submit, read, cancel, list.
 
-These are what the REST layer calls (``api.service.JobService``). A node
+These are what the REST layer calls (``workmesh.contract.JobService``). A node
 needs no special role for any of them: it reads and writes the job's facts
 on the job's replicas, wherever those are.
 """
@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from workmesh.api.service import JobView
+from workmesh.contract import JobView
 from workmesh.crypto.identity import Identity
 from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F

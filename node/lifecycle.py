@@ -39,12 +39,11 @@ from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
 
+# The statuses are the contract's (workmesh/contract.py), defined once.
+from workmesh.contract import CANCELLED, DONE, FAILED, PENDING, RUNNING, STATUSES
+from workmesh.contract import TERMINAL_STATUSES as TERMINAL
 from workmesh.node import facts as F
 from workmesh.node.facts import Fact
-
-PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
-STATUSES = (PENDING, RUNNING, DONE, FAILED, CANCELLED)
-TERMINAL: frozenset[str] = frozenset({DONE, FAILED, CANCELLED})
 
 # The lifecycle as data. A reader can see any of these moves, because facts
 # arrive in any order (a quorum of seals may arrive before the grants did);

@@ -354,6 +354,8 @@ class Node:
                 {"node_id": c.id.hex(), "address": f"{c.ip}:{c.port}"} for c in self.dht.router.contacts()[:64]
             ],
             "uptime_seconds": round(self._monotonic() - self.started_at, 3),
+            # Which event loop runs this node: "uvloop" or "asyncio" (workmesh/app.py).
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "jobs": self.index.counts(),
             "workers": {"slots": self.config.workers, "busy": self.workers.busy},
             "replication": {"replicas": self.config.replicas, "quorum": self.config.quorum, "k": self.config.dht.k},
