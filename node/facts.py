@@ -94,6 +94,26 @@ def job_id_of(submit_raw: bytes) -> bytes:
     return hashlib.blake2b(submit_raw, digest_size=NODE_ID_BYTES).digest()
 
 
+# A keyed submission (node/keyed.py) is signed by an owner key derived from an
+# Idempotency-Key; its nonce starts with the owner's mark, and its job id is
+# the owner's, not the hash of its bytes: the same key is the same job on every node.
+KEYED_MARK_BYTES = 8
+
+
+def keyed_mark(author: bytes) -> bytes:
+    """The nonce prefix that makes a submission by ``author`` a keyed one."""
+    return hashlib.blake2b(author, digest_size=KEYED_MARK_BYTES, person=b"wm-keyed-mark").digest()
+
+
+def keyed_job_id(author: bytes) -> bytes:
+    """The job id of the keyed submission signed by ``author``."""
+    return hashlib.blake2b(author, digest_size=NODE_ID_BYTES, person=b"wm-keyed-job").digest()
+
+
+def is_keyed(author: bytes, body: Submit) -> bool:
+    return body.nonce[:KEYED_MARK_BYTES] == keyed_mark(author)
+
+
 def placement_ids(subject: bytes) -> tuple[bytes, ...]:
     """The replica node ids a placement grant names, in its order."""
     return tuple(subject[i : i + NODE_ID_BYTES] for i in range(0, len(subject), NODE_ID_BYTES))
@@ -194,7 +214,7 @@ class Fact:
     @property
     def job_id(self) -> bytes:
         if self.kind == SUBMIT:
-            return job_id_of(self.raw)
+            return keyed_job_id(self.author) if is_keyed(self.author, self.body) else job_id_of(self.raw)
         return self.body.job_id
 
     @property
@@ -228,6 +248,18 @@ def _body_fields(kind: str, body: Body) -> list:
     if kind == CANCEL:
         return [body.job_id, body.reason, body.ts_ms]
     raise InvalidFact(f"unknown fact kind {kind!r}")
+
+
+def is_permanent_error(outcome: str, data_json: bytes) -> bool:
+    """An error result whose handler raised PermanentError (data ``{"error": ..., "permanent": true}``):
+    final at any attempt, the job fails without a retry."""
+    if outcome != ERROR or b'"permanent":true' not in data_json:
+        return False
+    try:
+        data = json.loads(data_json)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("permanent") is True
 
 
 def sign(identity: Identity, kind: str, body: Body) -> Fact:
