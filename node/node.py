@@ -143,6 +143,7 @@ class Node:
             waiters=self._waiters,
         )
         self.jobs.derived = self.workers.derived = self.derived
+        self.jobs.type_defaults = self.registry.defaults_for
         self.jobs.take_fresh = self.workers.take_fresh
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
         self._tasks: list[asyncio.Task] = []
