@@ -24,7 +24,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _CLIENT_NAMES = (
-    "Client", "AsyncClient", "Job", "WorkmeshError", "ProblemError", "ConnectionFailed", "WaitTimeout",
+    "Client", "AsyncClient", "Job", "Page", "NotFound", "WorkmeshError", "ProblemError", "ConnectionFailed", "WaitTimeout",
     "BadRequest", "Unauthorized", "JobNotFound", "Conflict", "PayloadTooLarge", "UnsupportedMediaType",
     "RequestTimeout", "ValidationFailed", "UnknownJobType", "IdempotencyKeyReused", "InvalidFact",
     "RateLimited", "QuorumUnavailable", "NotReady", "ServerError", "MethodNotAllowed",
