@@ -29,7 +29,7 @@ from workmesh.node.errors import (
     ValidationFailed,
 )
 from workmesh.node.jobindex import JobIndex
-from workmesh.node.reads import read_job
+from workmesh.node.reads import WIDER_READ, read_job
 
 # Long-polls re-read the job's replicas with backoff: a node that is not a
 # placed replica from POLL_S_MIN up to POLL_S_MAX; a placed replica (pushed
@@ -277,6 +277,12 @@ class JobOperations:
     async def _keyed_existing(self, owner: Any, fingerprint: bytes) -> lifecycle.JobState | None:
         """The job of a key if a replica holds it; 422 when it was made from another request."""
         job_id = F.keyed_job_id(owner.public_key)
+        # One search as wide as read_job's last resort: for a new key (the
+        # common case) that is the only round; a job found is read in full.
+        if self.derive_local(job_id) is None:
+            found, _answered = await self.dht.fetch(job_id, replicas=WIDER_READ * self.defaults.dht.replicas, until_found=True)
+            if state_of(self.derived, found) is None:
+                return None
         existing, _answered = await read_job(self.dht, job_id, self.derived)
         if existing is None:
             return None
