@@ -64,6 +64,11 @@ class JobContext:
             job_id=self.job_id, job_type=self.job_type or None, attempt=self.attempt
         )
 
+    @property
+    def logger(self) -> Any:
+        """The same as :attr:`log`."""
+        return self.log
+
 
 class HandlerError(Exception):
     """Raised by a handler to fail an attempt with a clean message (the job is retried)."""
