@@ -158,6 +158,20 @@ def test_a_permanent_error_fails_the_job_after_one_attempt(mesh):
     assert job.error.startswith("bad resize request")
 
 
+async def test_the_async_client_submits_lists_cancels_and_waits_against_the_mesh(mesh):
+    async with workmesh.AsyncClient([n.url for n in mesh.nodes]) as client:
+        long = await client.submit("sleep", {"seconds": 30}, max_attempts=1)
+        quick = await client.submit("echo", {"n": 1})
+        assert (await client.wait(quick.id, timeout=30)).result == {"n": 1}
+        listed = [job.id async for page in client.list() for job in page]
+        cancelled = await client.cancel(long.id, reason="no longer needed")
+        final = await client.wait(long.id, timeout=10)
+        with pytest.raises(workmesh.Conflict):
+            await client.cancel(quick.id)
+    assert {quick.id, long.id} <= set(listed)  # in a 3-node mesh every node holds every job
+    assert cancelled.status == final.status == "cancelled"
+
+
 def test_killing_the_first_node_given_the_client_still_submits_and_waits_through_the_others(fresh_venv, mesh):
     first = mesh.nodes[0]
     got = venv_python(fresh_venv, """
