@@ -16,6 +16,12 @@ import structlog
 _HANDLER_NAME = "workmesh-structlog"
 
 
+def _drop_message(_logger: object, _name: str, event: dict) -> dict:
+    """A formatted record's ``message`` repeats its ``event``."""
+    event.pop("message", None)
+    return event
+
+
 def configure(fmt: str = "auto", level: str = "info") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
@@ -37,7 +43,7 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder(),
-                           structlog.processors.format_exc_info],
+                           _drop_message, structlog.processors.format_exc_info],
     )
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:

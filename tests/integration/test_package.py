@@ -133,6 +133,14 @@ def test_the_example_plugin_runs_its_jobs_in_the_mesh(mesh):
     assert len(done[1].result["blake2b"]) == 128
     assert done[2].result == {"fetched": {"delay": 0.1}}
     assert status["node_id"]
+    # The handlers' logs are the nodes' JSON lines: ctx.log bound to the job,
+    # and the plugin's stdlib logging through the same renderer.
+    lines = [json.loads(line) for n in mesh.nodes for line in n.log_path.read_text().splitlines()
+             if line.startswith("{")]
+    counted = [e for e in lines if e.get("event") == "counted"]
+    assert counted and counted[0]["job_id"] == done[0].id and counted[0]["attempt"] == 1 and counted[0]["words"] == 3
+    fetching = [e for e in lines if e.get("logger") == "workmesh_example.handlers"]
+    assert fetching and done[2].id in fetching[0]["event"] and fetching[0]["level"] == "info"
 
 
 def test_a_sleeping_sync_handler_keeps_its_lease_and_its_timeout_is_enforced(mesh):
