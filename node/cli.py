@@ -22,6 +22,7 @@ from workmesh.dht.config import DHTConfig
 from workmesh.node import __version__
 from workmesh.node.config import NodeConfig
 
+
 def _address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
