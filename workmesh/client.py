@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -435,14 +436,15 @@ class Client:
             out.extend(self._plan.batch_answer(doc, node))
         return out
 
-    def get(self, id: str) -> Job:
-        doc, _ = self._send(Request("GET", f"/jobs/{id}"))
+    def get(self, id: str, *, history: bool = False) -> Job:
+        """The job; ``history=True`` adds its signed facts (``Job.history``)."""
+        doc, _ = self._send(Request("GET", f"/jobs/{id}" + ("?history=1" if history else "")))
         return Job.from_json(doc)
 
-    def wait(self, id: str, timeout: float) -> Job:
-        """Long-poll until the job is terminal; raise :class:`WaitTimeout` after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        job = None
+    def wait(self, id: str, timeout: float | None) -> Job:
+        """Long-poll until the job is terminal; raise :class:`WaitTimeout` after
+        ``timeout`` seconds (``None``: no limit)."""
+        deadline = time.monotonic() + (math.inf if timeout is None else timeout)
         while True:
             remaining = deadline - time.monotonic()
             doc, _ = self._send(self._plan.wait_request(id, remaining))
@@ -450,7 +452,7 @@ class Client:
             if job.terminal:
                 return job
             if deadline - time.monotonic() <= 0:
-                raise WaitTimeout(f"job {id} is still {job.status} after {timeout:g} s", job)
+                raise WaitTimeout(f"job {id} is still {job.status} after {timeout} s", job)
 
     def cancel(self, id: str, reason: str | None = None) -> Job:
         """Cancel a job that is not terminal (Conflict if it is, unless it is cancelled already)."""
@@ -543,12 +545,12 @@ class AsyncClient:
             out.extend(self._plan.batch_answer(doc, node))
         return out
 
-    async def get(self, id: str) -> Job:
-        doc, _ = await self._send(Request("GET", f"/jobs/{id}"))
+    async def get(self, id: str, *, history: bool = False) -> Job:
+        doc, _ = await self._send(Request("GET", f"/jobs/{id}" + ("?history=1" if history else "")))
         return Job.from_json(doc)
 
-    async def wait(self, id: str, timeout: float) -> Job:
-        deadline = time.monotonic() + timeout
+    async def wait(self, id: str, timeout: float | None) -> Job:
+        deadline = time.monotonic() + (math.inf if timeout is None else timeout)
         while True:
             remaining = deadline - time.monotonic()
             doc, _ = await self._send(self._plan.wait_request(id, remaining))
@@ -556,7 +558,7 @@ class AsyncClient:
             if job.terminal:
                 return job
             if deadline - time.monotonic() <= 0:
-                raise WaitTimeout(f"job {id} is still {job.status} after {timeout:g} s", job)
+                raise WaitTimeout(f"job {id} is still {job.status} after {timeout} s", job)
 
     async def cancel(self, id: str, reason: str | None = None) -> Job:
         try:
