@@ -119,7 +119,8 @@ class JobOperations:
             "submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0, "placed_off_closest": 0,
             "view_refreshes_failed": 0, "idempotent_replays": 0, "idempotency_conflicts": 0, "cancels_forwarded": 0,
         }
-        # The owners of the keyed jobs this node signed (node/keyed.py): it can cancel them.
+        # The owners of the keyed jobs this node signed (node/keyed.py): it can
+        # cancel them. The node gives it a file (Owners(path=...)) to keep them.
         self.owners = keyed.Owners()
 
     def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
@@ -196,9 +197,10 @@ class JobOperations:
         if idempotency_key is not None:
             # One key is one job on every node (node/keyed.py): find it, or
             # sign the very submission any other node would sign for it.
-            signer = keyed.owner(idempotency_key)
+            seed = keyed.owner_seed(idempotency_key)
+            signer = Identity.from_seed(seed)
             fingerprint = keyed.fingerprint(job_type, payload, max_attempts, lease_seconds, timeout_seconds)
-            existing = await self._keyed_existing(signer, fingerprint)
+            existing = await self._keyed_existing(signer, seed, fingerprint)
             if existing is not None and existing.placement is not None:
                 return await self._resubmitted(existing)
         await self._widen_thin_view()
@@ -242,8 +244,8 @@ class JobOperations:
             raise QuorumUnavailable(f"only {len(ids)} nodes reachable; the job needs {replicas}. Retry later.")
         ids = ids[:replicas]
         place = F.sign(signer, F.GRANT, F.Grant(submit.job_id, F.PLACE, 0, b"".join(ids), created_ms))
-        if signer is not self.identity:
-            self.owners.remember(submit.job_id, signer)
+        if idempotency_key is not None:
+            self.owners.remember(submit.job_id, seed)
         # With a worker slot free here, the store that places the job also
         # claims it (only for a job nobody has seen: one stored before may be
         # claimed already).
@@ -274,7 +276,7 @@ class JobOperations:
         timeout_seconds=...)``); the node plugs in its registry's. Empty: the node's."""
         return {}
 
-    async def _keyed_existing(self, owner: Any, fingerprint: bytes) -> lifecycle.JobState | None:
+    async def _keyed_existing(self, owner: Identity, seed: bytes, fingerprint: bytes) -> lifecycle.JobState | None:
         """The job of a key if a replica holds it; 422 when it was made from another request."""
         job_id = F.keyed_job_id(owner.public_key)
         # One search as wide as read_job's last resort: for a new key (the
@@ -291,7 +293,7 @@ class JobOperations:
             raise IdempotencyKeyReused(
                 f"Idempotency-Key: already used for job {job_id.hex()} with another request body"
             )
-        self.owners.remember(job_id, owner)
+        self.owners.remember(job_id, seed)
         self.counters["idempotent_replays"] += 1
         return existing
 

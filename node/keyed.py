@@ -19,13 +19,16 @@ Ed25519 signatures are deterministic, so two nodes given the same key and
 request sign byte-identical submissions (``created_ms`` is 0: a keyed
 submission carries no clock reading). Whoever knows the key can sign as the
 owner: the nodes that accepted a keyed job keep its owner (in memory,
-bounded) so that they can cancel it; other nodes ask them. Pure: no I/O.
+bounded, and in a file beside their store) so that they can cancel it;
+other nodes ask them. Pure but for :class:`Owners`' file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
+import sqlite3
 from collections import OrderedDict
 from typing import Any
 
@@ -36,10 +39,14 @@ FINGERPRINT_BYTES = F.NONCE_BYTES - F.KEYED_MARK_BYTES
 OWNERS_MAX = 100_000  # keyed jobs whose owner a node remembers (about 200 bytes each)
 
 
+def owner_seed(idempotency_key: str) -> bytes:
+    """The Ed25519 seed of the owner of ``idempotency_key``'s job."""
+    return hashlib.blake2b(idempotency_key.encode("utf-8"), digest_size=32, person=b"wm-idem-owner").digest()
+
+
 def owner(idempotency_key: str) -> Identity:
     """The identity that signs the job of ``idempotency_key`` on every node."""
-    seed = hashlib.blake2b(idempotency_key.encode("utf-8"), digest_size=32, person=b"wm-idem-owner").digest()
-    return Identity.from_seed(seed)
+    return Identity.from_seed(owner_seed(idempotency_key))
 
 
 def _number(value: float | None) -> float | None:
@@ -71,20 +78,49 @@ def fingerprint_of(submit: F.Fact) -> bytes | None:
 
 
 class Owners:
-    """The owners of the keyed jobs this node accepted: job id -> identity, bounded (LRU)."""
+    """The owners of the keyed jobs this node accepted: job id -> owner seed, bounded (LRU).
 
-    def __init__(self, size_max: int = OWNERS_MAX) -> None:
-        self._owners: OrderedDict[bytes, Identity] = OrderedDict()
+    With a ``path``, they are also kept in a small SQLite file beside the
+    node's store (mode 0600: whoever holds an owner key can sign for its
+    job), so a node that restarts can still cancel the keyed jobs it
+    accepted. Written without fsync: a crash loses at most the last few,
+    which then only another accepting node can cancel.
+    """
+
+    def __init__(self, size_max: int = OWNERS_MAX, path: str | None = None) -> None:
+        self._owners: OrderedDict[bytes, bytes] = OrderedDict()
         self._size_max = size_max
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.execute("CREATE TABLE IF NOT EXISTS owners (job_id BLOB PRIMARY KEY, seed BLOB NOT NULL)")
+            rows = self._db.execute("SELECT job_id, seed FROM owners ORDER BY rowid DESC LIMIT ?", (size_max,))
+            for job_id, seed in reversed(rows.fetchall()):
+                self._owners[bytes(job_id)] = bytes(seed)
 
-    def remember(self, job_id: bytes, identity: Identity) -> None:
-        self._owners[job_id] = identity
+    def remember(self, job_id: bytes, seed: bytes) -> None:
+        known = job_id in self._owners
+        self._owners[job_id] = seed
         self._owners.move_to_end(job_id)
+        if self._db is not None and not known:
+            self._db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (job_id, seed))
         while len(self._owners) > self._size_max:
-            self._owners.popitem(last=False)
+            dropped, _ = self._owners.popitem(last=False)
+            if self._db is not None:
+                self._db.execute("DELETE FROM owners WHERE job_id = ?", (dropped,))
 
     def get(self, job_id: bytes) -> Identity | None:
-        return self._owners.get(job_id)
+        """The owner identity, to sign the job's cancel; None if this node never accepted it."""
+        seed = self._owners.get(job_id)
+        return Identity.from_seed(seed) if seed is not None else None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def __len__(self) -> int:
         return len(self._owners)

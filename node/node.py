@@ -26,7 +26,7 @@ from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer, SystemClock
 from workmesh.dht.storage import FactStore
 from workmesh.node import __version__
-from workmesh.node import leases, lifecycle
+from workmesh.node import keyed, leases, lifecycle
 from workmesh.node.config import NodeConfig
 from workmesh.node.derived import DerivedStates
 from workmesh.node.gossip import Gossip
@@ -37,6 +37,7 @@ from workmesh.node.replica import JobReplica
 from workmesh.node.worker import RunCpu, WorkerPool
 
 REANNOUNCE_BATCH = 256
+OWNERS_FILE = "owners.sqlite"  # the owner keys of the keyed jobs this node accepted (node/keyed.py)
 REJOIN_FIRST_S = 2.0  # a node left without contacts tries its bootstrap addresses again after this
 REJOIN_MAX_S = 60.0  # ...doubling the wait after each failure, up to this
 UDP_BUFFER_BYTES = 4 * 2**20
@@ -144,6 +145,8 @@ class Node:
         )
         self.jobs.derived = self.workers.derived = self.derived
         self.jobs.type_defaults = self.registry.defaults_for
+        if not in_memory:
+            self.jobs.owners = keyed.Owners(path=os.path.join(config.data_dir, OWNERS_FILE))
         self.jobs.take_fresh = self.workers.take_fresh
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
         self._tasks: list[asyncio.Task] = []
@@ -211,6 +214,7 @@ class Node:
             task.cancel()
         await self.dht.stop()
         self.store.close()
+        self.jobs.owners.close()
         self._close_pool()
         self.log.info("node_stopped")
 

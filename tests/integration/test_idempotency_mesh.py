@@ -54,3 +54,13 @@ def test_a_keyed_job_is_cancelled_from_a_node_that_did_not_accept_it(mesh):
     assert code == 202, doc
     code, cancelled = http("POST", f"{mesh.nodes[2].url}/jobs/{doc['id']}/cancel", {"reason": "test"})
     assert code == 200 and cancelled["status"] == "cancelled", cancelled
+
+
+def test_a_keyed_job_is_cancelled_after_the_node_that_accepted_it_restarted(mesh):
+    key = str(uuid.uuid4())
+    code, doc = post(mesh.nodes[1], {"type": "sleep", "payload": {"seconds": 60}, "max_attempts": 1}, key)
+    assert code == 202, doc
+    mesh.restart(mesh.nodes[1])
+    mesh.wait_peers(20)
+    code, cancelled = http("POST", f"{mesh.nodes[0].url}/jobs/{doc['id']}/cancel", {"reason": "after restart"})
+    assert code == 200 and cancelled["status"] == "cancelled", cancelled

@@ -52,8 +52,16 @@ def test_an_unkeyed_submission_keeps_the_hash_of_its_bytes_as_its_id():
     assert fact2.job_id == F.job_id_of(fact2.raw)
 
 
-def test_owners_are_bounded():
-    owners = keyed.Owners(size_max=2)
+def test_owners_are_bounded_and_kept_in_their_file(tmp_path):
+    path = str(tmp_path / "owners.sqlite")
+    owners = keyed.Owners(size_max=2, path=path)
     for i in range(3):
-        owners.remember(bytes([i]) * 20, keyed.owner(str(i)))
-    assert len(owners) == 2 and owners.get(bytes(20)) is None and owners.get(bytes([2]) * 20) is not None
+        owners.remember(bytes([i]) * 20, keyed.owner_seed(str(i)))
+    assert len(owners) == 2 and owners.get(bytes(20)) is None
+    assert owners.get(bytes([2]) * 20).public_key == keyed.owner("2").public_key
+    owners.close()
+    again = keyed.Owners(size_max=2, path=path)  # a restarted node
+    assert len(again) == 2 and again.get(bytes([1]) * 20).public_key == keyed.owner("1").public_key
+    assert again.get(bytes(20)) is None
+    assert (tmp_path / "owners.sqlite").stat().st_mode & 0o077 == 0  # a secret: the owner's only
+    again.close()
