@@ -27,6 +27,7 @@ Either way:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,10 +96,19 @@ def seal(
     return _ARRAY9 + body + msgpack.packb(auth, use_bin_type=True)
 
 
-def open_envelope(data: bytes, *, datagram_bytes_max: int, identity: Identity | None = None) -> Envelope:
+def open_envelope(
+    data: bytes,
+    *,
+    datagram_bytes_max: int,
+    identity: Identity | None = None,
+    afford: Callable[[], bool] | None = None,
+) -> Envelope:
     """Decode and authenticate a datagram; raise :class:`EnvelopeError` with a reason.
 
     ``identity`` (the receiver) is needed to check MAC-authenticated envelopes.
+    ``afford`` is asked before an expensive check (an Ed25519 verification, or
+    a MAC under a pair key not derived yet); when it says no, the envelope is
+    dropped unchecked with reason ``verify_budget``.
     """
     if len(data) > datagram_bytes_max:
         raise EnvelopeError("oversized")
@@ -133,6 +143,10 @@ def open_envelope(data: bytes, *, datagram_bytes_max: int, identity: Identity | 
     # it is canonical, so it is the 9-array header, the 8 fields' bytes, then
     # ``auth`` as bin 8 (2 header bytes); swap ``auth`` for the domain in front.
     message = _ARRAY9 + _RPC_DOMAIN + data[1 : len(data) - len(signature) - 2]
+    if afford is not None and (
+        len(signature) == SIGNATURE_BYTES or (identity is not None and not identity.knows_pair(key))
+    ) and not afford():
+        raise EnvelopeError("verify_budget")
     try:
         if len(signature) == SIGNATURE_BYTES:
             verify_bytes(key, message, signature, domains.RPC)

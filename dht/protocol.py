@@ -12,9 +12,16 @@ This replaces ``rpcudp``. Differences that matter:
 * anything malformed, oversized, unsigned, wrongly signed, stale, replayed or
   misdirected is dropped and counted, and never raises out of
   ``datagram_received``;
-* per-peer limits (``dht/peerlimit.py``): a token bucket per source address
-  before decoding; a reply larger than its request only to an address that
-  proved itself; no exchange at all with a key that fails the identity puzzle.
+* in a private mesh (``DHTConfig.mesh_keys``) every datagram carries a MAC
+  under the mesh key, checked before anything else: a stranger's datagram
+  costs one keyed hash, is dropped (``dropped_not_member``) and answered by
+  nothing, so strangers never enter a routing table;
+* per-source limits (``dht/peerlimit.py``): a token bucket per source address
+  and one per /24 or /48 prefix, before decoding; a source whose envelopes
+  keep failing authentication is shut out for a while; expensive checks
+  (signatures, new pair keys) have a node-wide budget; a reply larger than its
+  request only to an address that proved itself; no exchange at all with a
+  key that fails the identity puzzle.
 
 The transport is anything with ``sendto(data, addr)`` and ``close()``: a UDP
 transport in production, the simulator's in-memory network in simulation.
@@ -29,9 +36,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from workmesh.crypto.identity import Identity, puzzle_bits
+from workmesh.crypto.meshkey import MeshKeyring
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.envelope import MSG_ID_BYTES, REPLY, REQUEST, Envelope, EnvelopeError, ReplayGuard, open_envelope, seal
-from workmesh.dht.peerlimit import PeerBuckets, ProvenAddresses
+from workmesh.dht.peerlimit import Offenders, PeerBuckets, ProvenAddresses, prefix_of, source_of
 
 # Canonical envelopes start [fixarray(9), version 1, kind, bin8(16) msg_id ...]:
 # where a reply's message id sits, to exempt replies to our requests from the
@@ -86,6 +94,16 @@ class RPCProtocol(asyncio.DatagramProtocol):
             if config.peer_datagrams_per_s > 0
             else None
         )
+        self._prefix_buckets = (
+            PeerBuckets(config.prefix_datagrams_per_s, config.prefix_datagram_burst, config.peer_buckets_max)
+            if config.prefix_datagrams_per_s > 0
+            else None
+        )
+        self._offenders = Offenders(
+            config.auth_failures_per_s, config.auth_failure_burst, config.shutout_s, config.peer_buckets_max
+        )
+        self._expensive = PeerBuckets(config.expensive_checks_per_s, config.expensive_check_burst, 1)
+        self.mesh = MeshKeyring(config.mesh_keys[0], config.mesh_keys[1:]) if config.mesh_keys else None
         self._proven = ProvenAddresses(config.proven_addresses_max)
         self._proving: dict[tuple[tuple[str, int], bytes], asyncio.Future] = {}
         self._puzzle = config.identity_puzzle_bits
@@ -100,14 +118,38 @@ class RPCProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.counters["datagrams_in"] += 1
         self.counters["bytes_in"] += len(data)
-        if self._peer_buckets is not None and not self._answers_us(data, addr):
-            if not self._peer_buckets.allow(addr, self.clock.monotonic()):
+        if self.mesh is not None:
+            # Before anything else: a stranger's datagram costs this one keyed hash.
+            body = self.mesh.open(data)
+            if body is None:
+                self.dropped["not_member"] += 1
+                return
+            data = body
+        now = self.clock.monotonic()
+        source = source_of(addr)
+        if self._offenders.is_shut_out(source, now):
+            self.dropped["shut_out"] += 1
+            return
+        if not self._answers_us(data, addr):
+            if self._peer_buckets is not None and not self._peer_buckets.allow(source, now):
                 self.dropped["rate_limited"] += 1
                 return
+            if self._prefix_buckets is not None:
+                prefix = prefix_of(addr)
+                if prefix is not None and not self._prefix_buckets.allow(prefix, now):
+                    self.dropped["prefix_rate_limited"] += 1
+                    return
         try:
-            env = open_envelope(data, datagram_bytes_max=self.config.datagram_bytes_max, identity=self.identity)
+            env = open_envelope(
+                data,
+                datagram_bytes_max=self.config.datagram_bytes_max,
+                identity=self.identity,
+                afford=lambda: self._expensive.allow(None, now),
+            )
         except EnvelopeError as exc:
             self.dropped[exc.reason] += 1
+            if exc.reason == "bad_signature" and self._offenders.charge(source, now):
+                self.counters["sources_shut_out"] += 1
             return
         except Exception as exc:  # a decoder bug must not take the node down
             self.dropped["decoder_error"] += 1
@@ -238,6 +280,8 @@ class RPCProtocol(asyncio.DatagramProtocol):
         if self.transport is None:
             return
         self.counters["datagrams_out"] += 1
+        if self.mesh is not None:
+            data = self.mesh.seal(data)
         self.counters["bytes_out"] += len(data)
         try:
             self.transport.sendto(data, addr)
