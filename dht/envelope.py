@@ -73,6 +73,8 @@ class Envelope:
     target_id: bytes
     method: str
     args: list
+    # Carried a valid tag of the API token's key (crypto/tokenauth.py), checked by the receiver.
+    authorized: bool = False
 
 
 def seal(
@@ -102,6 +104,7 @@ def open_envelope(
     datagram_bytes_max: int,
     identity: Identity | None = None,
     afford: Callable[[], bool] | None = None,
+    authorized: bool = False,
 ) -> Envelope:
     """Decode and authenticate a datagram; raise :class:`EnvelopeError` with a reason.
 
@@ -156,7 +159,7 @@ def open_envelope(
             identity.check_mac_bytes(key, message, signature, domains.RPC)
     except BadSignature:
         raise EnvelopeError("bad_signature") from None
-    return Envelope(kind, msg_id, key, node_id_of(key), ts_ms, target, method, args)
+    return Envelope(kind, msg_id, key, node_id_of(key), ts_ms, target, method, args, authorized)
 
 
 class ReplayGuard:

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from workmesh.crypto.identity import Identity, puzzle_bits
 from workmesh.crypto.meshkey import MeshKeyring
+from workmesh.crypto.tokenauth import TokenTagger, split
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.envelope import MSG_ID_BYTES, REPLY, REQUEST, Envelope, EnvelopeError, ReplayGuard, open_envelope, seal
 from workmesh.dht.peerlimit import Offenders, PeerBuckets, ProvenAddresses, prefix_of, source_of
@@ -104,6 +105,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
         )
         self._expensive = PeerBuckets(config.expensive_checks_per_s, config.expensive_check_burst, 1)
         self.mesh = MeshKeyring(config.mesh_keys[0], config.mesh_keys[1:]) if config.mesh_keys else None
+        self.token = TokenTagger(config.token_keys) if config.token_keys else None
         self._proven = ProvenAddresses(config.proven_addresses_max)
         self._proving: dict[tuple[tuple[str, int], bytes], asyncio.Future] = {}
         self._puzzle = config.identity_puzzle_bits
@@ -125,6 +127,8 @@ class RPCProtocol(asyncio.DatagramProtocol):
                 self.dropped["not_member"] += 1
                 return
             data = body
+        data, tagged = split(data)
+        authorized = tagged is not None and self.token is not None and self.token.check(tagged) is not None
         now = self.clock.monotonic()
         source = source_of(addr)
         if self._offenders.is_shut_out(source, now):
@@ -145,6 +149,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
                 datagram_bytes_max=self.config.datagram_bytes_max,
                 identity=self.identity,
                 afford=lambda: self._expensive.allow(None, now),
+                authorized=authorized,
             )
         except EnvelopeError as exc:
             self.dropped[exc.reason] += 1
@@ -190,6 +195,10 @@ class RPCProtocol(asyncio.DatagramProtocol):
         if addr != asked_addr or (expected_id is not None and env.sender_id != expected_id):
             self.dropped["reply_from_wrong_peer"] += 1
             return
+        if self.token is not None and not env.authorized and env.method in self.config.authorized_reply_methods:
+            # Facts from a node without the API token: as if it had not answered.
+            self.dropped["unauthorized_reply"] += 1
+            return
         del self._outstanding[env.msg_id]
         self.counters["replies_in"] += 1
         self._proven.add(addr, env.sender_id)  # it holds its key at the address we asked
@@ -198,6 +207,11 @@ class RPCProtocol(asyncio.DatagramProtocol):
 
     # -- requests ---------------------------------------------------------
     def _accept_request(self, env: Envelope, addr: tuple[str, int], size: int) -> None:
+        if self.token is not None and not env.authorized and env.method in self.config.acting_methods:
+            # Only the operator's nodes (holders of the API token) may make this node act.
+            self.dropped["unauthorized"] += 1
+            self.counters[f"unauthorized_{env.method}"] += 1
+            return
         if len(self._tasks) >= self.config.inflight_requests_max:
             self.dropped["overloaded"] += 1
             return
@@ -280,6 +294,8 @@ class RPCProtocol(asyncio.DatagramProtocol):
         if self.transport is None:
             return
         self.counters["datagrams_out"] += 1
+        if self.token is not None:
+            data = self.token.tag(data)
         if self.mesh is not None:
             data = self.mesh.seal(data)
         self.counters["bytes_out"] += len(data)
