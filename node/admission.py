@@ -20,6 +20,13 @@ judge a fact it has not stored before; ``node/replica.py`` calls
   timeout fires first; the lease is its time to report): the lease then goes
   stale and the attempt ends, so no worker holds a job hostage by renewing.
 
+* **Per-author bounds.** New facts a replica stores per author per second,
+  and new jobs (submissions) per author per second, each a token bucket of
+  the fact's signing key: one key cannot make a node store without end, even
+  in an open mesh whose nodes hold no API token. Generous enough for a busy
+  honest submitter (and for the hand-off of a neighbour's keys, about
+  ``handoff_per_s`` x 6 facts a second); refused facts are counted.
+
 Bounded: at most ``attempts_max`` attempts remembered, oldest forgotten first
 (a forgotten attempt starts its clock again at its next renew: at worst one
 more timeout).
@@ -29,17 +36,33 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from workmesh.dht.peerlimit import PeerBuckets
 from workmesh.node import facts as F
 
 WINDOW_MS = 60_000
+FACTS_PER_AUTHOR_PER_S = 10_000.0
+FACT_BURST_PER_AUTHOR = 50_000
+SUBMITS_PER_AUTHOR_PER_S = 2_000.0
+SUBMIT_BURST_PER_AUTHOR = 10_000
+AUTHORS_MAX = 10_000
 
 
 class AdmissionChecks:
-    def __init__(self, window_ms: int = WINDOW_MS, attempts_max: int = 100_000) -> None:
+    def __init__(
+        self,
+        window_ms: int = WINDOW_MS,
+        attempts_max: int = 100_000,
+        facts_per_author_per_s: float = FACTS_PER_AUTHOR_PER_S,
+        submits_per_author_per_s: float = SUBMITS_PER_AUTHOR_PER_S,
+    ) -> None:
         self.window_ms = window_ms
         self.attempts_max = attempts_max
         self._started: OrderedDict[tuple[bytes, int, bytes], float] = OrderedDict()
-        self.counters = {"refused_future_ts": 0, "refused_past_timeout": 0}
+        burst = FACT_BURST_PER_AUTHOR * facts_per_author_per_s / FACTS_PER_AUTHOR_PER_S
+        self._facts = PeerBuckets(facts_per_author_per_s, max(1, int(burst)), AUTHORS_MAX)
+        burst = SUBMIT_BURST_PER_AUTHOR * submits_per_author_per_s / SUBMITS_PER_AUTHOR_PER_S
+        self._submits = PeerBuckets(submits_per_author_per_s, max(1, int(burst)), AUTHORS_MAX)
+        self.counters = {"refused_future_ts": 0, "refused_past_timeout": 0, "refused_author_rate": 0}
 
     def judge(self, fact: F.Fact, submit: F.Fact, now_s: float, wall_ms: int) -> str | None:
         """``None`` if ``fact`` (new to this replica) may go on to the lease rules, else why not."""
@@ -49,6 +72,11 @@ class AdmissionChecks:
         if ts is not None and ts > wall_ms + self.window_ms:
             self.counters["refused_future_ts"] += 1
             return f"ts_ms is {ts - wall_ms} ms ahead of this replica's clock (at most {self.window_ms})"
+        if not self._facts.allow(fact.author, now_s) or (
+            fact.kind == F.SUBMIT and not self._submits.allow(fact.author, now_s)
+        ):
+            self.counters["refused_author_rate"] += 1
+            return "this author stores facts faster than this replica admits; retry later"
         if fact.kind not in (F.CLAIM, F.RENEW):
             return None
         spec: F.Submit = submit.body

@@ -126,3 +126,25 @@ async def test_forged_signatures_from_many_sources_cost_a_bounded_number_of_veri
     finally:
         for p in peers:
             await p.__aexit__()
+
+
+async def test_one_sender_announcing_without_end_is_bounded(nodes, monkeypatch):
+    from workmesh.node import gossip
+
+    monkeypatch.setattr(gossip, "TAKEN_PER_SENDER_PER_S", 200.0)  # read when the node starts
+    node = await nodes()
+    async with RawPeer() as peer:
+        count = int(gossip.TAKEN_PER_SENDER_PER_S * 2 + 1000)
+        started = asyncio.get_running_loop().time()
+        for i in range(count):
+            peer.send(peer.envelope(node, "announce", [os.urandom(20), "echo", 1, os.urandom(8), []]), node)
+            if i % 200 == 199:
+                await asyncio.sleep(0)  # let the node read its socket buffer
+        stats = node.gossip.counters
+        await wait_for(lambda: stats["received"] >= count - 50)
+        elapsed = asyncio.get_running_loop().time() - started
+        taken = stats["received"] - stats["sender_over_rate"]
+        print(f"{stats['received']} announcements from one sender in {elapsed:.2f}s: {taken} taken, "
+              f"{stats['sender_over_rate']} over its rate")
+        assert taken <= 2 * gossip.TAKEN_PER_SENDER_PER_S + elapsed * gossip.TAKEN_PER_SENDER_PER_S + 1
+        assert stats["sender_over_rate"] >= 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from workmesh.node import facts as F
 from workmesh.node.admission import AdmissionChecks
-from tests.unit.strategies import claim, placement, renew, submit
+from tests.unit.strategies import WORKERS, claim, placement, renew, submit
 from tests.unit.test_forgery import JOB, W0, W1, Store, own_grants
 
 WALL = 1_767_225_600_000  # the wall clock of test_forgery.Store's replica
@@ -66,3 +66,15 @@ def test_the_timeout_clock_is_per_worker_and_bounded():
     checks.judge(claim(W1, JOB, 1, ts_ms=WALL), JOB, TIMEOUT_S, WALL)
     assert checks.judge(renew(W1, JOB, 1, ts_ms=WALL), JOB, TIMEOUT_S + 1, WALL) is None
     assert checks.judge(renew(W0, JOB, 1, ts_ms=WALL), JOB, TIMEOUT_S + LEASE_S + 1, WALL) is not None
+
+
+def test_one_author_cannot_make_a_replica_store_without_end():
+    checks = AdmissionChecks(facts_per_author_per_s=100.0, submits_per_author_per_s=10.0)
+    jobs = [submit(nonce=i.to_bytes(16, "big")) for i in range(200)]
+    admitted = sum(checks.judge(job, job, 0.0, WALL) is None for job in jobs)
+    assert admitted == 50  # the submit burst (5 s of rate 10), all at one instant
+    assert checks.statistics()["refused_author_rate"] == 150
+    # Another author is not affected; the first one is let in again as its bucket refills.
+    other = submit(nonce=b"\xff" * 16, by=WORKERS[1])
+    assert checks.judge(other, other, 0.0, WALL) is None
+    assert checks.judge(jobs[-1], jobs[-1], 1.0, WALL) is None
