@@ -57,6 +57,25 @@ def prefix_of(addr: tuple) -> str | None:
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
+class SourceKeys:
+    """:func:`source_of` and :func:`prefix_of` of an address, memoised: parsing
+    an IP costs microseconds, a flood comes from few addresses. Bounded: the
+    memo is emptied when full (a flood of distinct addresses then pays the
+    parse, nothing more)."""
+
+    def __init__(self, size_max: int = 65_536) -> None:
+        self.size_max = size_max
+        self._memo: dict[tuple, tuple[Hashable, str | None]] = {}
+
+    def __call__(self, addr: tuple) -> tuple[Hashable, str | None]:
+        keys = self._memo.get(addr)
+        if keys is None:
+            if len(self._memo) >= self.size_max:
+                self._memo.clear()
+            keys = self._memo[addr] = (source_of(addr), prefix_of(addr))
+        return keys
+
+
 class PeerBuckets:
     def __init__(self, rate_per_s: float, burst: int, size_max: int) -> None:
         if not rate_per_s > 0 or burst < 1 or size_max < 1:

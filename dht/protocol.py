@@ -40,7 +40,7 @@ from workmesh.crypto.meshkey import MeshKeyring
 from workmesh.crypto.tokenauth import TokenTagger, split
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.envelope import MSG_ID_BYTES, REPLY, REQUEST, Envelope, EnvelopeError, ReplayGuard, open_envelope, seal
-from workmesh.dht.peerlimit import Offenders, PeerBuckets, ProvenAddresses, prefix_of, source_of
+from workmesh.dht.peerlimit import Offenders, PeerBuckets, ProvenAddresses, SourceKeys
 
 # Canonical envelopes start [fixarray(9), version 1, kind, bin8(16) msg_id ...]:
 # where a reply's message id sits, to exempt replies to our requests from the
@@ -103,6 +103,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
         self._offenders = Offenders(
             config.auth_failures_per_s, config.auth_failure_burst, config.shutout_s, config.peer_buckets_max
         )
+        self._source_keys = SourceKeys()
         self._expensive = PeerBuckets(config.expensive_checks_per_s, config.expensive_check_burst, 1)
         self.mesh = MeshKeyring(config.mesh_keys[0], config.mesh_keys[1:]) if config.mesh_keys else None
         self.token = TokenTagger(config.token_keys) if config.token_keys else None
@@ -127,20 +128,19 @@ class RPCProtocol(asyncio.DatagramProtocol):
                 self.dropped["not_member"] += 1
                 return
             data = body
-        data, tagged = split(data)
-        authorized = tagged is not None and self.token is not None and self.token.check(tagged) is not None
         now = self.clock.monotonic()
-        source = source_of(addr)
+        source, prefix = self._source_keys(addr)
         if self._offenders.is_shut_out(source, now):
             self.dropped["shut_out"] += 1
             return
+        data, tagged = split(data)
+        authorized = tagged is not None and self.token is not None and self.token.check(tagged) is not None
         if not self._answers_us(data, addr):
             if self._peer_buckets is not None and not self._peer_buckets.allow(source, now):
                 self.dropped["rate_limited"] += 1
                 return
-            if self._prefix_buckets is not None:
-                prefix = prefix_of(addr)
-                if prefix is not None and not self._prefix_buckets.allow(prefix, now):
+            if self._prefix_buckets is not None and prefix is not None:
+                if not self._prefix_buckets.allow(prefix, now):
                     self.dropped["prefix_rate_limited"] += 1
                     return
         try:
