@@ -148,3 +148,19 @@ async def test_one_sender_announcing_without_end_is_bounded(nodes, monkeypatch):
               f"{stats['sender_over_rate']} over its rate")
         assert taken <= 2 * gossip.TAKEN_PER_SENDER_PER_S + elapsed * gossip.TAKEN_PER_SENDER_PER_S + 1
         assert stats["sender_over_rate"] >= 1
+
+
+async def test_many_keys_behind_one_address_earn_one_verification_ping_at_a_time(nodes):
+    node = await nodes()
+    async with RawPeer() as peer:
+        peer.handlers = {}  # never answers: every verification stays pending until it times out
+        for _ in range(50):
+            signer = Identity.generate()
+            peer.send(peer.envelope(node, "find_node", [os.urandom(20)], signer=signer, mac=False), node)
+        await wait_for(lambda: node.dht.protocol.counters.get("requests_in", 0) >= 50)
+        await asyncio.sleep(0.3)  # pings would be on their way by now (the RPC timeout is 1 s)
+        # (each ping is MAC'd for its signer's key, so the peer cannot read them: count what the node sent)
+        pings = node.dht.protocol.counters.get("requests_out", 0)
+        print(f"50 new keys from one address: {pings} verification pings, "
+              f"{node.dht.stats['verifications_skipped']} skipped")
+        assert pings <= 1 and node.dht.stats["verifications_skipped"] >= 49
