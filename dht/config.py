@@ -68,11 +68,11 @@ class DHTConfig:
     mesh_keys: tuple[bytes, ...] = field(default=(), repr=False)
     # Keys derived from the API token (crypto/tokenauth.py; NodeConfig fills it
     # from api_token). Empty = no token: nothing is tagged or required. Else
-    # requests of acting_methods, and replies to them and to
-    # authorized_reply_methods, are accepted only from token holders.
+    # requests of acting_methods, and every reply, are accepted only from
+    # token holders: a node without the token is answered (it may route) but
+    # never becomes a contact, a replica, or a source of facts.
     token_keys: tuple[bytes, ...] = field(default=(), repr=False)
     acting_methods: frozenset[str] = frozenset({"store", "sync", "announce", "cancel_job"})
-    authorized_reply_methods: frozenset[str] = frozenset({"store", "find_records", "cancel_job"})
     # Cheap rejection (dht/peerlimit.py). Datagrams per second from one /24
     # (IPv4) or /48 (IPv6) prefix, on top of the per-address bucket (loopback
     # is exempt: a loopback mesh is one machine); 0 = no prefix limit.

@@ -195,8 +195,8 @@ class RPCProtocol(asyncio.DatagramProtocol):
         if addr != asked_addr or (expected_id is not None and env.sender_id != expected_id):
             self.dropped["reply_from_wrong_peer"] += 1
             return
-        if self.token is not None and not env.authorized and env.method in self.config.authorized_reply_methods:
-            # Facts from a node without the API token: as if it had not answered.
+        if self.token is not None and not env.authorized:
+            # A node without the API token: as if it had not answered (never a contact, replica or source of facts).
             self.dropped["unauthorized_reply"] += 1
             return
         del self._outstanding[env.msg_id]

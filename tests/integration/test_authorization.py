@@ -21,6 +21,7 @@ from workmesh.crypto.meshkey import MeshKeyring, new_mesh_key
 from workmesh.node import facts as F
 from workmesh.node import lifecycle
 from workmesh.node.config import NodeConfig
+from workmesh.node.errors import QuorumUnavailable
 from workmesh.node.node import Node
 from tests.integration.test_dht_adversarial import RawPeer
 
@@ -123,3 +124,28 @@ async def test_an_attacker_without_the_token_or_mesh_key_can_do_nothing(mesh):
     other = nodes[1] if nodes[1].identity.node_id != submitter.identity.node_id else nodes[2]
     cancelled = await other.cancel(job_id, "operator")
     assert cancelled.status == lifecycle.CANCELLED
+
+
+@pytest.mark.parametrize("mesh", ["open"], indirect=True)
+async def test_a_node_without_the_token_routes_but_never_becomes_a_contact(mesh, tmp_path):
+    _, nodes = mesh
+    config = NodeConfig(data_dir=str(tmp_path / "outsider"), workers=1, reannounce_first_s=3600.0)
+    outsider = Node(replace(config, dht=replace(config.dht, replicas=3, quorum=2)))
+    await outsider.start()
+    try:
+        # The members answer its pings and lookups (it learns them)...
+        assert await outsider.dht.bootstrap([nodes[0].dht.address]) >= 1
+        # ...but they ignore its replies, so it never enters their tables.
+        for n in nodes:
+            await n.dht.bootstrap([outsider.dht.address])
+            assert n.dht.router.get(outsider.identity.node_id) is None
+        assert sum(n.dht.protocol.dropped.get("unauthorized_reply", 0) for n in nodes) >= 3
+        # A job it accepts can be stored on no member: its submit fails.
+        with pytest.raises(QuorumUnavailable):
+            await outsider.submit("echo", {"from": "outsider"})
+        assert sum(n.dht.protocol.counters.get("unauthorized_store", 0) for n in nodes) >= 1
+        # The members still run their own jobs among themselves.
+        view = await nodes[1].submit("echo", {"ok": 1})
+        assert view.status == "pending"
+    finally:
+        await outsider.stop()
