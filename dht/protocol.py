@@ -356,6 +356,10 @@ class RPCProtocol(asyncio.DatagramProtocol):
         stats = dict(self.counters)
         stats.update({f"dropped_{k}": v for k, v in self.dropped.items()})
         stats["dropped_total"] = sum(self.dropped.values())
+        # Membership: mesh keys accepted (0 = an open mesh), token authorization on (1) or off.
+        stats["mesh_keys"] = len(self.mesh.keys) if self.mesh is not None else 0
+        stats["token_auth"] = int(self.token is not None)
+        stats["sources_shut_out_now"] = len(self._offenders)
         stats["inflight_requests"] = len(self._tasks)
         stats["outstanding_requests"] = len(self._outstanding)
         return stats

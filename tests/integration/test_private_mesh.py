@@ -63,6 +63,7 @@ def test_strangers_never_join_a_private_mesh_and_members_keep_working(tmp_path):
                 assert code in (404, 503)
         for node in (other, keyless):
             assert status(node)["peers"] == 0
+        assert status(members[0])["dht"]["mesh_keys"] == 1 and status(keyless)["dht"]["mesh_keys"] == 0
         dropped = [status(n)["dht"].get("dropped_not_member", 0) for n in members]
         print(f"members' dropped_not_member: {dropped}; stray job accepted: {stray_id is not None}")
         assert dropped[0] >= 2
