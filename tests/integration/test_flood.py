@@ -23,6 +23,7 @@ def test_a_forged_signature_flood_costs_a_bounded_number_of_verifications(tmp_pa
     print(report)
     assert report["datagrams_sent"] == 10_000
     assert report["quiet_submits"] == report["flood_submits"] == 40
+    assert report["quiet_failed"] == report["flood_failed"] == 0
     burst = DHTConfig().auth_failure_burst
     # Each source port fails at most its burst (+1, the failure that shuts it out) before it is shut out.
     assert report["verifications"] <= ports * (burst + 1) + 50
