@@ -109,6 +109,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
         self.token = TokenTagger(config.token_keys) if config.token_keys else None
         self._proven = ProvenAddresses(config.proven_addresses_max)
         self._proving: dict[tuple[tuple[str, int], bytes], asyncio.Future] = {}
+        self._proof_pings: set[bytes] = set()  # msg ids of pings that only prove an address
         self._puzzle = config.identity_puzzle_bits
 
     # -- asyncio.DatagramProtocol ----------------------------------------
@@ -195,8 +196,11 @@ class RPCProtocol(asyncio.DatagramProtocol):
         if addr != asked_addr or (expected_id is not None and env.sender_id != expected_id):
             self.dropped["reply_from_wrong_peer"] += 1
             return
-        if self.token is not None and not env.authorized:
-            # A node without the API token: as if it had not answered (never a contact, replica or source of facts).
+        if self.token is not None and not env.authorized and env.msg_id not in self._proof_pings:
+            # A node without the API token: as if it had not answered (never a contact, replica or
+            # source of facts). It still proves its address (anti-amplification is about addresses,
+            # not rights), so the small routing and read requests it may make are answered in full.
+            self._proven.add(addr, env.sender_id)
             self.dropped["unauthorized_reply"] += 1
             return
         del self._outstanding[env.msg_id]
@@ -268,7 +272,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
         for _ in range(attempts):
             reply = await self.request(
                 addr, "ping", [], expect_id=env.sender_id, peer_key=env.sender_key,
-                timeout_s=self.config.rpc_timeout_s / 4,
+                timeout_s=self.config.rpc_timeout_s / 4, proof_only=True,
             )
             if reply is not None:
                 return
@@ -313,11 +317,14 @@ class RPCProtocol(asyncio.DatagramProtocol):
         expect_id: bytes | None,
         peer_key: bytes | None = None,
         timeout_s: float | None = None,
+        proof_only: bool = False,
     ) -> Envelope | None:
         """Send a request; the verified reply envelope, or ``None`` on timeout.
 
         With ``peer_key`` (the recipient's public key) the envelope carries a
         pair MAC; without it (a first ping by address), a signature.
+        ``proof_only``: the reply only proves the peer's address (anti-
+        amplification), so it is taken from a node without the API token too.
         """
         if len(self._outstanding) >= self.config.outstanding_max:
             self.counters["outstanding_full"] += 1
@@ -331,6 +338,8 @@ class RPCProtocol(asyncio.DatagramProtocol):
             raise ValueError(f"request of {len(data)} bytes exceeds the datagram bound")
         future = asyncio.get_running_loop().create_future()
         self._outstanding[msg_id] = (future, addr, expect_id)
+        if proof_only:
+            self._proof_pings.add(msg_id)
         self.counters["requests_out"] += 1
         self._send(data, addr)
         try:
@@ -340,6 +349,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
             return None
         finally:
             self._outstanding.pop(msg_id, None)
+            self._proof_pings.discard(msg_id)
 
     def close(self) -> None:
         for task in list(self._tasks):
