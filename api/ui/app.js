@@ -197,13 +197,16 @@ function applySummary(doc) {
 
 function drawFlow() {
   const svg = $("#flow-chart");
-  const W = 800, H = 220, L = 34, B = 20, T = 8;
+  // Drawn in CSS pixels of its current box, so text is never stretched.
+  const W = Math.max(200, Math.round(svg.clientWidth || 800)), H = Math.max(120, Math.round(svg.clientHeight || 220));
+  const L = 34, B = 20, T = 8;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const seconds = [...state.flow.keys()].sort((a, b) => a - b);
   const end = seconds.length ? seconds[seconds.length - 1] : Math.floor(Date.now() / 1000);
   const start = end - FLOW_SECONDS + 1;
-  let max = 1;
+  let max = 0;
   for (const s of seconds) for (const v of state.flow.get(s)) max = Math.max(max, v);
-  const niceMax = niceCeil(max);
+  const niceMax = niceCeil(Math.max(4, max)); // at least 0..4, so the grid lines stay whole numbers
   const x = (s) => L + ((s - start) / (FLOW_SECONDS - 1)) * (W - L - 4);
   const y = (v) => T + (1 - v / niceMax) * (H - T - B);
   const ns = "http://www.w3.org/2000/svg";
@@ -578,6 +581,7 @@ document.addEventListener("DOMContentLoaded", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     showTokenField(!!(state.node && state.node.auth));
   });
+  window.addEventListener("resize", () => { if (state.view === "mesh") drawFlow(); });
   window.addEventListener("hashchange", () => { route(); $("#main").focus({ preventScroll: true }); });
   document.addEventListener("visibilitychange", () => { if (document.hidden) disconnect(); else connect(); });
   route();

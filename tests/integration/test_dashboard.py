@@ -5,7 +5,9 @@ The browser is Debian's ``chromium`` package (``simulations/_venv.sh``
 installs it when it can); Playwright's own browser download is not used.
 Where no Chromium can be found, or the ``playwright`` package is missing,
 these tests are skipped with the reason; nothing else depends on them.
-Screenshots go to ``tests/artifacts/`` (ignored by git).
+Screenshots go to ``tests/artifacts/`` (ignored by git). Predicates given to
+``wait_for_function`` are written as functions: the page's CSP forbids eval,
+which Playwright needs for a bare expression.
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ def submit_through_form(pg, job_type: str, payload: str) -> None:
 
 def test_nodes_appear_with_their_load_version_and_loop(page, mesh):
     node0 = mesh.nodes[0]
-    page.goto(node0.url + "/")  # a browser asking for / lands on /ui/
+    resp = page.goto(node0.url + "/")  # a browser asking for / lands on /ui/
     assert page.url == node0.url + "/ui/"
+    assert "connect-src 'self'" in resp.headers["content-security-policy"]
     rows = page.locator("#nodes-table tbody tr[data-node-id]")
     for n in mesh.nodes:
         row = page.locator(f'#nodes-table tr[data-node-id="{n.node_id}"]')
@@ -140,12 +143,12 @@ def test_a_job_submitted_through_the_form_turns_done_without_a_reload(page, mesh
     assert page.evaluate("localStorage.length") == 0
     assert not page.is_visible("#f-token")
     submit_through_form(page, "echo", '{"again": true}')
-    page.wait_for_function(f"document.querySelector('#submitted-link')?.getAttribute('href') !== '#/jobs/{job_id}'")
+    page.wait_for_function(f"() => document.querySelector('#submitted-link')?.getAttribute('href') !== '#/jobs/{job_id}'")
     assert page.is_hidden("#submit-error")
     # Search finds the job by a prefix of its id.
     page.fill("#s-q", job_id[:10])
     page.click("#search-form button[type=submit]")
-    page.wait_for_function("document.querySelectorAll('#jobs-table tbody tr[data-job-id]').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#jobs-table tbody tr[data-job-id]').length === 1")
     assert page.locator(row).count() == 1
     assert page.foreign_requests == []
 
@@ -158,7 +161,7 @@ def test_a_jobs_page_shows_its_signed_history_with_the_right_signers(page, mesh)
     mesh_ids = {n.node_id for n in mesh.nodes}
     page.goto(f"{node2.url}/ui/#/jobs/{doc['id']}")  # opened on a node that did not take the job
     page.wait_for_selector("#j-timeline li[data-kind=result]")
-    page.wait_for_function("document.querySelectorAll('#j-timeline li[data-action=seal]').length >= 2")
+    page.wait_for_function("() => document.querySelectorAll('#j-timeline li[data-action=seal]').length >= 2")
     items = page.eval_on_selector_all("#j-timeline li", """els => els.map(e => ({kind: e.dataset.kind,
         action: e.dataset.action, signer: e.dataset.signer, role: e.dataset.role, ok: e.dataset.verified}))""")
     assert all(i["ok"] == "true" for i in items), items
@@ -186,13 +189,13 @@ def test_a_bad_submit_shows_the_problem_detail_in_words(page, mesh):
     assert "Unprocessable" in error.inner_text() or "422" in error.inner_text()
     shot(page, "bad-submit")
     submit_through_form(page, "echo", "{not json")
-    page.wait_for_function("document.querySelector('#submit-error').innerText.includes('not valid JSON')")
+    page.wait_for_function("() => document.querySelector('#submit-error').innerText.includes('not valid JSON')")
     # A wrong token: the node's 401 detail is shown and the token asked again.
     page.evaluate("sessionStorage.setItem('workmesh.apiToken', 'wrong')")
     page.fill("#f-payload", "{}")
     page.fill("#f-type", "echo")
     page.click("#f-submit")
-    page.wait_for_function("document.querySelector('#submit-error').innerText.includes('Bearer')")
+    page.wait_for_function("() => document.querySelector('#submit-error').innerText.includes('Bearer')")
     assert page.is_visible("#f-token")
     assert page.evaluate("sessionStorage.getItem('workmesh.apiToken')") is None
 
