@@ -12,13 +12,12 @@ which Playwright needs for a bare expression.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+from headless import CHROMIUM_ARGS, find_chromium
 from procmesh import ProcMesh, http, wait_until
 
 pytestmark = pytest.mark.slow
@@ -30,13 +29,6 @@ POLL_S = 2.0  # node/insight.py: POLL_S; the page hears of peers every NODES_EVE
 WAIT_MS = 20_000
 
 
-def find_chromium() -> str | None:
-    for candidate in (os.environ.get("WORKMESH_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if candidate and (path := shutil.which(candidate)):
-            return path
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
@@ -45,7 +37,7 @@ def browser():
         pytest.skip("no Chromium found: install Debian's chromium package (apt-get install chromium) "
                     "or set WORKMESH_CHROMIUM to a Chromium binary")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         try:
             yield b
         finally:
