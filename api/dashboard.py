@@ -156,7 +156,8 @@ class EventHub:
 def node_summary(service: JobService, insight: Any, *, flow_seconds: int | None = None) -> dict[str, Any]:
     """What changes every second: load, counts, flow, latency, store."""
     status = service.status()
-    counts = status.get("jobs", {})
+    counts = status.get("jobs")
+    counts = counts if isinstance(counts, dict) else {}
     doc: dict[str, Any] = {
         "node_id": status.get("node_id"),
         "jobs": counts,
