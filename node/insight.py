@@ -313,6 +313,8 @@ class NodeInsight:
         """Jobs this node indexes, newest first, whose id, worker or submitter
         starts with ``q`` or whose type contains it; after the job ``after``.
 
+        At most ``scan_max`` entries are looked at per call; when that bound
+        stops the scan, the cursor resumes after the last one looked at.
         Returns (views, the next page's cursor or None, entries scanned)."""
         from workmesh.node.jobs import view
 
@@ -320,25 +322,26 @@ class NodeInsight:
         out: list[Any] = []
         scanned = 0
         skipping = after_b is not None
-        more = False
+        cursor: bytes | None = None
+        last: bytes | None = None
         for summary in self.node.index.newest_first():
-            scanned += 1
-            if scanned > scan_max:
-                more = False
-                break
-            if skipping:
+            if skipping:  # cheap, and not counted: the index itself is bounded
                 skipping = summary.job_id != after_b
                 continue
+            if len(out) == limit:
+                cursor = out[-1].job_id  # more may match after the last shown
+                break
+            if scanned == scan_max:
+                cursor = last  # the scan stopped here: the next page goes on from it
+                break
+            scanned += 1
+            last = summary.job_id
             if status is not None and summary.status != status:
                 continue
             if q and not self._matches(summary, q):
                 continue
-            if len(out) == limit:
-                more = True
-                break
             out.append(summary)
-        views = [view(s.state) for s in out]
-        return views, (out[-1].job_id.hex() if more and out else None), scanned
+        return [view(s.state) for s in out], (cursor.hex() if cursor else None), scanned
 
     @staticmethod
     def _matches(summary: Any, q: str) -> bool:

@@ -88,3 +88,50 @@ def test_parse_info_rejects_malformed_replies():
         "version": "1.0", "api": "127.0.0.1:8000", "slots": 2, "busy": 1, "loop": "uvloop", "uptime_seconds": 1.5}
     for bad in (None, [], ["1.0", "", -1, 0, "x", 0], ["1.0", "", 1, 0, "x", True], [1, "", 1, 0, "x", 0], "xxxxxx"):
         assert parse_info(bad) is None
+
+
+def _insight_over(states):
+    """A NodeInsight over a bare index (search touches nothing else)."""
+    from workmesh.node.insight import NodeInsight
+    from workmesh.node.jobindex import JobIndex
+
+    index = JobIndex(1000, 10.0, 60.0)
+    for s in states:
+        index.update(s, 0.0, None)
+    insight = NodeInsight.__new__(NodeInsight)
+    insight.node = SimpleNamespace(index=index)
+    return insight
+
+
+def test_search_pages_newest_first_and_filters():
+    from tests.unit.strategies import REPLICAS, WORKERS, placement, quorum_result, seal, submit
+    from workmesh.node import lifecycle as L
+
+    jobs = [submit(replicas=3, quorum=2, nonce=bytes([i]) * 16) for i in range(7)]
+    states = [L.derive([j]) for j in jobs[:5]]
+    for j in jobs[5:]:  # two done, by WORKERS[1]
+        res = quorum_result(j, WORKERS[1], 1)
+        states.append(L.derive([j, placement(j), res, *(seal(r, j, res) for r in REPLICAS[:2])]))
+    assert [s.status for s in states[5:]] == ["done", "done"]
+    insight = _insight_over(states)
+    newest = [j.job_id.hex() for j in reversed(jobs)]
+
+    page1, nxt, _ = insight.search_jobs("", None, 3, None, 100)
+    assert [v.id for v in page1] == newest[:3] and nxt == newest[2]
+    page2, nxt, _ = insight.search_jobs("", None, 3, nxt, 100)
+    assert [v.id for v in page2] == newest[3:6] and nxt == newest[5]
+    page3, nxt, _ = insight.search_jobs("", None, 3, nxt, 100)
+    assert [v.id for v in page3] == newest[6:] and nxt is None
+
+    done, _, _ = insight.search_jobs("", "done", 10, None, 100)
+    assert {v.id for v in done} == set(newest[:2])
+    by_worker, _, _ = insight.search_jobs(WORKERS[1].node_id.hex()[:8], None, 10, None, 100)
+    assert {v.id for v in by_worker} == set(newest[:2])
+    by_id, _, _ = insight.search_jobs(newest[4][:10], None, 10, None, 100)
+    assert [v.id for v in by_id] == [newest[4]]
+    assert len(insight.search_jobs("echo", None, 10, None, 100)[0]) == 7  # by type
+    few, nxt, scanned = insight.search_jobs("done", None, 10, None, 4)  # the scan is bounded...
+    assert few == [] and scanned == 4 and nxt == newest[3]
+    rest, nxt, scanned = insight.search_jobs("done", None, 10, nxt, 4)  # ...and resumes where it stopped
+    assert rest == [] and scanned == 3 and nxt is None
+    assert insight.search_jobs("", None, 7, None, 7)[1] is None  # exactly a full page: no next
