@@ -161,6 +161,10 @@ function route() {
 }
 
 function show(view, jobId) {
+  if (watchers.has("page") && (view !== "job" || jobId !== state.jobId)) {
+    watchers.get("page").abort();
+    watchers.delete("page");
+  }
   state.view = view;
   state.jobId = jobId || null;
   for (const section of document.querySelectorAll(".view")) section.hidden = section.id !== `view-${view}`;
@@ -327,6 +331,33 @@ function refreshJobsSoon() {
   state.listTimer = setTimeout(() => { state.listTimer = null; loadJobs(); }, 300);
 }
 
+// Follows one job by long-polling GET /jobs/{id}?wait= until it ends: a job this
+// node holds arrives by the event stream too, but one it does not hold only so.
+const TERMINAL = new Set(["done", "failed", "cancelled"]);
+const watchers = new Map(); // purpose ("page" | "form") -> AbortController
+
+function watchJob(purpose, id, onStatus) {
+  const previous = watchers.get(purpose);
+  if (previous) previous.abort();
+  const ctl = new AbortController();
+  watchers.set(purpose, ctl);
+  (async () => {
+    for (let round = 0; round < 120 && !ctl.signal.aborted; round += 1) { // at most 120 polls of 10 s
+      try {
+        const resp = await fetch(`/jobs/${id}?wait=10`, { signal: ctl.signal, headers: { Accept: "application/json" } });
+        if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+        const job = await resp.json();
+        onStatus(job.status);
+        if (TERMINAL.has(job.status)) break;
+      } catch (err) {
+        if (ctl.signal.aborted) return;
+        await new Promise((r) => setTimeout(r, 2000)); // a restart or a lost quorum: try again soon
+      }
+    }
+    if (watchers.get(purpose) === ctl) watchers.delete(purpose);
+  })();
+}
+
 async function loadJob(id) {
   $("#j-id").textContent = id;
   const errBox = $("#j-error");
@@ -335,6 +366,12 @@ async function loadJob(id) {
     if (state.jobId !== id) return;
     errBox.hidden = true;
     renderJob(doc);
+    if (!TERMINAL.has(doc.job.status) && !watchers.has("page")) {
+      let last = doc.job.status;
+      watchJob("page", id, (status) => {
+        if (state.jobId === id && status !== last) { last = status; loadJob(id); }
+      });
+    }
   } catch (err) {
     errBox.textContent = `Could not read this job: ${err.message}`;
     errBox.hidden = false;
@@ -489,6 +526,13 @@ async function submitJob(ev) {
       " — status ", el("span", { id: "submitted-status" }, doc.status), ".");
     state.cursors = [null];
     loadJobs();
+    watchJob("form", doc.id, (status) => {
+      const shown = $("#submitted-status");
+      if (state.lastSubmitted === doc.id && shown && shown.textContent !== status) {
+        shown.textContent = status;
+        refreshJobsSoon();
+      }
+    });
   } catch (err) {
     fail("The node could not be reached.", err.message);
   } finally {

@@ -60,10 +60,13 @@ def page(browser, mesh, request):
     origins = {n.url for n in mesh.nodes}
     pg.on("request", lambda r: None if any(r.url.startswith(o + "/") for o in origins) or r.url.startswith("data:")
           else pg.foreign_requests.append(r.url))
+    pg.script_errors = []  # uncaught exceptions in the page's own script
+    pg.on("pageerror", lambda exc: pg.script_errors.append(str(exc)))
     yield pg
     ARTIFACTS.mkdir(exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-end.png"), full_page=True)
     context.close()
+    assert pg.script_errors == []
 
 
 def shot(pg, name: str) -> None:
