@@ -209,7 +209,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/openapi.yaml", openapi_yaml)
-    dashboard.setup(app, service, auth=API_TOKEN in app)  # /ui/ and / (docs/operations.md, "Dashboard")
+    dashboard.setup(app, service, auth=API_TOKEN in app, logger=logger)  # /ui/ and / (docs/operations.md, "Dashboard")
     return app
 
 

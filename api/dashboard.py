@@ -29,6 +29,7 @@ from collections import OrderedDict
 from importlib import resources
 from typing import Any
 
+import structlog
 from aiohttp import web
 from workmesh.node.errors import BadRequest, RateLimited
 
@@ -98,8 +99,9 @@ class _Stream:
 class EventHub:
     """Fans job changes out to open streams; polls peers while any is open."""
 
-    def __init__(self, insight: Any) -> None:
+    def __init__(self, insight: Any, logger: Any) -> None:
         self.insight = insight
+        self.log = logger
         self.streams: set[_Stream] = set()
         self.closing = asyncio.Event()
         self._poller: asyncio.Task | None = None
@@ -130,7 +132,10 @@ class EventHub:
 
     async def _poll_peers(self) -> None:
         while self.streams and not self.closing.is_set():
-            await self.insight.refresh_peers()
+            try:
+                await self.insight.refresh_peers()
+            except Exception as exc:  # a bug here must not end the page's updates; it is logged
+                self.log.exception("dashboard.peer_poll_failed", error=repr(exc))
             await asyncio.sleep(TICK_S)
 
     async def shutdown(self) -> None:
@@ -327,13 +332,13 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-def setup(app: web.Application, service: JobService, *, auth: bool) -> None:
+def setup(app: web.Application, service: JobService, *, auth: bool, logger: Any = None) -> None:
     """Add the dashboard's routes to ``app`` (after the API's)."""
     insight = getattr(service, "insight", None)
     app[_SERVICE] = service
     app[AUTH] = auth
     app[STATIC] = _load_static()
-    app[HUB] = hub = EventHub(insight)
+    app[HUB] = hub = EventHub(insight, logger if logger is not None else structlog.get_logger("workmesh.dashboard"))
 
     async def on_shutdown(_app: web.Application) -> None:
         await hub.shutdown()
