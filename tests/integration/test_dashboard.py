@@ -74,6 +74,14 @@ def shot(pg, name: str) -> None:
     pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def assert_fits_a_phone(pg, name: str) -> None:
+    pg.set_viewport_size({"width": 390, "height": 844})
+    overflow = pg.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{name}: the page is {overflow} px wider than a phone"
+    shot(pg, f"{name}-phone")
+    pg.set_viewport_size({"width": 1280, "height": 860})
+
+
 def submit_through_form(pg, job_type: str, payload: str) -> None:
     pg.fill("#f-type", job_type)
     pg.fill("#f-payload", payload)
@@ -112,10 +120,7 @@ def test_nodes_appear_with_their_load_version_and_loop(page, mesh):
     page.goto(node0.url + "/ui/#/")
     page.wait_for_selector("#nodes-table tr[data-liveness=alive]")
     shot(page, "mesh-1280")
-    page.set_viewport_size({"width": 390, "height": 844})  # a phone
-    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0, f"the page is {overflow} px wider than a phone"
-    shot(page, "mesh-phone")
+    assert_fits_a_phone(page, "mesh")
     assert page.foreign_requests == []
 
 
@@ -145,6 +150,7 @@ def test_a_job_submitted_through_the_form_turns_done_without_a_reload(page, mesh
     page.click("#search-form button[type=submit]")
     page.wait_for_function("() => document.querySelectorAll('#jobs-table tbody tr[data-job-id]').length === 1")
     assert page.locator(row).count() == 1
+    assert_fits_a_phone(page, "jobs")
     assert page.foreign_requests == []
 
 
@@ -172,6 +178,7 @@ def test_a_jobs_page_shows_its_signed_history_with_the_right_signers(page, mesh)
     assert page.get_attribute("#j-payload a", "href") == "/blobs/" + "ab" * 32  # a blob value is a link
     assert node2.node_id[:12] in page.inner_text("#j-summary")  # read by the node serving the page
     shot(page, "job-page")
+    assert_fits_a_phone(page, "job-page")
     assert page.foreign_requests == []
 
 
