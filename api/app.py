@@ -209,6 +209,9 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/openapi.yaml", openapi_yaml)
+    from workmesh.api import blobs as blobs_api  # POST /blobs, GET /blobs/{hash}
+
+    blobs_api.register(app)
     return app
 
 
