@@ -147,11 +147,14 @@ class ChunkNet:
             return None
         return reply[0]
 
-    async def replicate(self, key: bytes, data: bytes) -> tuple[int, list[Contact], bool]:
-        """Store ``data`` on its placement (the local copy is the caller's).
-        Returns (copies now held by the placement's peers, the peers that took
-        it, whether any refused for lack of room)."""
-        targets = [c for c in await self.placement(key) if c.id != self.me]
+    async def peers_for(self, key: bytes) -> list[Contact]:
+        """The placement's nodes other than this one."""
+        return [c for c in await self.placement(key) if c.id != self.me]
+
+    async def replicate(self, key: bytes, data: bytes, targets: list[Contact]) -> tuple[int, list[Contact], bool]:
+        """Store ``data`` on ``targets`` (the local copy is the caller's).
+        Returns (copies now held by the targets, the peers that took it,
+        whether any refused for lack of room)."""
         codes = await asyncio.gather(*(self.push(c, key, data) for c in targets))
         took = [c for c, code in zip(targets, codes) if code == OK]
         return len(took), took, FULL in codes

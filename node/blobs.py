@@ -311,9 +311,9 @@ class _Upload:
 
     async def _replicate(self, key: bytes, data: bytes) -> None:
         try:
-            copies, took, full = await self.s.net.replicate(key, data)
-            if took:
-                self.placed[key] = took
+            targets = await self.s.net.peers_for(key)
+            self.placed[key] = targets  # before sending: an undo must reach any that took it
+            copies, took, full = await self.s.net.replicate(key, data, targets)
             peers = len(self.s.net.dht.router)
             need = min(self.s.copies_min, 1 + min(peers, self.s.net.replicas))
             if 1 + copies < need and self.failure is None:
@@ -337,13 +337,17 @@ class _Upload:
         return list(self.keys)
 
     def undo(self) -> None:
-        for task in list(self.pending):
-            task.cancel()
         for key in self.new_here:
             if self.s._uploading[key] <= 1:
                 self.s.store.delete(key)
-        if self.placed:
-            self.s._spawn(self.s.net.drop(dict(self.placed)), "blob_upload_undo")
+        if self.placed or self.pending:
+            self.s._spawn(self._undo_remote(), "blob_upload_undo")
+
+    async def _undo_remote(self) -> None:
+        """Once the pushes in flight ended, ask their targets to drop what they took."""
+        while self.pending:
+            await asyncio.gather(*list(self.pending), return_exceptions=True)
+        await self.s.net.drop(dict(self.placed))
 
     def release(self) -> None:
         for key in self.keys:
