@@ -186,7 +186,7 @@ def _client(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli_blobs.parse_args(build_parser(), argv)
     if args.command in ("upload", "download"):
         return cli_blobs.run(args)
     if args.command != "start":

@@ -37,6 +37,18 @@ def add_submit_options(submit: argparse.ArgumentParser) -> None:
                         help='upload FILE and set payload[NAME] = {"blob": hash} (NAME[]=FILE: append the hash)')
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, also taking a submit's JSON payload after its
+    options (``submit image.resize --blob image=a.jpg '{...}'``): argparse
+    alone fills an optional positional only before the options."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "submit" and len(extra) == 1 and args.payload == "{}" and not extra[0].startswith("-"):
+        args.payload = extra[0]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def attach_blobs(payload: Any, specs: list[str], api: str, token: str | None) -> Any:
     """Upload each ``--blob`` file and refer to it in ``payload``."""
     if not specs:
