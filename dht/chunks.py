@@ -66,7 +66,7 @@ class ChunkStore:
     def __init__(self, root: str | os.PathLike | None, budget_bytes: int, wall_s: Callable[[], float]) -> None:
         self.root = Path(root) if root is not None else None
         self.budget_bytes = budget_bytes
-        self._wall_s = wall_s
+        self.wall_s = wall_s  # injected wall clock (seconds): touch times and collection
         self._memory: dict[bytes, tuple[bytes, float]] = {}
         self._sizes: dict[bytes, int] = {}
         self.used_bytes = 0
@@ -164,7 +164,7 @@ class ChunkStore:
             self.counters["chunks_refused_full"] += 1
             raise BudgetExceeded(f"disk budget of {self.budget_bytes} bytes reached")
         if self.root is None:
-            self._memory[key] = (data, self._wall_s())
+            self._memory[key] = (data, self.wall_s())
         else:
             path = self._path(key)
             path.parent.mkdir(exist_ok=True)
@@ -172,7 +172,7 @@ class ChunkStore:
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)  # readers see the whole chunk or none
-            now = self._wall_s()
+            now = self.wall_s()
             os.utime(path, (now, now))
         self._sizes[key] = len(data)
         self.used_bytes += len(data)
@@ -181,7 +181,7 @@ class ChunkStore:
 
     def touch(self, keys: Iterable[bytes]) -> list[bytes]:
         """Mark chunks as wanted now; returns the keys this store lacks."""
-        now = self._wall_s()
+        now = self.wall_s()
         missing = []
         for key in keys:
             if key not in self._sizes:
@@ -217,7 +217,7 @@ class ChunkStore:
 
     def collect(self, retention_s: float, limit: int = 100_000) -> int:
         """Drop chunks untouched for longer than ``retention_s`` (at most ``limit``)."""
-        horizon = self._wall_s() - retention_s
+        horizon = self.wall_s() - retention_s
         dropped = 0
         for key in list(self._sizes):
             if dropped >= limit:
