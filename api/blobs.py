@@ -90,6 +90,76 @@ async def download_blob(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _problem(description: str) -> dict:
+    return {"description": description, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+def openapi_paths(auth: bool) -> dict:
+    """The OpenAPI paths of these routes (``api/openapi.py`` adds them to the document)."""
+    secured = {"security": [{"bearerAuth": []}]} if auth else {}
+    blob_hash = {
+        "name": "hash",
+        "in": "path",
+        "required": True,
+        "description": "64 lowercase hex characters: the SHA-256 of the blob's manifest.",
+        "schema": {"type": "string"},
+    }
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    ref = {
+        "type": "object",
+        "required": ["hash", "size"],
+        "properties": {"hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "size": {"type": "integer", "minimum": 0}},
+    }
+    upload_errors = {
+        "400": _problem("Malformed request."),
+        **({"401": _problem("Missing or wrong bearer token.")} if auth else {}),
+        "408": _problem("The upload stalled."),
+        "413": _problem("Larger than this node's per-blob limit (1 GiB by default)."),
+        "429": _problem("Too many requests from this client."),
+        "500": _problem("Unexpected server error."),
+        "503": _problem("Too few nodes reachable to hold two copies of each chunk."),
+        "507": _problem("Past this node's disk budget, or the nodes the chunks belong on are full."),
+    }
+    return {
+        "/blobs": {
+            "post": {
+                "operationId": "uploadBlob",
+                "summary": "Store a blob (streamed); content-addressed chunks replicated in the mesh.",
+                **secured,
+                "requestBody": {"required": True, "content": binary},
+                "responses": {
+                    "201": {
+                        "description": "Stored.",
+                        "headers": {"Location": {"description": "/blobs/{hash}", "schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": ref}},
+                    },
+                    **upload_errors,
+                },
+            }
+        },
+        "/blobs/{hash}": {
+            "get": {
+                "operationId": "downloadBlob",
+                "summary": "A blob's bytes from any node, streamed; one Range (bytes=a-b, a-, -n) answers 206.",
+                "parameters": [
+                    blob_hash,
+                    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "The blob.", "content": binary},
+                    "206": {"description": "The range asked.", "content": binary},
+                    "400": _problem("Malformed request."),
+                    "404": _problem("No node holds a blob of this hash."),
+                    "416": _problem("The range starts past the end."),
+                    "429": _problem("Too many requests from this client."),
+                    "500": _problem("Unexpected server error."),
+                    "503": _problem("Some of the blob's chunks are unreachable now."),
+                },
+            }
+        },
+    }
+
+
 def register(app: web.Application) -> None:
     app.router.add_post("/blobs", upload_blob)
     app.router.add_get("/blobs/{hash}", download_blob)
