@@ -165,7 +165,9 @@ class ChunkNet:
         if data is not None:
             return data
         self.counters["chunk_fetch_remote"] += 1
-        closest = [c for c in await self.placement(key) if c.id != self.me]
+        # Nodes whose last requests went unanswered are asked last (a dead
+        # replica costs a timeout per chunk until the table evicts it).
+        closest = sorted((c for c in await self.placement(key) if c.id != self.me), key=lambda c: self.dht.failures(c.id) > 0)
         lacked: list[Contact] = []
         asked: set[bytes] = set()
         for stage in (closest, None):
