@@ -68,7 +68,7 @@ def _from_workmesh(exc: WorkmeshError) -> web.Response:
 
 def _from_http(exc: web.HTTPException) -> web.Response:
     headers: dict[str, str] = {}
-    for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+    for name in ("Allow", "Retry-After", "WWW-Authenticate", "Content-Range"):
         if name in exc.headers:
             headers[name] = exc.headers[name]
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
