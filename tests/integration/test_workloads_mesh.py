@@ -6,6 +6,7 @@ import collections
 import hashlib
 import io
 import json
+import os
 import random
 import re
 
@@ -190,3 +191,32 @@ def test_text_enrich_on_a_json_lines_file(mesh, tmp_path):
     bad = put_blob(mesh.nodes[2].url, b'{"text": "fine"}\n{"no_text": 1}\n')["hash"]
     failed = run_job(mesh.nodes[0], "text.enrich", {"input": {"blob": bad}})
     assert failed["status"] == "failed" and "line 2" in failed["error"]
+
+
+# -- the CLI -----------------------------------------------------------------------
+def test_cli_upload_download_and_submit_with_a_blob(mesh, tmp_path):
+    import subprocess
+
+    from procmesh import workmesh_command
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([*workmesh_command(), *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(300_000))
+    digest = cli("upload", "--api", mesh.nodes[0].url, str(source)).strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    copy = tmp_path / "copy.bin"
+    cli("download", "--api", mesh.nodes[1].url, digest, "-o", str(copy))
+    assert copy.read_bytes() == source.read_bytes()
+
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (90, 60), (10, 200, 30)).save(photo, "JPEG")
+    view = json.loads(cli("submit", "--api", mesh.nodes[2].url, "image.resize", "--blob", f"image={photo}",
+                          '{"sizes": [[30, 20]], "format": "png"}', "--wait", "60"))
+    assert view["status"] == "done", view
+    out = view["result"]["images"][0]
+    with Image.open(io.BytesIO(get_blob(mesh.nodes[0].url, out["blob"]))) as img:
+        assert img.format == "PNG" and img.size == (30, 20)
