@@ -69,6 +69,7 @@ class ChunkStore:
         self.wall_s = wall_s  # injected wall clock (seconds): touch times and collection
         self._memory: dict[bytes, tuple[bytes, float]] = {}
         self._sizes: dict[bytes, int] = {}
+        self._dirs: set[str] = set()  # the 256 fan-out directories known to exist
         self.used_bytes = 0
         self.counters = {
             "chunks_stored": 0,
@@ -88,6 +89,7 @@ class ChunkStore:
         for sub in self.root.iterdir():
             if not sub.is_dir():
                 continue
+            self._dirs.add(sub.name)
             for entry in os.scandir(sub):
                 if entry.name.endswith(".tmp"):
                     os.unlink(entry.path)
@@ -167,7 +169,9 @@ class ChunkStore:
             self._memory[key] = (data, self.wall_s())
         else:
             path = self._path(key)
-            path.parent.mkdir(exist_ok=True)
+            if path.parent.name not in self._dirs:
+                path.parent.mkdir(exist_ok=True)
+                self._dirs.add(path.parent.name)
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "wb") as f:
                 f.write(data)
