@@ -80,7 +80,7 @@ class ChunkNet:
             new = self.store.put(key, data)
         except ChunkRejected as exc:
             if self.log is not None:
-                self.log.warning("chunk_rejected", sender=env.sender_id.hex()[:12], reason=str(exc))
+                self.log.debug("chunk_rejected", sender=env.sender_id.hex()[:12], reason=str(exc))  # counted; a hostile peer must not flood the log
             return [BAD_CHUNK, str(exc)]
         except BudgetExceeded as exc:
             return [FULL, str(exc)]
