@@ -37,6 +37,12 @@ OK, MISSING, BAD_CHUNK, FULL = "ok", "missing", "bad_chunk", "full"
 TOUCH_KEYS_MAX = 1200  # keys per touch_chunks request (32 bytes each, within a datagram)
 FRESH_MAX = 200_000  # chunks remembered as newly stored by their sender (for drop_chunks)
 ATTEMPTS = 2  # tries per RPC before a peer counts as not answering
+HEDGE_S = 0.3  # a fetch also asks the next holder when none answered within this
+
+
+def _consume(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def placement_key(key: bytes) -> bytes:
@@ -174,26 +180,58 @@ class ChunkNet:
             if stage is None:
                 wider = await self.dht.replicas_for(placement_key(key), count=self.dht.config.k, fresh=True)
                 stage = [c for c in wider if c.id != self.me and c.id not in asked]
-            for contact in stage:
-                asked.add(contact.id)
-                reply = await self._call(contact, "fetch_chunk", [key])
-                if not reply or len(reply) != 2:
-                    continue
-                if reply[0] != OK:
-                    if contact in closest:
-                        lacked.append(contact)
-                    continue
-                try:
-                    check_chunk(key, reply[1])
-                except ChunkRejected:
-                    self.store.counters["chunks_rejected"] += 1
-                    continue
+            asked.update(c.id for c in stage)
+            data = await self._first_answer(key, stage, lacked if stage is closest else [])
+            if data is not None:
                 for peer in lacked:
                     self.counters["chunk_repairs"] += 1
-                    self.dht.protocol.spawn(self.push(peer, key, reply[1]), "chunk_repair")
-                return reply[1]
+                    self.dht.protocol.spawn(self.push(peer, key, data), "chunk_repair")
+                return data
         self.counters["chunk_fetch_failed"] += 1
         return None
+
+    async def _ask(self, contact: Contact, key: bytes) -> bytes | str | None:
+        """The verified chunk from one peer, ``MISSING``, or None (no answer, or wrong bytes)."""
+        reply = await self._call(contact, "fetch_chunk", [key])
+        if not reply or len(reply) != 2:
+            return None
+        if reply[0] != OK:
+            return MISSING
+        try:
+            check_chunk(key, reply[1])
+        except ChunkRejected:
+            self.store.counters["chunks_rejected"] += 1
+            return None
+        return reply[1]
+
+    async def _first_answer(self, key: bytes, contacts: list[Contact], lacked: list[Contact]) -> bytes | None:
+        """Ask ``contacts`` in order, the next one also whenever none answered
+        within ``HEDGE_S`` (a dead peer costs that, not a timeout); the first
+        verified chunk wins. Those that said they lack it go in ``lacked``."""
+        running: dict[asyncio.Task, Contact] = {}
+        queue = list(contacts)
+        try:
+            while queue or running:
+                if queue:
+                    contact = queue.pop(0)
+                    running[asyncio.ensure_future(self._ask(contact, key))] = contact
+                done, _ = await asyncio.wait(
+                    set(running), timeout=HEDGE_S if queue else None, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    contact = running.pop(task)
+                    answer = task.result()
+                    if isinstance(answer, bytes):
+                        return answer
+                    if answer == MISSING:
+                        lacked.append(contact)
+            return None
+        finally:
+            # Let the slower asks end on their own: a peer that never answers
+            # must have its timeouts recorded (so the table evicts it and
+            # later fetches ask it last), not be forgiven by a cancel.
+            for task in running:
+                task.add_done_callback(_consume)
 
     async def touch(self, keys: list[bytes]) -> int:
         """Refresh chunks on their placement; push those a placed node lacks
