@@ -257,8 +257,8 @@ class BlobService:
         self.store.open()
 
     async def run(self) -> None:
-        """Collect every ``retention_s / 4`` (at least 1 s, at most an hour)."""
-        interval = max(1.0, min(self.retention_s / 4, 3600.0))
+        """Collect every ``retention_s / 4`` (at least 0.5 s, at most an hour)."""
+        interval = max(0.5, min(self.retention_s / 4, 3600.0))
         while True:
             await asyncio.sleep(interval)
             try:
