@@ -12,7 +12,10 @@ Fan-out (:meth:`Mesh.fan_out`) is the general form of a parent job:
    (``JobOperations.submit``, from the node running the parent, which so
    becomes the children's submitter). Each child's idempotency key is
    ``child:<parent id>:<index>``, so a retried parent (a new attempt after a
-   lost lease) finds the same children instead of submitting new ones;
+   lost lease or a timeout) run by the same node finds the same children
+   instead of submitting new ones. (A job id includes its submitter's key: a
+   retry on another node submits new children, and the first ones run to
+   their end unobserved);
 2. it gives its worker slot back (``ctx.release_slot()``) and waits on the
    children with long-polls, holding no slot: a mesh of busy parents cannot
    starve its own children;
