@@ -56,6 +56,11 @@ class JobContext:
     job_id: str
     attempt: int  # fencing token: strictly increases across attempts of a job
     job_type: str = ""
+    # Handlers that run on the loop (not cpu=True) also get the node's mesh
+    # facility (node/mesh.py: blobs, child jobs) and a callable that gives
+    # their worker slot back while they only wait (idempotent).
+    mesh: Any = None
+    release_slot: Callable[[], None] | None = None
 
     @property
     def log(self) -> Any:
