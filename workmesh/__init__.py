@@ -27,7 +27,8 @@ _CLIENT_NAMES = (
     "Client", "AsyncClient", "Job", "Page", "NotFound", "WorkmeshError", "ProblemError", "ConnectionFailed", "WaitTimeout",
     "BadRequest", "Unauthorized", "JobNotFound", "Conflict", "PayloadTooLarge", "UnsupportedMediaType",
     "RequestTimeout", "ValidationFailed", "UnknownJobType", "IdempotencyKeyReused", "InvalidFact",
-    "RateLimited", "QuorumUnavailable", "NotReady", "ServerError", "MethodNotAllowed",
+    "RateLimited", "QuorumUnavailable", "NotReady", "ServerError", "MethodNotAllowed", "BlobNotFound",
+    "InsufficientStorage",
 )
 _KIT_NAMES = ("handler", "PermanentError", "HandlerError", "JobContext")
 

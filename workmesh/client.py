@@ -201,6 +201,16 @@ class NotReady(ProblemError):
     status = 503
 
 
+class BlobNotFound(ProblemError):
+    status = 404
+
+
+class InsufficientStorage(ProblemError):
+    """507: the node's blob store is full."""
+
+    status = 507
+
+
 # The node's problem types (api/errors.py: urn:workmesh:problem:<slug of the
 # node's error class>) and the generic ones (about:blank) by status.
 PROBLEM_TYPES: dict[str, type[ProblemError]] = {
@@ -218,6 +228,8 @@ PROBLEM_TYPES: dict[str, type[ProblemError]] = {
         "rate-limited": RateLimited,
         "quorum-unavailable": QuorumUnavailable,
         "not-ready": NotReady,
+        "blob-not-found": BlobNotFound,
+        "insufficient-storage": InsufficientStorage,
         "workmesh-error": ServerError,
     }.items()
 }
@@ -588,5 +600,6 @@ __all__ = [
     "Client", "AsyncClient", "Job", "Page", "WorkmeshError", "ProblemError", "ConnectionFailed", "WaitTimeout",
     "BadRequest", "Unauthorized", "JobNotFound", "NotFound", "MethodNotAllowed", "RequestTimeout", "Conflict",
     "PayloadTooLarge", "UnsupportedMediaType", "ValidationFailed", "UnknownJobType", "IdempotencyKeyReused",
-    "InvalidFact", "RateLimited", "ServerError", "QuorumUnavailable", "NotReady",
+    "InvalidFact", "RateLimited", "ServerError", "QuorumUnavailable", "NotReady", "BlobNotFound",
+    "InsufficientStorage",
 ]
