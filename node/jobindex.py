@@ -36,6 +36,9 @@ class JobIndex:
         self._due: list[tuple[float, bytes]] = []
         self._next_due: dict[bytes, float] = {}
         self._delay: dict[bytes, float] = {}
+        # Jobs this node accepted or ran: listed and counted here even when
+        # it is not one of their replicas (see note), newest last.
+        self._own: OrderedDict[bytes, None] = OrderedDict()
 
     def update(self, state: lifecycle.JobState, now: float, lease_deadline: float | None, rank: int = 0) -> str | None:
         """Record the job's new state; the previous status if it changed, else None."""
@@ -62,6 +65,29 @@ class JobIndex:
         if old is None:
             return ""
         return old.status if old.status != state.status else None
+
+    def mark_own(self, job_id: bytes) -> None:
+        """This node accepted or ran ``job_id``."""
+        self._own[job_id] = None
+        self._own.move_to_end(job_id)
+        while len(self._own) > self._size_max:
+            self._own.popitem(last=False)
+
+    def is_own(self, job_id: bytes) -> bool:
+        return job_id in self._own
+
+    def own_ids(self) -> list[bytes]:
+        """Own jobs, newest first."""
+        return list(reversed(self._own))
+
+    def note(self, state: lifecycle.JobState) -> None:
+        """Show a job this node accepted or ran but is not a replica of: in
+        the list and the counts, never due (its replicas re-announce it)."""
+        spec = state.submit.body
+        self._jobs[state.job_id] = Summary(state.job_id, spec.job_type, state.status, spec.created_ms, state)
+        while len(self._jobs) > self._size_max:
+            evicted, _ = self._jobs.popitem(last=False)
+            self._forget_due(evicted)
 
     def _schedule(self, job_id: bytes, when: float) -> None:
         self._next_due[job_id] = when
