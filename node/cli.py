@@ -1,10 +1,10 @@
-"""The ``workmesh`` command: start a peer, or talk to one over REST.
+"""``workmesh start``: run one node (its flags, its configuration, its event loop).
 
     workmesh start --p2p-port 7001 --api-port 8001 --data-dir ./n1
     workmesh start --p2p-port 7002 --api-port 8002 --data-dir ./n2 --bootstrap 127.0.0.1:7001
-    workmesh submit --api http://127.0.0.1:8001 sha256 '{"data": "x", "rounds": 1000}' --wait 10
-    workmesh job --api http://127.0.0.1:8002 <id>
-    workmesh status --api http://127.0.0.1:8003
+
+The program's entry point (``workmesh/__main__.py``) adds the client commands
+of ``workmesh/commands.py`` (submit, job, cancel, list, ...) to this parser.
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ import argparse
 import asyncio
 import gc
 import ipaddress
-import json
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import replace
 
 from workmesh.dht.config import DHTConfig
@@ -71,19 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "and a new key for this node solves as many (0 = off; the mesh must agree)")
     start.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     start.add_argument("--log-level", default="info")
-
-    for name, help_text in (("submit", "submit a job"), ("job", "show a job"), ("status", "show a node's status")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--api", default="http://127.0.0.1:8000", help="base URL of any node")
-        p.add_argument("--token", default=os.environ.get("WORKMESH_API_TOKEN"))
-        if name == "submit":
-            p.add_argument("type")
-            p.add_argument("payload", help="JSON")
-            p.add_argument("--max-attempts", type=int)
-            p.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the result")
-        if name == "job":
-            p.add_argument("id")
-            p.add_argument("--wait", type=float, default=0.0)
     return parser
 
 
@@ -146,41 +130,13 @@ async def run_node(config: NodeConfig) -> None:
     await node.stop()
 
 
-def _http(method: str, url: str, body: dict | None, token: str | None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
-def _client(args: argparse.Namespace) -> int:
-    base = args.api.rstrip("/")
-    if args.command == "status":
-        code, doc = _http("GET", f"{base}/status", None, args.token)
-    elif args.command == "job":
-        code, doc = _http("GET", f"{base}/jobs/{args.id}?wait={args.wait}", None, args.token)
-    else:
-        body = {"type": args.type, "payload": json.loads(args.payload)}
-        if args.max_attempts:
-            body["max_attempts"] = args.max_attempts
-        wait_s = min(args.wait, 60.0)  # the API's bound on one wait
-        code, doc = _http("POST", f"{base}/jobs?wait={wait_s:g}" if wait_s > 0 else f"{base}/jobs", body, args.token)
-        if code == 202 and args.wait > wait_s:
-            code, doc = _http("GET", f"{base}/jobs/{doc['id']}?wait={min(60.0, args.wait - wait_s):g}", None, args.token)
-    print(json.dumps(doc, indent=2))
-    return 0 if code < 400 else 1
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command != "start":
-        return _client(args)
+    """``start`` alone; the ``workmesh`` program (``workmesh/__main__.py``) adds the client commands."""
+    return start(build_parser().parse_args(argv))
+
+
+def start(args: argparse.Namespace) -> int:
+    """``workmesh start``: run a node until SIGTERM or SIGINT."""
     if not _is_loopback(args.host) and not args.api_token:
         print("workmesh: a node that binds to a non-loopback address needs --api-token", file=sys.stderr)
         return 2

@@ -403,6 +403,7 @@ class Node:
             ],
             "uptime_seconds": round(self._monotonic() - self.started_at, 3),
             "jobs": self.index.counts(),
+            "job_types": sorted(self.registry.names),
             "workers": {"slots": self.config.workers, "busy": self.workers.busy},
             "replication": {"replicas": self.config.replicas, "quorum": self.config.quorum, "k": self.config.dht.k},
             "dht": {**self.dht.statistics(), **{f"store_{k}": v for k, v in self.store.statistics().items()}},
