@@ -63,6 +63,7 @@ RENAMED: dict[tuple[str, str], str] = {
     ("dht", "datagrams_in"): "dht_datagrams_received",
     ("dht", "datagrams_out"): "dht_datagrams_sent",
     ("dht", "store_quorum_missed"): "dht_store_quorum_missed",  # the DHT's, not the fact store's
+    ("dht", "store_drops"): "store_keys_removed",
 }
 # Counts of one thing for different reasons: (section, key) -> (name, reason).
 REASONS: dict[tuple[str, str], tuple[str, str]] = {
@@ -78,6 +79,11 @@ REASONS: dict[tuple[str, str], tuple[str, str]] = {
     ("leases", "claims_refused"): ("leases_facts_refused", "claim"),
     ("leases", "renews_refused"): ("leases_facts_refused", "renew"),
     ("leases", "facts_refused"): ("leases_facts_refused", "other"),
+    ("dht", "handoffs_dropped"): ("dht_handoffs_dropped", "queue_full"),
+    ("dht", "third_party_contacts_rejected"): ("dht_contacts_rejected", "third_party"),
+    ("dht", "outstanding_full"): ("dht_requests_skipped", "outstanding_full"),
+    ("dht", "puzzle_unsolved_skipped"): ("dht_requests_skipped", "puzzle_unsolved"),
+    ("leases", "offers_dropped"): ("worker_offers_dropped", "queue_full"),
 }
 _DROPPED = "dropped_"  # dht.dropped_<reason>: datagrams the protocol dropped, by reason
 
