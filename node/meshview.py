@@ -40,13 +40,21 @@ def merge(pages: Iterable[Iterable[dict]], limit: int) -> list[dict]:
     return ordered[:limit]
 
 
-def api_url(reply: Any) -> str | None:
-    """The base URL in a peer's ``api_address`` reply (``[host, port]``), or None."""
+def api_url(reply: Any, peer_ip: str | None = None) -> str | None:
+    """The base URL in a peer's ``api_address`` reply (``[host, port]``), or None.
+
+    A peer that binds every interface and advertises no address answers
+    ``0.0.0.0`` or ``::``: its API is then reached at ``peer_ip``, the address
+    its datagrams come from."""
     if not isinstance(reply, list) or len(reply) != 2:
         return None
     host, port = reply
     if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536 or not host or len(host) > 255:
         return None
+    if host in ("0.0.0.0", "::", "[::]"):
+        if not peer_ip:
+            return None
+        host = peer_ip
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
@@ -54,7 +62,7 @@ async def peer_urls(dht: Any, limit: int = PEERS_MAX) -> list[str]:
     """The REST base URLs of up to ``limit`` contacts, asked over the DHT."""
     contacts = dht.router.contacts()[:limit]
     replies = await asyncio.gather(*(dht.call(c, "api_address", [], timeout_s=PEER_TIMEOUT_S) for c in contacts))
-    return [url for url in map(api_url, replies) if url]
+    return [url for url in (api_url(r, c.ip) for c, r in zip(contacts, replies)) if url]
 
 
 async def fetch_pages(urls: list[str], status: str | None, limit: int) -> tuple[list[list[dict]], int]:

@@ -28,5 +28,7 @@ def test_limit_and_junk_entries():
 def test_api_url_of_a_peer_reply():
     assert meshview.api_url(["127.0.0.1", 8000]) == "http://127.0.0.1:8000"
     assert meshview.api_url(["::1", 8000]) == "http://[::1]:8000"
+    assert meshview.api_url(["0.0.0.0", 8000], "10.0.0.7") == "http://10.0.0.7:8000"
+    assert meshview.api_url(["0.0.0.0", 8000]) is None
     for bad in ([], None, ["h", 0], ["h", "80"], [1, 2], ["h", 70000]):
         assert meshview.api_url(bad) is None
