@@ -367,14 +367,7 @@ class Node:
         """Read again (at most OWN_REFRESH_MAX of) the unfinished jobs this node
         accepted or ran but holds no current copy of, and keep what the read
         found, so that ``GET /jobs`` and the counts in ``/status`` show them."""
-        me, stale = self.identity.node_id, []
-        for job_id in self.index.own_ids():
-            summary = self.index.get(job_id)
-            if summary is not None and (summary.state.terminal or summary.state.is_replica(me)):
-                continue
-            stale.append(job_id)
-            if len(stale) == OWN_REFRESH_MAX:
-                break
+        stale = self.index.unsettled(self.identity.node_id, OWN_REFRESH_MAX)
         if not stale:
             return
         states = await asyncio.gather(*(read_job(self.dht, j, self.derived) for j in stale), return_exceptions=True)
