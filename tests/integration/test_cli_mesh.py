@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from procmesh import ProcMesh, free_port, http, workmesh_command
+from procmesh import ProcMesh, free_port, http, wait_until, workmesh_command
 
 pytestmark = pytest.mark.slow
 
@@ -217,3 +217,26 @@ def http_text(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=10) as resp:
         return resp.read().decode()
+
+
+def test_a_wait_carries_on_at_the_next_node_when_the_first_dies(tmp_path):
+    """`submit --wait` with two --api: the node being long-polled is killed,
+    the wait goes on at the other, and the job still ends done (exit 0)."""
+    with ProcMesh(3, tmp_path / "mesh", node_args=["--lease-seconds", "2"]) as m:
+        a, b, _ = m.nodes
+        argv = [*workmesh_command(), "submit", "sleep", '{"seconds": 2}', "--wait", "--api", a.url, "--api", b.url]
+        env = {k: v for k, v in os.environ.items() if k != "WORKMESH_API"}
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            def accepted():
+                code, doc = http("GET", f"{b.url}/jobs?limit=10")
+                return code == 200 and doc["jobs"]
+
+            wait_until(accepted, 30, "the job at node B")
+            a.kill()
+            out, err = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert json.loads(out)["status"] == "done"
