@@ -1,7 +1,9 @@
-"""``workmesh start``: run one node (its flags, its configuration, its event loop).
+"""``workmesh start`` (its flags, its configuration, its event loop) and the node-side commands.
 
     workmesh start --p2p-port 7001 --api-port 8001 --data-dir ./n1
     workmesh start --p2p-port 7002 --api-port 8002 --data-dir ./n2 --bootstrap 127.0.0.1:7001
+    workmesh mesh-key ./mesh.key     # then: workmesh start --mesh-key ./mesh.key ...
+    workmesh upload FILE | download HASH -o FILE   (node/cli_blobs.py)
 
 The program's entry point (``workmesh/__main__.py``) adds the client commands
 of ``workmesh/commands.py`` (submit, job, cancel, list, ...) to this parser.
@@ -20,6 +22,7 @@ from dataclasses import replace
 
 from workmesh.dht.config import DHTConfig
 from workmesh.node import __version__
+from workmesh.node import cli_blobs
 from workmesh.node.config import NodeConfig
 
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython: 700)
@@ -66,13 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--identity-puzzle-bits", type=int, default=0,
                        help="proof of work on node keys: peers whose key solves fewer bits are ignored, "
                        "and a new key for this node solves as many (0 = off; the mesh must agree)")
+    start.add_argument("--mesh-key", default=os.environ.get("WORKMESH_MESH_KEY_FILE"), metavar="FILE",
+                       help="private mesh: talk only to nodes holding this mesh key (file from "
+                       "`workmesh mesh-key`; env WORKMESH_MESH_KEY_FILE); required off loopback unless --open-mesh")
+    start.add_argument("--open-mesh", action="store_true",
+                       help="allow a node off loopback without a mesh key: any node may join (permissionless)")
+    start.add_argument("--contacts-per-prefix-max", type=int, default=0,
+                       help="routing-table contacts per /24 or /48 per bucket (0 = no limit; 2 is usual on the internet)")
+    start.add_argument("--blob-max-bytes", type=int, default=2**30, help="largest blob accepted, bytes")
+    start.add_argument("--blob-disk-budget", type=int, default=10 * 2**30, help="chunk bytes kept on disk at most")
     start.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     start.add_argument("--log-level", default="info")
+
+    key = sub.add_parser("mesh-key", help="write a new random mesh key to FILE (mode 0600; never overwrites)")
+    key.add_argument("file")
+
+    cli_blobs.add_commands(sub)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    """The node's config; raises ValueError (bad values) or CryptoError (an unreadable mesh key)."""
     quorum = args.quorum or args.replicas // 2 + 1
+    mesh_keys: tuple[bytes, ...] = ()
+    if args.mesh_key:
+        from workmesh.crypto.meshkey import load_mesh_keyring
+
+        mesh_keys = load_mesh_keyring(args.mesh_key).keys
     return NodeConfig(
         host=args.host,
         p2p_port=args.p2p_port,
@@ -83,7 +106,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         workers=args.workers,
         api_token=args.api_token,
         dht=replace(
-            DHTConfig(), k=args.k, replicas=args.replicas, quorum=quorum, identity_puzzle_bits=args.identity_puzzle_bits
+            DHTConfig(), k=args.k, replicas=args.replicas, quorum=quorum, identity_puzzle_bits=args.identity_puzzle_bits,
+            mesh_keys=mesh_keys, contacts_per_prefix_max=args.contacts_per_prefix_max,
         ),
         lease_s=args.lease_seconds,
         max_attempts=args.max_attempts,
@@ -91,6 +115,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         rate_limit_per_s=args.rate_limit,
         log_format=args.log_format,
         log_level=args.log_level,
+        blob_bytes_max=args.blob_max_bytes,
+        blob_disk_bytes=args.blob_disk_budget,
     )
 
 
@@ -130,19 +156,56 @@ async def run_node(config: NodeConfig) -> None:
     await node.stop()
 
 
+def _mesh_key(path: str) -> int:
+    from workmesh.crypto.meshkey import write_mesh_key_file
+
+    try:
+        write_mesh_key_file(path)
+    except FileExistsError:
+        print(f"workmesh: {path} exists; a mesh key file is never overwritten", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"workmesh: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote a new mesh key to {path}; give it to every node: workmesh start --mesh-key {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``start`` alone; the ``workmesh`` program (``workmesh/__main__.py``) adds the client commands."""
-    return start(build_parser().parse_args(argv))
+    """The node-side commands alone; the ``workmesh`` program
+    (``workmesh/__main__.py``) adds the client commands."""
+    return run_node_command(cli_blobs.parse_args(build_parser(), argv))
+
+
+def run_node_command(args: argparse.Namespace) -> int:
+    """``start``, ``mesh-key``, ``upload`` or ``download``."""
+    if args.command in ("upload", "download"):
+        return cli_blobs.run(args)
+    if args.command == "mesh-key":
+        return _mesh_key(args.file)
+    return start(args)
+
+
+NODE_COMMANDS = frozenset({"start", "mesh-key", "upload", "download"})
 
 
 def start(args: argparse.Namespace) -> int:
     """``workmesh start``: run a node until SIGTERM or SIGINT."""
+    from workmesh.crypto.errors import CryptoError
+
     if not _is_loopback(args.host) and not args.api_token:
         print("workmesh: a node that binds to a non-loopback address needs --api-token", file=sys.stderr)
         return 2
+    if not _is_loopback(args.host) and not args.mesh_key and not args.open_mesh:
+        print(
+            "workmesh: a node that binds to a non-loopback address needs --mesh-key FILE (a private mesh; "
+            "make one with `workmesh mesh-key FILE`) or --open-mesh (anyone may join)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+    except (ValueError, CryptoError) as exc:
         print(f"workmesh: {exc}", file=sys.stderr)
         return 2
     from workmesh.node.logs import configure

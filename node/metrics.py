@@ -49,6 +49,15 @@ GAUGES: dict[tuple[str, str], str] = {
     ("dht", "store_authors"): "store_authors",
     ("gossip", "seen_cache"): "gossip_seen_cache_entries",
     ("derive_cache", "cached"): "derive_cache_entries",
+    ("dht", "mesh_keys"): "dht_mesh_keys",
+    ("dht", "token_auth"): "dht_token_auth",
+    ("dht", "sources_shut_out_now"): "dht_sources_shut_out",
+    ("blobs", "chunks"): "blobs_chunks",
+    ("blobs", "disk_bytes_used"): "blobs_disk_used_bytes",
+    ("blobs", "disk_bytes_budget"): "blobs_disk_budget_bytes",
+    ("blobs", "disk_bytes_free"): "blobs_disk_free_bytes",
+    ("blobs", "blob_bytes_max"): "blobs_max_bytes",
+    ("blobs", "retention_s"): "blobs_retention_seconds",
 }
 # Shown elsewhere already (workers.* holds the same slots and busy as leases.*;
 # dht.peers is workmesh_peers; dht.dropped_total is the sum of the labelled
@@ -64,6 +73,8 @@ RENAMED: dict[tuple[str, str], str] = {
     ("dht", "datagrams_out"): "dht_datagrams_sent",
     ("dht", "store_quorum_missed"): "dht_store_quorum_missed",  # the DHT's, not the fact store's
     ("dht", "store_drops"): "store_keys_removed",
+    ("blobs", "upload_bytes"): "blobs_uploaded_bytes",
+    ("blobs", "download_bytes"): "blobs_downloaded_bytes",
 }
 # Counts of one thing for different reasons: (section, key) -> (name, reason).
 REASONS: dict[tuple[str, str], tuple[str, str]] = {
@@ -84,7 +95,17 @@ REASONS: dict[tuple[str, str], tuple[str, str]] = {
     ("dht", "outstanding_full"): ("dht_requests_skipped", "outstanding_full"),
     ("dht", "puzzle_unsolved_skipped"): ("dht_requests_skipped", "puzzle_unsolved"),
     ("leases", "offers_dropped"): ("worker_offers_dropped", "queue_full"),
+    ("leases", "refused_future_ts"): ("leases_facts_refused", "future_ts"),
+    ("leases", "refused_past_timeout"): ("leases_facts_refused", "past_timeout"),
+    ("leases", "refused_author_rate"): ("leases_facts_refused", "author_rate"),
+    ("gossip", "sender_over_rate"): ("gossip_announcements_dropped", "sender_over_rate"),
+    ("gossip", "forward_over_rate"): ("gossip_announcements_dropped", "forward_over_rate"),
+    ("blobs", "chunks_rejected"): ("blobs_chunks_refused", "invalid"),
+    ("blobs", "chunks_refused_full"): ("blobs_chunks_refused", "disk_full"),
+    ("blobs", "chunks_dropped_by_owner"): ("blobs_chunks_dropped", "owner"),
 }
+# /status sections that are not statistics (shown above, or configuration).
+NOT_STATISTICS = frozenset({"jobs", "replication"})
 _DROPPED = "dropped_"  # dht.dropped_<reason>: datagrams the protocol dropped, by reason
 
 
@@ -124,8 +145,10 @@ def status_metrics(status: dict[str, Any]) -> Iterator[Metric]:
         jobs.add_metric([name], count)
     yield jobs
     families: dict[str, Metric] = {}
-    for section in ("workers", "dht", "gossip", "leases", "jobs_api", "derive_cache", "crypto"):
-        for key, value in (status.get(section) or {}).items():
+    for section, stats in status.items():
+        if not isinstance(stats, dict) or section in NOT_STATISTICS:
+            continue
+        for key, value in stats.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             sample = classify(section, key)

@@ -26,16 +26,19 @@ from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer, SystemClock
 from workmesh.dht.storage import FactStore
 from workmesh.node import __version__
-from workmesh.node import leases, lifecycle, meshview
+from workmesh.node import blobs, leases, lifecycle, meshview
 from workmesh.node.config import NodeConfig
 from workmesh.node.derived import DerivedStates
 from workmesh.node.gossip import Gossip
-from workmesh.node.handlers import Registry
+from workmesh.node.handlers import BUILTINS, Registry
+from workmesh.node.insight import NodeInsight
 from workmesh.node.jobindex import JobIndex
 from workmesh.node.jobs import JobOperations
+from workmesh.node.mesh import Mesh
 from workmesh.node.metrics import Metrics
 from workmesh.node.reads import read_job
 from workmesh.node.replica import JobReplica
+from workmesh.node.samples import SAMPLE_HANDLERS
 from workmesh.node.worker import RunCpu, WorkerPool
 
 REANNOUNCE_BATCH = 256
@@ -93,7 +96,7 @@ class Node:
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random(os.urandom(16))
         self.log = (logger or structlog.get_logger()).bind(node_id=self.identity.node_id.hex()[:12])
-        self.registry = registry or Registry()
+        self.registry = registry or Registry(BUILTINS + SAMPLE_HANDLERS)
         self._close_pool: Callable[[], None] = lambda: None
         if run_cpu is None:
             run_cpu, self._close_pool = process_pool_runner(config.workers)
@@ -150,6 +153,8 @@ class Node:
         self.jobs.take_fresh = self.workers.take_fresh
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
         self.dht.register("api_address", self._rpc_api_address)
+        self.blobs = blobs.attach(self, in_memory=in_memory)
+        self.workers.mesh = Mesh(self, run_cpu)  # what handlers may do in the mesh (node/mesh.py)
         self._tasks: list[asyncio.Task] = []
         self._rejoining = False
         self._reannounce_wakeup: asyncio.Event | None = None
@@ -157,6 +162,10 @@ class Node:
         self.api_address: tuple[str, int] | None = None
         self.counters = {"reannounced": 0, "reannounce_over_budget": 0, "status_changes": 0}
         self.metrics = Metrics(self)
+        # fn(job_id, status, previous) on each status change that newly stored facts caused
+        # (previous "" = first seen); the dashboard's flow chart and event stream listen.
+        self.status_listeners: list[Callable[[bytes, str, str], None]] = []
+        self.insight = NodeInsight(self)
 
     def _monotonic(self) -> float:
         return self.clock.monotonic()
@@ -166,6 +175,7 @@ class Node:
         self.started_at = self._monotonic()
         self._reannounce_wakeup = asyncio.Event()
         self.store.open()
+        self.blobs.open()
         for key in self.store.keys():
             self._on_stored(key, [])
         bind = bind or bind_udp(self.config.host, self.config.p2p_port, self.config.advertise_host)
@@ -173,6 +183,7 @@ class Node:
         self._tasks = [
             self.dht.protocol.spawn(self.workers.run(), "workers"),
             self.dht.protocol.spawn(self._reannounce_loop(), "reannounce"),
+            self.dht.protocol.spawn(self.blobs.run(), "blobs"),
         ]
         self.log.info("node_started", p2p=f"{self.dht.address[0]}:{self.dht.address[1]}", workers=self.config.workers)
 
@@ -252,6 +263,8 @@ class Node:
             self.log.info(
                 "job_state", job_id=key.hex(), status=state.status, previous=previous or None, attempts=state.attempts
             )
+            for listener in self.status_listeners:
+                listener(key, state.status, previous)
         if self._reannounce_wakeup is not None:
             self._reannounce_wakeup.set()
         self._wake(key)
@@ -408,6 +421,7 @@ class Node:
             "jobs_api": dict(self.jobs.counters),
             "derive_cache": self.derived.statistics(),
             "crypto": verify_statistics(),
+            "blobs": self.blobs.statistics(),
         }
 
     def metrics_registry(self):

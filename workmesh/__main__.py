@@ -1,8 +1,9 @@
 """``workmesh`` and ``python -m workmesh``: the program's entry point.
 
-It sits above both halves: ``start`` and its flags come from
-``workmesh.node.cli`` (the node), the client commands from
-``workmesh.commands`` (REST calls to any node). Usage errors are one line.
+It sits above both halves: ``start``, ``mesh-key``, ``upload`` and
+``download`` come from ``workmesh.node.cli`` (and ``node/cli_blobs.py``),
+the client commands from ``workmesh.commands`` (REST calls to any node).
+Usage errors are one line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 from workmesh import commands
 from workmesh.node import cli as node_cli
+from workmesh.node import cli_blobs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +30,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            return parser.parse_args(argv)
+            return cli_blobs.parse_args(parser, argv)  # also a submit's payload after --blob
     except SystemExit as exc:
         lines = [line for line in err.getvalue().splitlines() if line.strip()]
         if lines:
@@ -42,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse(parser, argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    if args.command == "start":
-        return node_cli.start(args)
+    if args.command in node_cli.NODE_COMMANDS:
+        return node_cli.run_node_command(args)
     try:
         return commands.run(parser, args)
     except Exception as exc:  # a bug: still one line, never a traceback

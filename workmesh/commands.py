@@ -2,6 +2,7 @@
 
     workmesh submit sha256 '{"data": "x", "rounds": 1000}' --wait
     workmesh submit echo @payload.json            # or - for stdin
+    workmesh submit image.resize --blob image=photo.jpg '{"sizes": [[64, 64]]}'
     workmesh job ID [--wait [S]] [--history]
     workmesh cancel ID [--reason TEXT]
     workmesh list [--status S] [--all] [--mesh]
@@ -35,6 +36,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from workmesh.cli_http import DEFAULT_URL, Api, ApiError, Unreachable, problem_line
+from workmesh.node import cli_blobs
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 WAIT_CHUNK_S = 30.0  # one long poll (the API allows up to 60 s); progress is redrawn after each
@@ -42,6 +44,7 @@ LIST_PAGE = 500  # the API's largest page
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 USAGE_STATUSES = frozenset({400, 401, 403, 405, 413, 415, 422})
 COMMANDS = ("submit", "job", "cancel", "list", "peers", "types", "status", "watch", "completion")
+# --blob NAME=FILE (node/cli_blobs.py): upload FILE first, refer to it in the payload.
 
 
 class UsageError(Exception):
@@ -96,8 +99,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", parents=[common], help="submit a job",
                        description="Submit a job; print it (with --wait, once it finished).")
     p.add_argument("type", help="job type (see `workmesh types`)")
-    p.add_argument("payload", nargs="?", default="null",
-                   help="JSON text, @FILE for a file's JSON, or - for JSON on stdin (default: null)")
+    p.add_argument("payload", nargs="?", default="{}",
+                   help="JSON text, @FILE for a file's JSON, or - for JSON on stdin (default: {})")
+    cli_blobs.add_submit_options(p)
     p.add_argument("--max-attempts", type=int, help="attempts before the job fails")
     p.add_argument("--timeout-seconds", type=float, help="handler timeout of each attempt")
     p.add_argument("--lease-seconds", type=float, help="lease length of each attempt")
@@ -306,7 +310,15 @@ def wait_for(api: Api, job_id: str, wait_s: float, progress: Progress, *, first:
 
 
 def cmd_submit(api: Api, args: argparse.Namespace, out: Out) -> int:
-    body: dict[str, Any] = {"type": args.type, "payload": read_payload(args.payload)}
+    payload = read_payload(args.payload)
+    if args.blob:  # upload each --blob file first and refer to it in the payload
+        from workmesh.blobs_client import BlobError
+
+        try:
+            payload = cli_blobs.attach_blobs(payload, args.blob, api.url, args.token)
+        except (BlobError, OSError) as exc:
+            raise ApiError(f"--blob: {exc}") from None
+    body: dict[str, Any] = {"type": args.type, "payload": payload}
     for field in ("max_attempts", "timeout_seconds", "lease_seconds"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)

@@ -5,3 +5,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "simulations"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "simulations" / "lib"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "simulations" / "instruments"))

@@ -45,10 +45,16 @@ def image():
     subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=120)
 
 
-def test_the_image_serves_a_node_that_runs_a_job(image):
+def test_the_image_serves_a_node_that_runs_a_job(image, tmp_path):
     port = free_port()
     name = f"workmesh-test-{uuid.uuid4().hex[:8]}"
+    from workmesh.crypto.meshkey import write_mesh_key_file
+
+    key = tmp_path / "mesh.key"
+    write_mesh_key_file(str(key))
+    key.chmod(0o644)  # readable by the container's unprivileged user
     run = subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "-e", "WORKMESH_API_TOKEN=t0ken",
+                          "-v", f"{key}:/run/secrets/mesh_key:ro",
                           "-p", f"127.0.0.1:{port}:8000", image], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     try:

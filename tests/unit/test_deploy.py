@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,14 @@ def start_args(argv: list[str]):
     """Parse as the program would; a flag the parser does not know fails the test (SystemExit)."""
     assert argv[0] == "start", argv
     args = build_parser().parse_args(argv)
+    # Off loopback a node needs a mesh key (or --open-mesh) and a token (the env, in every file here).
+    assert args.host in ("127.0.0.1", "::1") or args.mesh_key or args.open_mesh, argv
+    if args.mesh_key:  # the files name where the key is mounted; check the values with a real key
+        from workmesh.crypto.meshkey import write_mesh_key_file
+
+        key = Path(tempfile.mkdtemp()) / "mesh.key"
+        write_mesh_key_file(str(key))
+        args.mesh_key = str(key)
     config_from_args(args)  # and the values make a valid configuration
     return args
 
@@ -67,6 +76,8 @@ def test_compose_is_a_three_node_mesh_bootstrapped_on_its_own_addresses():
         assert svc["volumes"][0].endswith(":" + args.data_dir)
         assert svc["ports"][0].endswith(f":{args.api_port}")
         assert "WORKMESH_API_TOKEN" in svc["environment"]  # 0.0.0.0 needs a token
+        assert svc["secrets"] == ["mesh_key"]
+    assert doc["secrets"]["mesh_key"]["file"] == "./mesh.key"
     for name, svc in services.items():
         boots = start_args(svc["command"]).bootstrap
         assert all(f"{h}:{p}" in addresses.values() for h, p in boots)
