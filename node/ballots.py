@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 
@@ -143,10 +143,10 @@ class Config:
 
     replicas: frozenset[bytes]
     byzantine: int = 0
+    quorum: int = field(default=0, compare=False)  # computed: quorum_size(r, byzantine)
 
-    @property
-    def quorum(self) -> int:
-        return quorum_size(len(self.replicas), self.byzantine)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quorum", quorum_size(len(self.replicas), self.byzantine))
 
     def is_quorum(self, ids: Iterable[bytes]) -> bool:
         return len(set(ids) & self.replicas) >= self.quorum

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
 
 from workmesh.node.ballots import (
     Ballot,
@@ -47,6 +48,15 @@ from workmesh.node.ballots import (
     choose,
     decided,
 )
+
+
+def replace(obj, **changes):
+    """``dataclasses.replace`` for the frozen slotted values here, without its
+    per-call field checks (the model checker calls it millions of times)."""
+    new = object.__new__(type(obj))
+    for name in type(obj).__slots__:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
+    return new
 
 RESENDS_MAX = 2  # ticks that re-send the current request before the round gives up
 
@@ -132,6 +142,8 @@ def _ready(rs: RoundState, cfg: Config, to: Iterable[bytes] | None = None) -> Re
     if rs.phase.over:
         return Ready(decided=decided(rs.seals, cfg) if rs.phase == Phase.DECIDED else None, phase=rs.phase)
     targets = tuple(sorted(cfg.replicas - rs.answered)) if to is None else tuple(to)
+    if not targets:
+        return Ready(phase=rs.phase)  # nothing to send now
     return Ready(send=rs.request(cfg), to=targets, phase=rs.phase)
 
 
