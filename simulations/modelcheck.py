@@ -410,7 +410,7 @@ QUICK = [  # complete searches of a few seconds each (tests/unit/test_modelcheck
     Setup(replicas=4, byzantine=1, attempts=1, tries=((W1, 1),), equivocate=True, liar=True),
 ]
 
-CAP = 400_000  # states per configuration of the full run (breadth first: every state up to a depth)
+CAP = 120_000  # states per configuration of the full run (breadth first: every state up to a depth)
 
 FULL = [
     Setup(replicas=3, attempts=1, tries=((W1, 1), (CX, 1))),

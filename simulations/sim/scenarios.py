@@ -18,7 +18,11 @@ accepted job to be decided. A scenario only adds the faults:
 * ``clockstep``: wall clocks of workers and replicas are stepped by +-1, 5
   and 30 s while 2 s leases are renewed (issue 13, item 4: a worker whose
   clock stepped back must neither lose its lease silently nor share its
-  attempt with a second worker).
+  attempt with a second worker);
+* ``cancelrace``: one node crashes for good early, and every job's submitter
+  cancels it 0.2-3.5 s after accepting it, racing results that are being
+  filed (issue 13, item 1: seals split 2/2 between a result and the cancel
+  when a replica is down).
 
 Fault times and victims come from the scenario's own seeded ``random.Random``.
 """
@@ -203,6 +207,44 @@ async def clockstep(run: Run) -> None:
     await _at(run, _spread(run.rng, steps, 0.05 * p.load_seconds, 0.9 * p.load_seconds), one)
 
 
+async def cancelrace(run: Run) -> None:
+    p = run.params
+    outcomes: dict[str, int] = {}
+    tasks: list[asyncio.Task] = []
+
+    async def cancel_later(job_id: bytes, node: str, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        sim = next((s for s in run.mesh.joined() if s.name == node), None)
+        if sim is None:
+            outcomes["submitter_gone"] = outcomes.get("submitter_gone", 0) + 1
+            return
+        try:
+            view = await sim.node.cancel(job_id, "race")
+            status = getattr(view, "status", "unknown")
+            key = f"answered_{status}"
+            if status in ("done", "failed", "cancelled"):
+                run.invariants.expect(job_id, status)  # a cancel answered "cancelled" must hold
+        except Exception as exc:  # a refusal (QuorumUnavailable, ...) is an outcome to count
+            key = f"refused_{type(exc).__name__}"
+        outcomes[key] = outcomes.get(key, 0) + 1
+        run.trace.event(f"cancel {job_id.hex()[:16]} {key}")
+
+    await asyncio.sleep(max(0.0, run.load_started + 0.05 * p.load_seconds - run.loop.time()))
+    victim = run.rng.choice(run.mesh.joined())
+    await run.crash(victim)
+    seen: set[bytes] = set()
+    end = run.load_started + p.load_seconds
+    while run.loop.time() < end:
+        for job_id, acc in list(run.accepted.items()):
+            if job_id not in seen:
+                seen.add(job_id)
+                tasks.append(asyncio.ensure_future(cancel_later(job_id, acc.node, run.rng.uniform(0.2, 3.5))))
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*tasks)
+    run.trace.event(f"cancels {sorted(outcomes.items())}")
+    run.cancel_outcomes = outcomes  # read by the figures of a large run
+
+
 WALL_OFFSET_MAX_MS = 29_500  # the clockstep scenario: how far a wall clock strays from true time
 
 SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
@@ -213,4 +255,5 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
     "loss": loss,
     "drift": drift,
     "clockstep": clockstep,
+    "cancelrace": cancelrace,
 }
