@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from workmesh.node.errors import BadRequest, JobNotFound, QuorumUnavailable, Unauthorized
 
-from workmesh.api import validation
+from workmesh.api import dashboard, validation
 from workmesh.api.errors import error_middleware
 from workmesh.api.openapi import build_spec, render_yaml
 from workmesh.api.ratelimit import TokenBuckets, ratelimit_middleware
@@ -209,6 +209,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/openapi.yaml", openapi_yaml)
+    dashboard.setup(app, service, auth=API_TOKEN in app, logger=logger)  # /ui/ and / (docs/operations.md, "Dashboard")
     return app
 
 

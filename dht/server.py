@@ -155,6 +155,7 @@ class DHTServer(Upkeep):
             "sync": self._rpc_sync,
         }
         self._verifying: set[bytes] = set()
+        self._verifying_addrs: set[tuple[str, int]] = set()
         self._met: OrderedDict[bytes, float] = OrderedDict()
         self._handoff: OrderedDict[tuple[bytes, bytes], Contact] = OrderedDict()
         self._handoff_wakeup = asyncio.Event()
@@ -196,6 +197,7 @@ class DHTServer(Upkeep):
             "lookups": 0,
             "contacts_revived": 0,
             "find_node_replies": 0,
+            "verifications_skipped": 0,
         }
 
     # ------------------------------------------------------------------ life
@@ -315,16 +317,28 @@ class DHTServer(Upkeep):
         return result
 
     def _verify_later(self, contact: Contact) -> None:
-        """A signed request proves the key; a reply to our ping proves the address."""
-        if contact.id in self._verifying or len(self._verifying) >= self.config.pending_verifications_max:
+        """A signed request proves the key; a reply to our ping proves the address.
+
+        Bounded: one verification per node id and one per source address at a
+        time (many keys behind one address earn one ping, not one each), and
+        ``pending_verifications_max`` in all; the ping is no larger than any
+        request that can cause it (a MAC'd ping, the smallest request there is)."""
+        if (
+            contact.id in self._verifying
+            or contact.addr in self._verifying_addrs
+            or len(self._verifying) >= self.config.pending_verifications_max
+        ):
+            self.stats["verifications_skipped"] += 1
             return
         self._verifying.add(contact.id)
+        self._verifying_addrs.add(contact.addr)
 
         async def verify() -> None:
             try:
                 await self._ping_contact(contact)
             finally:
                 self._verifying.discard(contact.id)
+                self._verifying_addrs.discard(contact.addr)
 
         self.protocol.spawn(verify(), "verify_contact")
 

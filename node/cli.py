@@ -5,6 +5,7 @@
     workmesh submit --api http://127.0.0.1:8001 sha256 '{"data": "x", "rounds": 1000}' --wait 10
     workmesh job --api http://127.0.0.1:8002 <id>
     workmesh status --api http://127.0.0.1:8003
+    workmesh mesh-key ./mesh.key     # then: workmesh start --mesh-key ./mesh.key ...
 """
 
 from __future__ import annotations
@@ -72,8 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--identity-puzzle-bits", type=int, default=0,
                        help="proof of work on node keys: peers whose key solves fewer bits are ignored, "
                        "and a new key for this node solves as many (0 = off; the mesh must agree)")
+    start.add_argument("--mesh-key", default=os.environ.get("WORKMESH_MESH_KEY_FILE"), metavar="FILE",
+                       help="private mesh: talk only to nodes holding this mesh key (file from "
+                       "`workmesh mesh-key`; env WORKMESH_MESH_KEY_FILE); required off loopback unless --open-mesh")
+    start.add_argument("--open-mesh", action="store_true",
+                       help="allow a node off loopback without a mesh key: any node may join (permissionless)")
+    start.add_argument("--contacts-per-prefix-max", type=int, default=0,
+                       help="routing-table contacts per /24 or /48 per bucket (0 = no limit; 2 is usual on the internet)")
     start.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     start.add_argument("--log-level", default="info")
+
+    key = sub.add_parser("mesh-key", help="write a new random mesh key to FILE (mode 0600; never overwrites)")
+    key.add_argument("file")
 
     for name, help_text in (("submit", "submit a job"), ("job", "show a job"), ("status", "show a node's status")):
         p = sub.add_parser(name, help=help_text)
@@ -91,12 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    """The node's config; raises ValueError (bad values) or CryptoError (an unreadable mesh key)."""
     byzantine = getattr(args, "byzantine", 0)
     ballots.check_settings(args.replicas, byzantine)
     least = ballots.quorum_size(args.replicas, byzantine)
     quorum = args.quorum or least
     if quorum < least:
         raise ValueError(f"--quorum {quorum} is below ceil((r + F + 1) / 2) = {least} for r = {args.replicas}, F = {byzantine}")
+    mesh_keys: tuple[bytes, ...] = ()
+    if args.mesh_key:
+        from workmesh.crypto.meshkey import load_mesh_keyring
+
+        mesh_keys = load_mesh_keyring(args.mesh_key).keys
     return NodeConfig(
         host=args.host,
         p2p_port=args.p2p_port,
@@ -107,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         workers=args.workers,
         api_token=args.api_token,
         dht=replace(
-            DHTConfig(), k=args.k, replicas=args.replicas, quorum=quorum, identity_puzzle_bits=args.identity_puzzle_bits
+            DHTConfig(), k=args.k, replicas=args.replicas, quorum=quorum, identity_puzzle_bits=args.identity_puzzle_bits,
+            mesh_keys=mesh_keys, contacts_per_prefix_max=args.contacts_per_prefix_max,
         ),
         lease_s=args.lease_seconds,
         max_attempts=args.max_attempts,
@@ -186,16 +204,42 @@ def _client(args: argparse.Namespace) -> int:
     return 0 if code < 400 else 1
 
 
+def _mesh_key(path: str) -> int:
+    from workmesh.crypto.meshkey import write_mesh_key_file
+
+    try:
+        write_mesh_key_file(path)
+    except FileExistsError:
+        print(f"workmesh: {path} exists; a mesh key file is never overwritten", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"workmesh: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote a new mesh key to {path}; give it to every node: workmesh start --mesh-key {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from workmesh.crypto.errors import CryptoError
+
     args = build_parser().parse_args(argv)
+    if args.command == "mesh-key":
+        return _mesh_key(args.file)
     if args.command != "start":
         return _client(args)
     if not _is_loopback(args.host) and not args.api_token:
         print("workmesh: a node that binds to a non-loopback address needs --api-token", file=sys.stderr)
         return 2
+    if not _is_loopback(args.host) and not args.mesh_key and not args.open_mesh:
+        print(
+            "workmesh: a node that binds to a non-loopback address needs --mesh-key FILE (a private mesh; "
+            "make one with `workmesh mesh-key FILE`) or --open-mesh (anyone may join)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+    except (ValueError, CryptoError) as exc:
         print(f"workmesh: {exc}", file=sys.stderr)
         return 2
     from workmesh.node.logs import configure

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from workmesh.dht.config import DHTConfig
 from workmesh.node.leases import LeaseRules
@@ -64,6 +64,14 @@ class NodeConfig:
     rate_limit_per_s: float | None = None
     log_format: str = "auto"  # "json", "console" or "auto" (json unless on a terminal)
     log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        # The API token also authorizes this node inside the protocol (crypto/tokenauth.py).
+        from workmesh.crypto.tokenauth import token_key
+
+        keys = (token_key(self.api_token),) if self.api_token else ()
+        if self.dht.token_keys != keys:
+            object.__setattr__(self, "dht", replace(self.dht, token_keys=keys))
 
     @property
     def replicas(self) -> int:

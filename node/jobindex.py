@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from workmesh.node import lifecycle
@@ -117,6 +118,10 @@ class JobIndex:
                     break
         more = out and out[-1] is not items[-1] and len(out) == limit
         return out, (out[-1].job_id if more else None)
+
+    def newest_first(self) -> Iterator[Summary]:
+        """Every summary, the job learned of last first (the dashboard's list; do not await while iterating)."""
+        return reversed(self._jobs.values())
 
     def counts(self) -> dict[str, int]:
         c = Counter(s.status for s in self._jobs.values())

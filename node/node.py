@@ -31,6 +31,7 @@ from workmesh.node.config import NodeConfig
 from workmesh.node.derived import DerivedStates
 from workmesh.node.gossip import Gossip
 from workmesh.node.handlers import Registry
+from workmesh.node.insight import NodeInsight
 from workmesh.node.jobindex import JobIndex
 from workmesh.node.jobs import JobOperations
 from workmesh.node.replica import JobReplica
@@ -151,6 +152,10 @@ class Node:
         self.started_at = 0.0
         self.api_address: tuple[str, int] | None = None
         self.counters = {"reannounced": 0, "reannounce_over_budget": 0, "status_changes": 0}
+        # fn(job_id, status, previous) on each status change that newly stored facts caused
+        # (previous "" = first seen); the dashboard's flow chart and event stream listen.
+        self.status_listeners: list[Callable[[bytes, str, str], None]] = []
+        self.insight = NodeInsight(self)
 
     def _monotonic(self) -> float:
         return self.clock.monotonic()
@@ -241,6 +246,8 @@ class Node:
             self.log.info(
                 "job_state", job_id=key.hex(), status=state.status, previous=previous or None, attempts=state.attempts
             )
+            for listener in self.status_listeners:
+                listener(key, state.status, previous)
         if self._reannounce_wakeup is not None:
             self._reannounce_wakeup.set()
         self._wake(key)

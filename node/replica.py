@@ -18,6 +18,7 @@ from workmesh.crypto.identity import Identity
 from workmesh.dht.server import Admission
 from workmesh.node import facts as F
 from workmesh.node import leases, lifecycle
+from workmesh.node.admission import AdmissionChecks
 from workmesh.node.ballots import Refusal, refusal_text
 from workmesh.node.errors import InvalidFact
 
@@ -53,6 +54,8 @@ class JobReplica:
         self._decoded_max = decoded_max
         # lifecycle.derive, or a memo of it (the node plugs in DerivedStates.of).
         self.derive: Callable[[Any], lifecycle.JobState | None] = lifecycle.derive
+        # Time stamps against our clock, the job's timeout on renews (node/admission.py).
+        self.checks = AdmissionChecks()
         self.counters: dict[str, int] = {
             "grants_issued": 0,
             "claims_refused": 0,
@@ -145,7 +148,9 @@ class JobReplica:
                 self.counters["renews_not_extended"] += 1
                 out.refused.append((index, refusal_text(Refusal.NOT_EXTENDED, "a renew dated at or before the stored one")))
                 continue
-            produced, reason = self._judge(fact, list(known.values()), obs, now)
+            reason = self.checks.judge(fact, submit, now, self.wall_ms())
+            if reason is None:
+                produced, reason = self._judge(fact, list(known.values()), obs, now)
             if reason is not None:
                 out.refused.append((index, reason))
                 continue
@@ -230,4 +235,4 @@ class JobReplica:
         self._on_stored(key, new)
 
     def statistics(self) -> dict[str, int]:
-        return {**self.counters, "observed_jobs": len(self._obs)}
+        return {**self.counters, "observed_jobs": len(self._obs), **self.checks.statistics()}

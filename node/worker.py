@@ -23,6 +23,7 @@ the rendezvous rank, so the best-ranked free worker claims first.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +42,20 @@ from workmesh.node.leases import LeaseRules
 from workmesh.node.reads import read_job
 
 RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
+
+
+def strict_json_outcome(value: Any) -> tuple[str, Any]:
+    """``(ok, value)``, or an error result when ``value`` holds NaN or
+    Infinity, which strict JSON (RFC 8259) cannot carry: Python's json would
+    write them as bare ``NaN`` tokens that clients cannot parse."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            return F.ERROR, {"error": "the handler's result holds NaN or Infinity, which JSON cannot carry"}
+    except (TypeError, RecursionError):
+        pass  # not JSON at all: node/claims.py turns that into an error result with its reason
+    return F.OK, value
 
 
 @dataclass(slots=True)
@@ -336,7 +351,7 @@ class WorkerPool:
             raise
         except Exception as exc:
             return F.ERROR, {"error": f"{type(exc).__name__}: {exc}"}
-        return F.OK, value
+        return strict_json_outcome(value)
 
     async def _renew_until(self, work: asyncio.Future, state: lifecycle.JobState, attempt: int) -> None:
         spec: F.Submit = state.submit.body

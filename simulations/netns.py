@@ -175,7 +175,13 @@ class NsNode(ProcNode):
             *[a for b in bootstrap for a in ("--bootstrap", b)],
             *self.args,
         ]
-        env = {**os.environ, "WORKMESH_API_TOKEN": self.token}
+        # Off loopback a node needs a mesh key (or --open-mesh): the run's nodes share one.
+        mesh_key = self.data_dir.parent / "mesh.key"
+        if not mesh_key.exists():  # the format of `workmesh mesh-key`: 32 random bytes in hex, mode 0600
+            fd = os.open(mesh_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+        env = {**os.environ, "WORKMESH_API_TOKEN": self.token, "WORKMESH_MESH_KEY_FILE": str(mesh_key)}
         with open(self.log_path, "ab") as log:
             # ip netns exec execs the command: the pid is the node's
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
