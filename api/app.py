@@ -210,6 +210,9 @@ def create_app(
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/openapi.yaml", openapi_yaml)
     dashboard.setup(app, service, auth=API_TOKEN in app, logger=logger)  # /ui/ and / (docs/operations.md, "Dashboard")
+    from workmesh.api import blobs as blobs_api  # POST /blobs, GET /blobs/{hash}
+
+    blobs_api.register(app)
     return app
 
 

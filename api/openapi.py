@@ -19,6 +19,7 @@ import re
 import sys
 from typing import Any
 
+from workmesh.api import blobs as blobs_api
 from workmesh.api import validation as v
 from workmesh.api.service import STATUSES
 
@@ -332,7 +333,7 @@ def build_spec(*, auth: bool, job_types: frozenset[str] = frozenset()) -> dict:
             "description": "Submit, inspect and cancel jobs on a peer-to-peer job mesh. Every node serves this API. "
             "Errors are RFC 9457 problem details." + (" Writes (POST) need a bearer token." if auth else ""),
         },
-        "paths": _paths(auth),
+        "paths": {**_paths(auth), **blobs_api.openapi_paths(auth)},
         "components": components,
     }
 

@@ -24,6 +24,7 @@ from dataclasses import replace
 
 from workmesh.dht.config import DHTConfig
 from workmesh.node import __version__, ballots
+from workmesh.node import cli_blobs
 from workmesh.node.config import NodeConfig
 
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython: 700)
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow a node off loopback without a mesh key: any node may join (permissionless)")
     start.add_argument("--contacts-per-prefix-max", type=int, default=0,
                        help="routing-table contacts per /24 or /48 per bucket (0 = no limit; 2 is usual on the internet)")
+    start.add_argument("--blob-max-bytes", type=int, default=2**30, help="largest blob accepted, bytes")
+    start.add_argument("--blob-disk-budget", type=int, default=10 * 2**30, help="chunk bytes kept on disk at most")
     start.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     start.add_argument("--log-level", default="info")
 
@@ -92,12 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token", default=os.environ.get("WORKMESH_API_TOKEN"))
         if name == "submit":
             p.add_argument("type")
-            p.add_argument("payload", help="JSON")
+            p.add_argument("payload", nargs="?", default="{}", help="JSON (default {})")
+            cli_blobs.add_submit_options(p)
             p.add_argument("--max-attempts", type=int)
             p.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the result")
         if name == "job":
             p.add_argument("id")
             p.add_argument("--wait", type=float, default=0.0)
+    cli_blobs.add_commands(sub)
     return parser
 
 
@@ -134,6 +139,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         byzantine=byzantine,
         log_format=args.log_format,
         log_level=args.log_level,
+        blob_bytes_max=args.blob_max_bytes,
+        blob_disk_bytes=args.blob_disk_budget,
     )
 
 
@@ -193,7 +200,8 @@ def _client(args: argparse.Namespace) -> int:
     elif args.command == "job":
         code, doc = _http("GET", f"{base}/jobs/{args.id}?wait={args.wait}", None, args.token)
     else:
-        body = {"type": args.type, "payload": json.loads(args.payload)}
+        payload = cli_blobs.attach_blobs(json.loads(args.payload), args.blob, base, args.token)
+        body = {"type": args.type, "payload": payload}
         if args.max_attempts:
             body["max_attempts"] = args.max_attempts
         wait_s = min(args.wait, 60.0)  # the API's bound on one wait
@@ -222,7 +230,9 @@ def _mesh_key(path: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     from workmesh.crypto.errors import CryptoError
 
-    args = build_parser().parse_args(argv)
+    args = cli_blobs.parse_args(build_parser(), argv)
+    if args.command in ("upload", "download"):
+        return cli_blobs.run(args)
     if args.command == "mesh-key":
         return _mesh_key(args.file)
     if args.command != "start":

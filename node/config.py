@@ -59,6 +59,10 @@ class NodeConfig:
     reannounce_backoff_min: float = 1 / 16
     # Jobs whose facts a node keeps in its local job index (for listing), at most.
     job_index_max: int = 200_000
+    # Blobs (node/blobs.py): bytes per blob at most (1 GiB), and chunk bytes
+    # this node keeps on disk at most (10 GiB; shown in /status as disk_bytes_budget).
+    blob_bytes_max: int = 2**30
+    blob_disk_bytes: int = 10 * 2**30
     # REST protection.
     max_body_bytes: int = 65_536
     rate_limit_per_s: float | None = None

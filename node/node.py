@@ -26,15 +26,17 @@ from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer, SystemClock
 from workmesh.dht.storage import FactStore
 from workmesh.node import __version__
-from workmesh.node import leases, lifecycle
+from workmesh.node import blobs, leases, lifecycle
 from workmesh.node.config import NodeConfig
 from workmesh.node.derived import DerivedStates
 from workmesh.node.gossip import Gossip
-from workmesh.node.handlers import Registry
+from workmesh.node.handlers import BUILTINS, Registry
 from workmesh.node.insight import NodeInsight
 from workmesh.node.jobindex import JobIndex
 from workmesh.node.jobs import JobOperations
+from workmesh.node.mesh import Mesh
 from workmesh.node.replica import JobReplica
+from workmesh.node.samples import SAMPLE_HANDLERS
 from workmesh.node.worker import RunCpu, WorkerPool
 
 REANNOUNCE_BATCH = 256
@@ -91,7 +93,7 @@ class Node:
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random(os.urandom(16))
         self.log = (logger or structlog.get_logger()).bind(node_id=self.identity.node_id.hex()[:12])
-        self.registry = registry or Registry()
+        self.registry = registry or Registry(BUILTINS + SAMPLE_HANDLERS)
         self._close_pool: Callable[[], None] = lambda: None
         if run_cpu is None:
             run_cpu, self._close_pool = process_pool_runner(config.workers)
@@ -146,6 +148,8 @@ class Node:
         self.jobs.derived = self.workers.derived = self.derived
         self.jobs.take_fresh = self.workers.take_fresh
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
+        self.blobs = blobs.attach(self, in_memory=in_memory)
+        self.workers.mesh = Mesh(self, run_cpu)  # what handlers may do in the mesh (node/mesh.py)
         self._tasks: list[asyncio.Task] = []
         self._rejoining = False
         self._reannounce_wakeup: asyncio.Event | None = None
@@ -165,6 +169,7 @@ class Node:
         self.started_at = self._monotonic()
         self._reannounce_wakeup = asyncio.Event()
         self.store.open()
+        self.blobs.open()
         for key in self.store.keys():
             self._on_stored(key, [])
         bind = bind or bind_udp(self.config.host, self.config.p2p_port, self.config.advertise_host)
@@ -172,6 +177,7 @@ class Node:
         self._tasks = [
             self.dht.protocol.spawn(self.workers.run(), "workers"),
             self.dht.protocol.spawn(self._reannounce_loop(), "reannounce"),
+            self.dht.protocol.spawn(self.blobs.run(), "blobs"),
         ]
         self.log.info("node_started", p2p=f"{self.dht.address[0]}:{self.dht.address[1]}", workers=self.config.workers)
 
@@ -373,6 +379,7 @@ class Node:
             "jobs_api": dict(self.jobs.counters),
             "derive_cache": self.derived.statistics(),
             "crypto": verify_statistics(),
+            "blobs": self.blobs.statistics(),
         }
 
     def metrics_registry(self):
