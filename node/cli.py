@@ -1,11 +1,12 @@
-"""The ``workmesh`` command: start a peer, or talk to one over REST.
+"""``workmesh start`` (its flags, its configuration, its event loop) and the node-side commands.
 
     workmesh start --p2p-port 7001 --api-port 8001 --data-dir ./n1
     workmesh start --p2p-port 7002 --api-port 8002 --data-dir ./n2 --bootstrap 127.0.0.1:7001
-    workmesh submit --api http://127.0.0.1:8001 sha256 '{"data": "x", "rounds": 1000}' --wait 10
-    workmesh job --api http://127.0.0.1:8002 <id>
-    workmesh status --api http://127.0.0.1:8003
     workmesh mesh-key ./mesh.key     # then: workmesh start --mesh-key ./mesh.key ...
+    workmesh upload FILE | download HASH -o FILE   (node/cli_blobs.py)
+
+The program's entry point (``workmesh/__main__.py``) adds the client commands
+of ``workmesh/commands.py`` (submit, job, cancel, list, ...) to this parser.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ import argparse
 import asyncio
 import gc
 import ipaddress
-import json
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import replace
 
 from workmesh.dht.config import DHTConfig
@@ -89,19 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     key = sub.add_parser("mesh-key", help="write a new random mesh key to FILE (mode 0600; never overwrites)")
     key.add_argument("file")
 
-    for name, help_text in (("submit", "submit a job"), ("job", "show a job"), ("status", "show a node's status")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--api", default="http://127.0.0.1:8000", help="base URL of any node")
-        p.add_argument("--token", default=os.environ.get("WORKMESH_API_TOKEN"))
-        if name == "submit":
-            p.add_argument("type")
-            p.add_argument("payload", nargs="?", default="{}", help="JSON (default {})")
-            cli_blobs.add_submit_options(p)
-            p.add_argument("--max-attempts", type=int)
-            p.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the result")
-        if name == "job":
-            p.add_argument("id")
-            p.add_argument("--wait", type=float, default=0.0)
     cli_blobs.add_commands(sub)
     return parser
 
@@ -180,38 +165,6 @@ async def run_node(config: NodeConfig) -> None:
     await node.stop()
 
 
-def _http(method: str, url: str, body: dict | None, token: str | None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
-def _client(args: argparse.Namespace) -> int:
-    base = args.api.rstrip("/")
-    if args.command == "status":
-        code, doc = _http("GET", f"{base}/status", None, args.token)
-    elif args.command == "job":
-        code, doc = _http("GET", f"{base}/jobs/{args.id}?wait={args.wait}", None, args.token)
-    else:
-        payload = cli_blobs.attach_blobs(json.loads(args.payload), args.blob, base, args.token)
-        body = {"type": args.type, "payload": payload}
-        if args.max_attempts:
-            body["max_attempts"] = args.max_attempts
-        wait_s = min(args.wait, 60.0)  # the API's bound on one wait
-        code, doc = _http("POST", f"{base}/jobs?wait={wait_s:g}" if wait_s > 0 else f"{base}/jobs", body, args.token)
-        if code == 202 and args.wait > wait_s:
-            code, doc = _http("GET", f"{base}/jobs/{doc['id']}?wait={min(60.0, args.wait - wait_s):g}", None, args.token)
-    print(json.dumps(doc, indent=2))
-    return 0 if code < 400 else 1
-
-
 def _mesh_key(path: str) -> int:
     from workmesh.crypto.meshkey import write_mesh_key_file
 
@@ -228,15 +181,27 @@ def _mesh_key(path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workmesh.crypto.errors import CryptoError
+    """The node-side commands alone; the ``workmesh`` program
+    (``workmesh/__main__.py``) adds the client commands."""
+    return run_node_command(cli_blobs.parse_args(build_parser(), argv))
 
-    args = cli_blobs.parse_args(build_parser(), argv)
+
+def run_node_command(args: argparse.Namespace) -> int:
+    """``start``, ``mesh-key``, ``upload`` or ``download``."""
     if args.command in ("upload", "download"):
         return cli_blobs.run(args)
     if args.command == "mesh-key":
         return _mesh_key(args.file)
-    if args.command != "start":
-        return _client(args)
+    return start(args)
+
+
+NODE_COMMANDS = frozenset({"start", "mesh-key", "upload", "download"})
+
+
+def start(args: argparse.Namespace) -> int:
+    """``workmesh start``: run a node until SIGTERM or SIGINT."""
+    from workmesh.crypto.errors import CryptoError
+
     if not _is_loopback(args.host) and not args.api_token:
         print("workmesh: a node that binds to a non-loopback address needs --api-token", file=sys.stderr)
         return 2

@@ -1,9 +1,9 @@
-"""Blobs in meshes of real node processes (``simulations/procmesh.py``).
+"""Blobs in meshes of real node processes (``simulations/lib/procmesh.py``).
 
 * a 20 MiB file uploaded to one node of five survives the SIGKILL of a
   replica of its chunks, and then of the uploader too: it downloads
   byte-identical from another node, and a ranged read returns the right
-  bytes (``simulations/blob_bench.py`` runs the 100 MiB form and reports MiB/s);
+  bytes (``simulations/instruments/blob_bench.py`` runs the 100 MiB form and reports MiB/s);
 * limits: a blob past the per-blob limit answers 413, one past the node's
   disk budget 507, whether its length is declared or it is streamed, and
   nothing of it stays, here or on the peers;

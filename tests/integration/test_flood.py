@@ -1,7 +1,7 @@
-"""A CI-sized bogus-signature flood (simulations/flood.py) against a real loopback mesh.
+"""A CI-sized bogus-signature flood (simulations/instruments/flood.py) against a real loopback mesh.
 
 The full figure (20,000 datagrams/s from 8 ports for 10 s) comes from
-``python simulations/flood.py``; this runs the same code at 5,000/s for 2 s.
+``python simulations/instruments/flood.py``; this runs the same code at 5,000/s for 2 s.
 Without the defences each forged datagram cost one Ed25519 verification
 (about 90 us: 10,000 of them are ~0.9 s of the node's CPU); with them, each
 source port is shut out after its failure burst and the rest cost a lookup.

@@ -4,15 +4,19 @@ Starts 3 local nodes, submits a bounded trickle of jobs (sleep, echo, a few
 failures) for ``--seconds``, then photographs node 0's dashboard in headless
 Chromium (Debian's ``chromium``; Playwright drives it).
 
-    .venv/bin/python simulations/dashboard_screenshot.py --out docs/dashboard.png
+    .venv/bin/python simulations/instruments/dashboard_screenshot.py --out docs/dashboard.png
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from headless import CHROMIUM_ARGS, find_chromium
 from procmesh import ProcMesh, http

@@ -1,6 +1,6 @@
 """A bogus-signature flood against one node of a loopback mesh, and its submit latency.
 
-    python simulations/flood.py --rate 20000 --seconds 10 --ports 8 [--mesh-key] [--out runs/flood]
+    python simulations/instruments/flood.py --rate 20000 --seconds 10 --ports 8 [--mesh-key] [--out runs/flood]
 
 Starts a mesh of ``--nodes`` real ``workmesh start`` processes on 127.0.0.1
 (``procmesh.ProcMesh``, no workers, so only submission is measured), then:
@@ -34,19 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from procmesh import ProcMesh, http  # noqa: E402
+from stats import percentile  # noqa: E402
 
 FORGED_DISTINCT = 4096  # distinct datagrams built, sent round robin
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))]
 
 
 def forged_datagrams(target_id: bytes, count: int) -> list[bytes]:

@@ -1,6 +1,6 @@
 """The blob show, full size: a 100 MiB file through a 5-node mesh of real processes.
 
-    .venv/bin/python simulations/blob_bench.py [--mib 100] [--nodes 5]
+    .venv/bin/python simulations/instruments/blob_bench.py [--mib 100] [--nodes 5]
 
 Uploads the file to node 0 (streamed, ``workmesh.blobs_client.put_blob``),
 SIGKILLs the node holding most of its chunks besides the uploader, downloads
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from procmesh import ProcMesh, http  # noqa: E402
 
