@@ -18,7 +18,7 @@ import sys
 from dataclasses import replace
 
 from workmesh.dht.config import DHTConfig
-from workmesh.node import __version__
+from workmesh.node import __version__, ballots
 from workmesh.node import cli_blobs
 from workmesh.node.config import NodeConfig
 
@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--api-token", default=os.environ.get("WORKMESH_API_TOKEN"),
                        help="bearer token for write endpoints (env WORKMESH_API_TOKEN); required off loopback")
     start.add_argument("--replicas", type=int, default=5, help="replicas per job (r)")
-    start.add_argument("--quorum", type=int, help="write quorum (default: majority of r)")
+    start.add_argument("--quorum", type=int, help="write quorum (default: ceil((r + F + 1) / 2), a majority when F = 0)")
+    start.add_argument("--byzantine", type=int, default=0, metavar="F",
+                       help="replicas per job that may lie (default 0): quorums of ceil((r + F + 1) / 2); "
+                       "needs r >= 3F + 1 (docs/guarantees.md)")
     start.add_argument("--k", type=int, default=20, help="Kademlia bucket size")
     start.add_argument("--lease-seconds", type=float, default=10.0, help="default lease length of a job")
     start.add_argument("--max-attempts", type=int, default=3, help="default attempts per job")
@@ -85,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     """The node's config; raises ValueError (bad values) or CryptoError (an unreadable mesh key)."""
-    quorum = args.quorum or args.replicas // 2 + 1
+    byzantine = getattr(args, "byzantine", 0)
+    ballots.check_settings(args.replicas, byzantine)
+    least = ballots.quorum_size(args.replicas, byzantine)
+    quorum = args.quorum or least
+    if quorum < least:
+        raise ValueError(f"--quorum {quorum} is below ceil((r + F + 1) / 2) = {least} for r = {args.replicas}, F = {byzantine}")
     mesh_keys: tuple[bytes, ...] = ()
     if args.mesh_key:
         from workmesh.crypto.meshkey import load_mesh_keyring
@@ -108,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         max_attempts=args.max_attempts,
         job_timeout_s=args.job_timeout,
         rate_limit_per_s=args.rate_limit,
+        byzantine=byzantine,
         log_format=args.log_format,
         log_level=args.log_level,
         blob_bytes_max=args.blob_max_bytes,

@@ -18,7 +18,7 @@ from workmesh.crypto.identity import Identity
 from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F
-from workmesh.node import keyed, lifecycle, placement
+from workmesh.node import ballots, keyed, lifecycle, placement
 from workmesh.node.derived import DerivedStates, local_state, state_of
 from workmesh.node.errors import (
     Conflict,
@@ -154,7 +154,11 @@ class JobOperations:
         # An odd count: with an even one, two subjects can each get half of
         # the seals and neither a majority.
         size = mesh if mesh % 2 else mesh - 1
-        return size, size // 2 + 1
+        byzantine = self.defaults.byzantine
+        if byzantine and size < 3 * byzantine + 1:
+            self.counters["submit_quorum_missed"] += 1
+            raise QuorumUnavailable(f"--byzantine {byzantine} needs {3 * byzantine + 1} replicas; this mesh has {mesh} nodes")
+        return size, ballots.quorum_size(size, byzantine)
 
     async def _widen_thin_view(self) -> None:
         """Before placing a job from a view of fewer than r nodes, look this
