@@ -279,7 +279,7 @@ class Claims:
             self.identity, F.RESULT, F.Result(state.job_id, attempt, kind, data_json, tuple(grants), self.wall_ms())
         )
         self.counters["results_ok" if kind == F.OK else "results_error"] += 1
-        final = kind == F.OK or attempt >= spec.max_attempts
+        final = kind == F.OK or attempt >= spec.max_attempts or F.is_permanent_error(kind, data_json)
         await self.file(state, result)
         log.info("execution_finished", attempt=attempt, outcome=kind, final=final)
         return final
