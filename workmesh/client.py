@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from workmesh import blobs_client
 from workmesh.contract import BATCH_JOBS_MAX, LIST_LIMIT_MAX, TERMINAL_STATUSES, WAIT_S_MAX
 
 PROBLEM_PREFIX = "urn:workmesh:problem:"
@@ -311,6 +312,7 @@ class _Plan:
         self.current = 0  # the node that answered last: tried first
         self.timeout = float(timeout)
         self.rounds = max(1, rounds)
+        self.token = token
         self.headers = {"Accept": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -373,6 +375,27 @@ def _submit_request(job_type: str, payload: Any, max_attempts: int | None, timeo
 def _cancel_request(job_id: str, reason: str | None) -> Request:
     return Request("POST", f"/jobs/{job_id}/cancel", {"reason": reason} if reason else None,
                    {"Content-Type": "application/json"})
+
+
+def _blob_call(plan: _Plan, call: Any) -> Any:
+    """Run a streamed blob transfer ``call(base_url)`` at the current node,
+    and at the next ones while a node cannot be reached (refused, reset,
+    timed out). A node's own answer (404, 413, 507) is final."""
+    failures: list[str] = []
+    n = len(plan.nodes)
+    for i in range(n):
+        index = (plan.current + i) % n
+        node = plan.nodes[index]
+        try:
+            out = call(node)
+        except blobs_client.BlobError as exc:
+            raise problem_error(exc.problem, exc.status, node) from None
+        except OSError as exc:
+            failures.append(f"{node}: {exc}")
+            continue
+        plan.current = index
+        return out
+    raise ConnectionFailed("no node could be reached for the blob transfer", failures)
 
 
 # -- the blocking client ---------------------------------------------------------
@@ -487,6 +510,20 @@ class Client:
             if not after:
                 return
 
+    def put_blob(self, source: Any, *, progress: Any = None) -> dict:
+        """Upload a path, bytes or binary file object, streamed: ``{"hash", "size"}``.
+        A file object is read once, so it is not resent to another node."""
+        retry_safe = isinstance(source, (str, bytes, bytearray)) or hasattr(source, "__fspath__")
+        plan = self._plan if retry_safe else _Plan([self._plan.nodes[self._plan.current]], self._plan.token, self._plan.timeout, 1)
+        return _blob_call(plan, lambda node: blobs_client.put_blob(node, source, token=self._plan.token, progress=progress))
+
+    def get_blob(self, hash: str, dest: Any = None, *, byte_range: tuple[int, int] | None = None,
+                 progress: Any = None) -> int | bytes:
+        """Download a blob, streamed, into ``dest`` (a path or binary file
+        object: the byte count) or, without ``dest``, as bytes."""
+        return _blob_call(self._plan, lambda node: blobs_client.get_blob(
+            node, hash, dest, byte_range=byte_range, progress=progress))
+
     def status(self) -> dict:
         """The status document of the node the client talks to."""
         doc, _ = self._send(Request("GET", "/status"))
@@ -505,6 +542,19 @@ class AsyncClient:
     @property
     def nodes(self) -> list[str]:
         return list(self._plan.nodes)
+
+    async def put_blob(self, source: Any, *, progress: Any = None) -> dict:
+        """:meth:`Client.put_blob`, streamed in a worker thread."""
+        retry_safe = isinstance(source, (str, bytes, bytearray)) or hasattr(source, "__fspath__")
+        plan = self._plan if retry_safe else _Plan([self._plan.nodes[self._plan.current]], self._plan.token, self._plan.timeout, 1)
+        return await asyncio.to_thread(
+            _blob_call, plan, lambda node: blobs_client.put_blob(node, source, token=self._plan.token, progress=progress))
+
+    async def get_blob(self, hash: str, dest: Any = None, *, byte_range: tuple[int, int] | None = None,
+                       progress: Any = None) -> int | bytes:
+        """:meth:`Client.get_blob`, streamed in a worker thread."""
+        return await asyncio.to_thread(_blob_call, self._plan, lambda node: blobs_client.get_blob(
+            node, hash, dest, byte_range=byte_range, progress=progress))
 
     async def aclose(self) -> None:
         await self._http.aclose()
