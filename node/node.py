@@ -34,6 +34,7 @@ from workmesh.node.handlers import Registry
 from workmesh.node.jobindex import JobIndex
 from workmesh.node.jobs import JobOperations
 from workmesh.node.replica import JobReplica
+from workmesh.node.watch import JobWatch
 from workmesh.node.worker import RunCpu, WorkerPool
 
 REANNOUNCE_BATCH = 256
@@ -131,7 +132,7 @@ class Node:
             seen_max=config.gossip_seen_max,
             rng=self.rng,
         )
-        self._waiters: dict[bytes, asyncio.Event] = {}
+        self.watch = JobWatch()
         self.jobs = JobOperations(
             self.identity,
             self.dht,
@@ -140,7 +141,7 @@ class Node:
             defaults=config,
             wall_ms=self.clock.wall_ms,
             announce=self._announce_new,
-            waiters=self._waiters,
+            watch=self.watch,
         )
         self.jobs.derived = self.workers.derived = self.derived
         self.jobs.take_fresh = self.workers.take_fresh
@@ -247,9 +248,7 @@ class Node:
 
     def _wake(self, key: bytes) -> None:
         """Wake clients waiting (``?wait``) on this job."""
-        event = self._waiters.get(key)
-        if event is not None:
-            event.set()
+        self.watch.notify(key)
 
     def _replica_rank(self, key: bytes, state: lifecycle.JobState) -> int:
         """Our position among the job's replicas: 0 speaks first. A placed job
@@ -364,6 +363,7 @@ class Node:
             },
             "leases": {**self.replica.statistics(), **self.workers.statistics()},
             "jobs_api": dict(self.jobs.counters),
+            "waits": self.watch.statistics(),
             "derive_cache": self.derived.statistics(),
             "crypto": verify_statistics(),
         }
