@@ -65,7 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--lease-seconds", type=float, default=10.0, help="default lease length of a job")
     start.add_argument("--max-attempts", type=int, default=3, help="default attempts per job")
     start.add_argument("--job-timeout", type=float, default=300.0, help="default handler timeout, seconds")
-    start.add_argument("--rate-limit", type=float, help="REST requests per second per client")
+    start.add_argument("--rate-limit", type=float,
+                       help="REST requests per second per client, for every client, loopback too "
+                       "(default: only clients off loopback are limited, see --remote-rate-limit)")
+    start.add_argument("--remote-rate-limit", type=float, default=100.0,
+                       help="REST requests per second per client off loopback when --rate-limit is unset (0 = none)")
+    start.add_argument("--rate-burst", type=int, default=100, help="requests a rate-limited client may burst")
+    start.add_argument("--long-polls-max", type=int, default=1000,
+                       help="open long polls (?wait=) on this node; more are answered 503 with Retry-After")
+    start.add_argument("--long-polls-per-client", type=int, default=100,
+                       help="open long polls per rate-limited client; more are answered 429 with Retry-After")
+    start.add_argument("--connections-max", type=int, default=4096,
+                       help="open HTTP connections; more get 503 with Retry-After (GET /healthz still 200)")
+    start.add_argument("--allowed-host", action="append", default=[], metavar="HOST",
+                       help="a name the Host header may carry (repeat, or comma-separate; '*' = any). Default: "
+                       "localhost, 127.0.0.1 and ::1 on a loopback node, any name otherwise")
     start.add_argument("--identity-puzzle-bits", type=int, default=0,
                        help="proof of work on node keys: peers whose key solves fewer bits are ignored, "
                        "and a new key for this node solves as many (0 = off; the mesh must agree)")
@@ -105,6 +119,12 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         max_attempts=args.max_attempts,
         job_timeout_s=args.job_timeout,
         rate_limit_per_s=args.rate_limit,
+        remote_rate_limit_per_s=args.remote_rate_limit,
+        rate_burst=args.rate_burst,
+        long_polls_max=args.long_polls_max,
+        long_polls_per_client_max=args.long_polls_per_client,
+        connections_max=args.connections_max,
+        allowed_hosts=tuple(h.strip() for given in args.allowed_host for h in given.split(",") if h.strip()),
         log_format=args.log_format,
         log_level=args.log_level,
     )
@@ -121,14 +141,53 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
 
 
+def rest_limits(config: NodeConfig):
+    """The REST limits of ``config`` (api/limits.py), with the open-file limit
+    raised to fit ``connections_max`` (or the cap lowered to fit it)."""
+    from workmesh.api.limits import RestLimits, default_hosts
+
+    return RestLimits(
+        rate_per_s=config.rate_limit_per_s,
+        remote_rate_per_s=config.remote_rate_limit_per_s,
+        rate_burst=config.rate_burst,
+        long_polls_max=config.long_polls_max,
+        long_polls_per_client_max=config.long_polls_per_client_max,
+        connections_max=_fit_open_files(config.connections_max),
+        hosts=config.allowed_hosts or default_hosts(config.host, config.advertise_host),
+    )
+
+
+FILES_SPARE = 256  # open files kept for the store, sockets and logs beside HTTP connections
+
+
+def _fit_open_files(connections_max: int) -> int:
+    """Raise this process's soft limit of open files towards its hard limit so
+    ``connections_max`` connections fit; if they cannot, cap them below it
+    (past the limit, accept() fails and the listener stops for a second)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = connections_max + FILES_SPARE
+        if soft != resource.RLIM_INFINITY and soft < want:
+            soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if soft != resource.RLIM_INFINITY:
+            return max(1, min(connections_max, soft - FILES_SPARE))
+    except (ImportError, OSError, ValueError):
+        pass
+    return connections_max
+
+
 async def run_node(config: NodeConfig) -> None:
     from workmesh.api.app import create_app, run_api
     from workmesh.node.node import Node
 
+    limits = rest_limits(config)
     node = Node(config)
     await node.start()
     app = create_app(node, api_token=config.api_token, max_body_bytes=config.max_body_bytes,
-                     rate_limit_per_s=config.rate_limit_per_s, logger=node.log)
+                     logger=node.log, limits=limits)
     runner = await run_api(app, config.host, config.api_port)
     sockets = [s.getsockname() for site in runner.sites for s in (site._server.sockets if site._server else [])]
     if sockets:
@@ -186,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = config_from_args(args)
+        rest_limits(config)  # refuse bad REST limits before starting anything
     except ValueError as exc:
         print(f"workmesh: {exc}", file=sys.stderr)
         return 2

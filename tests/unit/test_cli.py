@@ -17,3 +17,33 @@ def test_a_node_started_with_a_puzzle_gets_a_key_that_solves_it(tmp_path):
     assert puzzle_bits(node.identity.public_key) >= 8
     # Restarted on the same data dir: the same (solved) key.
     assert Node(config).identity.public_key == node.identity.public_key
+
+
+def _start(*flags: str):
+    return config_from_args(build_parser().parse_args(["start", "--data-dir", "d", *flags]))
+
+
+def test_rest_limit_flags_reach_the_limits():
+    from workmesh.node.cli import rest_limits
+
+    limits = rest_limits(_start())
+    assert limits.rate_per_s is None and limits.remote_rate_per_s == 100.0 and limits.rate_burst == 100
+    assert (limits.long_polls_max, limits.long_polls_per_client_max) == (1000, 100)
+    assert set(limits.hosts) == {"localhost", "127.0.0.1", "::1"}, "a loopback node checks Host by default"
+    limits = rest_limits(_start(
+        "--rate-limit", "7", "--remote-rate-limit", "0", "--rate-burst", "9", "--long-polls-max", "11",
+        "--long-polls-per-client", "3", "--connections-max", "500",
+        "--allowed-host", "mesh.example,other.example", "--allowed-host", "third.example",
+    ))
+    assert (limits.rate_per_s, limits.remote_rate_per_s, limits.rate_burst) == (7.0, 0.0, 9)
+    assert (limits.long_polls_max, limits.long_polls_per_client_max, limits.connections_max) == (11, 3, 500)
+    assert limits.hosts == ("mesh.example", "other.example", "third.example")
+    assert rest_limits(_start("--host", "0.0.0.0", "--api-token", "t")).hosts == (), "off loopback: no check"
+
+
+def test_bad_rest_limits_refuse_to_start(capsys):
+    from workmesh.node.cli import main
+
+    assert main(["start", "--data-dir", "d", "--long-polls-max", "0"]) == 2
+    assert main(["start", "--data-dir", "d", "--rate-limit", "0"]) == 2
+    assert "workmesh:" in capsys.readouterr().err
