@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--connections-max", type=int, default=4096,
                        help="open HTTP connections; more get 503 with Retry-After (GET /healthz still 200)")
     start.add_argument("--allowed-host", action="append", default=[], metavar="HOST",
-                       help="a name the Host header may carry (repeat, or comma-separate; '*' = any). Default: "
-                       "localhost, 127.0.0.1 and ::1 on a loopback node, any name otherwise")
+                       help="a name the Host header may carry besides the defaults (repeat, or comma-separate; "
+                       "'*' = any). Default: localhost, 127.0.0.1 and ::1 on a loopback node; any name on "
+                       "other nodes until one is given")
     start.add_argument("--identity-puzzle-bits", type=int, default=0,
                        help="proof of work on node keys: peers whose key solves fewer bits are ignored, "
                        "and a new key for this node solves as many (0 = off; the mesh must agree)")
@@ -153,7 +154,8 @@ def rest_limits(config: NodeConfig):
         long_polls_max=config.long_polls_max,
         long_polls_per_client_max=config.long_polls_per_client_max,
         connections_max=_fit_open_files(config.connections_max),
-        hosts=config.allowed_hosts or default_hosts(config.host, config.advertise_host),
+        # A loopback node's own names stay allowed: no page can rebind them.
+        hosts=tuple(dict.fromkeys([*default_hosts(config.host, config.advertise_host), *config.allowed_hosts])),
     )
 
 

@@ -68,8 +68,9 @@ class NodeConfig:
     long_polls_per_client_max: int = 100
     # Open HTTP connections at once; more get a canned 503 (GET /healthz: 200).
     connections_max: int = 4096
-    # Host header names the API answers to; empty: its loopback names when
-    # bound to loopback, any otherwise; ("*",): any.
+    # Host header names the API answers to besides its loopback names (a
+    # node bound to loopback); a node bound elsewhere answers to any name
+    # unless some are given. ("*",): any.
     allowed_hosts: tuple[str, ...] = ()
     log_format: str = "auto"  # "json", "console" or "auto" (json unless on a terminal)
     log_level: str = "info"

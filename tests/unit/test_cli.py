@@ -37,8 +37,10 @@ def test_rest_limit_flags_reach_the_limits():
     ))
     assert (limits.rate_per_s, limits.remote_rate_per_s, limits.rate_burst) == (7.0, 0.0, 9)
     assert (limits.long_polls_max, limits.long_polls_per_client_max, limits.connections_max) == (11, 3, 500)
-    assert limits.hosts == ("mesh.example", "other.example", "third.example")
+    assert limits.hosts == ("localhost", "127.0.0.1", "::1", "mesh.example", "other.example", "third.example")
     assert rest_limits(_start("--host", "0.0.0.0", "--api-token", "t")).hosts == (), "off loopback: no check"
+    named = rest_limits(_start("--host", "0.0.0.0", "--api-token", "t", "--allowed-host", "mesh.example"))
+    assert named.hosts == ("mesh.example",)
 
 
 def test_bad_rest_limits_refuse_to_start(capsys):
