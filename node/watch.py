@@ -111,7 +111,10 @@ class JobWatch:
             await asyncio.wait([pending])  # our cancellation does not cancel it
             if not pending.cancelled():
                 self.counters["reads_shared"] += 1
-                return pending.result()
+                try:
+                    return pending.result()
+                finally:
+                    pending = None  # no cycle: exception -> traceback -> this frame -> future -> exception
             # Its reader went away mid-read: read ourselves.
         pending = entry.reading = asyncio.get_running_loop().create_future()
         self.counters["reads"] += 1
@@ -128,6 +131,9 @@ class JobWatch:
             pending.set_result(state)
             entry.state = state
         finally:
+            # The exception's traceback holds this frame: drop the future so
+            # a failed read (a 404) is freed at once, not by the collector.
+            pending = None
             entry.reading = None
             entry.backoff(self._monotonic())
         entry.fire()  # the other waiters of this job see what was read

@@ -148,3 +148,37 @@ async def test_reads_back_off_to_the_maximum_interval():
             gaps.append(round(entry.due_at - now[0], 3))
             assert not watch.read_due(entry)
     assert gaps == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
+
+
+async def test_a_failed_read_is_freed_at_once_not_by_the_collector():
+    """A 404 must not leave a reference cycle (exception -> traceback -> frame
+    -> future -> exception): under a flood of random ids such cycles pile up
+    between collections and the node's memory does not come back."""
+    import gc
+    import weakref
+
+    class Gone(LookupError):
+        pass
+
+    watch = JobWatch()
+    refs = []
+
+    async def read() -> str:
+        raise Gone("no such job")
+
+    gc.disable()
+    try:
+        for shared in (1, 3):
+            async def waiter() -> None:
+                with watch.watching(JOB, 0.05, 1.0) as entry:
+                    try:
+                        await watch.refresh(entry, read)
+                    except Gone as exc:
+                        refs.append(weakref.ref(exc))
+
+            await asyncio.gather(*(waiter() for _ in range(shared)))
+            assert len(refs) == shared
+            assert all(ref() is None for ref in refs), f"the exception of a read shared by {shared} outlived it"
+            refs.clear()
+    finally:
+        gc.enable()
