@@ -452,9 +452,7 @@ class DHTServer(Upkeep):
             # A lookup cut short by lost replies: fall back on contacts we know.
             for c in seeds:
                 everyone.setdefault(c.id, c)
-        # Keep all a lookup found (up to k): a wider read of the same key
-        # right after (a miss, a placement) needs no second lookup.
-        closest = sorted(everyone.values(), key=target.distance_to)[: max(wanted, self.config.k)]
+        closest = sorted(everyone.values(), key=target.distance_to)[:wanted]
         remember(self._replica_cache, key, (now, closest), 4096)
         return closest[:count]
 

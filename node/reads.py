@@ -4,22 +4,24 @@ A job's facts live on the r nodes closest to its key *and* on the replicas
 its placement names (the two sets drift apart as nodes join and leave). A
 read asks the closest nodes plus the placement replicas this node knows of;
 when the answers reveal a placement it had not asked, it asks those too.
-When nobody knows the job, it asks the 2r closest nodes it has not asked yet
-(from the same lookup) before it answers "not found"; and at most once per
-``REVIVE_ON_MISS_EVERY_S`` it first pings contacts it evicted (the far side
-of a partition that just healed).
+When nobody knows the job, it asks the 2r closest nodes it knows and has not
+asked yet (from the same lookup and its routing table) before it answers
+"not found"; at most once per ``REVIVE_ON_MISS_EVERY_S`` it first pings
+contacts it evicted (the far side of a partition that just healed).
 
 What a read of an id nobody knows costs, then: one lookup and at most 2r
 record requests (r, then the r next closest), plus, once per
-``REVIVE_ON_MISS_EVERY_S`` on the whole node, ``REVIVE_ON_MISS`` pings (and
-a lookup of its own, when one of them answers). A flood of random ids cannot
-make a node ask more per read, nor stall reads behind rounds of pings.
+``REVIVE_ON_MISS_EVERY_S`` on the whole node, ``REVIVE_ON_MISS`` pings (and,
+when one of them answers, the lookups that renew this node's view). A flood
+of random ids cannot make a node ask more per read, nor stall reads behind
+rounds of pings.
 """
 
 from __future__ import annotations
 
 import weakref
 
+from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer
 from workmesh.node import lifecycle, placement
 from workmesh.node.derived import DerivedStates, local_state, state_of
@@ -51,14 +53,16 @@ async def read_job(
         # the r closest (placed past nodes that did not answer, or a
         # partition healed, or nodes joined); a miss is rare for a real job,
         # so search twice as wide once, waiting for every answer, before
-        # answering "not found": the next closest from the same lookup.
-        asked = {c.id for c in await dht.replicas_for(job_id)} | set(placed)
+        # answering "not found": the next closest this node knows, from the
+        # same lookup and its routing table (no second lookup).
+        closest = await dht.replicas_for(job_id)  # what the read just looked up (cached)
+        asked = {c.id for c in closest} | set(placed)
         if dht.has_dormant() and _may_revive(dht):
             # Before that, try the contacts we evicted: after a partition they
-            # may be the other half (a revival renews the view; the wider read
-            # then looks up again).
+            # may be the other half (they rejoin the routing table).
             await dht.revive(REVIVE_ON_MISS)
-        facts, wider = await dht.fetch(job_id, replicas=WIDER_READ * dht.config.replicas, until_found=True, skip=asked)
+        wider_ids = [i for i in _wider(dht, job_id, closest) if i not in asked]
+        facts, wider = await dht.fetch(job_id, also=wider_ids, until_found=True, skip=asked)
         state = state_of(derived, facts)
         answered += wider
     if state is not None and state.replicas and not placed:
@@ -69,6 +73,17 @@ async def read_job(
     if state is not None and local is not None:
         _keep_up(dht, job_id, facts)
     return state, answered
+
+
+def _wider(dht: DHTServer, job_id: bytes, closest: list) -> list[bytes]:
+    """The ``WIDER_READ`` * r closest nodes to the job that this node knows:
+    from the lookup the read just made and from its routing table (so the
+    ones not asked yet are contacts: no lookup finds them again)."""
+    target = target_node(job_id)
+    known = {c.id: c for c in dht.router.find_neighbors(target, k=WIDER_READ * dht.config.replicas)}
+    known.update((c.id, c) for c in closest)
+    ranked = sorted(known.values(), key=target.distance_to)
+    return [c.id for c in ranked[: WIDER_READ * dht.config.replicas]]
 
 
 def _may_revive(dht: DHTServer) -> bool:
