@@ -138,7 +138,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def node_status(request: web.Request) -> web.Response:
-    return web.json_response({**request.app[SERVICE].status(), "api": request.app[REQUEST_LIMITS].statistics()})
+    return web.json_response({**request.app[SERVICE].status(), "rest": request.app[REQUEST_LIMITS].statistics()})
 
 
 async def metrics(request: web.Request) -> web.Response:

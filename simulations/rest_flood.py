@@ -134,7 +134,7 @@ def random_gets(mesh: ProcMesh, count: int, wait_s: float = 0.1, warmup: int = 2
 def _drained(status: dict) -> dict | None:
     """The status document once no wait is open on the node, else None."""
     waits = status.get("waits")
-    api = status.get("api")
+    api = status.get("rest")
     if waits is None or api is None:  # a node without these counters (older code)
         return status
     return status if waits["waiting"] == 0 and api["long_polls"] == 0 else None
@@ -162,7 +162,7 @@ async def _long_polls(url: str, job_id: str, count: int, wait_s: float, deadline
             held = 0
             while time.monotonic() < min(deadline, started + wait_s - 5):
                 async with probe.get(f"{url}/status") as resp:
-                    held = (await resp.json()).get("api", {}).get("long_polls", 0)
+                    held = (await resp.json()).get("rest", {}).get("long_polls", 0)
                 if held + len(results) >= count:
                     break
                 await asyncio.sleep(0.2)
@@ -211,7 +211,7 @@ def long_polls(mesh: ProcMesh, count: int, wait_s: float = 60.0, deadline_s: flo
     if code != 202:
         raise RuntimeError(f"submit answered {code}: {job}")
     out = asyncio.run(_long_polls(url, job["id"], count, wait_s, time.monotonic() + deadline_s))
-    out["api"] = _status(url).get("api")
+    out["rest"] = _status(url).get("rest")
     return out
 
 

@@ -21,7 +21,7 @@ import socket
 
 import pytest
 
-from procmesh import ProcMesh
+from procmesh import ProcMesh, http
 from rest_flood import joined, long_polls, random_gets, read_cost
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def test_long_polls_beyond_the_cap_get_503_with_retry_after_and_healthz_answers(
     assert out["refused_with_retry_after"] == out["refused"] == 2 * POLLS_MAX
     assert out["refused_answer_s_max"] < 10, "the excess is refused at once, not after the wait"
     assert out["healthz_ok"] == out["healthz_tries"] == 20
-    assert out["api"]["long_polls"] == 0 and out["api"]["long_polls_refused"] == 2 * POLLS_MAX
+    assert out["rest"]["long_polls"] == 0 and out["rest"]["long_polls_refused"] == 2 * POLLS_MAX
 
 
 def _raw_status(url: str, host: bytes) -> bytes:
@@ -72,6 +72,9 @@ def test_a_loopback_node_refuses_a_foreign_host_unless_allowed(mesh):
     assert _raw_status(url, b"127.0.0.1:" + port).startswith(b"HTTP/1.1 200")
     assert _raw_status(url, b"localhost:" + port).startswith(b"HTTP/1.1 200")
     assert _raw_status(url, b"rebound.example:" + port).startswith(b"HTTP/1.1 403")
+    # The limits' counters sit beside the node's own fields, not over them.
+    code, status = http("GET", f"{url}/status")
+    assert code == 200 and status["api"] == f"127.0.0.1:{port.decode()}" and "long_polls" in status["rest"]
     allowing = mesh.nodes[2].url
     assert _raw_status(allowing, b"mesh.example").startswith(b"HTTP/1.1 200")
     assert _raw_status(allowing, b"rebound.example").startswith(b"HTTP/1.1 403")

@@ -131,7 +131,7 @@ async def test_a_foreign_host_header_is_refused_403_on_a_loopback_node(serve):
     resp, _ = await submit(client, headers={"Host": "rebound.example"})
     assert resp.status == 403
     resp, body = await call(client, "GET", "/status")
-    assert body["api"]["host_refused"] == 5
+    assert body["rest"]["host_refused"] == 5
 
 
 async def test_allowed_hosts_are_configurable(serve):
@@ -179,8 +179,8 @@ async def test_long_polls_beyond_the_cap_get_503_with_retry_after(serve):
     service.release.set()
     assert [r.status for r in await asyncio.gather(*polls)] == [200] * 5
     resp, body = await call(client, "GET", "/status")
-    assert body["api"]["long_polls"] == 0 and body["api"]["long_polls_refused"] == 2
-    assert body["api"]["long_polls_max_seen"] == 5
+    assert body["rest"]["long_polls"] == 0 and body["rest"]["long_polls_refused"] == 2
+    assert body["rest"]["long_polls_max_seen"] == 5
 
 
 async def test_a_client_off_loopback_gets_429_beyond_its_share_of_long_polls(serve):
