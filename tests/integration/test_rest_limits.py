@@ -1,6 +1,6 @@
 """REST limits on real ``workmesh start`` processes (loopback only), CI-sized.
 
-The same scenarios as ``simulations/rest_flood.py`` (which runs them full
+The same scenarios as ``simulations/instruments/rest_flood.py`` (which runs them full
 size: 50,000 random-id GETs, 2,000 concurrent long polls, a 25-node mesh),
 bounded here in count and time:
 

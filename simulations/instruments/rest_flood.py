@@ -1,9 +1,9 @@
 """REST floods against real node processes on loopback: what the read path costs and keeps.
 
-    python simulations/rest_flood.py random-gets [--count 50000] [--wait 0.1]
-    python simulations/rest_flood.py long-polls [--count 2000] [--long-polls-max 1000]
-    python simulations/rest_flood.py read-cost [--nodes 25] [--count 200]
-    python simulations/rest_flood.py all [--json out.json]
+    python simulations/instruments/rest_flood.py random-gets [--count 50000] [--wait 0.1]
+    python simulations/instruments/rest_flood.py long-polls [--count 2000] [--long-polls-max 1000]
+    python simulations/instruments/rest_flood.py read-cost [--nodes 25] [--count 200]
+    python simulations/instruments/rest_flood.py all [--json out.json]
 
 * ``random-gets``: ``count`` GETs of random job ids with ``?wait=``, 64 at a
   time, against one node of a small mesh; the node's resident memory (VmRSS
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from procmesh import ProcMesh, http, wait_until  # noqa: E402
 
