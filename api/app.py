@@ -4,7 +4,8 @@ Handlers read the request, hand its bytes and strings to the pure parsers in
 ``api/validation.py``, call the node through ``JobService`` and write JSON.
 They never build an error response themselves: they raise, and
 ``api/errors.py`` answers. Middleware order (outermost first): errors, then
-rate limiting, so a 429 is a problem document like any other.
+the limits of ``api/limits.py`` (Host check, rate limit, long-poll caps), so a
+403, 429 or 503 is a problem document like any other.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from workmesh.api import dashboard, validation
 from workmesh.api.errors import error_middleware, problem_document
 from workmesh.api.httpmetrics import metrics_middleware
 from workmesh.api.openapi import build_spec, render_yaml
-from workmesh.api.ratelimit import TokenBuckets, ratelimit_middleware
+from workmesh.api.limits import CappedTCPSite, RequestLimits, RestLimits, limits_middleware
 from workmesh.contract import TERMINAL_STATUSES, JobService
 
 SERVICE = web.AppKey("workmesh.service", JobService)
 API_TOKEN = web.AppKey("workmesh.api_token", bytes)  # BLAKE2b-256 of the token, see _check_token
 BODY_TIMEOUT_S = web.AppKey("workmesh.body_timeout_s", float)
-RATE_LIMITER = web.AppKey("workmesh.rate_limiter", TokenBuckets)
+REQUEST_LIMITS = web.AppKey("workmesh.request_limits", RequestLimits)
 _SPEC_CACHE = web.AppKey("workmesh.spec_cache", dict)
 
 # Connection limits (see run_api): a client that has not sent a complete
@@ -183,7 +184,7 @@ async def _refresh_own(service: JobService) -> None:
 
 async def node_status(request: web.Request) -> web.Response:
     await _refresh_own(request.app[SERVICE])
-    return web.json_response(request.app[SERVICE].status())
+    return web.json_response({**request.app[SERVICE].status(), "rest": request.app[REQUEST_LIMITS].statistics()})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -222,33 +223,31 @@ def create_app(
     rate_burst: int = 100,
     body_timeout_s: float = BODY_READ_TIMEOUT_S,
     logger: Any = None,
+    limits: RestLimits | None = None,
 ) -> web.Application:
     """Build the node's REST application around ``service``.
 
     ``api_token`` set (non-empty): POST endpoints need it as a bearer token
-    (reads stay open). ``rate_limit_per_s`` set: each client IP gets a bucket of
-    ``rate_burst`` requests refilled at that rate. A body that takes longer than
-    ``body_timeout_s`` to arrive is answered 408.
+    (reads stay open). ``limits`` (api/limits.py; default: its defaults with
+    ``rate_limit_per_s`` and ``rate_burst``): Host check, per-client rate
+    limit, long-poll caps. A body that takes longer than ``body_timeout_s`` to
+    arrive is answered 408.
     """
     if max_body_bytes < 1 or not body_timeout_s > 0:
         raise ValueError("max_body_bytes and body_timeout_s must be positive")
     logger = logger if logger is not None else structlog.get_logger("workmesh.api")
-    middlewares = [error_middleware(logger)]
+    limited = RequestLimits(limits or RestLimits(rate_per_s=rate_limit_per_s, rate_burst=rate_burst))
+    middlewares = [error_middleware(logger), limits_middleware(limited)]
     observe = getattr(getattr(service, "metrics", None), "observe_http", None)
     if observe is not None:  # outermost: it sees the code the client got
         middlewares.insert(0, metrics_middleware(observe))
-    buckets = None
-    if rate_limit_per_s is not None:
-        buckets = TokenBuckets(rate_limit_per_s, rate_burst)
-        middlewares.append(ratelimit_middleware(buckets))
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
+    app[REQUEST_LIMITS] = limited
     app[SERVICE] = service
     app[_SPEC_CACHE] = {}
     app[BODY_TIMEOUT_S] = float(body_timeout_s)
     if api_token:  # "" counts as unset, as the CLI reads an empty WORKMESH_API_TOKEN
         app[API_TOKEN] = _token_digest(api_token.encode("utf-8"))
-    if buckets is not None:
-        app[RATE_LIMITER] = buckets
     app.router.add_post("/jobs", submit_job)
     app.router.add_get("/jobs", list_jobs)
     app.router.add_get("/jobs/{id}", get_job)
@@ -273,6 +272,7 @@ async def run_api(
     idle_timeout_s: float = IDLE_TIMEOUT_S,
     header_line_bytes_max: int = HEADER_LINE_BYTES_MAX,
     headers_max: int = HEADERS_MAX,
+    connections_max: int | None = None,
 ) -> web.AppRunner:
     """Start serving ``app`` on ``host:port`` (port 0 picks one: see ``runner.addresses``).
 
@@ -281,6 +281,8 @@ async def run_api(
     complete request head arrived by then; so ``idle_timeout_s`` bounds both an
     idle connection and one that dribbles its headers (slowloris). Oversized
     request lines or headers are answered 400 by the parser, before any handler.
+    Past ``connections_max`` open connections (default: the app's limits), a
+    new one is answered 503 and closed (api/limits.py).
 
     The caller owns the runner and must ``await runner.cleanup()``.
     """
@@ -296,7 +298,10 @@ async def run_api(
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        limited = app[REQUEST_LIMITS]
+        site = CappedTCPSite(runner, host, port, connections_max=connections_max or limited.limits.connections_max)
+        await site.start()
+        limited.connection_cap = site.cap
     except BaseException:
         await runner.cleanup()
         raise

@@ -18,7 +18,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from workmesh.node.errors import RateLimited, Unauthorized, WorkmeshError
+from workmesh.node.errors import Unauthorized, WorkmeshError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:workmesh:problem:"
@@ -64,16 +64,22 @@ def problem_document(exc: WorkmeshError) -> dict[str, Any]:
 
 def _from_workmesh(exc: WorkmeshError) -> web.Response:
     headers: dict[str, str] = {}
-    if isinstance(exc, RateLimited):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    retry_after_s = getattr(exc, "retry_after_s", None)  # RateLimited, Overloaded
+    if retry_after_s is None and exc.status == 503:
+        retry_after_s = 1.0  # a quorum or a node that is not ready: worth a retry soon
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="workmesh"'
     status = exc.status
     # A bare WorkmeshError (status 500) is a node bug: do not echo its message.
     detail = _INTERNAL_DETAIL if status >= 500 and status not in (503, 507) else (str(exc) or exc.title)
-    return problem_response(
+    response = problem_response(
         status, detail, title=exc.title, type_=PROBLEM_TYPE_PREFIX + _slug(type(exc).__name__), headers=headers
     )
+    if getattr(exc, "close_connection", False):
+        response.force_close()  # a refused client's connection is not kept open for it
+    return response
 
 
 def _from_http(exc: web.HTTPException) -> web.Response:

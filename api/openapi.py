@@ -31,6 +31,8 @@ _STRING = {"type": "string"}
 _STATUS_TEXT = {
     400: "Malformed request: JSON syntax, path, query or header value.",
     401: "Missing or wrong bearer token.",
+    403: "The Host header names no host this node answers to (a loopback node answers to its loopback names; "
+    "see --allowed-host).",
     404: "No such job (or no such resource).",
     408: "The request body did not arrive in time (10 s by default).",
     405: "Method not allowed on this path (answered by any path; see the Allow header).",
@@ -39,9 +41,10 @@ _STATUS_TEXT = {
     415: "Content-Type is not JSON.",
     422: "Well-formed JSON with a field of the wrong type or range, an unknown field, an unknown job type, "
     "a payload nested deeper than 32 levels or larger than 8 KiB as canonical JSON, or a number out of range.",
-    429: "Too many requests from this client; retry after the Retry-After seconds.",
+    429: "Too many requests (or open long polls) from this client; retry after the Retry-After seconds.",
     500: "Unexpected server error (logged; the detail reveals nothing).",
-    503: "Not enough replicas answered, or the node is not ready.",
+    503: "Not enough replicas answered, the node is not ready, or it holds as many connections or long polls "
+    "as it serves; retry after the Retry-After seconds.",
 }
 
 
@@ -50,7 +53,7 @@ def _problem(status: int) -> dict:
         "description": _STATUS_TEXT[status],
         "content": {PROBLEM: {"schema": {"$ref": _REF + "schemas/Problem"}}},
     }
-    if status == 429:
+    if status in (429, 503):
         resp["headers"] = {"Retry-After": {"$ref": _REF + "headers/RetryAfter"}}
     if status == 401:
         resp["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
@@ -188,7 +191,7 @@ def _schemas(job_types: frozenset[str]) -> dict:
 
 
 def _paths(auth: bool) -> dict:
-    write_errors = (400, 401, 408, 413, 415, 422, 429, 500, 503) if auth else (400, 408, 413, 415, 422, 429, 500, 503)
+    write_errors = (400, 401, 403, 408, 413, 415, 422, 429, 500, 503) if auth else (400, 403, 408, 413, 415, 422, 429, 500, 503)
     secured = {"security": [{"bearerAuth": []}]} if auth else {}
     job_id = {"$ref": _REF + "parameters/JobId"}
     return {
@@ -248,7 +251,7 @@ def _paths(auth: bool) -> dict:
                         "schema": {"type": "string", "enum": list(v.SCOPES), "default": "node"},
                     },
                 ],
-                "responses": _responses({"200": _ok("A page of jobs.", "JobList")}, (400, 429, 500, 503)),
+                "responses": _responses({"200": _ok("A page of jobs.", "JobList")}, (400, 403, 429, 500, 503)),
             },
         },
         "/jobs/{id}": {
@@ -270,7 +273,7 @@ def _paths(auth: bool) -> dict:
                         "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
                     },
                 ],
-                "responses": _responses({"200": _ok("The job.", "JobView")}, (400, 404, 429, 500, 503)),
+                "responses": _responses({"200": _ok("The job.", "JobView")}, (400, 403, 404, 429, 500, 503)),
             }
         },
         "/jobs/{id}/cancel": {
@@ -287,7 +290,7 @@ def _paths(auth: bool) -> dict:
             "get": {
                 "operationId": "nodeStatus",
                 "summary": "This node's status document.",
-                "responses": _responses({"200": _ok("Status.", "Status")}, (429, 500)),
+                "responses": _responses({"200": _ok("Status.", "Status")}, (403, 429, 500, 503)),
             }
         },
         "/metrics": {
@@ -296,7 +299,7 @@ def _paths(auth: bool) -> dict:
                 "summary": "Prometheus text exposition format 0.0.4 (not rate limited).",
                 "responses": _responses(
                     {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
-                    (500,),
+                    (403, 500),
                 ),
             }
         },
@@ -304,14 +307,14 @@ def _paths(auth: bool) -> dict:
             "get": {
                 "operationId": "health",
                 "summary": "Liveness (not rate limited).",
-                "responses": {"200": _ok("Alive.", "Health")},
+                "responses": _responses({"200": _ok("Alive.", "Health")}, (403,)),
             }
         },
         "/openapi.json": {
             "get": {
                 "operationId": "openapiJson",
                 "summary": "This document as JSON.",
-                "responses": _responses({"200": _ok("OpenAPI 3.1.", "OpenAPI")}, (429,)),
+                "responses": _responses({"200": _ok("OpenAPI 3.1.", "OpenAPI")}, (403, 429, 503)),
             }
         },
         "/openapi.yaml": {
@@ -322,7 +325,7 @@ def _paths(auth: bool) -> dict:
                     # The schema describes the parsed document, as for JSON (a YAML reader sees an object).
                     {"200": {"description": "OpenAPI 3.1.",
                              "content": {"application/yaml": {"schema": {"$ref": _REF + "schemas/OpenAPI"}}}}},
-                    (429,),
+                    (403, 429, 503),
                 ),
             }
         },

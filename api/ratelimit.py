@@ -8,24 +8,17 @@ At most ``clients_max`` buckets are kept; the least recently seen client is
 forgotten first, so a flood of distinct addresses costs bounded memory (a
 forgotten client simply starts again with a full bucket).
 
-:func:`ratelimit_middleware` is the thin shell: it maps a refusal to
-``node.errors.RateLimited`` (429 with ``Retry-After``, see ``api/errors.py``).
+:func:`api.limits.limits_middleware` is the thin shell: it maps a refusal
+to ``node.errors.RateLimited`` (429 with ``Retry-After``, see ``api/errors.py``).
 """
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-
-from aiohttp import web
-from workmesh.node.errors import RateLimited
 
 CLIENTS_MAX_DEFAULT = 10_000
 # Liveness and scraping must keep working while a client is being throttled.
 EXEMPT_PATHS = frozenset({"/healthz", "/metrics"})
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class TokenBuckets:
@@ -68,19 +61,3 @@ class TokenBuckets:
 
     def statistics(self) -> dict:
         return {"clients": len(self._buckets), "refused": self.refused, "evicted": self.evicted}
-
-
-def ratelimit_middleware(
-    buckets: TokenBuckets, clock: Callable[[], float] = time.monotonic
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Refuse requests of a client whose bucket is empty, before any handler work."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in EXEMPT_PATHS:
-            wait_s = buckets.take(request.remote or "unknown", clock())
-            if wait_s > 0.0:
-                raise RateLimited(f"rate limit of {buckets.rate_per_s:g} requests/s exceeded", wait_s)
-        return await handler(request)
-
-    return middleware

@@ -175,13 +175,15 @@ class ReplayGuard:
         self._size_max = size_max
         self._seen: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
 
-    def check(self, env: Envelope, now_ms: int) -> str | None:
-        """``None`` if fresh (and remember it), else the drop reason."""
+    def check(self, env: Envelope, now_ms: int, *, remember: bool = True) -> str | None:
+        """``None`` if fresh (and remember it, unless told not to), else the drop reason."""
         if abs(env.ts_ms - now_ms) > self._window_ms:
             return "stale"
         key = (env.sender_id, env.msg_id)
         if key in self._seen:
             return "replayed"
+        if not remember:
+            return None
         self._seen[key] = now_ms
         while self._seen:
             oldest_key, oldest_ms = next(iter(self._seen.items()))

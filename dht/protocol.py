@@ -170,7 +170,10 @@ class RPCProtocol(asyncio.DatagramProtocol):
         if env.target_id not in (b"", self.identity.node_id) or (env.kind == REPLY and not env.target_id):
             self.dropped["misdirected"] += 1
             return
-        reason = self._replay.check(env, self.clock.wall_ms())
+        # A reply is accepted once (its request's entry goes with it), so a
+        # replayed one is dropped there: only requests are remembered, or a
+        # node reading hard would hold every reply it got for the window.
+        reason = self._replay.check(env, self.clock.wall_ms(), remember=env.kind != REPLY)
         if reason is not None:
             self.dropped[reason] += 1
             return

@@ -23,7 +23,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -185,6 +185,7 @@ class DHTServer(Upkeep):
             "stores": 0,
             "store_quorum_missed": 0,
             "fetches": 0,
+            "record_requests": 0,
             "repairs_sent": 0,
             "records_refused": 0,
             "records_invalid": 0,
@@ -668,18 +669,26 @@ class DHTServer(Upkeep):
         replicas: int | None = None,
         also: Iterable[bytes] = (),
         until_found: bool = False,
+        skip: Collection[bytes] = (),
     ) -> tuple[list[Record], int]:
         """Every valid record the replicas of ``key`` hold, and how many answered.
 
         ``also`` names more nodes to ask (a fixed replica set that may have
         drifted from the r closest). ``until_found``: a search rather than a
         read: wait for every answer (up to the RPC timeout) unless one node
-        answers with records, instead of returning after a majority."""
+        answers with records, instead of returning after a majority.
+        ``skip``: nodes not to ask (a wider read after a miss skips those the
+        first read asked)."""
         self.stats["fetches"] += 1
         replicas = await self.replicas_for(key, count=replicas)
         extra = [i for i in also if i not in {c.id for c in replicas}]
         if extra:
             replicas = replicas + await self.resolve(extra)
+        if skip:
+            replicas = [c for c in replicas if c.id not in skip]
+        if not replicas:
+            return [], 0
+        self.stats["record_requests"] += sum(1 for c in replicas if c.id != self.node.id)
 
         async def one(contact: Contact) -> tuple[Contact, list[Record] | None]:
             if contact.id == self.node.id:

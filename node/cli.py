@@ -63,7 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--lease-seconds", type=float, default=10.0, help="default lease length of a job")
     start.add_argument("--max-attempts", type=int, default=3, help="default attempts per job")
     start.add_argument("--job-timeout", type=float, default=300.0, help="default handler timeout, seconds")
-    start.add_argument("--rate-limit", type=float, help="REST requests per second per client")
+    start.add_argument("--rate-limit", type=float,
+                       help="REST requests per second per client, for every client, loopback too "
+                       "(default: only clients off loopback are limited, see --remote-rate-limit)")
+    start.add_argument("--remote-rate-limit", type=float, default=100.0,
+                       help="REST requests per second per client off loopback when --rate-limit is unset (0 = none)")
+    start.add_argument("--rate-burst", type=int, default=100, help="requests a rate-limited client may burst")
+    start.add_argument("--long-polls-max", type=int, default=1000,
+                       help="open long polls (?wait=) on this node; more are answered 503 with Retry-After")
+    start.add_argument("--long-polls-per-client", type=int, default=100,
+                       help="open long polls per rate-limited client; more are answered 429 with Retry-After")
+    start.add_argument("--connections-max", type=int, default=4096,
+                       help="open HTTP connections; more get 503 with Retry-After (GET /healthz still 200)")
+    start.add_argument("--allowed-host", action="append", default=[], metavar="HOST",
+                       help="a name the Host header may carry besides the defaults (repeat, or comma-separate; "
+                       "'*' = any). Default: localhost, 127.0.0.1 and ::1 on a loopback node; any name on "
+                       "other nodes until one is given")
     start.add_argument("--identity-puzzle-bits", type=int, default=0,
                        help="proof of work on node keys: peers whose key solves fewer bits are ignored, "
                        "and a new key for this node solves as many (0 = off; the mesh must agree)")
@@ -117,6 +132,12 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         job_timeout_s=args.job_timeout,
         rate_limit_per_s=args.rate_limit,
         byzantine=byzantine,
+        remote_rate_limit_per_s=args.remote_rate_limit,
+        rate_burst=args.rate_burst,
+        long_polls_max=args.long_polls_max,
+        long_polls_per_client_max=args.long_polls_per_client,
+        connections_max=args.connections_max,
+        allowed_hosts=tuple(h.strip() for given in args.allowed_host for h in given.split(",") if h.strip()),
         log_format=args.log_format,
         log_level=args.log_level,
         blob_bytes_max=args.blob_max_bytes,
@@ -173,6 +194,7 @@ def start(args: argparse.Namespace) -> int:
         return 2
     try:
         config = config_from_args(args)
+        rest_limits(config)  # refuse bad REST limits before starting anything
     except (ValueError, CryptoError) as exc:
         print(f"workmesh: {exc}", file=sys.stderr)
         return 2

@@ -63,9 +63,23 @@ class NodeConfig:
     # this node keeps on disk at most (10 GiB; shown in /status as disk_bytes_budget).
     blob_bytes_max: int = 2**30
     blob_disk_bytes: int = 10 * 2**30
-    # REST protection.
+    # REST protection (api/limits.py). Requests per second per client for
+    # every client, loopback too, when set; otherwise clients off loopback get
+    # remote_rate_limit_per_s (0: none) and loopback clients no limit.
     max_body_bytes: int = 65_536
     rate_limit_per_s: float | None = None
+    remote_rate_limit_per_s: float = 100.0
+    rate_burst: int = 100
+    # Open long polls (?wait=) at once: on the node (more get 503), and per
+    # rate-limited client (more get 429).
+    long_polls_max: int = 1000
+    long_polls_per_client_max: int = 100
+    # Open HTTP connections at once; more get a canned 503 (GET /healthz: 200).
+    connections_max: int = 4096
+    # Host header names the API answers to besides its loopback names (a
+    # node bound to loopback); a node bound elsewhere answers to any name
+    # unless some are given. ("*",): any.
+    allowed_hosts: tuple[str, ...] = ()
     log_format: str = "auto"  # "json", "console" or "auto" (json unless on a terminal)
     log_level: str = "info"
 

@@ -53,6 +53,10 @@ class DerivedStates:
     def local(self, key: bytes) -> lifecycle.JobState | None:
         """``lifecycle.derive(store.get(key))``, memoised per (key, version)."""
         version = self._store.version(key)
+        if version == 0:
+            # A key this store never held: nothing to derive, nothing to keep
+            # (reads of random ids must not crowd real jobs out of the memo).
+            return None
         cached = self._by_version.get(key)
         if cached is not None and cached[0] == version:
             self._by_version.move_to_end(key)

@@ -69,6 +69,25 @@ class RateLimited(WorkmeshError):
         self.retry_after_s = retry_after_s
 
 
+class HostNotAllowed(WorkmeshError):
+    """The request's Host header names no host this node answers to (DNS rebinding)."""
+
+    status = 403
+    title = "Host not allowed"
+
+
+class Overloaded(WorkmeshError):
+    """The node holds as many connections or long polls as it serves; retry later."""
+
+    status = 503
+    title = "Node overloaded"
+    close_connection = True
+
+    def __init__(self, detail: str, retry_after_s: float) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class QuorumUnavailable(WorkmeshError):
     """Fewer replicas than the write quorum answered."""
 

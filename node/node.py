@@ -39,6 +39,7 @@ from workmesh.node.metrics import Metrics
 from workmesh.node.reads import read_job
 from workmesh.node.replica import JobReplica
 from workmesh.node.samples import SAMPLE_HANDLERS
+from workmesh.node.watch import JobWatch
 from workmesh.node.worker import RunCpu, WorkerPool
 
 REANNOUNCE_BATCH = 256
@@ -139,7 +140,7 @@ class Node:
             seen_max=config.gossip_seen_max,
             rng=self.rng,
         )
-        self._waiters: dict[bytes, asyncio.Event] = {}
+        self.watch = JobWatch()
         self.jobs = JobOperations(
             self.identity,
             self.dht,
@@ -148,7 +149,7 @@ class Node:
             defaults=config,
             wall_ms=self.clock.wall_ms,
             announce=self._announce_new,
-            waiters=self._waiters,
+            watch=self.watch,
         )
         self.jobs.derived = self.workers.derived = self.derived
         self.jobs.type_defaults = self.registry.defaults_for
@@ -276,9 +277,7 @@ class Node:
 
     def _wake(self, key: bytes) -> None:
         """Wake clients waiting (``?wait``) on this job."""
-        event = self._waiters.get(key)
-        if event is not None:
-            event.set()
+        self.watch.notify(key)
 
     def _replica_rank(self, key: bytes, state: lifecycle.JobState) -> int:
         """Our position among the job's replicas: 0 speaks first. A placed job
@@ -426,6 +425,7 @@ class Node:
             },
             "leases": {**self.replica.statistics(), **self.workers.statistics()},
             "jobs_api": dict(self.jobs.counters),
+            "waits": self.watch.statistics(),
             "derive_cache": self.derived.statistics(),
             "crypto": verify_statistics(),
             "blobs": self.blobs.statistics(),

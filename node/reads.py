@@ -4,21 +4,36 @@ A job's facts live on the r nodes closest to its key *and* on the replicas
 its placement names (the two sets drift apart as nodes join and leave). A
 read asks the closest nodes plus the placement replicas this node knows of;
 when the answers reveal a placement it had not asked, it asks those too.
-When nobody knows the job, it pings contacts it evicted (the far side of a
-partition that just healed) and asks again, then asks the 2r closest nodes,
-before it answers "not found".
+When nobody knows the job, it asks the 2r closest nodes it knows and has not
+asked yet (from the same lookup and its routing table) before it answers
+"not found"; at most once per ``REVIVE_ON_MISS_EVERY_S`` it first pings
+contacts it evicted (the far side of a partition that just healed).
+
+What a read of an id nobody knows costs, then: one lookup and at most 2r
+record requests (r, then the r next closest), plus, once per
+``REVIVE_ON_MISS_EVERY_S`` on the whole node, ``REVIVE_ON_MISS`` pings (and,
+when one of them answers, the lookups that renew this node's view). A flood
+of random ids cannot make a node ask more per read, nor stall reads behind
+rounds of pings.
 """
 
 from __future__ import annotations
 
+import weakref
+
+from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer
 from workmesh.node import lifecycle, placement
 from workmesh.node.derived import DerivedStates, local_state, state_of
 
 REVIVE_ON_MISS = 8  # evicted contacts pinged before a read answers "not found"
+REVIVE_ON_MISS_EVERY_S = 5.0  # ...at most once per this, however many reads miss
 # A read that found nothing asks this many times r closest nodes once more:
 # as many as a placement chooses its replicas among (node/placement.py).
 WIDER_READ = placement.WIDER
+
+# When each node's reads last revived evicted contacts (monotonic s).
+_revived_at: weakref.WeakKeyDictionary[DHTServer, float] = weakref.WeakKeyDictionary()
 
 
 async def read_job(
@@ -33,20 +48,23 @@ async def read_job(
     placed = local.replicas if local is not None else ()
     facts, answered = await dht.fetch(job_id, also=placed)
     state = state_of(derived, facts)
-    if state is None and dht.has_dormant():
-        # Nobody we asked knows the job. Before saying "not found", try the
-        # contacts we evicted: after a partition they may be the other half.
-        if await dht.revive(REVIVE_ON_MISS):
-            facts, answered = await dht.fetch(job_id, also=placed)
-            state = state_of(derived, facts)
     if state is None:
-        # Still nobody. The job's placed replicas may not be the r closest
-        # (placed past nodes that did not answer, or a partition healed, or
-        # nodes joined); a miss is rare, so search twice as wide once,
-        # waiting for every answer, before answering "not found".
-        facts, wider = await dht.fetch(job_id, replicas=WIDER_READ * dht.config.replicas, until_found=True)
+        # Nobody we asked knows the job. The job's placed replicas may not be
+        # the r closest (placed past nodes that did not answer, or a
+        # partition healed, or nodes joined); a miss is rare for a real job,
+        # so search twice as wide once, waiting for every answer, before
+        # answering "not found": the next closest this node knows, from the
+        # same lookup and its routing table (no second lookup).
+        closest = await dht.replicas_for(job_id)  # what the read just looked up (cached)
+        asked = {c.id for c in closest} | set(placed)
+        if dht.has_dormant() and _may_revive(dht):
+            # Before that, try the contacts we evicted: after a partition they
+            # may be the other half (they rejoin the routing table).
+            await dht.revive(REVIVE_ON_MISS)
+        wider_ids = [i for i in _wider(dht, job_id, closest) if i not in asked]
+        facts, wider = await dht.fetch(job_id, also=wider_ids, until_found=True, skip=asked)
         state = state_of(derived, facts)
-        answered = max(answered, wider)
+        answered += wider
     if state is not None and state.replicas and not placed:
         more, extra = await dht.fetch(job_id, also=state.replicas)
         facts = [*facts, *more]
@@ -55,6 +73,26 @@ async def read_job(
     if state is not None and local is not None:
         _keep_up(dht, job_id, facts)
     return state, answered
+
+
+def _wider(dht: DHTServer, job_id: bytes, closest: list) -> list[bytes]:
+    """The ``WIDER_READ`` * r closest nodes to the job that this node knows:
+    from the lookup the read just made and from its routing table (so the
+    ones not asked yet are contacts: no lookup finds them again)."""
+    target = target_node(job_id)
+    known = {c.id: c for c in dht.router.find_neighbors(target, k=WIDER_READ * dht.config.replicas)}
+    known.update((c.id, c) for c in closest)
+    ranked = sorted(known.values(), key=target.distance_to)
+    return [c.id for c in ranked[: WIDER_READ * dht.config.replicas]]
+
+
+def _may_revive(dht: DHTServer) -> bool:
+    """At most one revival per ``REVIVE_ON_MISS_EVERY_S`` from reads that missed."""
+    now = dht.clock.monotonic()
+    if now - _revived_at.get(dht, float("-inf")) < REVIVE_ON_MISS_EVERY_S:
+        return False
+    _revived_at[dht] = now
+    return True
 
 
 def _keep_up(dht: DHTServer, job_id: bytes, facts: list) -> None:

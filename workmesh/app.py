@@ -30,15 +30,55 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
 
 
+def rest_limits(config: NodeConfig):
+    """The REST limits of ``config`` (api/limits.py), with the open-file limit
+    raised to fit ``connections_max`` (or the cap lowered to fit it)."""
+    from workmesh.api.limits import RestLimits, default_hosts
+
+    return RestLimits(
+        rate_per_s=config.rate_limit_per_s,
+        remote_rate_per_s=config.remote_rate_limit_per_s,
+        rate_burst=config.rate_burst,
+        long_polls_max=config.long_polls_max,
+        long_polls_per_client_max=config.long_polls_per_client_max,
+        connections_max=_fit_open_files(config.connections_max),
+        # A loopback node's own names stay allowed: no page can rebind them.
+        hosts=tuple(dict.fromkeys([*default_hosts(config.host, config.advertise_host), *config.allowed_hosts])),
+    )
+
+
+FILES_SPARE = 256  # open files kept for the store, sockets and logs beside HTTP connections
+
+
+def _fit_open_files(connections_max: int) -> int:
+    """Raise this process's soft limit of open files towards its hard limit so
+    ``connections_max`` connections fit; if they cannot, cap them below it
+    (past the limit, accept() fails and the listener stops for a second)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = connections_max + FILES_SPARE
+        if soft != resource.RLIM_INFINITY and soft < want:
+            soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if soft != resource.RLIM_INFINITY:
+            return max(1, min(connections_max, soft - FILES_SPARE))
+    except (ImportError, OSError, ValueError):
+        pass
+    return connections_max
+
+
 async def run_node(config: NodeConfig) -> None:
     """Start a node and its API, serve until SIGTERM or SIGINT, then stop both."""
     from workmesh.api.app import create_app, run_api
     from workmesh.node.node import Node
 
+    limits = rest_limits(config)
     node = Node(config)
     await node.start()
     app = create_app(node, api_token=config.api_token, max_body_bytes=config.max_body_bytes,
-                     rate_limit_per_s=config.rate_limit_per_s, logger=node.log)
+                     logger=node.log, limits=limits)
     runner = await run_api(app, config.host, config.api_port)
     sockets = [s.getsockname() for site in runner.sites for s in (site._server.sockets if site._server else [])]
     if sockets:

@@ -440,7 +440,9 @@ async def test_list_jobs_with_bad_query_is_400(make_client, query):
 async def test_status_is_passed_through(make_client):
     client = await make_client()
     resp, body = await call(client, "GET", "/status")
+    rest = body.pop("rest")  # the REST layer's own statistics (api/limits.py) join the node's
     assert resp.status == 200 and body == {"node_id": "12" * 20, "peers": 4, "jobs": 0}
+    assert rest["long_polls"] == 0 and rest["host_refused"] == 0
 
 
 async def test_metrics_are_prometheus_text(make_client):

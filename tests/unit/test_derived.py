@@ -57,3 +57,13 @@ def test_validate_memo_returns_the_decoded_fact_and_refuses_bad_bytes() -> None:
             pass
         else:
             raise AssertionError("a corrupted fact was accepted")
+
+
+def test_a_key_the_store_never_held_is_not_memoised() -> None:
+    """Reads of random ids must not crowd real jobs out of the memo."""
+    store = FactStore(None, validator)
+    store.open()
+    memo = DerivedStates(store, size_max=4)
+    for i in range(100):
+        assert memo.local(i.to_bytes(20, "big")) is None
+    assert memo.statistics()["cached"] == 0

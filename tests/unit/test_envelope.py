@@ -176,6 +176,18 @@ def test_a_stale_envelope_is_not_remembered():
     assert guard.check(env(ts_ms=NOW), NOW) is None
 
 
+def test_what_the_guard_is_told_not_to_remember_is_checked_but_not_kept():
+    """Replies are not remembered (a reply is accepted once, by its request's
+    entry), so a node reading hard does not hold every reply for the window."""
+    guard = ReplayGuard(window_s=60, size_max=100)
+    assert guard.check(env(ts_ms=NOW - 120_000), NOW, remember=False) == "stale"
+    for _ in range(3):
+        assert guard.check(env(msg_id=b"\x05" * 16), NOW, remember=False) is None
+    assert len(guard._seen) == 0
+    assert guard.check(env(msg_id=b"\x05" * 16), NOW) is None
+    assert guard.check(env(msg_id=b"\x05" * 16), NOW, remember=False) == "replayed"
+
+
 def test_replay_guard_memory_is_bounded_oldest_first():
     guard = ReplayGuard(window_s=60, size_max=3)
     ids = [bytes([i]) * 16 for i in range(4)]
