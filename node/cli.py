@@ -194,6 +194,8 @@ def start(args: argparse.Namespace) -> int:
         return 2
     try:
         config = config_from_args(args)
+        from workmesh.app import rest_limits  # the entry point above node and api
+
         rest_limits(config)  # refuse bad REST limits before starting anything
     except (ValueError, CryptoError) as exc:
         print(f"workmesh: {exc}", file=sys.stderr)

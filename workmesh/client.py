@@ -206,6 +206,18 @@ class BlobNotFound(ProblemError):
     status = 404
 
 
+class HostNotAllowed(ProblemError):
+    """403: the node does not answer to the Host the request named."""
+
+    status = 403
+
+
+class Overloaded(ProblemError):
+    """503: the node holds as many connections or long polls as it serves."""
+
+    status = 503
+
+
 class InsufficientStorage(ProblemError):
     """507: the node's blob store is full."""
 
@@ -231,11 +243,13 @@ PROBLEM_TYPES: dict[str, type[ProblemError]] = {
         "not-ready": NotReady,
         "blob-not-found": BlobNotFound,
         "insufficient-storage": InsufficientStorage,
+        "host-not-allowed": HostNotAllowed,
+        "overloaded": Overloaded,
         "workmesh-error": ServerError,
     }.items()
 }
 BY_STATUS: dict[int, type[ProblemError]] = {
-    400: BadRequest, 401: Unauthorized, 404: NotFound, 405: MethodNotAllowed, 408: RequestTimeout,
+    400: BadRequest, 401: Unauthorized, 403: HostNotAllowed, 404: NotFound, 405: MethodNotAllowed, 408: RequestTimeout,
     409: Conflict, 413: PayloadTooLarge, 415: UnsupportedMediaType, 422: ValidationFailed, 429: RateLimited,
     500: ServerError, 503: QuorumUnavailable,
 }
