@@ -39,7 +39,15 @@ from workmesh.dht.records import Record
 from workmesh.dht.routing import Contact, WorkmeshRoutingTable, target_node
 from workmesh.dht.upkeep import Upkeep
 
+# One reply page of find_records (records by id after a cursor): within the
+# 60,000-byte datagram bound with room for the envelope.
 RECORDS_PER_REPLY_BYTES = 48_000
+# Record ids (32 bytes each) per page of a sync reply.
+SYNC_IDS_PER_REPLY = 1_000
+# Pages a reader follows for one key from one replica before it calls the
+# answer incomplete: every page carries at least one record, and a key holds
+# at most StorageLimits.records_per_key_max (256) records.
+PAGES_PER_READ_MAX = 300
 # Pings sent at once to each contact a probe asks (DHTServer.probe).
 PROBE_PINGS = 2
 
@@ -194,6 +202,8 @@ class DHTServer(Upkeep):
             "lookups": 0,
             "contacts_revived": 0,
             "find_node_replies": 0,
+            "find_records_pages": 0,
+            "reads_incomplete": 0,
         }
 
     # ------------------------------------------------------------------ life
@@ -337,19 +347,25 @@ class DHTServer(Upkeep):
         return [c.to_wire() for c in self.router.find_neighbors(target_node(key), exclude=sender)]
 
     def _rpc_find_records(self, env: Envelope, addr) -> list:
-        key, known_digest = env.args
-        if not isinstance(key, bytes) or len(key) != 20 or not isinstance(known_digest, bytes):
-            raise ValueError("find_records needs a key and a digest")
-        records = self.records.get(key)
-        if known_digest and known_digest == _digest_ids(r.record_id for r in records):
-            return [True, []]
-        raws, size = [], 0
-        for r in records:
-            size += len(r.raw) + 8
-            if size > RECORDS_PER_REPLY_BYTES:
-                break
-            raws.append(r.raw)
-        return [False, raws]
+        """``[key, digest]`` or ``[key, digest, cursor]`` -> ``[same, raws, next]``.
+
+        ``same``: the caller's digest of record ids matches ours (nothing
+        sent). Otherwise one page of records after ``cursor`` (b"": from the
+        first) within ``RECORDS_PER_REPLY_BYTES``, and ``next``: the cursor of
+        the following page, b"" when this page is the last. A reader follows
+        ``next`` until b"", so a reply never silently cuts a key's records."""
+        key, known_digest, *rest = env.args
+        cursor = rest[0] if rest else b""
+        if (
+            not isinstance(key, bytes) or len(key) != 20 or not isinstance(known_digest, bytes)
+            or not isinstance(cursor, bytes) or len(rest) > 1
+        ):
+            raise ValueError("find_records needs a key, a digest and an optional cursor")
+        if known_digest and not cursor and known_digest == _digest_ids(self.records.record_ids(key)):
+            return [True, [], b""]
+        records, nxt = self.records.page(key, cursor, RECORDS_PER_REPLY_BYTES)
+        self.stats["find_records_pages"] += 1
+        return [False, [r.raw for r in records], nxt]
 
     def _rpc_store(self, env: Envelope, addr) -> list:
         key, raws = env.args
@@ -359,13 +375,20 @@ class DHTServer(Upkeep):
         return [ok, [list(r) for r in refused], [r.raw for r in produced]]
 
     def _rpc_sync(self, env: Envelope, addr) -> list:
-        key, digest = env.args
-        if not isinstance(key, bytes) or len(key) != 20 or not isinstance(digest, bytes):
-            raise ValueError("sync needs a key and a digest")
+        """``[key, digest]`` or ``[key, digest, cursor]`` -> ``[same, ids, next]``:
+        the record ids we hold after ``cursor``, a page at a time (``next`` b"":
+        the last page)."""
+        key, digest, *rest = env.args
+        cursor = rest[0] if rest else b""
+        if not isinstance(key, bytes) or len(key) != 20 or not isinstance(digest, bytes) or not isinstance(cursor, bytes):
+            raise ValueError("sync needs a key, a digest and an optional cursor")
         ids = self.records.record_ids(key)
-        if _digest_ids(ids) == digest:
-            return [True, []]
-        return [False, sorted(ids)[:1500]]
+        if not cursor and _digest_ids(ids) == digest:
+            return [True, [], b""]
+        page = sorted(i for i in ids if i > cursor)
+        if len(page) > SYNC_IDS_PER_REPLY:
+            return [False, page[:SYNC_IDS_PER_REPLY], page[SYNC_IDS_PER_REPLY - 1]]
+        return [False, page, b""]
 
     def _decode_all(self, key: bytes, raws: list) -> tuple[list[Record], list[tuple[int, str]]]:
         records, bad = [], []
@@ -670,11 +693,7 @@ class DHTServer(Upkeep):
         async def one(contact: Contact) -> tuple[Contact, list[Record] | None]:
             if contact.id == self.node.id:
                 return contact, self.records.get(key)
-            reply = await self.call(contact, "find_records", [key, b""])
-            if reply is None or len(reply) != 2 or not isinstance(reply[1], list):
-                return contact, None
-            records, _bad = self._decode_all(key, reply[1])
-            return contact, records
+            return contact, await self.read_all(contact, key)
 
         if until_found:
             by_id = await self._gather_quorum(replicas, one, 1, lambda a: bool(a[1]), None)
@@ -700,6 +719,27 @@ class DHTServer(Upkeep):
                         self.protocol.spawn(self._push(contact, key, missing), "repair")
         return list(merged.values()), answered
 
+    async def read_all(self, contact: Contact, key: bytes) -> list[Record] | None:
+        """Every record ``contact`` holds for ``key``, page after page; None when
+        it did not answer every page (an incomplete answer counts as none: a
+        reader never derives anything from part of a key's records).
+        A reply without a cursor (``[same, raws]``) is a whole answer."""
+        out: list[Record] = []
+        cursor = b""
+        for _ in range(PAGES_PER_READ_MAX):
+            reply = await self.call(contact, "find_records", [key, b"", cursor] if cursor else [key, b""])
+            if reply is None or len(reply) not in (2, 3) or not isinstance(reply[1], list):
+                break
+            records, _bad = self._decode_all(key, reply[1])
+            out.extend(records)
+            cursor = reply[2] if len(reply) == 3 else b""
+            if not isinstance(cursor, bytes):
+                break
+            if not cursor:
+                return out
+        self.stats["reads_incomplete"] += 1
+        return None
+
     def worth_repairing(self, record: Record) -> bool:
         check = getattr(self.policy, "worth_repairing", None)
         return check is None or check(record)
@@ -716,10 +756,18 @@ class DHTServer(Upkeep):
         records = self.records.get(key)
         if not records:
             return 0
-        reply = await self.call(contact, "sync", [key, _digest_ids(r.record_id for r in records)])
-        if reply is None or reply[0] is True:
-            return 0
-        theirs = set(reply[1]) if isinstance(reply[1], list) else set()
+        digest = _digest_ids(r.record_id for r in records)
+        theirs: set[bytes] = set()
+        cursor = b""
+        for _ in range(PAGES_PER_READ_MAX):
+            reply = await self.call(contact, "sync", [key, digest, cursor] if cursor else [key, digest])
+            if reply is None or len(reply) < 2 or reply[0] is True:
+                return 0
+            if isinstance(reply[1], list):
+                theirs.update(i for i in reply[1] if isinstance(i, bytes))
+            cursor = reply[2] if len(reply) > 2 and isinstance(reply[2], bytes) else b""
+            if not cursor:
+                break
         missing = [r for r in records if r.record_id not in theirs]
         if missing:
             await self._push(contact, key, missing)

@@ -48,6 +48,7 @@ CONTACTS_MAX = 10_000  # saved contacts; a full routing table holds 160 * k
 META_NAME_CHARS_MAX = 128
 META_VALUE_BYTES_MAX = 2**20
 WAL_BYTES_MAX = 64 * 2**20  # the WAL file is truncated to this after a checkpoint
+RECORD_OVERHEAD_BYTES = 8  # msgpack's framing of one record in a reply, rounded up
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -280,6 +281,29 @@ class FactStore:
         if not held:
             return []
         return [held[rid] for rid in sorted(held)]
+
+    def page(self, key: bytes, after: bytes, bytes_max: int) -> tuple[list[Record], bytes]:
+        """The records of ``key`` whose ids follow ``after`` (b"": from the first), by
+        record id, as many as fit in ``bytes_max`` (at least one); and the cursor to
+        ask with next, b"" when this page ends the key.
+
+        Each record costs ``len(raw) + RECORD_OVERHEAD_BYTES``: what msgpack adds.
+        A reader that follows the cursors gets every record held throughout its
+        read (one added meanwhile below the cursor is left for the next read).
+        """
+        held = self._records.get(key)
+        if not held:
+            return [], b""
+        ids = sorted(rid for rid in held if rid > after)
+        out: list[Record] = []
+        size = 0
+        for rid in ids:
+            r = held[rid]
+            size += len(r.raw) + RECORD_OVERHEAD_BYTES
+            if out and size > bytes_max:
+                return out, out[-1].record_id
+            out.append(r)
+        return out, b""
 
     def record_ids(self, key: bytes) -> set[bytes]:
         return set(self._records.get(key, ()))

@@ -276,7 +276,7 @@ class JobOperations:
             return local
         state, answered = await read_job(self.dht, job_id, self.derived)
         if answered == 0:
-            raise QuorumUnavailable("no replica of this job answered")
+            raise QuorumUnavailable("no replica of this job answered in full (an incomplete answer counts as none)")
         if state is None and answered < min(self.defaults.dht.replicas, self.mesh_seen()) // 2 + 1:
             # "Not found" is a definite answer only from a majority of the
             # nodes that would hold the job; fewer may all be the wrong ones.
