@@ -48,6 +48,9 @@ SYNC_IDS_PER_REPLY = 1_000
 # answer incomplete: every page carries at least one record, and a key holds
 # at most StorageLimits.records_per_key_max (256) records.
 PAGES_PER_READ_MAX = 300
+# Refusal reasons of a store the replica could not keep (codes for peers, text for people).
+REFUSED_BUDGET = "storage budget exhausted"
+REFUSED_GONE = "gone: retention passed"
 # Pings sent at once to each contact a probe asks (DHTServer.probe).
 PROBE_PINGS = 2
 
@@ -103,6 +106,18 @@ class SystemClock:
 
     def wall_ms(self) -> int:
         return int(time.time() * 1000)
+
+
+class Fetched(tuple):
+    """``(records, answered)`` of a read, and ``gone``: the replicas that said
+    they dropped the key when its retention passed (it unpacks as the pair)."""
+
+    gone: frozenset[bytes]
+
+    def __new__(cls, records: list[Record], answered: int, gone: frozenset[bytes] = frozenset()) -> Fetched:
+        self = super().__new__(cls, (records, answered))
+        self.gone = gone
+        return self
 
 
 def _digest_ids(ids: Iterable[bytes]) -> bytes:
@@ -204,6 +219,7 @@ class DHTServer(Upkeep):
             "find_node_replies": 0,
             "find_records_pages": 0,
             "reads_incomplete": 0,
+            "budget_refusals": 0,
         }
 
     # ------------------------------------------------------------------ life
@@ -347,7 +363,8 @@ class DHTServer(Upkeep):
         return [c.to_wire() for c in self.router.find_neighbors(target_node(key), exclude=sender)]
 
     def _rpc_find_records(self, env: Envelope, addr) -> list:
-        """``[key, digest]`` or ``[key, digest, cursor]`` -> ``[same, raws, next]``.
+        """``[key, digest]`` or ``[key, digest, cursor]`` -> ``[same, raws, next]``
+        (``[False, [], b"", True]``: the key was dropped when its retention passed).
 
         ``same``: the caller's digest of record ids matches ours (nothing
         sent). Otherwise one page of records after ``cursor`` (b"": from the
@@ -365,6 +382,8 @@ class DHTServer(Upkeep):
             return [True, [], b""]
         records, nxt = self.records.page(key, cursor, RECORDS_PER_REPLY_BYTES)
         self.stats["find_records_pages"] += 1
+        if not records and self.records.is_gone(key):
+            return [False, [], b"", True]  # held once, dropped when its retention passed
         return [False, [r.raw for r in records], nxt]
 
     def _rpc_store(self, env: Envelope, addr) -> list:
@@ -409,11 +428,27 @@ class DHTServer(Upkeep):
         return self.ingest(key, records, sender_id)
 
     def ingest(self, key: bytes, records: list[Record], sender_id: bytes) -> tuple[bool, list[tuple[int, str]], list[Record]]:
-        """Admit verified records into local storage (replica side of a store)."""
+        """Admit verified records into local storage (replica side of a store).
+
+        Budgets come before promises: a batch that would not fit the store is
+        refused before the policy judges it, and what the policy accepts and
+        produces (grants, seals) is stored all or nothing. A replica never
+        answers with a grant or a seal it did not store."""
+        if self.records.is_gone(key):
+            self.stats["records_refused"] += len(records)
+            return False, [(i, REFUSED_GONE) for i in range(len(records))], []
+        if not self.records.fits(key, records):
+            self.stats["budget_refusals"] += 1
+            return False, [(i, REFUSED_BUDGET) for i in range(len(records))], []
         existing = self.records.get(key)
         admission = self.policy.admit(key, records, existing, sender_id)
         self.stats["records_refused"] += len(admission.refused)
-        new = self.records.merge(key, [*admission.accept, *admission.produced])
+        new = self.records.merge_all(key, [*admission.accept, *admission.produced])
+        if new is None:
+            # What the policy accepted and signed would not fit after all (its
+            # products are larger than the batch): refuse, hand out nothing.
+            self.stats["budget_refusals"] += 1
+            return False, [(i, REFUSED_BUDGET) for i in range(len(records))], []
         if new:
             self.policy.stored(key, new)
         held = self.records.record_ids(key)
@@ -677,8 +712,9 @@ class DHTServer(Upkeep):
         replicas: int | None = None,
         also: Iterable[bytes] = (),
         until_found: bool = False,
-    ) -> tuple[list[Record], int]:
-        """Every valid record the replicas of ``key`` hold, and how many answered.
+    ) -> Fetched:
+        """Every valid record the replicas of ``key`` hold, and how many answered
+        in full (``.gone``: the ids of those that dropped the key for good).
 
         ``also`` names more nodes to ask (a fixed replica set that may have
         drifted from the r closest). ``until_found``: a search rather than a
@@ -690,10 +726,14 @@ class DHTServer(Upkeep):
         if extra:
             replicas = replicas + await self.resolve(extra)
 
+        gone: set[bytes] = set()
+
         async def one(contact: Contact) -> tuple[Contact, list[Record] | None]:
             if contact.id == self.node.id:
+                if self.records.is_gone(key):
+                    gone.add(contact.id)
                 return contact, self.records.get(key)
-            return contact, await self.read_all(contact, key)
+            return contact, await self.read_all(contact, key, gone)
 
         if until_found:
             by_id = await self._gather_quorum(replicas, one, 1, lambda a: bool(a[1]), None)
@@ -717,25 +757,28 @@ class DHTServer(Upkeep):
                         self.ingest(key, missing, self.node.id)
                     else:
                         self.protocol.spawn(self._push(contact, key, missing), "repair")
-        return list(merged.values()), answered
+        return Fetched(list(merged.values()), answered, frozenset(gone))
 
-    async def read_all(self, contact: Contact, key: bytes) -> list[Record] | None:
+    async def read_all(self, contact: Contact, key: bytes, gone: set[bytes] | None = None) -> list[Record] | None:
         """Every record ``contact`` holds for ``key``, page after page; None when
         it did not answer every page (an incomplete answer counts as none: a
         reader never derives anything from part of a key's records).
-        A reply without a cursor (``[same, raws]``) is a whole answer."""
+        A reply without a cursor (``[same, raws]``) is a whole answer. A
+        contact that says it dropped the key is added to ``gone``."""
         out: list[Record] = []
         cursor = b""
         for _ in range(PAGES_PER_READ_MAX):
             reply = await self.call(contact, "find_records", [key, b"", cursor] if cursor else [key, b""])
-            if reply is None or len(reply) not in (2, 3) or not isinstance(reply[1], list):
+            if reply is None or len(reply) not in (2, 3, 4) or not isinstance(reply[1], list):
                 break
             records, _bad = self._decode_all(key, reply[1])
             out.extend(records)
-            cursor = reply[2] if len(reply) == 3 else b""
+            cursor = reply[2] if len(reply) >= 3 else b""
             if not isinstance(cursor, bytes):
                 break
             if not cursor:
+                if len(reply) == 4 and reply[3] is True and not out and gone is not None:
+                    gone.add(contact.id)
                 return out
         self.stats["reads_incomplete"] += 1
         return None

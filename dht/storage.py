@@ -59,7 +59,10 @@ CREATE TABLE IF NOT EXISTS contacts (
     position INTEGER PRIMARY KEY, node_id BLOB NOT NULL, ip TEXT NOT NULL,
     port INTEGER NOT NULL, public_key BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS decided (key BLOB PRIMARY KEY, at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS gone (key BLOB PRIMARY KEY, at_ms INTEGER NOT NULL);
 """
+TOMBSTONES_MAX = 100_000  # keys remembered as dropped (about 60 bytes each with the SQLite row)
 
 Contact = tuple[bytes, str, int, bytes]  # (node_id, ip, port, public_key)
 
@@ -88,8 +91,10 @@ class FactStore:
         limits: StorageLimits = StorageLimits(),
         *,
         clock: Callable[[], float] = time.monotonic,
+        tombstones_max: int = TOMBSTONES_MAX,
     ) -> None:
         self._path = path
+        self._tombstones_max = tombstones_max
         self._validator = validator
         self._version_next = 1  # survives a re-open: versions never repeat
         self._limits = limits
@@ -108,6 +113,10 @@ class FactStore:
         # Per-key change counter: bumped whenever a key's record set changes,
         # so callers can cache what they derive from it against (key, version).
         self._versions: dict[bytes, int] = {}
+        # Retention: when this node saw each held key decided (wall ms), and the
+        # keys it dropped (wall ms of the drop), oldest first, bounded.
+        self._decided: dict[bytes, int] = {}
+        self._gone: OrderedDict[bytes, int] = OrderedDict()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,6 +198,16 @@ class FactStore:
             with self._transaction() as conn:
                 conn.executemany("DELETE FROM records WHERE rowid = ?", bad_rows)
                 conn.executemany("DELETE FROM records WHERE key = ? AND record_id = ?", dropped)
+        for key, at_ms in conn.execute("SELECT key, at_ms FROM decided"):
+            if key in self._records:
+                self._decided[key] = at_ms
+        for key, at_ms in conn.execute("SELECT key, at_ms FROM gone ORDER BY at_ms"):
+            if key not in self._records:
+                self._gone[key] = at_ms
+        stale = [(k,) for k in self._evict_tombstones()]
+        if stale:
+            with self._transaction() as conn:
+                conn.executemany("DELETE FROM gone WHERE key = ?", stale)
 
     # ------------------------------------------------------------------ records
 
@@ -199,10 +218,31 @@ class FactStore:
         ignored, and one that would break a limit is refused and counted;
         neither is returned. One SQLite transaction per call.
         """
+        return self._merge(key, records, all_or_nothing=False) or []
+
+    def merge_all(self, key: bytes, records: Iterable[Record]) -> list[Record] | None:
+        """:meth:`merge`, but all or nothing: when any record would break a
+        storage budget (or ``key`` was dropped, see :meth:`forget`), nothing is
+        stored and None is returned. A replica stores what it promises (a
+        grant, a seal) with the request that called for it this way."""
+        return self._merge(key, records, all_or_nothing=True)
+
+    def fits(self, key: bytes, records: Iterable[Record]) -> bool:
+        """Would :meth:`merge_all` store ``records`` now? (Nothing is written.)"""
+        return key not in self._gone and self._plan(key, records).rejected_limit == 0
+
+    def _merge(self, key: bytes, records: Iterable[Record], *, all_or_nothing: bool) -> list[Record] | None:
         _check_key(key)
         self._db()
         self._stats["merges"] += 1
+        if key in self._gone:
+            self._stats["rejected_gone"] += 1
+            return None
         plan = self._plan(key, records)
+        if all_or_nothing and plan.rejected_limit:
+            self._stats["rejected_budget"] += 1
+            self._stats["rejected_limit"] += plan.rejected_limit
+            return None
         self._count(plan)
         if plan.added:
             with self._transaction() as conn:
@@ -339,15 +379,63 @@ class FactStore:
 
     def drop(self, key: bytes) -> None:
         """Forget ``key`` (the node stopped being one of its replicas long ago)."""
-        held = self._records.get(key)
-        if held is None:
+        if key not in self._records:
             return
         with self._transaction() as conn:
             conn.execute("DELETE FROM records WHERE key = ?", (key,))
-        del self._records[key]
+            conn.execute("DELETE FROM decided WHERE key = ?", (key,))
+        self._drop_memory(key)
+
+    def forget(self, key: bytes, at_ms: int) -> int:
+        """Drop ``key`` for good (its retention passed) and remember it as gone:
+        records for it are refused from now on (a replica that kept it longer
+        must not bring it back), and :meth:`is_gone` says so, while at most
+        ``tombstones_max`` dropped keys are remembered. Returns records dropped."""
+        _check_key(key)
+        count = len(self._records.get(key, ()))
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM records WHERE key = ?", (key,))
+            conn.execute("DELETE FROM decided WHERE key = ?", (key,))
+            conn.execute("INSERT OR REPLACE INTO gone (key, at_ms) VALUES (?, ?)", (key, at_ms))
+            self._gone[key] = at_ms
+            self._gone.move_to_end(key)
+            conn.executemany("DELETE FROM gone WHERE key = ?", [(k,) for k in self._evict_tombstones()])
+        if key in self._records:
+            self._drop_memory(key)
+        self._stats["forgotten"] += 1
+        self._stats["records_forgotten"] += count
+        return count
+
+    def _evict_tombstones(self) -> list[bytes]:
+        out = []
+        while len(self._gone) > self._tombstones_max:
+            out.append(self._gone.popitem(last=False)[0])
+        return out
+
+    def is_gone(self, key: bytes) -> bool:
+        """True while this node remembers dropping ``key`` for good."""
+        return key in self._gone
+
+    def mark_decided(self, key: bytes, at_ms: int) -> int:
+        """Note (once, durably) that ``key`` was seen decided at wall time
+        ``at_ms``; returns the time noted first."""
+        first = self._decided.get(key)
+        if first is not None:
+            return first
+        with self._transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO decided (key, at_ms) VALUES (?, ?)", (key, at_ms))
+        self._decided[key] = at_ms
+        return at_ms
+
+    def decided_at(self, key: bytes) -> int | None:
+        return self._decided.get(key)
+
+    def _drop_memory(self, key: bytes) -> None:
+        held = self._records.pop(key)
         self._slots.pop(key, None)
         self._touched.pop(key, None)
         self._versions.pop(key, None)
+        self._decided.pop(key, None)
         for r in held.values():
             self._uncount_author(r.author_id)
             self._bytes_total -= len(r.raw)
@@ -400,13 +488,29 @@ class FactStore:
         counters = (
             "load_rejected", "rejected_limit", "rejected_malformed", "superseded", "replaced",
             "added", "merges", "writes", "drops", "contacts_truncated", "contacts_rejected",
+            "rejected_gone", "rejected_budget", "forgotten", "records_forgotten",
         )
         out = {"keys": len(self._records), "records": self._record_count, "bytes": self._bytes_total,
-               "authors": len(self._author_counts)}
+               "authors": len(self._author_counts), "decided": len(self._decided), "tombstones": len(self._gone)}
         out.update((name, self._stats[name]) for name in counters)
         return out
 
     # ------------------------------------------------------------------ database plumbing
+
+    @property
+    def limits(self) -> StorageLimits:
+        return self._limits
+
+    def budget(self) -> dict[str, int]:
+        """What the store holds against its budgets (for ``/status``)."""
+        lim = self._limits
+        return {
+            "bytes": self._bytes_total, "bytes_max": lim.bytes_total_max,
+            "keys": len(self._records), "keys_max": lim.keys_max,
+            "records": self._record_count, "records_per_key_max": lim.records_per_key_max,
+            "authors_records_max": max(self._author_counts.values(), default=0),
+            "records_per_author_max": lim.records_per_author_max,
+        }
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:

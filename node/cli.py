@@ -35,6 +35,15 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _duration(text: str) -> float:
+    from workmesh.node.retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -65,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--lease-seconds", type=float, default=10.0, help="default lease length of a job")
     start.add_argument("--max-attempts", type=int, default=3, help="default attempts per job")
     start.add_argument("--job-timeout", type=float, default=300.0, help="default handler timeout, seconds")
+    start.add_argument("--retention", type=_duration, default="7d", metavar="DURATION",
+                       help="drop a decided job's facts this long after this node saw the decision: "
+                       "seconds, or 90s, 30m, 12h, 7d (default 7d)")
     start.add_argument("--rate-limit", type=float, help="REST requests per second per client")
     start.add_argument("--identity-puzzle-bits", type=int, default=0,
                        help="proof of work on node keys: peers whose key solves fewer bits are ignored, "
@@ -105,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         max_attempts=args.max_attempts,
         job_timeout_s=args.job_timeout,
         rate_limit_per_s=args.rate_limit,
+        retention_s=args.retention,
         log_format=args.log_format,
         log_level=args.log_level,
     )

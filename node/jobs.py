@@ -19,7 +19,7 @@ from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F
 from workmesh.node import lifecycle, placement
 from workmesh.node.derived import DerivedStates, local_state, state_of
-from workmesh.node.errors import Conflict, JobNotFound, QuorumUnavailable, UnknownJobType, ValidationFailed
+from workmesh.node.errors import Conflict, JobGone, JobNotFound, QuorumUnavailable, UnknownJobType, ValidationFailed
 from workmesh.node.jobindex import JobIndex
 from workmesh.node.reads import read_job
 
@@ -274,7 +274,10 @@ class JobOperations:
             # Decided by a quorum of seals: final, no replica can say otherwise.
             self.counters["local_reads"] += 1
             return local
-        state, answered = await read_job(self.dht, job_id, self.derived)
+        read = await read_job(self.dht, job_id, self.derived)
+        state, answered = read
+        if state is None and read.gone:
+            raise JobGone(f"job {job_id.hex()} was decided and its retention has passed")
         if answered == 0:
             raise QuorumUnavailable("no replica of this job answered in full (an incomplete answer counts as none)")
         if state is None and answered < min(self.defaults.dht.replicas, self.mesh_seen()) // 2 + 1:

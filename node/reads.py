@@ -7,6 +7,12 @@ when the answers reveal a placement it had not asked, it asks those too.
 When nobody knows the job, it pings contacts it evicted (the far side of a
 partition that just healed) and asks again, then asks the 2r closest nodes,
 before it answers "not found".
+
+Every reply is whole: a replica's answer counts only when the reader got all
+of its pages (``DHTServer.read_all``), so a state is never derived from part
+of a job's facts. A job whose retention passed is *gone*: when nobody holds
+it and a node that dropped it says so (or this node did), the read says
+``gone`` instead of searching wider.
 """
 
 from __future__ import annotations
@@ -21,18 +27,32 @@ REVIVE_ON_MISS = 8  # evicted contacts pinged before a read answers "not found"
 WIDER_READ = placement.WIDER
 
 
-async def read_job(
-    dht: DHTServer, job_id: bytes, derived: DerivedStates | None = None
-) -> tuple[lifecycle.JobState | None, int]:
-    """(the derived state or None when nobody knows the job, replicas that answered).
+class JobRead(tuple):
+    """``(state, answered)`` of a read (it unpacks as the pair), and ``gone``:
+    nobody holds the job and a node remembers dropping it (retention)."""
+
+    gone: bool
+
+    def __new__(cls, state: lifecycle.JobState | None, answered: int, gone: bool = False) -> JobRead:
+        self = super().__new__(cls, (state, answered))
+        self.gone = gone
+        return self
+
+
+async def read_job(dht: DHTServer, job_id: bytes, derived: DerivedStates | None = None) -> JobRead:
+    """(the derived state or None when nobody knows the job, replicas that
+    answered in full), and whether the job is known to be gone.
 
     ``derived``: the node's memo of derived states over ``dht.records``
     (None: derive every time; the answer is the same).
     """
     local = local_state(derived, dht.records, job_id)
     placed = local.replicas if local is not None else ()
-    facts, answered = await dht.fetch(job_id, also=placed)
+    fetched = await dht.fetch(job_id, also=placed)
+    facts, answered = fetched
     state = state_of(derived, facts)
+    if state is None and (fetched.gone or dht.records.is_gone(job_id)):
+        return JobRead(None, answered, True)
     if state is None and dht.has_dormant():
         # Nobody we asked knows the job. Before saying "not found", try the
         # contacts we evicted: after a partition they may be the other half.
@@ -54,7 +74,7 @@ async def read_job(
         answered = max(answered, extra)
     if state is not None and local is not None:
         _keep_up(dht, job_id, facts)
-    return state, answered
+    return JobRead(state, answered)
 
 
 def _keep_up(dht: DHTServer, job_id: bytes, facts: list) -> None:
