@@ -51,6 +51,7 @@ PAGES_PER_READ_MAX = 300
 # Refusal reasons of a store the replica could not keep (codes for peers, text for people).
 REFUSED_BUDGET = "storage budget exhausted"
 REFUSED_GONE = "gone: retention passed"
+REFUSED_DISK = "not stored: the commit to disk failed"
 # Pings sent at once to each contact a probe asks (DHTServer.probe).
 PROBE_PINGS = 2
 
@@ -220,6 +221,7 @@ class DHTServer(Upkeep):
             "find_records_pages": 0,
             "reads_incomplete": 0,
             "budget_refusals": 0,
+            "commit_failures_seen": 0,
         }
 
     # ------------------------------------------------------------------ life
@@ -362,7 +364,14 @@ class DHTServer(Upkeep):
         sender = self._contact_from(env, addr)
         return [c.to_wire() for c in self.router.find_neighbors(target_node(key), exclude=sender)]
 
-    def _rpc_find_records(self, env: Envelope, addr) -> list:
+    async def _rpc_find_records(self, env: Envelope, addr) -> list | None:
+        # Serve what is on disk: a grant or seal written this turn goes out
+        # only once its commit returned.
+        if not await self.durable():
+            return None
+        return self.find_records_page(env.args)
+
+    def find_records_page(self, args: list) -> list:
         """``[key, digest]`` or ``[key, digest, cursor]`` -> ``[same, raws, next]``
         (``[False, [], b"", True]``: the key was dropped when its retention passed).
 
@@ -371,7 +380,7 @@ class DHTServer(Upkeep):
         first) within ``RECORDS_PER_REPLY_BYTES``, and ``next``: the cursor of
         the following page, b"" when this page is the last. A reader follows
         ``next`` until b"", so a reply never silently cuts a key's records."""
-        key, known_digest, *rest = env.args
+        key, known_digest, *rest = args
         cursor = rest[0] if rest else b""
         if (
             not isinstance(key, bytes) or len(key) != 20 or not isinstance(known_digest, bytes)
@@ -380,18 +389,34 @@ class DHTServer(Upkeep):
             raise ValueError("find_records needs a key, a digest and an optional cursor")
         if known_digest and not cursor and known_digest == _digest_ids(self.records.record_ids(key)):
             return [True, [], b""]
-        records, nxt = self.records.page(key, cursor, RECORDS_PER_REPLY_BYTES)
+        records, nxt = self.records.page(key, cursor, RECORDS_PER_REPLY_BYTES, committed_only=True)
         self.stats["find_records_pages"] += 1
         if not records and self.records.is_gone(key):
             return [False, [], b"", True]  # held once, dropped when its retention passed
         return [False, [r.raw for r in records], nxt]
 
-    def _rpc_store(self, env: Envelope, addr) -> list:
+    async def _rpc_store(self, env: Envelope, addr) -> list:
         key, raws = env.args
         if not isinstance(key, bytes) or len(key) != 20 or not isinstance(raws, list):
             raise ValueError("store needs a key and a list of records")
+        mark = self.records.write_mark()
         ok, refused, produced = self._store_local(key, raws, env.sender_id)
+        if not await self.durable(mark):
+            return [False, [[i, REFUSED_DISK] for i in range(len(raws))], []]
         return [ok, [list(r) for r in refused], [r.raw for r in produced]]
+
+    async def durable(self, since: int | None = None) -> bool:
+        """Wait until every write so far is on disk (the store's group commit);
+        False if that commit failed (or one that undid a write made after the
+        ``since`` mark). Every answer that reports a store (an ack, a grant,
+        a seal) waits for this first."""
+        try:
+            await self.records.durable(since)
+        except Exception as exc:  # StorageError: the disk refused the commit
+            self.stats["commit_failures_seen"] += 1
+            self.log.warning("store_commit_failed", error=str(exc))
+            return False
+        return True
 
     def _rpc_sync(self, env: Envelope, addr) -> list:
         """``[key, digest]`` or ``[key, digest, cursor]`` -> ``[same, ids, next]``:
@@ -677,7 +702,10 @@ class DHTServer(Upkeep):
         async def one(contact: Contact) -> tuple[bool, bool, list, list[Record]]:
             """(answered, stored all, refusals, produced records)"""
             if contact.id == self.node.id:
+                mark = self.records.write_mark()
                 ok, refused, produced = self.ingest(key, records, self.node.id)
+                if not await self.durable(mark):
+                    return True, False, [(i, REFUSED_DISK) for i in range(len(records))], []
                 return True, ok, refused, produced
             ok_all, refused_all, produced_all = True, [], []
             for chunk in _chunks(raws, self.config.datagram_bytes_max - 2000):

@@ -61,6 +61,11 @@ class NodeConfig:
     # promises) anything; and how many dropped keys it remembers as gone (410).
     store_limits: StorageLimits = field(default_factory=StorageLimits)
     tombstones_max: int = 100_000
+    # Durability: every stored fact is on disk (fsync) before anything that
+    # depends on it is answered. With group commit the writes of one event-loop
+    # turn share one transaction and one fsync, in a writer thread; without it
+    # each write commits on its own (docs/performance.md has both costs).
+    group_commit: bool = True
     # Jobs whose facts a node keeps in its local job index (for listing), at most.
     job_index_max: int = 200_000
     # REST protection.

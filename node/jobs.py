@@ -271,8 +271,10 @@ class JobOperations:
         self.counters["reads"] += 1
         local = self.derive_local(job_id)
         if local is not None and local.status in lifecycle.TERMINAL:
-            # Decided by a quorum of seals: final, no replica can say otherwise.
+            # Decided by a quorum of seals: final, no replica can say otherwise
+            # (shown once what decided it here is on disk).
             self.counters["local_reads"] += 1
+            await self.dht.durable()
             return local
         read = await read_job(self.dht, job_id, self.derived)
         state, answered = read

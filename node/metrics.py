@@ -28,7 +28,7 @@ class _StatusCollector:
         for name, count in status["jobs"].items():
             jobs.add_metric([name], count)
         yield jobs
-        for section in ("workers", "dht", "gossip", "leases", "jobs_api", "crypto"):
+        for section in ("workers", "dht", "storage", "gossip", "leases", "jobs_api", "crypto"):
             for key, value in status.get(section, {}).items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue

@@ -99,7 +99,10 @@ class Node:
             self.identity, config.leases, self._monotonic, self.clock.wall_ms, self._on_stored
         )
         path = None if in_memory else os.path.join(config.data_dir, "store.sqlite")
-        self.store = FactStore(path, self.replica.validate, config.store_limits, tombstones_max=config.tombstones_max)
+        self.store = FactStore(
+            path, self.replica.validate, config.store_limits,
+            tombstones_max=config.tombstones_max, group_commit=config.group_commit,
+        )
         self.derived = DerivedStates(self.store)
         self.retention = Retention(
             self.store,

@@ -98,9 +98,10 @@ class Retention:
         return max(0.0, self._due[0][0] - now) if self._due else None
 
     def sweep(self, now: float) -> int:
-        """Drop what is due at ``now`` (at most ``batch_max`` keys); keys dropped."""
-        dropped = 0
-        while self._due and self._due[0][0] <= now and dropped < self._batch_max:
+        """Drop what is due at ``now`` (at most ``batch_max`` keys, in one
+        transaction); keys dropped."""
+        due: list[bytes] = []
+        while self._due and self._due[0][0] <= now and len(due) < self._batch_max:
             _, key = heapq.heappop(self._due)
             self._scheduled.discard(key)
             state = self._state_of(key)
@@ -109,11 +110,14 @@ class Retention:
                 # a key already dropped, or not a job, is left alone.
                 self.counters["kept_undecided"] += state is not None
                 continue
-            self.counters["facts_dropped"] += self.store.forget(key, self._wall_ms())
-            self.counters["jobs_dropped"] += 1
-            dropped += 1
+            due.append(key)
+        if not due:
+            return 0
+        self.counters["facts_dropped"] += self.store.forget_many(due, self._wall_ms())
+        self.counters["jobs_dropped"] += len(due)
+        for key in due:
             self._on_dropped(key)
-        return dropped
+        return len(due)
 
     async def run(self) -> None:
         """The sweep loop (one of the node's tasks)."""

@@ -53,11 +53,10 @@ async def test_a_server_serves_pages_and_a_reader_follows_them():
     key = facts[0].job_id
     server, _ = make_server(stub=False)
     server.records.merge(key, facts)
-    env = type("Env", (), {"args": [key, b""]})()
-    same, raws, cursor = server._rpc_find_records(env, None)
+    await server.records.durable()  # a replica serves what is on disk
+    same, raws, cursor = server.find_records_page([key, b""])
     assert same is False and cursor and len(raws) < len(facts)
-    env.args = [key, b"", cursor]
-    _, more, _ = server._rpc_find_records(env, None)
+    _, more, _ = server.find_records_page([key, b"", cursor])
     assert not {bytes(r) for r in raws} & {bytes(r) for r in more}
 
 
@@ -67,6 +66,7 @@ async def test_a_replica_that_misses_a_page_counts_as_no_answer(lost_page):
     key = facts[0].job_id
     holder, _ = make_server(stub=False)
     holder.records.merge(key, facts)
+    await holder.records.durable()
     reader, net = make_server()
     asked = {"pages": 0}
 
@@ -76,8 +76,7 @@ async def test_a_replica_that_misses_a_page_counts_as_no_answer(lost_page):
         asked["pages"] += 1
         if asked["pages"] == lost_page + 1:
             return None  # this page's reply is lost
-        env = type("Env", (), {"args": args})()
-        return holder._rpc_find_records(env, None)
+        return holder.find_records_page(args)
 
     reader.router.add_contact(net.add(holder.node.id, answer))
     records, answered = await reader.fetch(key, repair=False)
