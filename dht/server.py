@@ -204,6 +204,8 @@ class DHTServer(Upkeep):
         self.quorum_grace_s = 0.05
         self._loops: list[asyncio.Task] = []
         self.lookups: deque[LookupResult] = deque(maxlen=1000)
+        # A seam for observers (the simulator scores every lookup): (key, result).
+        self.on_lookup: Callable[[bytes, LookupResult], None] | None = None
         self.stats: dict[str, int] = {
             "stores": 0,
             "store_quorum_missed": 0,
@@ -497,12 +499,16 @@ class DHTServer(Upkeep):
                 remember(self._heard, checked[0], None, self.heard_max)
         return found
 
-    async def _lookup(self, key: bytes, seeds: list[Contact]) -> LookupResult:
+    async def _lookup(self, key: bytes, seeds: list[Contact], *, want: int | None = None) -> LookupResult:
+        """Until the ``want`` closest known contacts answered (default k: a
+        lookup of our own id fills the routing table)."""
         self.stats["lookups"] += 1
         result = await lookup(
-            key, seeds, lambda c: self._ask_find_node(key, c), k=self.config.k, alpha=self.config.alpha
+            key, seeds, lambda c: self._ask_find_node(key, c), k=self.config.k, alpha=self.config.alpha, want=want
         )
         self.lookups.append(result)
+        if self.on_lookup is not None:
+            self.on_lookup(key, result)
         return result
 
     async def replicas_for(self, key: bytes, *, count: int | None = None, fresh: bool = False) -> list[Contact]:
@@ -520,7 +526,7 @@ class DHTServer(Upkeep):
             # No bucket ever overflowed: the table holds the whole mesh we can
             # reach (at most k other nodes), so the closest are known locally.
             return sorted([*seeds, self.node], key=target.distance_to)[:count]
-        found = (await self._lookup(key, seeds)).contacts if seeds else []
+        found = (await self._lookup(key, seeds, want=max(count, self.config.replicas))).contacts if seeds else []
         everyone = {c.id: c for c in found}
         everyone[self.node.id] = self.node
         wanted = max(count, self.config.replicas)
@@ -627,7 +633,7 @@ class DHTServer(Upkeep):
                     contact = cached[1]
             if contact is None:
                 seeds = self.router.find_neighbors(target_node(node_id), k=self.config.k)
-                found = (await self._lookup(node_id, seeds)).contacts if seeds else []
+                found = (await self._lookup(node_id, seeds, want=1)).contacts if seeds else []
                 contact = next((c for c in found if c.id == node_id), None)
                 if contact is not None:
                     remember(self._resolved, node_id, (now, contact), 4096)
