@@ -177,3 +177,16 @@ def test_a_budget_is_checked_before_the_policy_promises_anything():
     server.records.forget(key, 1)
     ok, refused, _ = server.ingest(key, [submit, place], SUBMITTER.node_id)
     assert (ok, refused) == (False, [(0, REFUSED_GONE), (1, REFUSED_GONE)])
+
+
+def test_the_cli_takes_a_retention_with_a_unit_and_defaults_to_seven_days():
+    from workmesh.node.cli import build_parser, config_from_args
+
+    def retention(*extra: str) -> float:
+        return config_from_args(build_parser().parse_args(["start", "--data-dir", "d", *extra])).retention_s
+
+    assert retention() == 7 * 86_400
+    assert retention("--retention", "12h") == 43_200
+    assert retention("--retention", "90") == 90
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["start", "--data-dir", "d", "--retention", "soon"])
