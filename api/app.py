@@ -19,8 +19,9 @@ import structlog
 from aiohttp import web
 from workmesh.node.errors import BadRequest, JobNotFound, QuorumUnavailable, Unauthorized
 
-from workmesh.api import validation
+from workmesh.api import dashboard, validation
 from workmesh.api.errors import error_middleware
+from workmesh.api.httpmetrics import metrics_middleware
 from workmesh.api.openapi import build_spec, render_yaml
 from workmesh.api.ratelimit import TokenBuckets, ratelimit_middleware
 from workmesh.api.service import TERMINAL_STATUSES, JobService
@@ -125,6 +126,12 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     status, limit, after = validation.parse_list_query(request.query)
+    service = request.app[SERVICE]
+    if validation.parse_scope(request.query) == "mesh":
+        if after is not None:
+            raise BadRequest("after: a mesh-wide list is one page; ask with a larger limit")
+        return web.json_response(await service.list_mesh_jobs(status, limit))
+    await _refresh_own(service)
     try:
         views, cursor = request.app[SERVICE].list_jobs(status, limit, after)
     except ValueError:
@@ -136,7 +143,16 @@ async def list_jobs(request: web.Request) -> web.Response:
     return web.json_response({"jobs": [v.to_json() for v in views], "next": cursor})
 
 
+async def _refresh_own(service: JobService) -> None:
+    """Jobs this node accepted or ran but holds no current copy of are read
+    again first (a service without them has no ``refresh_own``)."""
+    refresh = getattr(service, "refresh_own", None)
+    if refresh is not None:
+        await refresh()
+
+
 async def node_status(request: web.Request) -> web.Response:
+    await _refresh_own(request.app[SERVICE])
     return web.json_response(request.app[SERVICE].status())
 
 
@@ -188,6 +204,9 @@ def create_app(
         raise ValueError("max_body_bytes and body_timeout_s must be positive")
     logger = logger if logger is not None else structlog.get_logger("workmesh.api")
     middlewares = [error_middleware(logger)]
+    observe = getattr(getattr(service, "metrics", None), "observe_http", None)
+    if observe is not None:  # outermost: it sees the code the client got
+        middlewares.insert(0, metrics_middleware(observe))
     buckets = None
     if rate_limit_per_s is not None:
         buckets = TokenBuckets(rate_limit_per_s, rate_burst)
@@ -209,6 +228,10 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/openapi.yaml", openapi_yaml)
+    dashboard.setup(app, service, auth=API_TOKEN in app, logger=logger)  # /ui/ and / (docs/operations.md, "Dashboard")
+    from workmesh.api import blobs as blobs_api  # POST /blobs, GET /blobs/{hash}
+
+    blobs_api.register(app)
     return app
 
 

@@ -60,7 +60,7 @@ def _from_workmesh(exc: WorkmeshError) -> web.Response:
         headers["WWW-Authenticate"] = 'Bearer realm="workmesh"'
     status = exc.status
     # A bare WorkmeshError (status 500) is a node bug: do not echo its message.
-    detail = _INTERNAL_DETAIL if status >= 500 and status != 503 else (str(exc) or exc.title)
+    detail = _INTERNAL_DETAIL if status >= 500 and status not in (503, 507) else (str(exc) or exc.title)
     return problem_response(
         status, detail, title=exc.title, type_=PROBLEM_TYPE_PREFIX + _slug(type(exc).__name__), headers=headers
     )
@@ -68,7 +68,7 @@ def _from_workmesh(exc: WorkmeshError) -> web.Response:
 
 def _from_http(exc: web.HTTPException) -> web.Response:
     headers: dict[str, str] = {}
-    for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+    for name in ("Allow", "Retry-After", "WWW-Authenticate", "Content-Range"):
         if name in exc.headers:
             headers[name] = exc.headers[name]
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
@@ -90,7 +90,7 @@ def error_middleware(logger: Any) -> Callable[[web.Request, Handler], Awaitable[
         try:
             response = await handler(request)
         except WorkmeshError as exc:
-            if exc.status >= 500 and exc.status != 503:  # a node bug, not a client's or the mesh's state
+            if exc.status >= 500 and exc.status not in (503, 507):  # a node bug, not a client's or the mesh's state
                 logger.exception("api.unhandled_error", method=request.method, path=request.path)
             return _from_workmesh(exc)
         except web.HTTPException as exc:

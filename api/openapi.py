@@ -19,6 +19,7 @@ import re
 import sys
 from typing import Any
 
+from workmesh.api import blobs as blobs_api
 from workmesh.api import validation as v
 from workmesh.api.service import STATUSES
 
@@ -153,6 +154,8 @@ def _schemas(job_types: frozenset[str]) -> dict:
             "properties": {
                 "jobs": {"type": "array", "items": {"$ref": _REF + "schemas/JobView"}},
                 "next": {"type": ["string", "null"], "description": "Pass as ?after= for the next page."},
+                "nodes_asked": {"type": "integer", "minimum": 1, "description": "scope=mesh: nodes asked, this one included."},
+                "nodes_failed": {"type": "integer", "minimum": 0, "description": "scope=mesh: peers that did not answer."},
             },
         },
         "Health": {
@@ -211,6 +214,13 @@ def _paths(auth: bool) -> dict:
                         "in": "query",
                         "description": "Opaque cursor from a previous page's `next`.",
                         "schema": {"type": "string", "minLength": 1, "maxLength": v.CURSOR_CHARS_MAX},
+                    },
+                    {
+                        "name": "scope",
+                        "in": "query",
+                        "description": "`node` (default): the jobs this node holds, accepted or ran. `mesh`: "
+                        "also its peers' jobs, merged, one entry per job, in one page (no `after`).",
+                        "schema": {"type": "string", "enum": list(v.SCOPES), "default": "node"},
                     },
                 ],
                 "responses": _responses({"200": _ok("A page of jobs.", "JobList")}, (400, 429, 500, 503)),
@@ -333,7 +343,7 @@ def build_spec(*, auth: bool, job_types: frozenset[str] = frozenset()) -> dict:
             "description": "Submit, inspect and cancel jobs on a peer-to-peer job mesh. Every node serves this API. "
             "Errors are RFC 9457 problem details." + (" Writes (POST) need a bearer token." if auth else ""),
         },
-        "paths": _paths(auth),
+        "paths": {**_paths(auth), **blobs_api.openapi_paths(auth)},
         "components": components,
     }
 

@@ -92,7 +92,17 @@ class JobService(Protocol):
         ...
 
     def list_jobs(self, status: str | None, limit: int, after: str | None) -> tuple[list[JobView], str | None]:
-        """One page of jobs known to this node and the cursor of the next page (None at the end)."""
+        """One page of jobs known to this node and the cursor of the next page (None at the end).
+
+        The jobs this node holds as a replica, and those it accepted or ran.
+        A service may also offer ``async refresh_own()``, awaited before this
+        and ``status()``, to bring its own jobs held elsewhere up to date.
+        """
+        ...
+
+    async def list_mesh_jobs(self, status: str | None, limit: int) -> dict:
+        """``{"jobs": [...], "next": None, "nodes_asked", "nodes_failed"}``: this
+        node's jobs and its peers', one entry per job (``GET /jobs?scope=mesh``)."""
         ...
 
     def status(self) -> dict:

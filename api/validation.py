@@ -268,3 +268,14 @@ def parse_list_query(query: Mapping[str, str]) -> tuple[str | None, int, str | N
     if after is not None and (not after or len(after) > CURSOR_CHARS_MAX or _SURROGATE.search(after)):
         raise BadRequest(f"after: must be a cursor of 1..{CURSOR_CHARS_MAX} characters")
     return status, limit, after
+
+
+SCOPES = ("node", "mesh")
+
+
+def parse_scope(query: Mapping[str, str]) -> str:
+    """``?scope=node|mesh`` of ``GET /jobs``: this node's jobs (default) or the mesh's."""
+    scope = _one(query, "scope") or "node"
+    if scope not in SCOPES:
+        raise BadRequest(f"scope: must be one of {', '.join(SCOPES)}")
+    return scope

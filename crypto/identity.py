@@ -184,6 +184,10 @@ class Identity:
             self._pair_keys.popitem(last=False)
         return key
 
+    def knows_pair(self, peer_public_key: bytes) -> bool:
+        """Is the pair key with this peer cached (a MAC check then costs a hash, not an X25519)?"""
+        return peer_public_key in self._pair_keys
+
     def mac(self, peer_public_key: bytes, domain: str, fields: list | tuple, *, checked: bool = False) -> bytes:
         """Authenticate ``[domain, *fields]`` for the pair (us, peer)."""
         return self.mac_bytes(peer_public_key, signing_bytes(domain, fields, checked=checked))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,34 @@ class DHTConfig:
     # ask it anything, so it never enters the routing table. 0 = off. Each bit
     # doubles the cost of making an identity (16 bits: about 65,000 key pairs).
     identity_puzzle_bits: int = 0
+    # Private mesh (crypto/meshkey.py): the current mesh key first, then keys
+    # also accepted during a rotation. Empty = an open mesh. Every datagram is
+    # checked against them before anything else; a stranger's is dropped.
+    mesh_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    # Keys derived from the API token (crypto/tokenauth.py; NodeConfig fills it
+    # from api_token). Empty = no token: nothing is tagged or required. Else
+    # requests of acting_methods, and every reply, are accepted only from
+    # token holders: a node without the token is answered (it may route) but
+    # never becomes a contact, a replica, or a source of facts.
+    token_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    acting_methods: frozenset[str] = frozenset({"store", "sync", "announce", "cancel_job"})
+    # Cheap rejection (dht/peerlimit.py). Datagrams per second from one /24
+    # (IPv4) or /48 (IPv6) prefix, on top of the per-address bucket (loopback
+    # is exempt: a loopback mesh is one machine); 0 = no prefix limit.
+    prefix_datagrams_per_s: float = 20_000.0
+    prefix_datagram_burst: int = 40_000
+    # A source whose envelopes fail authentication (bad signature or MAC) more
+    # than auth_failure_burst times, refilled at auth_failures_per_s, is shut
+    # out (its datagrams dropped before decoding) for shutout_s.
+    auth_failures_per_s: float = 2.0
+    auth_failure_burst: int = 20
+    shutout_s: float = 60.0
+    # Expensive envelope checks (an Ed25519 verification, or the X25519 of a key
+    # not met before) per second, all sources together; over it they are
+    # dropped unchecked ("verify_budget"), so a flood of forged signatures
+    # costs at most this many verifications a second (about 90 us each).
+    expensive_checks_per_s: float = 2000.0
+    expensive_check_burst: int = 4000
 
     def __post_init__(self) -> None:
         if not 1 <= self.quorum <= self.replicas:

@@ -27,6 +27,7 @@ Either way:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,8 @@ class Envelope:
     target_id: bytes
     method: str
     args: list
+    # Carried a valid tag of the API token's key (crypto/tokenauth.py), checked by the receiver.
+    authorized: bool = False
 
 
 def seal(
@@ -95,10 +98,20 @@ def seal(
     return _ARRAY9 + body + msgpack.packb(auth, use_bin_type=True)
 
 
-def open_envelope(data: bytes, *, datagram_bytes_max: int, identity: Identity | None = None) -> Envelope:
+def open_envelope(
+    data: bytes,
+    *,
+    datagram_bytes_max: int,
+    identity: Identity | None = None,
+    afford: Callable[[], bool] | None = None,
+    authorized: bool = False,
+) -> Envelope:
     """Decode and authenticate a datagram; raise :class:`EnvelopeError` with a reason.
 
     ``identity`` (the receiver) is needed to check MAC-authenticated envelopes.
+    ``afford`` is asked before an expensive check (an Ed25519 verification, or
+    a MAC under a pair key not derived yet); when it says no, the envelope is
+    dropped unchecked with reason ``verify_budget``.
     """
     if len(data) > datagram_bytes_max:
         raise EnvelopeError("oversized")
@@ -133,6 +146,10 @@ def open_envelope(data: bytes, *, datagram_bytes_max: int, identity: Identity | 
     # it is canonical, so it is the 9-array header, the 8 fields' bytes, then
     # ``auth`` as bin 8 (2 header bytes); swap ``auth`` for the domain in front.
     message = _ARRAY9 + _RPC_DOMAIN + data[1 : len(data) - len(signature) - 2]
+    if afford is not None and (
+        len(signature) == SIGNATURE_BYTES or (identity is not None and not identity.knows_pair(key))
+    ) and not afford():
+        raise EnvelopeError("verify_budget")
     try:
         if len(signature) == SIGNATURE_BYTES:
             verify_bytes(key, message, signature, domains.RPC)
@@ -142,7 +159,7 @@ def open_envelope(data: bytes, *, datagram_bytes_max: int, identity: Identity | 
             identity.check_mac_bytes(key, message, signature, domains.RPC)
     except BadSignature:
         raise EnvelopeError("bad_signature") from None
-    return Envelope(kind, msg_id, key, node_id_of(key), ts_ms, target, method, args)
+    return Envelope(kind, msg_id, key, node_id_of(key), ts_ms, target, method, args, authorized)
 
 
 class ReplayGuard:

@@ -12,15 +12,68 @@ Both forget the least recently used entry first once full, so a flood of
 distinct addresses costs bounded memory; a forgotten peer starts again with a
 full bucket, or has to prove its address again.
 
-Keys are full ``(ip, port)`` addresses, not IPs: peers of a loopback mesh, or
-behind one NAT, share an IP. A source that rotates ports gets a bucket per
-port; the routing table's per-prefix limit is what bounds its influence.
+* :class:`Offenders`: sources whose envelopes fail authentication. Each
+  failure takes a token from the source's failure bucket; a source with none
+  left is shut out for a while: its datagrams are dropped before decoding.
+
+Keys (:func:`source_of`): the source IP, so rotating source ports escapes
+nothing, plus (:func:`prefix_of`) its /24 (IPv4) or /48 (IPv6) for a second,
+wider bucket. Loopback is the exception: every node of a loopback mesh shares
+127.0.0.1, and anyone sending from there is on the machine already, so a
+loopback source is its full ``(ip, port)`` and has no prefix bucket.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from typing import Hashable
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def source_of(addr: tuple) -> Hashable:
+    """What the per-source limits key on: the IP, or ``(ip, port)`` on loopback."""
+    ip = _ip(addr[0])
+    if ip is None or ip.is_loopback:
+        return (addr[0], addr[1])
+    return str(ip)
+
+
+def prefix_of(addr: tuple) -> str | None:
+    """The /24 or /48 the source sits in; None for loopback (and non-IP names)."""
+    ip = _ip(addr[0])
+    if ip is None or ip.is_loopback:
+        return None
+    bits = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+
+
+class SourceKeys:
+    """:func:`source_of` and :func:`prefix_of` of an address, memoised: parsing
+    an IP costs microseconds, a flood comes from few addresses. Bounded: the
+    memo is emptied when full (a flood of distinct addresses then pays the
+    parse, nothing more)."""
+
+    def __init__(self, size_max: int = 65_536) -> None:
+        self.size_max = size_max
+        self._memo: dict[tuple, tuple[Hashable, str | None]] = {}
+
+    def __call__(self, addr: tuple) -> tuple[Hashable, str | None]:
+        keys = self._memo.get(addr)
+        if keys is None:
+            if len(self._memo) >= self.size_max:
+                self._memo.clear()
+            keys = self._memo[addr] = (source_of(addr), prefix_of(addr))
+        return keys
 
 
 class PeerBuckets:
@@ -63,3 +116,42 @@ class ProvenAddresses:
 
     def __len__(self) -> int:
         return len(self._pairs)
+
+
+class Offenders:
+    """Sources that keep failing authentication, shut out for ``shutout_s``.
+
+    A failure takes one token from the source's bucket (``burst`` tokens,
+    refilled at ``rate_per_s``); the failure that finds it empty shuts the
+    source out. Bounded: least recently charged forgotten first.
+    """
+
+    def __init__(self, rate_per_s: float, burst: int, shutout_s: float, size_max: int) -> None:
+        self._failures = PeerBuckets(rate_per_s, burst, size_max)
+        self.shutout_s = shutout_s
+        self.size_max = size_max
+        self._until: OrderedDict[Hashable, float] = OrderedDict()
+        self.shutouts = 0
+
+    def charge(self, source: Hashable, now: float) -> bool:
+        """Count one failure of ``source``; True if that shuts it out."""
+        if self._failures.allow(source, now) or self.is_shut_out(source, now):
+            return False
+        self._until[source] = now + self.shutout_s
+        self._until.move_to_end(source)
+        if len(self._until) > self.size_max:
+            self._until.popitem(last=False)
+        self.shutouts += 1
+        return True
+
+    def is_shut_out(self, source: Hashable, now: float) -> bool:
+        until = self._until.get(source)
+        if until is None:
+            return False
+        if now >= until:
+            del self._until[source]
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._until)

@@ -12,9 +12,16 @@ This replaces ``rpcudp``. Differences that matter:
 * anything malformed, oversized, unsigned, wrongly signed, stale, replayed or
   misdirected is dropped and counted, and never raises out of
   ``datagram_received``;
-* per-peer limits (``dht/peerlimit.py``): a token bucket per source address
-  before decoding; a reply larger than its request only to an address that
-  proved itself; no exchange at all with a key that fails the identity puzzle.
+* in a private mesh (``DHTConfig.mesh_keys``) every datagram carries a MAC
+  under the mesh key, checked before anything else: a stranger's datagram
+  costs one keyed hash, is dropped (``dropped_not_member``) and answered by
+  nothing, so strangers never enter a routing table;
+* per-source limits (``dht/peerlimit.py``): a token bucket per source address
+  and one per /24 or /48 prefix, before decoding; a source whose envelopes
+  keep failing authentication is shut out for a while; expensive checks
+  (signatures, new pair keys) have a node-wide budget; a reply larger than its
+  request only to an address that proved itself; no exchange at all with a
+  key that fails the identity puzzle.
 
 The transport is anything with ``sendto(data, addr)`` and ``close()``: a UDP
 transport in production, the simulator's in-memory network in simulation.
@@ -29,9 +36,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from workmesh.crypto.identity import Identity, puzzle_bits
+from workmesh.crypto.meshkey import MeshKeyring
+from workmesh.crypto.tokenauth import TokenTagger, split
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.envelope import MSG_ID_BYTES, REPLY, REQUEST, Envelope, EnvelopeError, ReplayGuard, open_envelope, seal
-from workmesh.dht.peerlimit import PeerBuckets, ProvenAddresses
+from workmesh.dht.peerlimit import Offenders, PeerBuckets, ProvenAddresses, SourceKeys
 
 # Canonical envelopes start [fixarray(9), version 1, kind, bin8(16) msg_id ...]:
 # where a reply's message id sits, to exempt replies to our requests from the
@@ -86,8 +95,21 @@ class RPCProtocol(asyncio.DatagramProtocol):
             if config.peer_datagrams_per_s > 0
             else None
         )
+        self._prefix_buckets = (
+            PeerBuckets(config.prefix_datagrams_per_s, config.prefix_datagram_burst, config.peer_buckets_max)
+            if config.prefix_datagrams_per_s > 0
+            else None
+        )
+        self._offenders = Offenders(
+            config.auth_failures_per_s, config.auth_failure_burst, config.shutout_s, config.peer_buckets_max
+        )
+        self._source_keys = SourceKeys()
+        self._expensive = PeerBuckets(config.expensive_checks_per_s, config.expensive_check_burst, 1)
+        self.mesh = MeshKeyring(config.mesh_keys[0], config.mesh_keys[1:]) if config.mesh_keys else None
+        self.token = TokenTagger(config.token_keys) if config.token_keys else None
         self._proven = ProvenAddresses(config.proven_addresses_max)
         self._proving: dict[tuple[tuple[str, int], bytes], asyncio.Future] = {}
+        self._proof_pings: set[bytes] = set()  # msg ids of pings that only prove an address
         self._puzzle = config.identity_puzzle_bits
 
     # -- asyncio.DatagramProtocol ----------------------------------------
@@ -100,14 +122,40 @@ class RPCProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.counters["datagrams_in"] += 1
         self.counters["bytes_in"] += len(data)
-        if self._peer_buckets is not None and not self._answers_us(data, addr):
-            if not self._peer_buckets.allow(addr, self.clock.monotonic()):
+        if self.mesh is not None:
+            # Before anything else: a stranger's datagram costs this one keyed hash.
+            body = self.mesh.open(data)
+            if body is None:
+                self.dropped["not_member"] += 1
+                return
+            data = body
+        now = self.clock.monotonic()
+        source, prefix = self._source_keys(addr)
+        if self._offenders.is_shut_out(source, now):
+            self.dropped["shut_out"] += 1
+            return
+        data, tagged = split(data)
+        authorized = tagged is not None and self.token is not None and self.token.check(tagged) is not None
+        if not self._answers_us(data, addr):
+            if self._peer_buckets is not None and not self._peer_buckets.allow(source, now):
                 self.dropped["rate_limited"] += 1
                 return
+            if self._prefix_buckets is not None and prefix is not None:
+                if not self._prefix_buckets.allow(prefix, now):
+                    self.dropped["prefix_rate_limited"] += 1
+                    return
         try:
-            env = open_envelope(data, datagram_bytes_max=self.config.datagram_bytes_max, identity=self.identity)
+            env = open_envelope(
+                data,
+                datagram_bytes_max=self.config.datagram_bytes_max,
+                identity=self.identity,
+                afford=lambda: self._expensive.allow(None, now),
+                authorized=authorized,
+            )
         except EnvelopeError as exc:
             self.dropped[exc.reason] += 1
+            if exc.reason == "bad_signature" and self._offenders.charge(source, now):
+                self.counters["sources_shut_out"] += 1
             return
         except Exception as exc:  # a decoder bug must not take the node down
             self.dropped["decoder_error"] += 1
@@ -148,6 +196,13 @@ class RPCProtocol(asyncio.DatagramProtocol):
         if addr != asked_addr or (expected_id is not None and env.sender_id != expected_id):
             self.dropped["reply_from_wrong_peer"] += 1
             return
+        if self.token is not None and not env.authorized and env.msg_id not in self._proof_pings:
+            # A node without the API token: as if it had not answered (never a contact, replica or
+            # source of facts). It still proves its address (anti-amplification is about addresses,
+            # not rights), so the small routing and read requests it may make are answered in full.
+            self._proven.add(addr, env.sender_id)
+            self.dropped["unauthorized_reply"] += 1
+            return
         del self._outstanding[env.msg_id]
         self.counters["replies_in"] += 1
         self._proven.add(addr, env.sender_id)  # it holds its key at the address we asked
@@ -156,6 +211,11 @@ class RPCProtocol(asyncio.DatagramProtocol):
 
     # -- requests ---------------------------------------------------------
     def _accept_request(self, env: Envelope, addr: tuple[str, int], size: int) -> None:
+        if self.token is not None and not env.authorized and env.method in self.config.acting_methods:
+            # Only the operator's nodes (holders of the API token) may make this node act.
+            self.dropped["unauthorized"] += 1
+            self.counters[f"unauthorized_{env.method}"] += 1
+            return
         if len(self._tasks) >= self.config.inflight_requests_max:
             self.dropped["overloaded"] += 1
             return
@@ -212,7 +272,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
         for _ in range(attempts):
             reply = await self.request(
                 addr, "ping", [], expect_id=env.sender_id, peer_key=env.sender_key,
-                timeout_s=self.config.rpc_timeout_s / 4,
+                timeout_s=self.config.rpc_timeout_s / 4, proof_only=True,
             )
             if reply is not None:
                 return
@@ -238,6 +298,10 @@ class RPCProtocol(asyncio.DatagramProtocol):
         if self.transport is None:
             return
         self.counters["datagrams_out"] += 1
+        if self.token is not None:
+            data = self.token.tag(data)
+        if self.mesh is not None:
+            data = self.mesh.seal(data)
         self.counters["bytes_out"] += len(data)
         try:
             self.transport.sendto(data, addr)
@@ -253,11 +317,14 @@ class RPCProtocol(asyncio.DatagramProtocol):
         expect_id: bytes | None,
         peer_key: bytes | None = None,
         timeout_s: float | None = None,
+        proof_only: bool = False,
     ) -> Envelope | None:
         """Send a request; the verified reply envelope, or ``None`` on timeout.
 
         With ``peer_key`` (the recipient's public key) the envelope carries a
         pair MAC; without it (a first ping by address), a signature.
+        ``proof_only``: the reply only proves the peer's address (anti-
+        amplification), so it is taken from a node without the API token too.
         """
         if len(self._outstanding) >= self.config.outstanding_max:
             self.counters["outstanding_full"] += 1
@@ -271,6 +338,8 @@ class RPCProtocol(asyncio.DatagramProtocol):
             raise ValueError(f"request of {len(data)} bytes exceeds the datagram bound")
         future = asyncio.get_running_loop().create_future()
         self._outstanding[msg_id] = (future, addr, expect_id)
+        if proof_only:
+            self._proof_pings.add(msg_id)
         self.counters["requests_out"] += 1
         self._send(data, addr)
         try:
@@ -280,6 +349,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
             return None
         finally:
             self._outstanding.pop(msg_id, None)
+            self._proof_pings.discard(msg_id)
 
     def close(self) -> None:
         for task in list(self._tasks):
@@ -296,6 +366,10 @@ class RPCProtocol(asyncio.DatagramProtocol):
         stats = dict(self.counters)
         stats.update({f"dropped_{k}": v for k, v in self.dropped.items()})
         stats["dropped_total"] = sum(self.dropped.values())
+        # Membership: mesh keys accepted (0 = an open mesh), token authorization on (1) or off.
+        stats["mesh_keys"] = len(self.mesh.keys) if self.mesh is not None else 0
+        stats["token_auth"] = int(self.token is not None)
+        stats["sources_shut_out_now"] = len(self._offenders)
         stats["inflight_requests"] = len(self._tasks)
         stats["outstanding_requests"] = len(self._outstanding)
         return stats

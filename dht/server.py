@@ -179,6 +179,7 @@ class DHTServer(Upkeep):
             "sync": self._rpc_sync,
         }
         self._verifying: set[bytes] = set()
+        self._verifying_addrs: set[tuple[str, int]] = set()
         self._met: OrderedDict[bytes, float] = OrderedDict()
         self._handoff: OrderedDict[tuple[bytes, bytes], Contact] = OrderedDict()
         self._handoff_wakeup = asyncio.Event()
@@ -204,8 +205,6 @@ class DHTServer(Upkeep):
         self.quorum_grace_s = 0.05
         self._loops: list[asyncio.Task] = []
         self.lookups: deque[LookupResult] = deque(maxlen=1000)
-        # A seam for observers (the simulator scores every lookup): (key, result).
-        self.on_lookup: Callable[[bytes, LookupResult], None] | None = None
         self.stats: dict[str, int] = {
             "stores": 0,
             "store_quorum_missed": 0,
@@ -224,6 +223,7 @@ class DHTServer(Upkeep):
             "reads_incomplete": 0,
             "budget_refusals": 0,
             "commit_failures_seen": 0,
+            "verifications_skipped": 0,
         }
 
     # ------------------------------------------------------------------ life
@@ -343,16 +343,28 @@ class DHTServer(Upkeep):
         return result
 
     def _verify_later(self, contact: Contact) -> None:
-        """A signed request proves the key; a reply to our ping proves the address."""
-        if contact.id in self._verifying or len(self._verifying) >= self.config.pending_verifications_max:
+        """A signed request proves the key; a reply to our ping proves the address.
+
+        Bounded: one verification per node id and one per source address at a
+        time (many keys behind one address earn one ping, not one each), and
+        ``pending_verifications_max`` in all; the ping is no larger than any
+        request that can cause it (a MAC'd ping, the smallest request there is)."""
+        if (
+            contact.id in self._verifying
+            or contact.addr in self._verifying_addrs
+            or len(self._verifying) >= self.config.pending_verifications_max
+        ):
+            self.stats["verifications_skipped"] += 1
             return
         self._verifying.add(contact.id)
+        self._verifying_addrs.add(contact.addr)
 
         async def verify() -> None:
             try:
                 await self._ping_contact(contact)
             finally:
                 self._verifying.discard(contact.id)
+                self._verifying_addrs.discard(contact.addr)
 
         self.protocol.spawn(verify(), "verify_contact")
 
@@ -499,16 +511,12 @@ class DHTServer(Upkeep):
                 remember(self._heard, checked[0], None, self.heard_max)
         return found
 
-    async def _lookup(self, key: bytes, seeds: list[Contact], *, want: int | None = None) -> LookupResult:
-        """Until the ``want`` closest known contacts answered (default k: a
-        lookup of our own id fills the routing table)."""
+    async def _lookup(self, key: bytes, seeds: list[Contact]) -> LookupResult:
         self.stats["lookups"] += 1
         result = await lookup(
-            key, seeds, lambda c: self._ask_find_node(key, c), k=self.config.k, alpha=self.config.alpha, want=want
+            key, seeds, lambda c: self._ask_find_node(key, c), k=self.config.k, alpha=self.config.alpha
         )
         self.lookups.append(result)
-        if self.on_lookup is not None:
-            self.on_lookup(key, result)
         return result
 
     async def replicas_for(self, key: bytes, *, count: int | None = None, fresh: bool = False) -> list[Contact]:
@@ -526,7 +534,7 @@ class DHTServer(Upkeep):
             # No bucket ever overflowed: the table holds the whole mesh we can
             # reach (at most k other nodes), so the closest are known locally.
             return sorted([*seeds, self.node], key=target.distance_to)[:count]
-        found = (await self._lookup(key, seeds, want=max(count, self.config.replicas))).contacts if seeds else []
+        found = (await self._lookup(key, seeds)).contacts if seeds else []
         everyone = {c.id: c for c in found}
         everyone[self.node.id] = self.node
         wanted = max(count, self.config.replicas)
@@ -633,7 +641,7 @@ class DHTServer(Upkeep):
                     contact = cached[1]
             if contact is None:
                 seeds = self.router.find_neighbors(target_node(node_id), k=self.config.k)
-                found = (await self._lookup(node_id, seeds, want=1)).contacts if seeds else []
+                found = (await self._lookup(node_id, seeds)).contacts if seeds else []
                 contact = next((c for c in found if c.id == node_id), None)
                 if contact is not None:
                     remember(self._resolved, node_id, (now, contact), 4096)

@@ -582,6 +582,11 @@ class FactStore:
         with self._transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
+    @property
+    def limits(self) -> StorageLimits:
+        """The budget this store keeps to (bytes, keys, records per key and author)."""
+        return self._limits
+
     def statistics(self) -> dict[str, int]:
         """A snapshot: sizes now, and counters since this object was created."""
         counters = (

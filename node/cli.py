@@ -1,10 +1,12 @@
-"""The ``workmesh`` command: start a peer, or talk to one over REST.
+"""``workmesh start`` (its flags, its configuration, its event loop) and the node-side commands.
 
     workmesh start --p2p-port 7001 --api-port 8001 --data-dir ./n1
     workmesh start --p2p-port 7002 --api-port 8002 --data-dir ./n2 --bootstrap 127.0.0.1:7001
-    workmesh submit --api http://127.0.0.1:8001 sha256 '{"data": "x", "rounds": 1000}' --wait 10
-    workmesh job --api http://127.0.0.1:8002 <id>
-    workmesh status --api http://127.0.0.1:8003
+    workmesh mesh-key ./mesh.key     # then: workmesh start --mesh-key ./mesh.key ...
+    workmesh upload FILE | download HASH -o FILE   (node/cli_blobs.py)
+
+The program's entry point (``workmesh/__main__.py``) adds the client commands
+of ``workmesh/commands.py`` (submit, job, cancel, list, ...) to this parser.
 """
 
 from __future__ import annotations
@@ -13,16 +15,14 @@ import argparse
 import asyncio
 import gc
 import ipaddress
-import json
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import replace
 
 from workmesh.dht.config import DHTConfig
 from workmesh.node import __version__
+from workmesh.node import cli_blobs
 from workmesh.node.config import NodeConfig
 
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython: 700)
@@ -81,26 +81,33 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--identity-puzzle-bits", type=int, default=0,
                        help="proof of work on node keys: peers whose key solves fewer bits are ignored, "
                        "and a new key for this node solves as many (0 = off; the mesh must agree)")
+    start.add_argument("--mesh-key", default=os.environ.get("WORKMESH_MESH_KEY_FILE"), metavar="FILE",
+                       help="private mesh: talk only to nodes holding this mesh key (file from "
+                       "`workmesh mesh-key`; env WORKMESH_MESH_KEY_FILE); required off loopback unless --open-mesh")
+    start.add_argument("--open-mesh", action="store_true",
+                       help="allow a node off loopback without a mesh key: any node may join (permissionless)")
+    start.add_argument("--contacts-per-prefix-max", type=int, default=0,
+                       help="routing-table contacts per /24 or /48 per bucket (0 = no limit; 2 is usual on the internet)")
+    start.add_argument("--blob-max-bytes", type=int, default=2**30, help="largest blob accepted, bytes")
+    start.add_argument("--blob-disk-budget", type=int, default=10 * 2**30, help="chunk bytes kept on disk at most")
     start.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     start.add_argument("--log-level", default="info")
 
-    for name, help_text in (("submit", "submit a job"), ("job", "show a job"), ("status", "show a node's status")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--api", default="http://127.0.0.1:8000", help="base URL of any node")
-        p.add_argument("--token", default=os.environ.get("WORKMESH_API_TOKEN"))
-        if name == "submit":
-            p.add_argument("type")
-            p.add_argument("payload", help="JSON")
-            p.add_argument("--max-attempts", type=int)
-            p.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for the result")
-        if name == "job":
-            p.add_argument("id")
-            p.add_argument("--wait", type=float, default=0.0)
+    key = sub.add_parser("mesh-key", help="write a new random mesh key to FILE (mode 0600; never overwrites)")
+    key.add_argument("file")
+
+    cli_blobs.add_commands(sub)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    """The node's config; raises ValueError (bad values) or CryptoError (an unreadable mesh key)."""
     quorum = args.quorum or args.replicas // 2 + 1
+    mesh_keys: tuple[bytes, ...] = ()
+    if args.mesh_key:
+        from workmesh.crypto.meshkey import load_mesh_keyring
+
+        mesh_keys = load_mesh_keyring(args.mesh_key).keys
     return NodeConfig(
         host=args.host,
         p2p_port=args.p2p_port,
@@ -111,7 +118,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         workers=args.workers,
         api_token=args.api_token,
         dht=replace(
-            DHTConfig(), k=args.k, replicas=args.replicas, quorum=quorum, identity_puzzle_bits=args.identity_puzzle_bits
+            DHTConfig(), k=args.k, replicas=args.replicas, quorum=quorum, identity_puzzle_bits=args.identity_puzzle_bits,
+            mesh_keys=mesh_keys, contacts_per_prefix_max=args.contacts_per_prefix_max,
         ),
         lease_s=args.lease_seconds,
         max_attempts=args.max_attempts,
@@ -120,6 +128,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         retention_s=args.retention,
         log_format=args.log_format,
         log_level=args.log_level,
+        blob_bytes_max=args.blob_max_bytes,
+        blob_disk_bytes=args.blob_disk_budget,
     )
 
 
@@ -159,47 +169,56 @@ async def run_node(config: NodeConfig) -> None:
     await node.stop()
 
 
-def _http(method: str, url: str, body: dict | None, token: str | None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
+def _mesh_key(path: str) -> int:
+    from workmesh.crypto.meshkey import write_mesh_key_file
+
     try:
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
-def _client(args: argparse.Namespace) -> int:
-    base = args.api.rstrip("/")
-    if args.command == "status":
-        code, doc = _http("GET", f"{base}/status", None, args.token)
-    elif args.command == "job":
-        code, doc = _http("GET", f"{base}/jobs/{args.id}?wait={args.wait}", None, args.token)
-    else:
-        body = {"type": args.type, "payload": json.loads(args.payload)}
-        if args.max_attempts:
-            body["max_attempts"] = args.max_attempts
-        wait_s = min(args.wait, 60.0)  # the API's bound on one wait
-        code, doc = _http("POST", f"{base}/jobs?wait={wait_s:g}" if wait_s > 0 else f"{base}/jobs", body, args.token)
-        if code == 202 and args.wait > wait_s:
-            code, doc = _http("GET", f"{base}/jobs/{doc['id']}?wait={min(60.0, args.wait - wait_s):g}", None, args.token)
-    print(json.dumps(doc, indent=2))
-    return 0 if code < 400 else 1
+        write_mesh_key_file(path)
+    except FileExistsError:
+        print(f"workmesh: {path} exists; a mesh key file is never overwritten", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"workmesh: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote a new mesh key to {path}; give it to every node: workmesh start --mesh-key {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command != "start":
-        return _client(args)
+    """The node-side commands alone; the ``workmesh`` program
+    (``workmesh/__main__.py``) adds the client commands."""
+    return run_node_command(cli_blobs.parse_args(build_parser(), argv))
+
+
+def run_node_command(args: argparse.Namespace) -> int:
+    """``start``, ``mesh-key``, ``upload`` or ``download``."""
+    if args.command in ("upload", "download"):
+        return cli_blobs.run(args)
+    if args.command == "mesh-key":
+        return _mesh_key(args.file)
+    return start(args)
+
+
+NODE_COMMANDS = frozenset({"start", "mesh-key", "upload", "download"})
+
+
+def start(args: argparse.Namespace) -> int:
+    """``workmesh start``: run a node until SIGTERM or SIGINT."""
+    from workmesh.crypto.errors import CryptoError
+
     if not _is_loopback(args.host) and not args.api_token:
         print("workmesh: a node that binds to a non-loopback address needs --api-token", file=sys.stderr)
         return 2
+    if not _is_loopback(args.host) and not args.mesh_key and not args.open_mesh:
+        print(
+            "workmesh: a node that binds to a non-loopback address needs --mesh-key FILE (a private mesh; "
+            "make one with `workmesh mesh-key FILE`) or --open-mesh (anyone may join)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+    except (ValueError, CryptoError) as exc:
         print(f"workmesh: {exc}", file=sys.stderr)
         return 2
     from workmesh.node.logs import configure

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.records import StorageLimits
@@ -68,11 +68,23 @@ class NodeConfig:
     group_commit: bool = True
     # Jobs whose facts a node keeps in its local job index (for listing), at most.
     job_index_max: int = 200_000
+    # Blobs (node/blobs.py): bytes per blob at most (1 GiB), and chunk bytes
+    # this node keeps on disk at most (10 GiB; shown in /status as disk_bytes_budget).
+    blob_bytes_max: int = 2**30
+    blob_disk_bytes: int = 10 * 2**30
     # REST protection.
     max_body_bytes: int = 65_536
     rate_limit_per_s: float | None = None
     log_format: str = "auto"  # "json", "console" or "auto" (json unless on a terminal)
     log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        # The API token also authorizes this node inside the protocol (crypto/tokenauth.py).
+        from workmesh.crypto.tokenauth import token_key
+
+        keys = (token_key(self.api_token),) if self.api_token else ()
+        if self.dht.token_keys != keys:
+            object.__setattr__(self, "dht", replace(self.dht, token_keys=keys))
 
     @property
     def replicas(self) -> int:

@@ -80,3 +80,15 @@ class QuorumUnavailable(WorkmeshError):
 class NotReady(WorkmeshError):
     status = 503
     title = "Node not ready"
+
+
+class BlobNotFound(WorkmeshError):
+    status = 404
+    title = "Blob not found"
+
+
+class InsufficientStorage(WorkmeshError):
+    """A disk budget (this node's, or that of the nodes a blob belongs on) is full."""
+
+    status = 507
+    title = "Insufficient storage"

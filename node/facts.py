@@ -268,10 +268,15 @@ def _is_json(data: bytes, limit: int) -> bool:
     if not isinstance(data, bytes) or len(data) > limit:
         return False
     try:
-        json.loads(data)
+        json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     return True
+
+
+def _reject_constant(name: str) -> Any:
+    """Strict JSON: ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (RFC 8259)."""
+    raise ValueError(f"{name} is not JSON")
 
 
 _TS_MAX = 2**53  # largest ts_ms a fact may carry

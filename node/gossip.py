@@ -12,7 +12,11 @@ job id); re-announcements carry an empty list. Replicas re-announce jobs that ar
 stale, with a fresh nonce, so a job never depends on one message arriving.
 The seen-cache and the fan-out are bounded; announcements carry no authority
 (a worker always reads the job's signed facts before claiming), so a forged
-announcement costs one read at most.
+announcement costs one read at most. What one sender can make a node do is
+bounded too: announcements taken from one sender (node key) per second, and
+forwarded for it per second, are token buckets; the excess is counted and
+dropped (replicas re-announce what matters). With an API token configured only
+token holders may announce at all (``DHTConfig.acting_methods``).
 """
 
 from __future__ import annotations
@@ -22,11 +26,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from workmesh.dht.envelope import Envelope
+from workmesh.dht.peerlimit import PeerBuckets
 from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F
 from workmesh.node import rendezvous
 
 TYPE_CHARS_MAX = 64
+# Per sender: announcements handed to the workers, and forwarded, per second (burst twice).
+TAKEN_PER_SENDER_PER_S = 2000.0
+FORWARDED_PER_SENDER_PER_S = 500.0
+SENDERS_MAX = 10_000
 
 
 class Gossip:
@@ -47,7 +56,12 @@ class Gossip:
         self._seen: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
         self._seen_max = seen_max
         self._rng = rng
-        self.counters = {"announced": 0, "received": 0, "duplicates": 0, "forwarded": 0, "malformed": 0}
+        self._taken = PeerBuckets(TAKEN_PER_SENDER_PER_S, int(2 * TAKEN_PER_SENDER_PER_S), SENDERS_MAX)
+        self._forwarded = PeerBuckets(FORWARDED_PER_SENDER_PER_S, int(2 * FORWARDED_PER_SENDER_PER_S), SENDERS_MAX)
+        self.counters = {
+            "announced": 0, "received": 0, "duplicates": 0, "forwarded": 0, "malformed": 0,
+            "sender_over_rate": 0, "forward_over_rate": 0,
+        }
         dht.register("announce", self._rpc_announce)
 
     def _remember(self, job_id: bytes, nonce: bytes) -> bool:
@@ -108,8 +122,14 @@ class Gossip:
         if not self._remember(job_id, nonce):
             self.counters["duplicates"] += 1
             return [False]
+        now = self.dht.clock.monotonic()
+        if not self._taken.allow(env.sender_id, now):
+            self.counters["sender_over_rate"] += 1
+            return [False]
         self._on_announce(job_id, job_type, first)
-        if ttl > 1 and len(self.dht.router) > self.fanout:
+        if ttl > 1 and len(self.dht.router) > self.fanout and not self._forwarded.allow(env.sender_id, now):
+            self.counters["forward_over_rate"] += 1
+        elif ttl > 1 and len(self.dht.router) > self.fanout:
             # In a mesh no larger than the fan-out the sender reached everyone.
             self.counters["forwarded"] += 1
             contacts = [c for c in self.dht.router.contacts() if c.id != env.sender_id]

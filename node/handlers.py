@@ -31,6 +31,11 @@ import structlog
 class JobContext:
     job_id: str
     attempt: int  # fencing token: strictly increases across attempts of a job
+    # Handlers that run on the loop (not cpu=True) also get the node's mesh
+    # facility (node/mesh.py: blobs, child jobs) and a callable that gives
+    # their worker slot back while they only wait (idempotent).
+    mesh: Any = None
+    release_slot: Callable[[], None] | None = None
 
 
 class HandlerError(Exception):

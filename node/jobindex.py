@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from workmesh.node import lifecycle
@@ -27,6 +28,9 @@ class Summary:
     state: lifecycle.JobState
 
 
+UNSETTLED_MAX = 10_000  # own jobs whose state this node still reads again (oldest forgotten first)
+
+
 class JobIndex:
     def __init__(self, size_max: int, reannounce_first_s: float, reannounce_max_s: float) -> None:
         self._jobs: OrderedDict[bytes, Summary] = OrderedDict()
@@ -36,6 +40,11 @@ class JobIndex:
         self._due: list[tuple[float, bytes]] = []
         self._next_due: dict[bytes, float] = {}
         self._delay: dict[bytes, float] = {}
+        # Jobs this node accepted or ran: listed and counted here even when
+        # it is not one of their replicas (see note), newest last; and those
+        # of them not yet seen finished or held as a replica here.
+        self._own: OrderedDict[bytes, None] = OrderedDict()
+        self._unsettled: OrderedDict[bytes, None] = OrderedDict()
 
     def update(self, state: lifecycle.JobState, now: float, lease_deadline: float | None, rank: int = 0) -> str | None:
         """Record the job's new state; the previous status if it changed, else None."""
@@ -62,6 +71,39 @@ class JobIndex:
         if old is None:
             return ""
         return old.status if old.status != state.status else None
+
+    def mark_own(self, job_id: bytes) -> None:
+        """This node accepted or ran ``job_id``."""
+        for marks, size in ((self._own, self._size_max), (self._unsettled, UNSETTLED_MAX)):
+            marks[job_id] = None
+            marks.move_to_end(job_id)
+            while len(marks) > size:
+                marks.popitem(last=False)
+
+    def is_own(self, job_id: bytes) -> bool:
+        return job_id in self._own
+
+    def unsettled(self, node_id: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` own jobs, newest first, that this node holds no
+        current copy of: not indexed, or indexed unfinished and not as a
+        replica. Jobs seen finished or held as a replica are forgotten here."""
+        out: list[bytes] = []
+        for job_id in reversed(list(self._unsettled)):
+            summary = self._jobs.get(job_id)
+            if summary is not None and (summary.state.terminal or summary.state.is_replica(node_id)):
+                del self._unsettled[job_id]
+            elif len(out) < limit:
+                out.append(job_id)
+        return out
+
+    def note(self, state: lifecycle.JobState) -> None:
+        """Show a job this node accepted or ran but is not a replica of: in
+        the list and the counts, never due (its replicas re-announce it)."""
+        spec = state.submit.body
+        self._jobs[state.job_id] = Summary(state.job_id, spec.job_type, state.status, spec.created_ms, state)
+        while len(self._jobs) > self._size_max:
+            evicted, _ = self._jobs.popitem(last=False)
+            self._forget_due(evicted)
 
     def _schedule(self, job_id: bytes, when: float) -> None:
         self._next_due[job_id] = when
@@ -122,6 +164,10 @@ class JobIndex:
                     break
         more = out and out[-1] is not items[-1] and len(out) == limit
         return out, (out[-1].job_id if more else None)
+
+    def newest_first(self) -> Iterator[Summary]:
+        """Every summary, the job learned of last first (the dashboard's list; do not await while iterating)."""
+        return reversed(self._jobs.values())
 
     def counts(self) -> dict[str, int]:
         c = Counter(s.status for s in self._jobs.values())

@@ -377,7 +377,14 @@ class JobOperations:
         return view(await self.read_state(state.job_id))
 
     async def rpc_cancel_job(self, env, addr) -> list:
-        """A peer asks us, the submitter, to cancel a job we accepted."""
+        """A peer asks us, the submitter, to cancel a job we accepted.
+
+        Who may ask: with an API token configured here, only a node holding
+        it (``cancel_job`` is one of ``DHTConfig.acting_methods``: the
+        protocol drops the request unless its datagram carries the token's
+        tag, and the asking node sends it only after its REST layer checked
+        the client's bearer token). Without a token (loopback development),
+        any peer, as before."""
         job_id, reason = env.args
         if not isinstance(job_id, bytes) or len(job_id) != 20 or not isinstance(reason, str):
             raise ValueError("cancel_job needs a job id and a reason")

@@ -26,18 +26,24 @@ from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer, SystemClock
 from workmesh.dht.storage import FactStore
 from workmesh.node import __version__
-from workmesh.node import leases, lifecycle
+from workmesh.node import blobs, leases, lifecycle, meshview
 from workmesh.node.config import NodeConfig
 from workmesh.node.derived import DerivedStates
 from workmesh.node.gossip import Gossip
-from workmesh.node.handlers import Registry
+from workmesh.node.handlers import BUILTINS, Registry
+from workmesh.node.insight import NodeInsight
 from workmesh.node.jobindex import JobIndex
 from workmesh.node.jobs import JobOperations
+from workmesh.node.mesh import Mesh
+from workmesh.node.metrics import Metrics
+from workmesh.node.reads import read_job
 from workmesh.node.replica import JobReplica
 from workmesh.node.retention import Retention
+from workmesh.node.samples import SAMPLE_HANDLERS
 from workmesh.node.worker import RunCpu, WorkerPool
 
 REANNOUNCE_BATCH = 256
+OWN_REFRESH_MAX = 32  # own jobs held elsewhere read again per list or status request
 REJOIN_FIRST_S = 2.0  # a node left without contacts tries its bootstrap addresses again after this
 REJOIN_MAX_S = 60.0  # ...doubling the wait after each failure, up to this
 UDP_BUFFER_BYTES = 4 * 2**20
@@ -91,7 +97,7 @@ class Node:
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random(os.urandom(16))
         self.log = (logger or structlog.get_logger()).bind(node_id=self.identity.node_id.hex()[:12])
-        self.registry = registry or Registry()
+        self.registry = registry or Registry(BUILTINS + SAMPLE_HANDLERS)
         self._close_pool: Callable[[], None] = lambda: None
         if run_cpu is None:
             run_cpu, self._close_pool = process_pool_runner(config.workers)
@@ -134,6 +140,7 @@ class Node:
             run_cpu=run_cpu,
             runnable_max=config.runnable_max,
             logger=self.log,
+            on_state=self._on_worker_state,
         )
         self.gossip = Gossip(
             self.dht,
@@ -157,12 +164,20 @@ class Node:
         self.jobs.derived = self.workers.derived = self.derived
         self.jobs.take_fresh = self.workers.take_fresh
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
+        self.dht.register("api_address", self._rpc_api_address)
+        self.blobs = blobs.attach(self, in_memory=in_memory)
+        self.workers.mesh = Mesh(self, run_cpu)  # what handlers may do in the mesh (node/mesh.py)
         self._tasks: list[asyncio.Task] = []
         self._rejoining = False
         self._reannounce_wakeup: asyncio.Event | None = None
         self.started_at = 0.0
         self.api_address: tuple[str, int] | None = None
         self.counters = {"reannounced": 0, "reannounce_over_budget": 0, "status_changes": 0}
+        self.metrics = Metrics(self)
+        # fn(job_id, status, previous) on each status change that newly stored facts caused
+        # (previous "" = first seen); the dashboard's flow chart and event stream listen.
+        self.status_listeners: list[Callable[[bytes, str, str], None]] = []
+        self.insight = NodeInsight(self)
 
     def _monotonic(self) -> float:
         return self.clock.monotonic()
@@ -172,6 +187,7 @@ class Node:
         self.started_at = self._monotonic()
         self._reannounce_wakeup = asyncio.Event()
         self.store.open()
+        self.blobs.open()
         for key in self.store.keys():
             self._on_stored(key, [])
         bind = bind or bind_udp(self.config.host, self.config.p2p_port, self.config.advertise_host)
@@ -180,6 +196,7 @@ class Node:
             self.dht.protocol.spawn(self.workers.run(), "workers"),
             self.dht.protocol.spawn(self._reannounce_loop(), "reannounce"),
             self.dht.protocol.spawn(self.retention.run(), "retention"),
+            self.dht.protocol.spawn(self.blobs.run(), "blobs"),
         ]
         self.log.info("node_started", p2p=f"{self.dht.address[0]}:{self.dht.address[1]}", workers=self.config.workers)
 
@@ -240,7 +257,10 @@ class Node:
         if state.replicas and self.identity.node_id not in state.replicas:
             # We only store this job (hand-off, republish, read repair); its
             # placed replicas index it, count it and re-announce it. Indexing
-            # it here would show a copy that may lag behind the replicas.
+            # it here would show a copy that may lag behind the replicas;
+            # unless we accepted or ran it: then it is ours to list and count.
+            if self.index.is_own(key):
+                self.index.note(state)
             self._wake(key)
             return
         obs = self.replica.observations(key)
@@ -252,9 +272,13 @@ class Node:
         previous = self.index.update(state, self._monotonic(), deadline, self._replica_rank(key, state))
         if previous is not None and new:
             self.counters["status_changes"] += 1
+            if state.status in lifecycle.TERMINAL and state.replicas[:1] == (self.identity.node_id,):
+                self.metrics.observe_terminal(state)  # once per job: on its first replica
             self.log.info(
                 "job_state", job_id=key.hex(), status=state.status, previous=previous or None, attempts=state.attempts
             )
+            for listener in self.status_listeners:
+                listener(key, state.status, previous)
         if self._reannounce_wakeup is not None:
             self._reannounce_wakeup.set()
         self._wake(key)
@@ -349,7 +373,9 @@ class Node:
         return self.registry.names
 
     async def submit(self, job_type, payload, **kw):
-        return await self.jobs.submit(job_type, payload, **kw)
+        view = await self.jobs.submit(job_type, payload, **kw)
+        self.index.mark_own(bytes.fromhex(view.id))
+        return view
 
     async def get(self, job_id: bytes, *, wait_s: float = 0.0, history: bool = False):
         return await self.jobs.get(job_id, wait_s=wait_s, history=history)
@@ -359,6 +385,34 @@ class Node:
 
     def list_jobs(self, status, limit, after):
         return self.jobs.list_jobs(status, limit, after)
+
+    async def list_mesh_jobs(self, status: str | None, limit: int) -> dict:
+        """This node's jobs and its peers', merged (``GET /jobs?scope=mesh``)."""
+        await self.refresh_own()
+        mine, _ = self.jobs.list_jobs(status, limit, None)
+        urls = await meshview.peer_urls(self.dht)
+        pages, failed = await meshview.fetch_pages(urls, status, limit)
+        jobs = meshview.merge([[v.to_json() for v in mine], *pages], limit)
+        return {"jobs": jobs, "next": None, "nodes_asked": 1 + len(urls), "nodes_failed": failed}
+
+    async def refresh_own(self) -> None:
+        """Read again (at most OWN_REFRESH_MAX of) the unfinished jobs this node
+        accepted or ran but holds no current copy of, and keep what the read
+        found, so that ``GET /jobs`` and the counts in ``/status`` show them."""
+        stale = self.index.unsettled(self.identity.node_id, OWN_REFRESH_MAX)
+        if not stale:
+            return
+        states = await asyncio.gather(*(read_job(self.dht, j, self.derived) for j in stale), return_exceptions=True)
+        for job_id, got in zip(stale, states):
+            if isinstance(got, tuple) and got[0] is not None:
+                self.dht.ingest(job_id, list(got[0].facts), self.identity.node_id)
+
+    def _on_worker_state(self, job_id: bytes, status: str, attempt: int) -> None:
+        self.index.mark_own(job_id)
+
+    def _rpc_api_address(self, env, addr) -> list:
+        """A peer asks where our REST API listens (for a mesh-wide job list)."""
+        return list(self.api_address) if self.api_address else []
 
     def status(self) -> dict:
         p2p = self.dht.address
@@ -374,6 +428,7 @@ class Node:
             ],
             "uptime_seconds": round(self._monotonic() - self.started_at, 3),
             "jobs": self.index.counts(),
+            "job_types": sorted(self.registry.names),
             "workers": {"slots": self.config.workers, "busy": self.workers.busy},
             "replication": {"replicas": self.config.replicas, "quorum": self.config.quorum, "k": self.config.dht.k},
             "storage": {**self.store.budget(), **self.retention.statistics(),
@@ -387,9 +442,8 @@ class Node:
             "jobs_api": dict(self.jobs.counters),
             "derive_cache": self.derived.statistics(),
             "crypto": verify_statistics(),
+            "blobs": self.blobs.statistics(),
         }
 
     def metrics_registry(self):
-        from workmesh.node.metrics import registry_for
-
-        return registry_for(self)
+        return self.metrics.registry

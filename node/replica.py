@@ -18,6 +18,7 @@ from workmesh.crypto.identity import Identity
 from workmesh.dht.server import Admission
 from workmesh.node import facts as F
 from workmesh.node import leases, lifecycle
+from workmesh.node.admission import AdmissionChecks
 from workmesh.node.errors import InvalidFact
 
 
@@ -52,6 +53,8 @@ class JobReplica:
         self._decoded_max = decoded_max
         # lifecycle.derive, or a memo of it (the node plugs in DerivedStates.of).
         self.derive: Callable[[Any], lifecycle.JobState | None] = lifecycle.derive
+        # Time stamps against our clock, the job's timeout on renews (node/admission.py).
+        self.checks = AdmissionChecks()
         self.counters: dict[str, int] = {
             "grants_issued": 0,
             "claims_refused": 0,
@@ -140,7 +143,9 @@ class JobReplica:
                 # An older (or re-sent) renew: harmless, but it must not refresh the lease.
                 out.accept.append(fact)
                 continue
-            produced, reason = self._judge(fact, list(known.values()), obs, now)
+            reason = self.checks.judge(fact, submit, now, self.wall_ms())
+            if reason is None:
+                produced, reason = self._judge(fact, list(known.values()), obs, now)
             if reason is not None:
                 out.refused.append((index, reason))
                 continue
@@ -225,4 +230,4 @@ class JobReplica:
         self._on_stored(key, new)
 
     def statistics(self) -> dict[str, int]:
-        return {**self.counters, "observed_jobs": len(self._obs)}
+        return {**self.counters, "observed_jobs": len(self._obs), **self.checks.statistics()}

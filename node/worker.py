@@ -23,6 +23,7 @@ the rendezvous rank, so the best-ranked free worker claims first.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +42,20 @@ from workmesh.node.leases import LeaseRules
 from workmesh.node.reads import read_job
 
 RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
+
+
+def strict_json_outcome(value: Any) -> tuple[str, Any]:
+    """``(ok, value)``, or an error result when ``value`` holds NaN or
+    Infinity, which strict JSON (RFC 8259) cannot carry: Python's json would
+    write them as bare ``NaN`` tokens that clients cannot parse."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            return F.ERROR, {"error": "the handler's result holds NaN or Infinity, which JSON cannot carry"}
+    except (TypeError, RecursionError):
+        pass  # not JSON at all: node/claims.py turns that into an error result with its reason
+    return F.OK, value
 
 
 @dataclass(slots=True)
@@ -89,6 +104,8 @@ class WorkerPool:
         self._on_state = on_state or (lambda job_id, status, attempt: None)
         # The node's memo of derived states over its store (None: derive every time).
         self.derived: DerivedStates | None = None
+        # What handlers on the loop may do in the mesh (node/mesh.py); None: nothing.
+        self.mesh: Any = None
         self.log = logger or structlog.get_logger()
         self.counters = {
             "offers": 0,
@@ -287,7 +304,7 @@ class WorkerPool:
         attempt, grants = won
         self._on_state(job_id, "running", attempt)
         try:
-            outcome_kind, data = await self._execute(state, attempt, log)
+            outcome_kind, data = await self._execute(state, attempt, log, release)
         except LeaseLost:
             self.counters["leases_lost"] += 1
             log.warning("lease_lost", attempt=attempt)
@@ -297,7 +314,9 @@ class WorkerPool:
             # Retry later: the replicas grant the next attempt once the backoff has passed.
             self.offer(job_id, spec.job_type, delay_s=self.rules.backoff_s(job_id, attempt) + 0.05)
 
-    async def _execute(self, state: lifecycle.JobState, attempt: int, log: Any) -> tuple[str, Any]:
+    async def _execute(
+        self, state: lifecycle.JobState, attempt: int, log: Any, release: Callable[[], None] | None = None
+    ) -> tuple[str, Any]:
         spec: F.Submit = state.submit.body
         if attempt > spec.max_attempts:
             return F.ERROR, {"error": f"attempts exhausted: attempt {spec.max_attempts} lost its lease"}
@@ -306,6 +325,10 @@ class WorkerPool:
             return F.ERROR, {"error": f"no handler for job type {spec.job_type!r}"}
         self.counters["executions"] += 1
         ctx = JobContext(state.job_id.hex(), attempt)
+        if not handler.cpu and self.mesh is not None:
+            # Handlers on the loop may use the mesh (blobs, child jobs: node/mesh.py)
+            # and give their slot back while they only wait.
+            ctx = JobContext(state.job_id.hex(), attempt, mesh=self.mesh, release_slot=release)
         log.info("execution_started", attempt=attempt, job_type=spec.job_type)
         work = asyncio.ensure_future(self._call(handler, spec.payload, ctx, spec.timeout_ms / 1000))
         renewer = asyncio.ensure_future(self._renew_until(work, state, attempt))
@@ -336,7 +359,7 @@ class WorkerPool:
             raise
         except Exception as exc:
             return F.ERROR, {"error": f"{type(exc).__name__}: {exc}"}
-        return F.OK, value
+        return strict_json_outcome(value)
 
     async def _renew_until(self, work: asyncio.Future, state: lifecycle.JobState, attempt: int) -> None:
         spec: F.Submit = state.submit.body

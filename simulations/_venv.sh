@@ -35,3 +35,24 @@ if [ ! -f "$_WM_STAMP" ] || [ "$(cat "$_WM_STAMP")" != "$_wm_hash" ]; then
     echo "$_wm_hash" > "$_WM_STAMP"
 fi
 unset _wm_python _wm_hash
+
+# The dashboard's browser tests (tests/integration/test_dashboard.py) drive
+# Debian's chromium; Playwright's own browser download is not used. When no
+# Chromium is on the PATH and we are root with apt, try to install it: once
+# per .venv (a stamp file remembers the try), quietly, and never failing the
+# run; without it those tests are skipped with the reason.
+# WORKMESH_NO_CHROMIUM_INSTALL=1 skips the attempt.
+_WM_CHROMIUM_STAMP="$VENV_DIR/.workmesh-chromium-tried"
+if [ -z "${WORKMESH_NO_CHROMIUM_INSTALL:-}" ] && [ ! -f "$_WM_CHROMIUM_STAMP" ] \
+    && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "workmesh: installing Debian's chromium for the dashboard's browser tests (once)" >&2
+    if (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq chromium) \
+        >"$VENV_DIR/.workmesh-chromium.log" 2>&1; then
+        echo "workmesh: chromium installed" >&2
+    else
+        echo "workmesh: could not install chromium (see $VENV_DIR/.workmesh-chromium.log); the browser tests will be skipped" >&2
+    fi
+    touch "$_WM_CHROMIUM_STAMP"
+fi
+unset _WM_CHROMIUM_STAMP

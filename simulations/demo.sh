@@ -4,4 +4,7 @@
 # job did not end as expected.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+case "${1:-}" in  # the sample uses: --workload images|tx|enrich|wordcount|blob|all
+  --workload|--workload=*) exec "$VENV_PY" simulations/demo_workloads.py "$@" ;;
+esac
 exec "$VENV_PY" simulations/demo.py "$@"

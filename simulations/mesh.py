@@ -7,7 +7,7 @@ Starts N nodes (``procmesh.ProcMesh``), drives a bounded job load (at most
 injects faults on a schedule, restores every node, waits (at most
 ``--drain-s``) for the acknowledged jobs to finish, then reads every job's
 signed facts and the workers' logs into ``history.jsonl`` and checks it
-(``simulations/history.py``). Writes ``history.jsonl``, ``final.json``,
+(``simulations/lib/history.py``). Writes ``history.jsonl``, ``final.json``,
 ``summary.txt``, ``figures.json`` and ``chart.png`` (when matplotlib is
 installed) in ``--out``. Exit status 0 when no acknowledged job was lost and
 none has more than one accepted result or went over its attempt bound.
@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 
 import history as H  # noqa: E402
 from procmesh import ProcMesh, ProcNode, http  # noqa: E402

@@ -56,10 +56,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 
 import history as H  # noqa: E402
 import mesh as M  # noqa: E402
-from procmesh import ProcNode, http, workmesh_command  # noqa: E402
+from procmesh import ProcNode, http, spawn, workmesh_command  # noqa: E402
 
 FAMILY = "wmn"
 PREFIX_RE = re.compile(rf"^({FAMILY}[0-9a-f]{{4}})")
@@ -175,10 +176,15 @@ class NsNode(ProcNode):
             *[a for b in bootstrap for a in ("--bootstrap", b)],
             *self.args,
         ]
-        env = {**os.environ, "WORKMESH_API_TOKEN": self.token}
-        with open(self.log_path, "ab") as log:
-            # ip netns exec execs the command: the pid is the node's
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        # Off loopback a node needs a mesh key (or --open-mesh): the run's nodes share one.
+        mesh_key = self.data_dir.parent / "mesh.key"
+        if not mesh_key.exists():  # the format of `workmesh mesh-key`: 32 random bytes in hex, mode 0600
+            fd = os.open(mesh_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+        env = {**os.environ, "WORKMESH_API_TOKEN": self.token, "WORKMESH_MESH_KEY_FILE": str(mesh_key)}
+        # ip netns exec execs the command: the pid is the node's
+        self.proc = spawn(cmd, self.log_path, env=env)
 
 
 class Topology:

@@ -32,6 +32,8 @@ from typing import Any, TextIO
 from workmesh.node import facts as F
 from workmesh.node import lifecycle
 
+from simulations.lib.stats import percentile
+
 VIOLATIONS_KEPT_MAX = 100
 
 
@@ -134,15 +136,6 @@ def verify_stores(nodes: list[Any], invariants: Invariants) -> int:
     return checked
 
 
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile; 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), -(-len(ordered) * p // 100)))
-    return ordered[int(rank) - 1]
-
-
 class LookupStats:
     """Each DHT lookup's hops, and whether it found the true closest live node."""
 
@@ -171,7 +164,7 @@ class LookupStats:
             "lookup_success_rate": round(self.exact / n, 4) if self.count else None,
             "lookup_empty_rate": round(self.empty / n, 4) if self.count else None,
             "hops_mean": round(sum(self.hops) / n, 3),
-            "hops_p95": percentile(self.hops, 95),
+            "hops_p95": percentile(self.hops, 95, 0.0),
             "queries_mean": round(self.queries / n, 3),
             "query_failure_rate": round(self.failures / max(1, self.queries), 4),
         }

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from simulations.sim.checkers import percentile
+from simulations.lib.stats import percentile
 
 if TYPE_CHECKING:
     from simulations.sim.driver import Run
@@ -63,8 +63,8 @@ def run_figures(run: Run, lost: list[str], destroyed: list[str], available: floa
         "destroyed_job_ids": destroyed[:20],
         "decided_within_s_after_heal": round(decided_s, 3),
         "latency_s_mean": round(sum(latencies) / max(1, len(latencies)), 3),
-        "latency_s_p50": round(percentile(latencies, 50), 3),
-        "latency_s_p95": round(percentile(latencies, 95), 3),
+        "latency_s_p50": round(percentile(latencies, 50, 0.0), 3),
+        "latency_s_p95": round(percentile(latencies, 95, 0.0), 3),
         "latency_s_max": round(max(latencies, default=0.0), 3),
         "executions": len(run.executions.runs),
         "executions_of_unaccepted_jobs": sum(1 for r in run.executions.runs if r.job_id not in accepted_hex),
@@ -82,7 +82,7 @@ def run_figures(run: Run, lost: list[str], destroyed: list[str], available: floa
         "final_reads": run.reads,
         **run.lookups.figures(),
         "bytes_per_node_s_mean": round(sum(per_node_bps) / max(1, len(per_node_bps)), 1),
-        "bytes_per_node_s_p95": round(percentile(per_node_bps, 95), 1),
+        "bytes_per_node_s_p95": round(percentile(per_node_bps, 95, 0.0), 1),
         "network": dict(run.network.counters),
         "node_totals": run.mesh.totals(),
         "states_observed": inv.states_seen,

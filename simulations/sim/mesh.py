@@ -260,8 +260,16 @@ class SimMesh:
             return previous
 
         sim.node.index.update = update
+        dht = sim.node.dht
+        lookup = dht._lookup
         on_lookup = self._on_lookup
-        sim.node.dht.on_lookup = lambda key, result: on_lookup(sim, key, result)
+
+        async def traced_lookup(key, seeds):
+            result = await lookup(key, seeds)
+            on_lookup(sim, key, result)
+            return result
+
+        dht._lookup = traced_lookup
 
     async def start(self, sim: SimNode, bootstrap: list[Addr]) -> int:
         await sim.node.start(bind=self.network.bind(sim.addr))

@@ -1,6 +1,6 @@
 """The benchmark a user runs to compare workmesh with Celery and Dramatiq.
 
-The smoke test runs ``simulations/bench.py --smoke`` for real (20 jobs per
+The smoke test runs ``simulations/instruments/bench.py --smoke`` for real (20 jobs per
 drain, 5 latency samples): a 3-node workmesh mesh always, and Celery and
 Dramatiq on Redis when the bench extra and ``redis-server`` are installed in
 this interpreter, else the bench must list them as skipped with the reason.
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "simulations" / "bench.py"
+BENCH = REPO / "simulations" / "instruments" / "bench.py"
 COLUMNS = ("system", "job", "drain/s", "drain xC", "p50 ms", "p50 xC", "p99 ms", "p99 xC",
            "cpu ms/job", "cpu xC", "rss MiB", "rss xC", "note")
 
@@ -128,11 +128,11 @@ def test_smoke_bench_prints_every_column_and_skips_what_is_not_installed(tmp_pat
 
 
 def test_cpu_per_job_runs_a_mesh_in_one_process_and_prints_both_phases(tmp_path):
-    """The A/B instrument for node code (simulations/cpu_per_job.py): a tiny run
+    """The A/B instrument for node code (simulations/instruments/cpu_per_job.py): a tiny run
     completes and reports CPU per job for the sequential jobs and the drain."""
     out = tmp_path / "cpu.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "simulations" / "cpu_per_job.py"), "--jobs", "5", "--drain", "20", "--json", str(out)],
+        [sys.executable, str(REPO / "simulations" / "instruments" / "cpu_per_job.py"), "--jobs", "5", "--drain", "20", "--json", str(out)],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -43,6 +43,7 @@ class RawPeer:
         self.handlers = {"ping": lambda args: []}
         self.requests_seen: list[Envelope] = []
         self.reply_as: Identity | None = None  # sign replies with another identity
+        self.mesh = None  # a crypto.meshkey.MeshKeyring: speak in a private mesh
         self._waiting: dict[bytes, asyncio.Future] = {}
         self._task: asyncio.Task | None = None
 
@@ -69,7 +70,7 @@ class RawPeer:
         )
 
     def send(self, data: bytes, node: Node) -> None:
-        self.sock.sendto(data, node.dht.address)
+        self.sock.sendto(self.mesh.seal(data) if self.mesh is not None else data, node.dht.address)
 
     async def request(self, node: Node, method: str, args: list, timeout_s: float = DEADLINE_S, **kw) -> Envelope | None:
         data = self.envelope(node, method, args, **kw)
@@ -91,6 +92,8 @@ class RawPeer:
         loop = asyncio.get_running_loop()
         while True:
             data, addr = await loop.sock_recvfrom(self.sock, 65536)
+            if self.mesh is not None and (data := self.mesh.open(data)) is None:
+                continue
             try:
                 env = open_envelope(data, datagram_bytes_max=65536, identity=self.identity)
             except EnvelopeError:
@@ -107,7 +110,7 @@ class RawPeer:
             signer = self.reply_as or self.identity
             reply = seal(signer, REPLY, env.msg_id, int(time.time() * 1000), env.sender_id, env.method,
                          handler(env.args), env.sender_key)
-            self.sock.sendto(reply, addr)
+            self.sock.sendto(self.mesh.seal(reply) if self.mesh is not None else reply, addr)
 
 
 def make_job(author: Identity, n: int) -> tuple[F.Fact, F.Fact]:

@@ -13,6 +13,7 @@ ping afterwards.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 
@@ -32,6 +33,10 @@ VALID_ARGS = {
     "sync": [JOB_A[0].job_id, b"\x00" * 16],
     "cancel_job": [JOB_B[0].job_id, "fuzz"],
     "announce": [JOB_A[0].job_id, "echo", 2, b"\x01" * 8, [JOB_A[0].raw]],
+    "store_chunk": [hashlib.sha256(b"chunk").digest(), b"chunk"],
+    "fetch_chunk": [hashlib.sha256(b"chunk").digest()],
+    "touch_chunks": [[hashlib.sha256(b"chunk").digest()]],
+    "drop_chunks": [[hashlib.sha256(b"chunk").digest()]],
 }
 
 leaves = st.one_of(

@@ -44,3 +44,24 @@ def test_an_unclaimed_job_is_due_after_the_first_re_announcement_delay_by_rank()
     index.update(state, 0.0, None, rank=1)
     assert _due_ids(index, 2 * FIRST_S - 0.01) == []
     assert _due_ids(index, 2 * FIRST_S) == [job.job_id]
+
+
+def test_a_job_this_node_accepted_is_listed_and_counted_but_never_due():
+    """A job this node accepted (or ran) while another node is its replica:
+    listed and counted here, re-announced only by its replicas, and read
+    again until it is seen finished."""
+    me = WORKERS[1]  # not among the placement's replicas
+    job = submit(max_attempts=2, replicas=3, quorum=2, lease_ms=1000)
+    state = L.derive([job, placement(job)])
+    assert not state.is_replica(me.node_id)
+    index = JobIndex(100, FIRST_S, 60.0)
+    index.mark_own(job.job_id)
+    assert index.is_own(job.job_id)
+    assert index.unsettled(me.node_id, 10) == [job.job_id]  # nothing held yet: read it
+    index.note(state)
+    assert index.counts()["pending"] == 1
+    assert [s.job_id for s in index.page(None, 10, None)[0]] == [job.job_id]
+    assert _due_ids(index, 1e9) == []
+    assert index.unsettled(me.node_id, 10) == [job.job_id]  # unfinished: read it again
+    replica = REPLICAS[0]
+    assert index.unsettled(replica.node_id, 10) == []  # a replica hears of every change itself

@@ -3,7 +3,7 @@
 Each test drives the UNMODIFIED library classes with small stubs (no network)
 and asserts the defect, so it fails the day the library is fixed, and then
 drives our replacement through the same situation and asserts the behaviour
-we rely on. The list is /work/shared/DESIGN-NOTES.md, "Known defects".
+we rely on. The list is in docs/protocol.md.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ signed facts, and which node listed which job.
 :func:`check` turns both into figures: lost jobs, unexpected jobs, duplicate
 executions, jobs over the attempt bound, jobs with more than one accepted
 result, time to recover after each fault, submit-to-done latency percentiles.
-Pure functions of the files; ``python simulations/history.py HISTORY FINAL``
+Pure functions of the files; ``python simulations/lib/history.py HISTORY FINAL``
 re-checks a finished run.
 """
 
@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import msgpack
+from stats import percentile
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 KILL_KINDS = frozenset({"kill", "stop", "partition"})
@@ -155,9 +156,8 @@ def log_events(lines: Iterable[str], node_ids: Iterable[str]) -> list[dict]:
 def percentiles(values: list[float], qs: Iterable[float] = (50, 90, 95, 99)) -> dict[str, float | None]:
     if not values:
         return {f"p{q:g}": None for q in qs} | {"max": None, "mean": None}
-    s = sorted(values)
-    out = {f"p{q:g}": round(s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))], 3) for q in qs}
-    return out | {"max": round(s[-1], 3), "mean": round(sum(s) / len(s), 3)}
+    out = {f"p{q:g}": round(percentile(values, q), 3) for q in qs}
+    return out | {"max": round(max(values), 3), "mean": round(sum(values) / len(values), 3)}
 
 
 def _tag_of(spec: dict | None) -> str | None:

@@ -1,6 +1,6 @@
 """Where a workmesh job's time goes: a cProfile of every node, grouped by layer.
 
-    python simulations/profile_workmesh.py [--nodes 3] [--jobs 1000] [--kind noop]
+    python simulations/instruments/profile_workmesh.py [--nodes 3] [--jobs 1000] [--kind noop]
                                            [--out /tmp/wm-profile] [--no-profile]
 
 Why it is built this way: it starts a real mesh exactly as ``bench.py`` does

@@ -1,6 +1,6 @@
 """Per-operation costs of the hot paths a job goes through, in one process.
 
-    python simulations/profile_micro.py [--rounds 3000]
+    python simulations/instruments/profile_micro.py [--rounds 3000]
 
 Why: the mesh profile (``profile_workmesh.py``) says which layers a job's time
 goes to; this measures the single operations inside them (sealing and opening
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import msgpack  # noqa: E402
 import nacl.signing  # noqa: E402

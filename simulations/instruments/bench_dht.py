@@ -1,6 +1,6 @@
 """Our signed DHT beside the unmodified kademlia package: same machine, same run, one table.
 
-    python simulations/bench_dht.py [--nodes 50] [--ops 500] [--concurrency 1] [--seed 1] [--json out.json]
+    python simulations/instruments/bench_dht.py [--nodes 50] [--ops 500] [--concurrency 1] [--seed 1] [--json out.json]
 
 Why it is built this way:
 * Both meshes run in this one process and one event loop, on real UDP sockets
@@ -30,14 +30,14 @@ import asyncio
 import json
 import logging
 import random
-import statistics
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from kademlia.network import Server  # noqa: E402
 
@@ -46,6 +46,7 @@ from workmesh.node import facts as F  # noqa: E402
 from workmesh.node.config import NodeConfig  # noqa: E402
 from workmesh.node.logs import configure  # noqa: E402
 from workmesh.node.node import Node  # noqa: E402
+from stats import percentile  # noqa: E402
 
 OP_TIMEOUT_S = 30.0
 
@@ -59,10 +60,10 @@ class Phase:
     cpu_s: float = 0.0
 
     def figures(self) -> dict[str, float]:
-        lat = sorted(self.latencies_ms) or [float("nan")]
+        nan = float("nan")
         return {
-            "p50_ms": statistics.median(lat),
-            "p99_ms": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
+            "p50_ms": percentile(self.latencies_ms, 50, nan),
+            "p99_ms": percentile(self.latencies_ms, 99, nan),
             "success_pct": 100.0 * self.ok / max(1, self.total),
             "ops_per_s": self.total / self.wall_s if self.wall_s else float("nan"),
             "cpu_ms_per_op": 1000.0 * self.cpu_s / max(1, self.total),

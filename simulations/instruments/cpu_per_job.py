@@ -1,8 +1,8 @@
 """CPU per job of a small mesh run in one process: an A/B instrument for node code.
 
-    python simulations/cpu_per_job.py [--nodes 3] [--jobs 400] [--drain 1000] [--json out.json]
+    python simulations/instruments/cpu_per_job.py [--nodes 3] [--jobs 400] [--drain 1000] [--json out.json]
                                       [--profile out.prof]
-    PYTHONPATH=/path/to/other/checkout python simulations/cpu_per_job.py   # the other side of an A/B
+    PYTHONPATH=/path/to/other/checkout python simulations/instruments/cpu_per_job.py   # the other side of an A/B
 
 Why it exists: the bench (``bench.py``) runs every node as its own process,
 which is what a user deploys, but on a shared 2-core machine its figures move
@@ -42,20 +42,17 @@ import time
 from pathlib import Path
 
 # A checkout named by PYTHONPATH wins over this one (the other side of an A/B).
-_HERE = str(Path(__file__).resolve().parent.parent)
+_HERE = str(Path(__file__).resolve().parents[2])
 if os.environ.get("PYTHONPATH"):
     sys.path.append(_HERE)
 else:
     sys.path.insert(0, _HERE)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+from procmesh import free_port  # noqa: E402
+
 SUBMIT_CONCURRENCY = 64
 PHASE_DEADLINE_S = 300.0
-
-
-def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _start_node(index: int, data_dir: str, workers: int, bootstrap: str | None):
@@ -64,7 +61,7 @@ async def _start_node(index: int, data_dir: str, workers: int, bootstrap: str | 
     from workmesh.node.node import Node
 
     argv = ["start", "--data-dir", f"{data_dir}/n{index}", "--workers", str(workers), "--p2p-port", "0",
-            "--api-port", str(_free_tcp_port()), "--log-level", "warning"]
+            "--api-port", str(free_port(socket.SOCK_STREAM)), "--log-level", "warning"]
     config = config_from_args(build_parser().parse_args(argv + (["--bootstrap", bootstrap] if bootstrap else [])))
     node = Node(config)
     await node.start()

@@ -1,6 +1,6 @@
 """workmesh against Celery and Dramatiq on one machine: same jobs, one run, one table.
 
-    python simulations/bench.py [--jobs N] [--quick] [--json out.json]
+    python simulations/instruments/bench.py [--jobs N] [--quick] [--json out.json]
                                 [--systems celery,dramatiq,workmesh3,workmesh5]
 
 Why it is built this way:
@@ -45,9 +45,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import bench_baselines as bb  # noqa: E402
+from procmesh import free_port, spawn, workmesh_command  # noqa: E402
+from stats import percentile  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 ALL_SYSTEMS = ("celery", "dramatiq", "workmesh3", "workmesh5")
@@ -60,15 +63,6 @@ RATIO_OF = (("drain_jobs_per_s", "drain xC"), ("latency_p50_ms", "p50 xC"),
 
 # --------------------------------------------------------------------------
 # Pure core: figures, ratios, the table.
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ranked = sorted(values)
-    rank = max(1, -(-len(ranked) * q // 100))  # ceil without floats drifting
-    return ranked[int(min(rank, len(ranked))) - 1]
 
 
 def split_slots(total: int, nodes: int) -> list[int]:
@@ -262,9 +256,7 @@ class Launcher:
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log_path = self._logdir / f"{name}-{len(self._procs)}.log"
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=REPO, start_new_session=True)
+        popen = spawn(argv, log_path, env=env, cwd=REPO)
         proc = Proc(name, popen, log_path)
         self._procs.append(proc)
         return proc
@@ -287,21 +279,6 @@ class Launcher:
 
     def stop_all(self) -> None:
         self.stop(list(self._procs))
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 for both TCP and UDP (the p2p port may be either)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port on 127.0.0.1")
 
 
 def start_redis(launcher: Launcher, workdir: Path, deadline_s: float = 10.0) -> tuple[Proc, str]:
@@ -349,14 +326,6 @@ def peer_count(status: dict[str, Any]) -> int | None:
         if isinstance(value, list | dict):
             return len(value)
     return None
-
-
-def workmesh_command() -> list[str]:
-    """The ``workmesh`` entry point of this interpreter's environment, or its module."""
-    script = Path(sys.executable).with_name("workmesh")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from workmesh.node.cli import main; sys.exit(main())"]
 
 
 def _get_json(url: str, timeout_s: float = 2.0) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""The two baselines of simulations/bench.py: Celery and Dramatiq, each on Redis.
+"""The two baselines of simulations/instruments/bench.py: Celery and Dramatiq, each on Redis.
 
 Why this module exists: the benchmark compares workmesh with the brokers people
 would otherwise use, so the baselines must run the *same* jobs the way their

@@ -33,10 +33,32 @@ def wait_until(predicate, timeout_s: float, what: str = "condition", interval_s:
     raise TimeoutError(f"{what}: not met within {timeout_s:g} s")
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(kind: int | None = None) -> int:
+    """A port free on 127.0.0.1 right now: for ``kind`` (``socket.SOCK_STREAM``
+    or ``socket.SOCK_DGRAM``), or for both TCP and UDP when ``kind`` is None."""
+    if kind is not None:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    for _ in range(50):
+        port = free_port(socket.SOCK_STREAM)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port free for both TCP and UDP on 127.0.0.1")
+
+
+def spawn(argv: list[str], log_path: str | os.PathLike, *, env: dict[str, str] | None = None,
+          cwd: str | os.PathLike | None = None) -> subprocess.Popen:
+    """The one process launcher: ``argv`` in its own session (so a signal to
+    its process group reaches its children too), stdin closed, stdout and
+    stderr appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=env, cwd=cwd, start_new_session=True)
 
 
 def _free_pair() -> tuple[int, int]:
@@ -104,9 +126,7 @@ class ProcNode:
             *[a for b in bootstrap for a in ("--bootstrap", b)],
             *self.args,
         ]
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        self.proc = spawn(cmd, self.log_path)
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -1,7 +1,7 @@
 """The larger clock and partition matrix behind docs/guarantees.md (the CI-sized rows are
 tests/sim/test_fault_matrix.py).
 
-    python simulations/faults.py [--nodes 16] [--jobs 30] [--seeds 1 2 3] [--json out.json]
+    python simulations/instruments/faults.py [--nodes 16] [--jobs 30] [--seeds 1 2 3] [--json out.json]
 
 For each seed it runs the simulator's ``drift`` scenario with wall-clock steps
 of up to 1, 5 and 30 s (and clock rates at the 2% tolerance), and the
@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

@@ -1,0 +1,69 @@
+"""The datagram shell's per-source limits, fed datagrams from addresses no
+loopback socket can have (the protocol is driven directly; nothing is sent)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from workmesh.crypto.identity import Identity
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.protocol import RPCProtocol
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall_ms(self) -> int:
+        return 1_767_225_600_000
+
+
+def protocol(**config) -> RPCProtocol:
+    return RPCProtocol(Identity.generate(), DHTConfig(**config), Clock(), lambda: os.urandom(16), None, lambda *a: None)
+
+
+def junk() -> bytes:
+    return os.urandom(100)  # reaches the decoder only if the limits let it
+
+
+def test_rotating_source_ports_does_not_escape_the_per_address_bucket():
+    async def run():
+        p = protocol(peer_datagrams_per_s=10.0, peer_datagram_burst=20)
+        for port in range(1000, 1500):
+            p.datagram_received(junk(), ("203.0.113.7", port))
+        return p.dropped
+
+    dropped = asyncio.run(run())
+    assert dropped["malformed"] == 20 and dropped["rate_limited"] == 480
+
+
+def test_many_addresses_of_one_prefix_share_a_prefix_bucket_and_other_prefixes_do_not():
+    async def run():
+        p = protocol(peer_datagrams_per_s=1000.0, prefix_datagrams_per_s=10.0, prefix_datagram_burst=50)
+        for host in range(1, 255):
+            p.datagram_received(junk(), (f"198.51.100.{host}", 7000))
+        p.datagram_received(junk(), ("192.0.2.1", 7000))
+        return p.dropped
+
+    dropped = asyncio.run(run())
+    assert dropped["malformed"] == 50 + 1 and dropped["prefix_rate_limited"] == 254 - 50
+
+
+def test_a_shut_out_source_costs_no_decode_whatever_its_port():
+    async def run():
+        p = protocol(auth_failure_burst=3, peer_datagrams_per_s=0.0)
+        forger = Identity.generate()
+        from workmesh.dht.envelope import REQUEST, seal
+
+        for i in range(10):
+            data = bytearray(seal(forger, REQUEST, os.urandom(16), 1_767_225_600_000, b"", "ping", []))
+            data[-1] ^= 1
+            p.datagram_received(bytes(data), ("203.0.113.9", 2000 + i))
+        return p.dropped, p.counters
+
+    dropped, counters = asyncio.run(run())
+    assert dropped["bad_signature"] == 4 and dropped["shut_out"] == 6 and counters["sources_shut_out"] == 1
