@@ -117,6 +117,10 @@ REASONS: dict[tuple[str, str], tuple[str, str]] = {
     ("blobs", "chunks_rejected"): ("blobs_chunks_refused", "invalid"),
     ("blobs", "chunks_refused_full"): ("blobs_chunks_refused", "disk_full"),
     ("blobs", "chunks_dropped_by_owner"): ("blobs_chunks_dropped", "owner"),
+    ("dht", "store_rejected_gone"): ("store_records_rejected", "gone"),
+    ("dht", "store_rejected_budget"): ("store_batches_rejected", "budget"),
+    ("storage", "jobs_dropped"): ("storage_jobs_dropped", "retention"),
+    ("storage", "facts_dropped"): ("storage_facts_dropped", "retention"),
 }
 # /status sections that are not statistics (shown above, or configuration).
 NOT_STATISTICS = frozenset({"jobs", "replication"})
