@@ -1,6 +1,6 @@
 """The REST layer every workmesh node serves (aiohttp).
 
-It depends only on :class:`api.service.JobService`; see ``docs/api.md``.
+It depends only on :class:`workmesh.contract.JobService`; see ``docs/api.md``.
 Names are re-exported lazily so ``python -m api.openapi`` runs cleanly.
 """
 

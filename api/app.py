@@ -17,14 +17,14 @@ from typing import Any
 import prometheus_client
 import structlog
 from aiohttp import web
-from workmesh.node.errors import BadRequest, JobNotFound, QuorumUnavailable, Unauthorized
+from workmesh.node.errors import BadRequest, JobNotFound, QuorumUnavailable, Unauthorized, WorkmeshError
 
 from workmesh.api import dashboard, validation
-from workmesh.api.errors import error_middleware
+from workmesh.api.errors import error_middleware, problem_document
 from workmesh.api.httpmetrics import metrics_middleware
 from workmesh.api.openapi import build_spec, render_yaml
 from workmesh.api.ratelimit import TokenBuckets, ratelimit_middleware
-from workmesh.api.service import TERMINAL_STATUSES, JobService
+from workmesh.contract import TERMINAL_STATUSES, JobService
 
 SERVICE = web.AppKey("workmesh.service", JobService)
 API_TOKEN = web.AppKey("workmesh.api_token", bytes)  # BLAKE2b-256 of the token, see _check_token
@@ -89,7 +89,10 @@ async def submit_job(request: web.Request) -> web.Response:
     key = validation.parse_idempotency_key(request.headers.get("Idempotency-Key"))
     wait_s = validation.parse_wait(request.query)
     raw = await _read_json_body(request)
-    req = validation.parse_submit(validation.parse_json_body(raw), service.job_types)
+    doc = validation.parse_json_body(raw)
+    if isinstance(doc, list):
+        return await _submit_batch(service, doc, key, wait_s)
+    req = validation.parse_submit(doc, service.job_types)
     view = await service.submit(
         req.job_type,
         req.payload,
@@ -107,6 +110,33 @@ async def submit_job(request: web.Request) -> web.Response:
             pass
     status = 200 if view.status in TERMINAL_STATUSES else 202
     return web.json_response(view.to_json(), status=status, headers={"Location": f"/jobs/{view.id}"})
+
+
+async def _submit_batch(service: JobService, doc: list, key: str | None, wait_s: float) -> web.Response:
+    """``POST /jobs`` with an array: 202 and one entry per job spec, in order,
+    each the job (as a single submit answers) or a problem document (docs/api.md)."""
+    if wait_s > 0:
+        raise BadRequest("wait: not with a batch; wait on each job with GET /jobs/{id}?wait=")
+    items = validation.parse_batch(doc, service.job_types, key)
+
+    async def one(item: validation.BatchItem) -> dict:
+        if item.error is not None:
+            return problem_document(item.error)
+        req = item.request
+        try:
+            view = await service.submit(
+                req.job_type,
+                req.payload,
+                max_attempts=req.max_attempts,
+                lease_seconds=req.lease_seconds,
+                timeout_seconds=req.timeout_seconds,
+                idempotency_key=item.idempotency_key,
+            )
+        except WorkmeshError as exc:
+            return problem_document(exc)
+        return view.to_json()
+
+    return web.json_response(list(await asyncio.gather(*(one(item) for item in items))), status=202)
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -52,6 +52,16 @@ def problem_response(
     return web.json_response(body, status=status, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
 
 
+def problem_document(exc: WorkmeshError) -> dict[str, Any]:
+    """The problem details of ``exc`` as a JSON object (the body :func:`error_middleware`
+    answers with; also one failed entry of a batch answer)."""
+    status = exc.status
+    detail = _INTERNAL_DETAIL if status >= 500 and status != 503 else (str(exc) or exc.title)
+    if len(detail) > DETAIL_CHARS_MAX:
+        detail = detail[:DETAIL_CHARS_MAX] + "..."
+    return {"type": PROBLEM_TYPE_PREFIX + _slug(type(exc).__name__), "title": exc.title, "status": status, "detail": detail}
+
+
 def _from_workmesh(exc: WorkmeshError) -> web.Response:
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimited):

@@ -21,7 +21,7 @@ from typing import Any
 
 from workmesh.api import blobs as blobs_api
 from workmesh.api import validation as v
-from workmesh.api.service import STATUSES
+from workmesh.contract import STATUSES
 
 PROBLEM = "application/problem+json"
 JSON = "application/json"
@@ -80,7 +80,7 @@ def _schemas(job_types: frozenset[str]) -> dict:
     if job_types:
         job_type["enum"] = sorted(job_types)
     nullable_str = {"type": ["string", "null"]}
-    return {
+    schemas = {
         "Problem": {
             "type": "object",
             "description": "RFC 9457 problem details.",
@@ -106,6 +106,18 @@ def _schemas(job_types: frozenset[str]) -> dict:
                 "lease_seconds": {"type": "number", "minimum": v.LEASE_S_MIN, "maximum": v.LEASE_S_MAX},
                 "timeout_seconds": {"type": "number", "minimum": v.TIMEOUT_S_MIN, "maximum": v.TIMEOUT_S_MAX},
             },
+        },
+        "SubmitBatch": {
+            "type": "array",
+            "description": "Several jobs in one request; each item is judged alone (docs/api.md).",
+            "minItems": 1,
+            "maxItems": v.BATCH_JOBS_MAX,
+            "items": {"$ref": _REF + "schemas/BatchItem"},
+        },
+        "BatchAnswer": {
+            "type": "array",
+            "description": "One entry per job spec, in order: the job, or the problem that refused it.",
+            "items": {"oneOf": [{"$ref": _REF + "schemas/JobView"}, {"$ref": _REF + "schemas/Problem"}]},
         },
         "CancelRequest": {
             "type": "object",
@@ -166,6 +178,14 @@ def _schemas(job_types: frozenset[str]) -> dict:
         "Status": {"type": "object", "description": "The node's status document (components' statistics)."},
         "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
     }
+    item = dict(schemas["SubmitRequest"])
+    item["properties"] = {
+        **item["properties"],
+        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": v.IDEMPOTENCY_KEY_CHARS_MAX,
+                            "pattern": "^[!-~]+$", "description": "This job's own key (default: the header's, /index)."},
+    }
+    schemas["BatchItem"] = item
+    return schemas
 
 
 def _paths(auth: bool) -> dict:
@@ -188,12 +208,18 @@ def _paths(auth: bool) -> dict:
                         "schema": {"type": "number", "minimum": 0, "maximum": v.WAIT_S_MAX},
                     },
                 ],
-                "requestBody": {"required": True, "content": _json_content("SubmitRequest")},
+                "requestBody": {"required": True, "content": {JSON: {"schema": {"oneOf": [
+                    {"$ref": _REF + "schemas/SubmitRequest"}, {"$ref": _REF + "schemas/SubmitBatch"}]}}}},
                 "responses": _responses(
                     {
                         "200": _ok("Accepted and already terminal (with `wait`).", "JobView",
-                                   headers={"Location": {"$ref": _REF + "headers/Location"}}),
-                        "202": _ok("Accepted.", "JobView", headers={"Location": {"$ref": _REF + "headers/Location"}}),
+                                   headers={"Location": {"$ref": _REF + "headers/JobLocation"}}),
+                        "202": {
+                            "description": "Accepted: the job, or for an array one entry per job spec, in order.",
+                            "headers": {"Location": {"$ref": _REF + "headers/Location"}},
+                            "content": {JSON: {"schema": {"oneOf": [
+                                {"$ref": _REF + "schemas/JobView"}, {"$ref": _REF + "schemas/BatchAnswer"}]}}},
+                        },
                     },
                     write_errors,
                 ),
@@ -325,7 +351,8 @@ def build_spec(*, auth: bool, job_types: frozenset[str] = frozenset()) -> dict:
             },
         },
         "headers": {
-            "Location": {"description": "/jobs/{id} of the new job.", "schema": {"type": "string"}},
+            "Location": {"description": "/jobs/{id} of the new job (not for a batch).", "schema": {"type": "string"}},
+            "JobLocation": {"description": "/jobs/{id} of the job.", "required": True, "schema": {"type": "string"}},
             "RetryAfter": {
                 "description": "Seconds until a retry may succeed.",
                 "schema": {"type": "integer", "minimum": 1},

@@ -18,23 +18,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from workmesh.node import facts
-from workmesh.node.errors import BadRequest, UnknownJobType, ValidationFailed
+from workmesh.node.errors import BadRequest, UnknownJobType, ValidationFailed, WorkmeshError
 
-from workmesh.api.service import STATUSES
+from workmesh import contract as C
+from workmesh.contract import STATUSES
 
-JSON_DEPTH_MAX = 32  # nesting levels allowed inside ``payload``
+# The limits are the contract's (workmesh/contract.py), named here in the
+# units requests use.
+JSON_DEPTH_MAX = C.JSON_DEPTH_MAX  # nesting levels allowed inside ``payload``
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers any worker language can hold
-ATTEMPTS_MIN, ATTEMPTS_MAX = 1, facts.ATTEMPTS_MAX
-LEASE_S_MIN, LEASE_S_MAX = facts.LEASE_MS_MIN / 1000, facts.LEASE_MS_MAX / 1000
-TIMEOUT_S_MIN, TIMEOUT_S_MAX = 0.001, facts.TIMEOUT_MS_MAX / 1000
-TYPE_CHARS_MAX = facts.TYPE_CHARS_MAX
-REASON_CHARS_MAX = facts.REASON_CHARS_MAX
-PAYLOAD_BYTES_MAX = facts.PAYLOAD_BYTES_MAX
-IDEMPOTENCY_KEY_CHARS_MAX = 128
-CURSOR_CHARS_MAX = 256
-WAIT_S_MAX = 60.0
-LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 100, 500
+ATTEMPTS_MIN, ATTEMPTS_MAX = 1, C.ATTEMPTS_MAX
+LEASE_S_MIN, LEASE_S_MAX = C.LEASE_MS_MIN / 1000, C.LEASE_MS_MAX / 1000
+TIMEOUT_S_MIN, TIMEOUT_S_MAX = 0.001, C.TIMEOUT_MS_MAX / 1000
+TYPE_CHARS_MAX = C.TYPE_CHARS_MAX
+REASON_CHARS_MAX = C.REASON_CHARS_MAX
+PAYLOAD_BYTES_MAX = C.PAYLOAD_BYTES_MAX
+IDEMPOTENCY_KEY_CHARS_MAX = C.IDEMPOTENCY_KEY_CHARS_MAX
+CURSOR_CHARS_MAX = C.CURSOR_CHARS_MAX
+WAIT_S_MAX = C.WAIT_S_MAX
+LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = C.LIST_LIMIT_DEFAULT, C.LIST_LIMIT_MAX
+BATCH_JOBS_MAX = C.BATCH_JOBS_MAX
 
 SUBMIT_FIELDS = frozenset({"type", "payload", "max_attempts", "lease_seconds", "timeout_seconds"})
 CANCEL_FIELDS = frozenset({"reason"})
@@ -188,6 +191,43 @@ def parse_submit(doc: Any, job_types: frozenset[str]) -> SubmitRequest:
         lease_seconds=_optional_number(doc, "lease_seconds", LEASE_S_MIN, LEASE_S_MAX),
         timeout_seconds=_optional_number(doc, "timeout_seconds", TIMEOUT_S_MIN, TIMEOUT_S_MAX),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One job spec of a ``POST /jobs`` array: the request, or why it is refused."""
+
+    request: SubmitRequest | None
+    idempotency_key: str | None
+    error: WorkmeshError | None
+
+
+BATCH_ITEM_FIELDS = SUBMIT_FIELDS | {"idempotency_key"}
+
+
+def parse_batch(doc: Any, job_types: frozenset[str], key: str | None) -> list[BatchItem]:
+    """Validate a ``POST /jobs`` array item by item: one bad item does not sink the others.
+
+    An item may carry its own ``idempotency_key``; otherwise, with the
+    request's ``Idempotency-Key`` K, item i is keyed ``K/i``, so the same
+    batch sent again (to any node) is the same jobs.
+    """
+    if not isinstance(doc, list) or not 1 <= len(doc) <= BATCH_JOBS_MAX:
+        raise ValidationFailed(f"body: a batch is an array of 1..{BATCH_JOBS_MAX} job specs")
+    items = []
+    for i, spec in enumerate(doc):
+        try:
+            item_key = key if key is None else f"{key}/{i}"
+            if isinstance(spec, dict) and "idempotency_key" in spec:
+                given = spec["idempotency_key"]
+                if not isinstance(given, str):
+                    raise ValidationFailed("idempotency_key: must be a string")
+                item_key = parse_idempotency_key(given)
+                spec = {k: v for k, v in spec.items() if k != "idempotency_key"}
+            items.append(BatchItem(parse_submit(_object(spec, BATCH_ITEM_FIELDS), job_types), item_key, None))
+        except WorkmeshError as exc:
+            items.append(BatchItem(None, None, exc))
+    return items
 
 
 def parse_cancel(raw: bytes) -> str:

@@ -12,6 +12,7 @@ can change without touching dispatch, slots or renewal.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,9 @@ from workmesh.dht.quorum import StoreOutcome
 from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F
 from workmesh.node import lifecycle
+from workmesh.node.ballots import Refusal, refusal_code
 
+RENEW_DATES_MAX = 4096  # (job, attempt) pairs whose last renew date a worker remembers
 CLAIM_RESENDS = 2  # times a claim is sent again to replicas that did not answer
 CLAIM_BOUNDARY_WAIT_S = 0.3  # before asking again a replica whose clock had not yet released the attempt
 
@@ -45,7 +48,7 @@ def _about_to_allow(outcome: Any) -> set[bytes]:
     return {
         rid
         for rid, refusals in outcome.refusals.items()
-        if any(r.endswith(" is live") or r.startswith("retry backoff") for _, r in refusals)
+        if any(refusal_code(r) in (Refusal.LEASE_LIVE, Refusal.BACKOFF) for _, r in refusals)
     }
 
 
@@ -60,7 +63,9 @@ def _holding(outcome: Any, first: int) -> frozenset[bytes]:
 
 def _lacking(outcome: Any) -> set[bytes]:
     """Replicas that refused a store because they do not hold the job."""
-    return {rid for rid, refusals in outcome.refusals.items() if any(r == "unknown job" for _, r in refusals)}
+    return {
+        rid for rid, refusals in outcome.refusals.items() if any(refusal_code(r) is Refusal.UNKNOWN_JOB for _, r in refusals)
+    }
 
 
 class Claims:
@@ -75,6 +80,7 @@ class Claims:
         self.dht = dht
         self.wall_ms = wall_ms
         self.counters = counters
+        self._renew_ts: OrderedDict[tuple[bytes, int], int] = OrderedDict()  # (job, attempt) -> last renew's ts_ms
 
     async def claim(
         self,
@@ -152,8 +158,17 @@ class Claims:
         return attempt, grants
 
     def renewal(self, state: lifecycle.JobState, attempt: int) -> F.Fact:
-        """A signed renew of this worker's lease on ``attempt``, dated now."""
-        return F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, self.wall_ms()))
+        """A signed renew of this worker's lease on ``attempt``, dated now, or
+        one millisecond after the previous one if the wall clock stepped back:
+        replicas keep one renew per (worker, attempt), the newest by date, and
+        refuse one dated at or before it (it would not extend the lease)."""
+        key = (state.job_id, attempt)
+        ts = max(self.wall_ms(), self._renew_ts.get(key, -1) + 1)
+        self._renew_ts[key] = ts
+        self._renew_ts.move_to_end(key)
+        while len(self._renew_ts) > RENEW_DATES_MAX:
+            self._renew_ts.popitem(last=False)
+        return F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, min(ts, F._TS_MAX)))
 
     async def _confirm(
         self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact], shown: set[bytes] = frozenset()
@@ -264,7 +279,7 @@ class Claims:
             self.identity, F.RESULT, F.Result(state.job_id, attempt, kind, data_json, tuple(grants), self.wall_ms())
         )
         self.counters["results_ok" if kind == F.OK else "results_error"] += 1
-        final = kind == F.OK or attempt >= spec.max_attempts
+        final = kind == F.OK or attempt >= spec.max_attempts or F.is_permanent_error(kind, data_json)
         await self.file(state, result)
         log.info("execution_finished", attempt=attempt, outcome=kind, final=final)
         return final

@@ -12,20 +12,15 @@ of ``workmesh/commands.py`` (submit, job, cancel, list, ...) to this parser.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import ipaddress
 import os
-import signal
 import sys
 from dataclasses import replace
 
 from workmesh.dht.config import DHTConfig
-from workmesh.node import __version__
+from workmesh.node import __version__, ballots
 from workmesh.node import cli_blobs
 from workmesh.node.config import NodeConfig
-
-GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython: 700)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -69,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--api-token", default=os.environ.get("WORKMESH_API_TOKEN"),
                        help="bearer token for write endpoints (env WORKMESH_API_TOKEN); required off loopback")
     start.add_argument("--replicas", type=int, default=5, help="replicas per job (r)")
-    start.add_argument("--quorum", type=int, help="write quorum (default: majority of r)")
+    start.add_argument("--quorum", type=int, help="write quorum (default: ceil((r + F + 1) / 2), a majority when F = 0)")
+    start.add_argument("--byzantine", type=int, default=0, metavar="F",
+                       help="replicas per job that may lie (default 0): quorums of ceil((r + F + 1) / 2); "
+                       "needs r >= 3F + 1 (docs/guarantees.md)")
     start.add_argument("--k", type=int, default=20, help="Kademlia bucket size")
     start.add_argument("--lease-seconds", type=float, default=10.0, help="default lease length of a job")
     start.add_argument("--max-attempts", type=int, default=3, help="default attempts per job")
@@ -102,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     """The node's config; raises ValueError (bad values) or CryptoError (an unreadable mesh key)."""
-    quorum = args.quorum or args.replicas // 2 + 1
+    byzantine = getattr(args, "byzantine", 0)
+    ballots.check_settings(args.replicas, byzantine)
+    least = ballots.quorum_size(args.replicas, byzantine)
+    quorum = args.quorum or least
+    if quorum < least:
+        raise ValueError(f"--quorum {quorum} is below ceil((r + F + 1) / 2) = {least} for r = {args.replicas}, F = {byzantine}")
     mesh_keys: tuple[bytes, ...] = ()
     if args.mesh_key:
         from workmesh.crypto.meshkey import load_mesh_keyring
@@ -126,47 +129,12 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         job_timeout_s=args.job_timeout,
         rate_limit_per_s=args.rate_limit,
         retention_s=args.retention,
+        byzantine=byzantine,
         log_format=args.log_format,
         log_level=args.log_level,
         blob_bytes_max=args.blob_max_bytes,
         blob_disk_bytes=args.blob_disk_budget,
     )
-
-
-def _tune_gc() -> None:
-    """A node allocates many short-lived objects per datagram (envelopes,
-    facts, states): CPython's default (a young collection every 700
-    allocations) spends about a tenth of a job's CPU in the collector
-    (docs/performance.md). Collect less often, and move what start-up built
-    (modules, the loaded store) out of the collector's sight for good."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
-
-
-async def run_node(config: NodeConfig) -> None:
-    from workmesh.api.app import create_app, run_api
-    from workmesh.node.node import Node
-
-    node = Node(config)
-    await node.start()
-    app = create_app(node, api_token=config.api_token, max_body_bytes=config.max_body_bytes,
-                     rate_limit_per_s=config.rate_limit_per_s, logger=node.log)
-    runner = await run_api(app, config.host, config.api_port)
-    sockets = [s.getsockname() for site in runner.sites for s in (site._server.sockets if site._server else [])]
-    if sockets:
-        node.api_address = (config.advertise_host or sockets[0][0], sockets[0][1])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await node.join()
-    _tune_gc()
-    node.log.info("node_ready", api=f"{node.api_address[0]}:{node.api_address[1]}" if node.api_address else None)
-    await stop.wait()
-    node.log.info("node_stopping")
-    await runner.cleanup()
-    await node.stop()
 
 
 def _mesh_key(path: str) -> int:
@@ -224,26 +192,10 @@ def start(args: argparse.Namespace) -> int:
     from workmesh.node.logs import configure
 
     configure(config.log_format, config.log_level)
-    try:
-        import uvloop  # optional: a faster event loop when installed
+    # The entry point that wires the node and its API sits above both.
+    from workmesh.app import serve
 
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    profile_path = os.environ.get("WORKMESH_PROFILE")
-    if not profile_path:
-        run(run_node(config))
-        return 0
-    import cProfile  # an operator's profile of this node, written at shutdown
-
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        run(run_node(config))
-    finally:
-        profiler.disable()
-        profiler.dump_stats(f"{profile_path}.{os.getpid()}")
-    return 0
+    return serve(config)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ class NodeConfig:
     api_token: str | None = None
     dht: DHTConfig = field(default_factory=DHTConfig)
     leases: LeaseRules = field(default_factory=LeaseRules)
+    # Replicas per job that may lie (--byzantine F): quorums are
+    # ceil((r + F + 1) / 2) so that two share F + 1 replicas; needs r >= 3F + 1
+    # (node/ballots.py checks it). 0: replicas may crash but do not lie.
+    byzantine: int = 0
     # Defaults of a job when the client gives none.
     lease_s: float = 10.0
     max_attempts: int = 3

@@ -34,6 +34,12 @@ class UnknownJobType(ValidationFailed):
     title = "Unknown job type"
 
 
+class IdempotencyKeyReused(ValidationFailed):
+    """The same Idempotency-Key came with another request body (IETF httpapi draft: 422)."""
+
+    title = "Idempotency key reused"
+
+
 class PayloadTooLarge(WorkmeshError):
     status = 413
     title = "Payload too large"

@@ -40,6 +40,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from workmesh.contract import (  # noqa: F401 (re-exported: node code reads them as facts.X)
+    ATTEMPTS_MAX,
+    LEASE_MS_MAX,
+    LEASE_MS_MIN,
+    PAYLOAD_BYTES_MAX,
+    REASON_CHARS_MAX,
+    RESULT_BYTES_MAX,
+    TIMEOUT_MS_MAX,
+    TYPE_CHARS_MAX,
+)
 from workmesh.crypto import domains
 from workmesh.crypto.canonical import canonical_pack, canonical_unpack
 from workmesh.crypto.errors import BadSignature, EncodingError
@@ -68,18 +78,11 @@ PLACE = "place"
 OK = "ok"
 ERROR = "error"
 
-# Bounds (bytes unless named otherwise).
+# Bounds (bytes unless named otherwise). What a job may be is the contract's
+# (workmesh/contract.py), shared with the API; the rest is the format's own.
 FACT_BYTES_MAX = 16384
-PAYLOAD_BYTES_MAX = 8192
-RESULT_BYTES_MAX = 8192
-TYPE_CHARS_MAX = 64
-REASON_CHARS_MAX = 256
 NONCE_BYTES = 16
-ATTEMPTS_MAX = 100
 REPLICAS_MAX = 16
-LEASE_MS_MIN = 500
-LEASE_MS_MAX = 3_600_000
-TIMEOUT_MS_MAX = 86_400_000
 FACT_ID_BYTES = 32
 
 
@@ -89,6 +92,26 @@ def fact_id_of(raw: bytes) -> bytes:
 
 def job_id_of(submit_raw: bytes) -> bytes:
     return hashlib.blake2b(submit_raw, digest_size=NODE_ID_BYTES).digest()
+
+
+# A keyed submission (node/keyed.py) is signed by an owner key derived from an
+# Idempotency-Key; its nonce starts with the owner's mark, and its job id is
+# the owner's, not the hash of its bytes: the same key is the same job on every node.
+KEYED_MARK_BYTES = 8
+
+
+def keyed_mark(author: bytes) -> bytes:
+    """The nonce prefix that makes a submission by ``author`` a keyed one."""
+    return hashlib.blake2b(author, digest_size=KEYED_MARK_BYTES, person=b"wm-keyed-mark").digest()
+
+
+def keyed_job_id(author: bytes) -> bytes:
+    """The job id of the keyed submission signed by ``author``."""
+    return hashlib.blake2b(author, digest_size=NODE_ID_BYTES, person=b"wm-keyed-job").digest()
+
+
+def is_keyed(author: bytes, body: Submit) -> bool:
+    return body.nonce[:KEYED_MARK_BYTES] == keyed_mark(author)
 
 
 def placement_ids(subject: bytes) -> tuple[bytes, ...]:
@@ -191,7 +214,7 @@ class Fact:
     @property
     def job_id(self) -> bytes:
         if self.kind == SUBMIT:
-            return job_id_of(self.raw)
+            return keyed_job_id(self.author) if is_keyed(self.author, self.body) else job_id_of(self.raw)
         return self.body.job_id
 
     @property
@@ -225,6 +248,18 @@ def _body_fields(kind: str, body: Body) -> list:
     if kind == CANCEL:
         return [body.job_id, body.reason, body.ts_ms]
     raise InvalidFact(f"unknown fact kind {kind!r}")
+
+
+def is_permanent_error(outcome: str, data_json: bytes) -> bool:
+    """An error result whose handler raised PermanentError (data ``{"error": ..., "permanent": true}``):
+    final at any attempt, the job fails without a retry."""
+    if outcome != ERROR or b'"permanent":true' not in data_json:
+        return False
+    try:
+        data = json.loads(data_json)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("permanent") is True
 
 
 def sign(identity: Identity, kind: str, body: Body) -> Fact:

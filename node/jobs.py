@@ -1,6 +1,6 @@
 """The client-facing job operations every node offers: submit, read, cancel, list.
 
-These are what the REST layer calls (``api.service.JobService``). A node
+These are what the REST layer calls (``workmesh.contract.JobService``). A node
 needs no special role for any of them: it reads and writes the job's facts
 on the job's replicas, wherever those are.
 """
@@ -13,15 +13,24 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from workmesh.api.service import JobView
+from workmesh.contract import JobView
 from workmesh.crypto.identity import Identity
+from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F
-from workmesh.node import lifecycle, placement
+from workmesh.node import ballots, keyed, lifecycle, placement
 from workmesh.node.derived import DerivedStates, local_state, state_of
-from workmesh.node.errors import Conflict, JobGone, JobNotFound, QuorumUnavailable, UnknownJobType, ValidationFailed
+from workmesh.node.errors import (
+    Conflict,
+    IdempotencyKeyReused,
+    JobGone,
+    JobNotFound,
+    QuorumUnavailable,
+    UnknownJobType,
+    ValidationFailed,
+)
 from workmesh.node.jobindex import JobIndex
-from workmesh.node.reads import read_job
+from workmesh.node.reads import WIDER_READ, read_job
 
 # Long-polls re-read the job's replicas with backoff: a node that is not a
 # placed replica from POLL_S_MIN up to POLL_S_MAX; a placed replica (pushed
@@ -36,6 +45,9 @@ POLL_S_REPLICA_MAX = 4.0
 # job, at most this often (a mesh that is really that small pays one lookup
 # per interval).
 VIEW_REFRESH_S = 5.0
+# A cancel of a keyed job received by a node that did not accept it asks at
+# most this many contacts whether they did (node/keyed.py).
+OWNER_ASKS_MAX = 16
 
 
 def view(state: lifecycle.JobState, *, history: bool = False) -> JobView:
@@ -106,8 +118,11 @@ class JobOperations:
         self.take_fresh: Callable[[F.Fact, F.Fact], Awaitable[Any] | None] = lambda submit, place: None
         self.counters = {
             "submitted": 0, "submit_quorum_missed": 0, "cancels": 0, "reads": 0, "local_reads": 0, "placed_off_closest": 0,
-            "view_refreshes_failed": 0,
+            "view_refreshes_failed": 0, "idempotent_replays": 0, "idempotency_conflicts": 0, "cancels_forwarded": 0,
         }
+        # The owners of the keyed jobs this node signed (node/keyed.py): it can
+        # cancel them. The node gives it a file (Owners(path=...)) to keep them.
+        self.owners = keyed.Owners()
 
     def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
         """The state of what the local store holds for a job."""
@@ -140,7 +155,11 @@ class JobOperations:
         # An odd count: with an even one, two subjects can each get half of
         # the seals and neither a majority.
         size = mesh if mesh % 2 else mesh - 1
-        return size, size // 2 + 1
+        byzantine = self.defaults.byzantine
+        if byzantine and size < 3 * byzantine + 1:
+            self.counters["submit_quorum_missed"] += 1
+            raise QuorumUnavailable(f"--byzantine {byzantine} needs {3 * byzantine + 1} replicas; this mesh has {mesh} nodes")
+        return size, ballots.quorum_size(size, byzantine)
 
     async def _widen_thin_view(self) -> None:
         """Before placing a job from a view of fewer than r nodes, look this
@@ -179,27 +198,40 @@ class JobOperations:
         payload_json = F.canonical_json(payload)
         if len(payload_json) > F.PAYLOAD_BYTES_MAX:
             raise ValidationFailed(f"payload exceeds {F.PAYLOAD_BYTES_MAX} bytes")
+        signer, existing = self.identity, None
+        if idempotency_key is not None:
+            # One key is one job on every node (node/keyed.py): find it, or
+            # sign the very submission any other node would sign for it.
+            seed = keyed.owner_seed(idempotency_key)
+            signer = Identity.from_seed(seed)
+            fingerprint = keyed.fingerprint(job_type, payload, max_attempts, lease_seconds, timeout_seconds)
+            existing = await self._keyed_existing(signer, seed, fingerprint)
+            if existing is not None and existing.placement is not None:
+                return await self._resubmitted(existing)
         await self._widen_thin_view()
         replicas, quorum = self.replica_plan()
-        max_attempts = max_attempts or self.defaults.max_attempts
+        defaults = self.type_defaults(job_type)
+        max_attempts = max_attempts or defaults.get("max_attempts") or self.defaults.max_attempts
         lease_ms = int((lease_seconds or self.defaults.lease_s) * 1000)
-        timeout_ms = int((timeout_seconds or self.defaults.job_timeout_s) * 1000)
+        timeout_ms = int((timeout_seconds or defaults.get("timeout_seconds") or self.defaults.job_timeout_s) * 1000)
         if idempotency_key is not None:
-            # The same key and body give the same signed submission, so the same job id.
-            seed = F.canonical_json([idempotency_key, job_type, payload, max_attempts, lease_ms, timeout_ms])
-            nonce = hashlib.blake2b(seed, digest_size=F.NONCE_BYTES).digest()
-            created_ms = 0
+            nonce = keyed.nonce(signer.public_key, fingerprint)
+            created_ms = 0  # the same bytes on every node: no clock reading
         else:
             nonce = hashlib.blake2b(self.identity.node_id + self.wall_ms().to_bytes(8, "big") + payload_json + bytes(self.counters["submitted"].to_bytes(8, "big")), digest_size=F.NONCE_BYTES).digest()
             created_ms = self.wall_ms()
         for _ in range(3):
-            try:
-                body = F.Submit(job_type, payload_json, max_attempts, lease_ms, timeout_ms, replicas, quorum, nonce, created_ms)
-                submit = F.sign(self.identity, F.SUBMIT, body)
-            except F.InvalidFact as exc:
-                raise ValidationFailed(str(exc)) from None
-            ids = await self._placement(submit, idempotent=idempotency_key is not None)
-            if len(ids) >= replicas:
+            if existing is not None:
+                submit = existing.submit  # stored before, never placed: place that one
+            else:
+                try:
+                    body = F.Submit(job_type, payload_json, max_attempts, lease_ms, timeout_ms, replicas, quorum, nonce, created_ms)
+                    submit = F.sign(signer, F.SUBMIT, body)
+                except F.InvalidFact as exc:
+                    raise ValidationFailed(str(exc)) from None
+            replicas, quorum = submit.body.replicas, submit.body.quorum
+            ids = await self._placement(submit)
+            if len(ids) >= replicas or existing is not None:
                 break
             if len(ids) < quorum:
                 self.counters["submit_quorum_missed"] += 1
@@ -212,15 +244,22 @@ class JobOperations:
             # both reach either).
             replicas = len(ids) if len(ids) % 2 or len(ids) - 1 < quorum else len(ids) - 1
             quorum = max(replicas // 2 + 1, min(quorum, replicas))
-        place = F.sign(self.identity, F.GRANT, F.Grant(submit.job_id, F.PLACE, 0, b"".join(ids[:replicas]), created_ms))
+        if len(ids) < replicas:  # a submission stored before keeps its own r
+            self.counters["submit_quorum_missed"] += 1
+            raise QuorumUnavailable(f"only {len(ids)} nodes reachable; the job needs {replicas}. Retry later.")
+        ids = ids[:replicas]
+        place = F.sign(signer, F.GRANT, F.Grant(submit.job_id, F.PLACE, 0, b"".join(ids), created_ms))
+        if idempotency_key is not None:
+            self.owners.remember(submit.job_id, seed)
         # With a worker slot free here, the store that places the job also
-        # claims it (not for a resubmission: that job may be claimed already).
-        taking = self.take_fresh(submit, place) if idempotency_key is None else None
+        # claims it (only for a job nobody has seen: one stored before may be
+        # claimed already).
+        taking = self.take_fresh(submit, place) if existing is None else None
         placed = await taking if taking is not None else None
         if placed is not None and len(placed.stored_ids) >= quorum:
             stored_ids, claimed = placed.stored_ids, placed.claimed
         else:
-            outcome = await self.dht.store(submit.job_id, [submit, place], targets=list(ids[:replicas]), quorum=quorum)
+            outcome = await self.dht.store(submit.job_id, [submit, place], targets=list(ids), quorum=quorum)
             if outcome.stored_on < quorum:
                 self.counters["submit_quorum_missed"] += 1
                 raise QuorumUnavailable(
@@ -237,14 +276,52 @@ class JobOperations:
         state = state_of(self.derived, [submit, place])
         return view(state)
 
-    async def _placement(self, submit: F.Fact, *, idempotent: bool) -> tuple[bytes, ...]:
+    def type_defaults(self, job_type: str) -> dict:
+        """A handler's own defaults for its jobs (``@workmesh.handler(max_attempts=...,
+        timeout_seconds=...)``); the node plugs in its registry's. Empty: the node's."""
+        return {}
+
+    async def _keyed_existing(self, owner: Identity, seed: bytes, fingerprint: bytes) -> lifecycle.JobState | None:
+        """The job of a key if a replica holds it; 422 when it was made from another request."""
+        job_id = F.keyed_job_id(owner.public_key)
+        # One search as wide as read_job's last resort: for a new key (the
+        # common case) that is the only round; a job found is read in full.
+        if self.derive_local(job_id) is None:
+            found, _answered = await self.dht.fetch(job_id, replicas=WIDER_READ * self.defaults.dht.replicas, until_found=True)
+            if state_of(self.derived, found) is None:
+                return None
+        existing, _answered = await read_job(self.dht, job_id, self.derived)
+        if existing is None:
+            return None
+        if keyed.fingerprint_of(existing.submit) != fingerprint:
+            self.counters["idempotency_conflicts"] += 1
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key: already used for job {job_id.hex()} with another request body"
+            )
+        self.owners.remember(job_id, seed)
+        self.counters["idempotent_replays"] += 1
+        return existing
+
+    async def _resubmitted(self, existing: lifecycle.JobState) -> JobView:
+        """The same keyed request again: the job as it is now. One not yet
+        decided is stored again on its replicas, so a submission an earlier
+        node left on fewer than a quorum (it answered 503) is accepted now."""
+        if existing.status not in lifecycle.TERMINAL:
+            spec: F.Submit = existing.submit.body
+            outcome = await self.dht.store(
+                existing.job_id, [existing.submit, existing.placement], targets=list(existing.replicas), quorum=spec.quorum
+            )
+            if outcome.stored_on < spec.quorum:
+                self.counters["submit_quorum_missed"] += 1
+                raise QuorumUnavailable(
+                    f"only {outcome.stored_on} of {outcome.asked} replicas hold the job; {spec.quorum} needed. "
+                    "Retry with the same Idempotency-Key."
+                )
+        return view(existing)
+
+    async def _placement(self, submit: F.Fact) -> tuple[bytes, ...]:
         """The replica ids for a new job: the closest nodes to its key that
-        answer, among the ``placement.WIDER`` * r closest (node/placement.py).
-        A resubmission (same idempotency key and body) keeps the job's placement."""
-        if idempotent:
-            existing, _ = await read_job(self.dht, submit.job_id, self.derived)
-            if existing is not None and existing.replicas:
-                return existing.replicas
+        answer, among the ``placement.WIDER`` * r closest (node/placement.py)."""
         count = submit.body.replicas
         found = await self.dht.replicas_for(submit.job_id, count=placement.WIDER * count, fresh=True)
         ids = [c.id for c in found]
@@ -336,13 +413,22 @@ class JobOperations:
         state = await self.read_state(job_id)
         if state.status in lifecycle.TERMINAL:
             raise Conflict(f"job is already {state.status}")
-        if state.submit.author != self.identity.public_key:
+        signer = self._submitter(state)
+        if signer is None:
             return await self._cancel_via_submitter(state, reason)
-        return await self.cancel_as_submitter(state, reason)
+        return await self.cancel_as_submitter(state, reason, signer)
 
-    async def cancel_as_submitter(self, state: lifecycle.JobState, reason: str) -> JobView:
+    def _submitter(self, state: lifecycle.JobState) -> Identity | None:
+        """The identity that signed the job's submission, if this node holds it:
+        its own, or the owner of a keyed job it accepted."""
+        if state.submit.author == self.identity.public_key:
+            return self.identity
+        return self.owners.get(state.job_id)
+
+    async def cancel_as_submitter(self, state: lifecycle.JobState, reason: str, signer: Identity | None = None) -> JobView:
         spec: F.Submit = state.submit.body
-        cancel = F.sign(self.identity, F.CANCEL, F.Cancel(state.job_id, reason[: F.REASON_CHARS_MAX], self.wall_ms()))
+        signer = signer or self.identity
+        cancel = F.sign(signer, F.CANCEL, F.Cancel(state.job_id, reason[: F.REASON_CHARS_MAX], self.wall_ms()))
         self.counters["cancels"] += 1
         # Send the submission along: a replica that lost it can still judge the cancel.
         batch = [state.submit, *([state.placement] if state.placement else []), cancel]
@@ -364,11 +450,39 @@ class JobOperations:
         if contact is None:
             found = await self.dht.replicas_for(submitter, count=self.dht.config.k, fresh=True)
             contact = next((c for c in found if c.id == submitter), None)
+        if contact is None and F.is_keyed(state.submit.author, state.submit.body):
+            return await self._cancel_via_owners(state, reason)
         if contact is None:
             raise QuorumUnavailable("the job's submitter is unreachable; only it can cancel the job")
         reply = await self.dht.call(contact, "cancel_job", [state.job_id, reason[: F.REASON_CHARS_MAX]], timeout_s=5.0)
         if reply is None or len(reply) != 2:
             raise QuorumUnavailable("the job's submitter did not answer the cancel request")
+        return await self._cancel_answer(state, reply)
+
+    async def _cancel_via_owners(self, state: lifecycle.JobState, reason: str) -> JobView:
+        """A keyed job's owner is no node: the nodes that accepted the job hold
+        its key (node/keyed.py). Ask the contacts, at most ``OWNER_ASKS_MAX`` of
+        them at once (the closest to the job first); the first that holds it cancels."""
+        self.counters["cancels_forwarded"] += 1
+        asked = self.dht.router.find_neighbors(target_node(state.job_id), k=OWNER_ASKS_MAX)
+        calls = [
+            asyncio.ensure_future(self.dht.call(c, "cancel_job", [state.job_id, reason[: F.REASON_CHARS_MAX]], timeout_s=5.0))
+            for c in asked
+        ]
+        try:
+            for next_reply in asyncio.as_completed(calls):
+                reply = await next_reply
+                if reply is not None and len(reply) == 2 and reply[0] in (200, 409):
+                    return await self._cancel_answer(state, reply)
+        finally:
+            for call in calls:
+                call.cancel()
+        raise QuorumUnavailable(
+            f"none of the {len(asked)} nodes asked accepted this job; only a node that accepted a job submitted "
+            "with an Idempotency-Key can cancel it (or retry at that node)"
+        )
+
+    async def _cancel_answer(self, state: lifecycle.JobState, reply: list) -> JobView:
         status, detail = reply
         if status == 409:
             raise Conflict(str(detail))
@@ -390,11 +504,12 @@ class JobOperations:
             raise ValueError("cancel_job needs a job id and a reason")
         try:
             state = await self.read_state(job_id)
-            if state.submit.author != self.identity.public_key:
+            signer = self._submitter(state)
+            if signer is None:
                 return [403, "not the submitter"]
             if state.status in lifecycle.TERMINAL:
                 return [409, f"job is already {state.status}"]
-            await self.cancel_as_submitter(state, reason)
+            await self.cancel_as_submitter(state, reason, signer)
             return [200, "cancelled"]
         except Conflict as exc:
             return [409, str(exc)]

@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from workmesh.node import facts as F
+from workmesh.node.ballots import Refusal, refusal_text
 from workmesh.node.errors import InvalidFact
 from workmesh.node.facts import Fact, Grant
 from workmesh.node.lifecycle import JobState, is_final_result
@@ -137,11 +138,11 @@ def _sealed_cancel(state: JobState, me: bytes) -> bool:
 
 def _belongs(state: JobState, fact: Fact, kinds: tuple[str, ...]) -> str | None:
     if fact.kind not in kinds:
-        return f"not a {'/'.join(kinds)}"
+        return refusal_text(Refusal.INVALID, f"not a {'/'.join(kinds)}")
     try:
         F.check_in_context(state.submit, fact)
     except InvalidFact as exc:
-        return str(exc)
+        return refusal_text(Refusal.INVALID, str(exc))
     return None
 
 
@@ -182,25 +183,26 @@ def _attempt_over(state: JobState, m: int, obs: Observations, now: float, rules:
     results = [f for f in state.facts if f.kind == F.RESULT and f.attempt == m]
     if any(f.body.outcome == F.OK for f in results):
         # The job succeeded; it only waits for seals. Never run it again.
-        return f"attempt {m} succeeded; its result awaits seals"
+        return refusal_text(Refusal.DECIDED, f"attempt {m} succeeded; its result awaits seals")
     if any(is_final_result(state.submit, f) for f in results):
         # The last attempt failed: that error ends the job once sealed. A
         # closing attempt now would only file a second final result to race
         # it for the seals (workers file the unsealed one again instead).
-        return f"attempt {m} was the last; its error awaits seals"
+        return refusal_text(Refusal.DECIDED, f"attempt {m} was the last; its error awaits seals")
     if results:
         wait = rules.backoff_s(state.job_id, m) - (now - obs.error_seen.setdefault(m, now))
-        return None if wait <= 0 else f"retry backoff of attempt {m}: {wait:.3f}s left"
+        return None if wait <= 0 else refusal_text(Refusal.BACKOFF, f"retry backoff of attempt {m}: {wait:.3f}s left")
     quiet = now - obs.holder_seen.setdefault(m, now)
     if quiet >= rules.stale_after_s(state.spec.lease_ms):
         return None
-    return f"lease of attempt {m} is live"
+    return refusal_text(Refusal.LEASE_LIVE, f"lease of attempt {m} is live")
 
 
 def decide_claim(
     state: JobState, claim: Fact, me: bytes, obs: Observations, now: float, rules: LeaseRules
 ) -> Grant | str:
-    """The lease grant body to sign for ``claim``, or a short refusal reason.
+    """The lease grant body to sign for ``claim``, or a refusal (its wire form:
+    a :class:`node.ballots.Refusal` code and a detail).
 
     Rules 1-5 of protocol.md section 4, in order. A re-asked grant returns
     the existing body unchanged (idempotent). A new grant records the holder
@@ -211,13 +213,13 @@ def decide_claim(
         return why
     n, worker, spec = claim.attempt, claim.author_id, state.spec
     if not state.is_replica(me):
-        return "not a replica of this job"
+        return refusal_text(Refusal.NOT_REPLICA, "not a replica of this job")
     if state.terminal:  # rule 1
-        return f"job is {state.status}"
+        return refusal_text(Refusal.DECIDED, f"job is {state.status}")
     if _sealed_cancel(state, me):
-        return "this replica sealed a cancel"
+        return refusal_text(Refusal.DECIDED, "this replica sealed a cancel")
     if not 1 <= n <= spec.max_attempts + 1:  # rule 2
-        return f"attempt {n} outside 1..{spec.max_attempts + 1}"
+        return refusal_text(Refusal.INVALID, f"attempt {n} outside 1..{spec.max_attempts + 1}")
     leases = _own(state, me, F.LEASE)
     cur = current_grant(state, me)
     m = cur[0] if cur else 0
@@ -226,7 +228,7 @@ def decide_claim(
             if cur != (n, worker):
                 # Re-sending a superseded grant would let the worker count it
                 # as fresh and believe it holds a lease it lost.
-                return f"grant of attempt {n} was superseded"
+                return refusal_text(Refusal.PROMISED_HIGHER, f"grant of attempt {n} was superseded")
             if confirmed(state, n):
                 _refresh(obs, n, now)  # the holder of a lease that runs is asking: it is alive
             # A holder of a minority asking again gets the same grant, but its
@@ -238,13 +240,13 @@ def decide_claim(
         # is stale, m goes to the next worker, so lost claims burn no attempt.
         return _attempt_over(state, m, obs, now, rules) or _grant(state, claim, obs, now, me)
     if n <= m:
-        return f"attempt {n} is not above granted attempt {m}"
+        return refusal_text(Refusal.PROMISED_HIGHER, f"attempt {n} is not above granted attempt {m}")
     # Only confirmed attempts count: the next attempt is one above the
     # highest that replicas' grants prove ran. Workers send those grants
     # along with their claim, so a replica that missed them can judge.
     known = state.lease_attempt
     if n > known + 1:
-        return f"attempt {n} is more than one above confirmed attempt {known}"
+        return refusal_text(Refusal.INVALID, f"attempt {n} is more than one above confirmed attempt {known}")
     if m:  # rule 5
         why = _attempt_over(state, m, obs, now, rules)
         if why:

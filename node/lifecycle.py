@@ -39,12 +39,11 @@ from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
 
+# The statuses are the contract's (workmesh/contract.py), defined once.
+from workmesh.contract import CANCELLED, DONE, FAILED, PENDING, RUNNING, STATUSES
+from workmesh.contract import TERMINAL_STATUSES as TERMINAL
 from workmesh.node import facts as F
 from workmesh.node.facts import Fact
-
-PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
-STATUSES = (PENDING, RUNNING, DONE, FAILED, CANCELLED)
-TERMINAL: frozenset[str] = frozenset({DONE, FAILED, CANCELLED})
 
 # The lifecycle as data. A reader can see any of these moves, because facts
 # arrive in any order (a quorum of seals may arrive before the grants did);
@@ -109,7 +108,8 @@ def is_final_result(submit: Fact, result: Fact) -> bool:
     """True for a result that may end the job: ok, or an error of attempt >= max_attempts."""
     if result.kind != F.RESULT:
         return False
-    return result.body.outcome == F.OK or result.attempt >= submit.body.max_attempts
+    body = result.body
+    return body.outcome == F.OK or result.attempt >= submit.body.max_attempts or F.is_permanent_error(body.outcome, body.data_json)
 
 
 def error_message(result: Fact) -> str:
@@ -311,8 +311,9 @@ def derivation(facts: Iterable[Fact], *, job_id: bytes | None = None) -> Derivat
     chosen = [(f.job_id, f) for f in submits if job_id is None or f.job_id == job_id]
     if not chosen:
         return d
-    # Several submissions only when facts of several jobs were mixed; choose stably.
-    d.submit_job_id, d.submit = min(chosen, key=lambda p: p[0])
+    # Several submissions only when facts of several jobs were mixed, or two
+    # different keyed submissions by one owner raced (node/keyed.py); choose stably.
+    d.submit_job_id, d.submit = min(chosen, key=lambda p: (p[0], p[1].fact_id))
     d.placement = placement_of(pool.values(), d.submit)
     if d.placement is not None:
         d.replica_ids = F.placement_ids(d.placement.body.subject)

@@ -26,7 +26,7 @@ from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer, SystemClock
 from workmesh.dht.storage import FactStore
 from workmesh.node import __version__
-from workmesh.node import blobs, leases, lifecycle, meshview
+from workmesh.node import blobs, keyed, leases, lifecycle, meshview
 from workmesh.node.config import NodeConfig
 from workmesh.node.derived import DerivedStates
 from workmesh.node.gossip import Gossip
@@ -43,6 +43,7 @@ from workmesh.node.samples import SAMPLE_HANDLERS
 from workmesh.node.worker import RunCpu, WorkerPool
 
 REANNOUNCE_BATCH = 256
+OWNERS_FILE = "owners.sqlite"  # the owner keys of the keyed jobs this node accepted (node/keyed.py)
 OWN_REFRESH_MAX = 32  # own jobs held elsewhere read again per list or status request
 REJOIN_FIRST_S = 2.0  # a node left without contacts tries its bootstrap addresses again after this
 REJOIN_MAX_S = 60.0  # ...doubling the wait after each failure, up to this
@@ -162,6 +163,9 @@ class Node:
             waiters=self._waiters,
         )
         self.jobs.derived = self.workers.derived = self.derived
+        self.jobs.type_defaults = self.registry.defaults_for
+        if not in_memory:
+            self.jobs.owners = keyed.Owners(path=os.path.join(config.data_dir, OWNERS_FILE))
         self.jobs.take_fresh = self.workers.take_fresh
         self.dht.register("cancel_job", self.jobs.rpc_cancel_job)
         self.dht.register("api_address", self._rpc_api_address)
@@ -240,6 +244,7 @@ class Node:
             task.cancel()
         await self.dht.stop()
         self.store.close()
+        self.jobs.owners.close()
         self._close_pool()
         self.log.info("node_stopped")
 
@@ -427,6 +432,8 @@ class Node:
                 {"node_id": c.id.hex(), "address": f"{c.ip}:{c.port}"} for c in self.dht.router.contacts()[:64]
             ],
             "uptime_seconds": round(self._monotonic() - self.started_at, 3),
+            # Which event loop runs this node: "uvloop" or "asyncio" (workmesh/app.py).
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "jobs": self.index.counts(),
             "job_types": sorted(self.registry.names),
             "workers": {"slots": self.config.workers, "busy": self.workers.busy},

@@ -19,6 +19,7 @@ from workmesh.dht.server import Admission
 from workmesh.node import facts as F
 from workmesh.node import leases, lifecycle
 from workmesh.node.admission import AdmissionChecks
+from workmesh.node.ballots import Refusal, refusal_text
 from workmesh.node.errors import InvalidFact
 
 
@@ -60,6 +61,7 @@ class JobReplica:
             "claims_refused": 0,
             "renews_accepted": 0,
             "renews_refused": 0,
+            "renews_not_extended": 0,
             "seals_issued": 0,
             "facts_refused": 0,
         }
@@ -109,7 +111,7 @@ class JobReplica:
         # judged as a whole.
         for index, fact in sorted(enumerate(incoming), key=lambda p: _batch_order(p[1])):
             if submit is None:
-                out.refused.append((index, "unknown job"))
+                out.refused.append((index, refusal_text(Refusal.UNKNOWN_JOB)))
                 continue
             try:
                 F.check_in_context(submit, fact)
@@ -140,8 +142,11 @@ class JobReplica:
             if fact.slot is not None and any(
                 k.slot == fact.slot and k.version >= fact.version for k in known.values()
             ):
-                # An older (or re-sent) renew: harmless, but it must not refresh the lease.
-                out.accept.append(fact)
+                # A renew dated at or before one stored (the worker's wall clock
+                # stepped back, or a replay): it does not extend the lease, and
+                # the worker must hear so, not count it as a renewal that held.
+                self.counters["renews_not_extended"] += 1
+                out.refused.append((index, refusal_text(Refusal.NOT_EXTENDED, "a renew dated at or before the stored one")))
                 continue
             reason = self.checks.judge(fact, submit, now, self.wall_ms())
             if reason is None:
@@ -168,7 +173,7 @@ class JobReplica:
             return [], None
         state = self.derive(known)
         if state is None:
-            return [], "unknown job"
+            return [], refusal_text(Refusal.UNKNOWN_JOB)
         if fact.kind == F.CLAIM:
             decision = leases.decide_claim(state, fact, me, obs, now, self.rules)
             if isinstance(decision, str):
@@ -182,7 +187,7 @@ class JobReplica:
                 self.counters["renews_accepted"] += 1
                 return [], None
             self.counters["renews_refused"] += 1
-            return [], "lease not held"
+            return [], refusal_text(Refusal.NOT_EXTENDED, "lease not held")
         # result or cancel: store it; seal it if the rules say so
         seal = leases.decide_seal(state, fact, me, obs, now, self.rules)
         if seal is None:

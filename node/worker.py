@@ -23,6 +23,7 @@ the rendezvous rank, so the best-ranked free worker claims first.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -37,11 +38,14 @@ from workmesh.node import facts as F
 from workmesh.node import lifecycle, rendezvous
 from workmesh.node.claims import Claims
 from workmesh.node.derived import DerivedStates, local_state, state_of
-from workmesh.node.handlers import Handler, HandlerError, JobContext, Registry
+from workmesh.node.handlers import Handler, HandlerError, JobContext, PermanentError, Registry
 from workmesh.node.leases import LeaseRules
 from workmesh.node.reads import read_job
 
 RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
+# Handler threads beyond one per slot: room for threads still running past
+# their deadline (they cannot be stopped) before new attempts must queue.
+THREADS_SPARE = 4
 
 
 def strict_json_outcome(value: Any) -> tuple[str, Any]:
@@ -85,6 +89,7 @@ class WorkerPool:
         runnable_max: int,
         on_state: Callable[[bytes, str, int], None] | None = None,
         logger: Any = None,
+        run_sync: RunCpu | None = None,
     ) -> None:
         self.identity = identity
         self.dht = dht
@@ -94,6 +99,10 @@ class WorkerPool:
         self.monotonic = monotonic
         self.wall_ms = wall_ms
         self._run_cpu = run_cpu
+        # Plain (synchronous) handlers: a thread each, at most one per slot
+        # plus the threads that outlived their deadline (see _call).
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._run_sync = run_sync or self._in_thread
         self._runnable: OrderedDict[bytes, _Offer] = OrderedDict()
         self._best: OrderedDict[bytes, None] = OrderedDict()  # the offers this worker ranks first for
         self._runnable_max = runnable_max
@@ -122,6 +131,8 @@ class WorkerPool:
             "results_refiled": 0,
             "confirms_lost": 0,
             "claims_with_submit": 0,
+            "thread_runs": 0,
+            "timeouts": 0,
         }
         self.claims = Claims(identity, dht, wall_ms=wall_ms, counters=self.counters)
 
@@ -239,9 +250,18 @@ class WorkerPool:
         if not task.cancelled() and task.exception() is not None:
             self.log.error("attempt_crashed", job_id=job_id.hex(), error=repr(task.exception()))
 
+    async def _in_thread(self, fn: Callable[..., Any], payload: Any, ctx: JobContext) -> Any:
+        if self._threads is None:
+            self._threads = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, self.slots) + THREADS_SPARE, thread_name_prefix="workmesh-handler"
+            )
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, payload, ctx)
+
     def stop(self) -> None:
         for task in list(self._active.values()):
             task.cancel()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
     # -- one attempt ----------------------------------------------------------
     async def _attempt(self, job_id: bytes, offer: _Offer, placed: asyncio.Future | None = None) -> None:
@@ -324,11 +344,11 @@ class WorkerPool:
         if handler is None:
             return F.ERROR, {"error": f"no handler for job type {spec.job_type!r}"}
         self.counters["executions"] += 1
-        ctx = JobContext(state.job_id.hex(), attempt)
+        ctx = JobContext(state.job_id.hex(), attempt, spec.job_type)
         if not handler.cpu and self.mesh is not None:
             # Handlers on the loop may use the mesh (blobs, child jobs: node/mesh.py)
             # and give their slot back while they only wait.
-            ctx = JobContext(state.job_id.hex(), attempt, mesh=self.mesh, release_slot=release)
+            ctx = JobContext(state.job_id.hex(), attempt, spec.job_type, mesh=self.mesh, release_slot=release)
         log.info("execution_started", attempt=attempt, job_type=spec.job_type)
         work = asyncio.ensure_future(self._call(handler, spec.payload, ctx, spec.timeout_ms / 1000))
         renewer = asyncio.ensure_future(self._renew_until(work, state, attempt))
@@ -344,15 +364,25 @@ class WorkerPool:
                 work.cancel()
 
     async def _call(self, handler: Handler, payload: Any, ctx: JobContext, timeout_s: float) -> tuple[str, Any]:
+        """Run the handler where its kind runs (node/handlers.py), its timeout enforced."""
         try:
             if asyncio.iscoroutinefunction(handler.fn):
                 value = await asyncio.wait_for(handler.fn(payload, ctx), timeout_s)
             elif handler.cpu:
                 value = await asyncio.wait_for(self._run_cpu(handler.fn, payload, ctx), timeout_s)
+            elif handler.inline:
+                value = handler.fn(payload, ctx)  # a built-in cheaper than a thread hop
             else:
-                value = handler.fn(payload, ctx)  # declared cheap (cpu=False): runs on the loop
+                # Off the loop, so a blocking handler cannot stop lease renewals.
+                # A thread cannot be stopped: at the deadline the attempt ends
+                # and the thread's eventual result is dropped.
+                self.counters["thread_runs"] += 1
+                value = await asyncio.wait_for(self._run_sync(handler.fn, payload, ctx), timeout_s)
         except asyncio.TimeoutError:
+            self.counters["timeouts"] += 1
             return F.ERROR, {"error": f"timed out after {timeout_s:g} s"}
+        except PermanentError as exc:
+            return F.ERROR, {"error": str(exc) or type(exc).__name__, "permanent": True}
         except HandlerError as exc:
             return F.ERROR, {"error": str(exc)}
         except asyncio.CancelledError:

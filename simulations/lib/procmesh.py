@@ -99,6 +99,7 @@ class ProcNode:
     p2p_port: int
     api_port: int
     args: list[str] = field(default_factory=list)
+    command: list[str] | None = None  # the workmesh command (default: workmesh_command())
     proc: subprocess.Popen | None = None
     node_id: str | None = None
 
@@ -117,7 +118,7 @@ class ProcNode:
     def start(self, bootstrap: list[str]) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            *workmesh_command(), "start",
+            *(self.command or workmesh_command()), "start",
             "--host", "127.0.0.1",
             "--p2p-port", str(self.p2p_port),
             "--api-port", str(self.api_port),
@@ -170,13 +171,13 @@ class ProcNode:
 class ProcMesh:
     """``n`` nodes, each bootstrapped from node 0."""
 
-    def __init__(self, n: int, base_dir: str | os.PathLike, *, node_args: list[str] | None = None, per_node_args: dict[int, list[str]] | None = None) -> None:
+    def __init__(self, n: int, base_dir: str | os.PathLike, *, node_args: list[str] | None = None, per_node_args: dict[int, list[str]] | None = None, command: list[str] | None = None) -> None:
         self.base = Path(base_dir)
         self.nodes: list[ProcNode] = []
         for i in range(n):
             p2p, api = _free_pair()
             args = list(node_args or []) + list((per_node_args or {}).get(i, []))
-            self.nodes.append(ProcNode(i, self.base / f"node{i}", p2p, api, args))
+            self.nodes.append(ProcNode(i, self.base / f"node{i}", p2p, api, args, command))
 
     def start(self, timeout_s: float = 30.0) -> ProcMesh:
         first = self.nodes[0]

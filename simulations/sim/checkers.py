@@ -77,6 +77,8 @@ class Invariants:
         self._runs: dict[tuple[str, int], str] = {}
         self._split_decisions: set[tuple[bytes, bytes]] = set()
         self.states_seen = 0
+        # job id -> the status a client was answered as final (a cancel answered "cancelled")
+        self._answered: dict[bytes, str] = {}
 
     def violate(self, kind: str, detail: str) -> None:
         self.violation_counts[kind] += 1
@@ -102,12 +104,22 @@ class Invariants:
             if first == decided and job not in self.decided_at:
                 self.decided_at[job] = self._loop.time()
                 self.decided_status[job] = state.status
+                answered = self._answered.get(job)
+                if answered is not None and answered != state.status:
+                    self.violate("answer_not_held", f"job {job.hex()[:16]}: answered {answered}, decided {state.status}")
                 if state.decided.attempt > state.spec.max_attempts:
                     self.closed.add(job)
                 self._trace.event(f"decided {job.hex()[:16]} {state.status} {decided.hex()[:16]}")
             elif first != decided and (job, decided) not in self._split_decisions:
                 self._split_decisions.add((job, decided))
                 self.violate("two_decisions", f"job {job.hex()[:16]}: {first.hex()[:16]} and {decided.hex()[:16]} ({node})")
+
+    def expect(self, job_id: bytes, status: str) -> None:
+        """A client was answered ``status`` as the job's outcome: the decision must agree."""
+        self._answered[job_id] = status
+        decided = self.decided_status.get(job_id)
+        if decided is not None and decided != status:
+            self.violate("answer_not_held", f"job {job_id.hex()[:16]}: answered {status}, decided {decided}")
 
     def on_execution(self, node: str, job_hex: str, attempt: int) -> None:
         """A handler started: no other node may ever run the same attempt."""

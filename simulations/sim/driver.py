@@ -67,6 +67,7 @@ class Run:
         self.config = NodeConfig(
             data_dir="/nonexistent/sim",
             workers=params.workers,
+            lease_s=params.lease_seconds,
             dht=DHTConfig(replicas=params.replicas, quorum=params.replicas // 2 + 1),
         )
         self.trace = TraceLog(loop, trace_out)
@@ -173,7 +174,7 @@ class Run:
             return "fail", {"message": f"job-{i}"}, 3
         u = self.rng.random()
         if u < 0.80:
-            return "work", {"seconds": round(self.rng.uniform(0.3, 3.0), 3), "n": i}, None
+            return "work", {"seconds": round(self.rng.uniform(*self.params.work_seconds), 3), "n": i}, None
         if u < 0.95:
             return "sha256", {"data": f"job-{i}", "rounds": 200}, None
         return "fail", {"message": f"job-{i}"}, 2

@@ -158,7 +158,7 @@ def sim_registry(node: str, executions: Executions) -> H.Registry:
         executions.end(run, "error")
         raise H.HandlerError(f"failed on purpose (attempt {ctx.attempt})")
 
-    return H.Registry((H.Handler("work", work), H.Handler("sha256", sha256, cpu=True), H.Handler("fail", fail)), load_entry_points=False)
+    return H.Registry((H.Handler("work", work), H.Handler("sha256", sha256, cpu=True), H.Handler("fail", fail, inline=True)), load_entry_points=False)
 
 
 async def run_inline(fn: Callable[..., Any], payload: Any, ctx: H.JobContext) -> Any:

@@ -3,7 +3,7 @@
     python simulations/sim/run.py --scenario NAME --nodes N --jobs J --seed S
         [--load-s T] [--loss P] [--out DIR] [--json out.json] [--chart out.png] [--trace out.txt]
 
-Scenarios: steady, crash, churn, partition, loss, drift (see scenarios.py).
+Scenarios: steady, crash, churn, partition, loss, drift, clockstep (see scenarios.py).
 The run prints its seed, a progress line every 10 s of wall time, and ends
 with a summary table; it writes ``figures.json``, ``chart.png`` (when
 matplotlib is installed: the ``sim`` extra) and ``summary.txt`` into

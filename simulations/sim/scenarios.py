@@ -14,7 +14,15 @@ accepted job to be decided. A scenario only adds the faults:
 * ``loss``: every datagram may be lost (``--loss``, 5-20%), duplicated or
   delayed out of order;
 * ``drift``: every node's monotonic clock runs up to ``drift_max`` fast or
-  slow, wall clocks start apart and are stepped forward and back.
+  slow, wall clocks start apart and are stepped forward and back;
+* ``clockstep``: wall clocks of workers and replicas are stepped by +-1, 5
+  and 30 s while 2 s leases are renewed (issue 13, item 4: a worker whose
+  clock stepped back must neither lose its lease silently nor share its
+  attempt with a second worker);
+* ``cancelrace``: one node crashes for good early, and every job's submitter
+  cancels it 0.2-3.5 s after accepting it, racing results that are being
+  filed (issue 13, item 1: seals split 2/2 between a result and the cancel
+  when a replica is down).
 
 Fault times and victims come from the scenario's own seeded ``random.Random``.
 """
@@ -47,12 +55,25 @@ class Params:
     crash_fraction: float = 0.2  # the crash scenario: fraction of the mesh crashed
     drift_max: float = 0.015  # the drift scenario: clock rate error, within LeaseRules.rate_tolerance
     wall_step_ms_max: int = 10_000  # the drift scenario: wall clock steps
+    wall_steps_ms: tuple[int, ...] = (1_000, 5_000, 30_000)  # the clockstep scenario: step sizes, either way
+    lease_s: float | None = None  # the jobs' lease (default: the node's, 2 s in the clockstep scenario)
     liveness_deadline_s: float = 300.0  # after healing, every accepted job must be decided within this
     sample_s: float = 1.0  # time-series resolution (virtual seconds)
     join_concurrency: int = 16  # nodes joining at once during boot
     # "mixed": 80% work, 15% sha256, 5% fail (two attempts); "fail": only
     # fail jobs with three attempts (each must end on attempt 3's own error)
     job_mix: str = "mixed"
+
+    @property
+    def work_seconds(self) -> tuple[float, float]:
+        """The range of a ``work`` job's duration: several leases long in the clockstep scenario."""
+        return (1.0, 8.0) if self.scenario == "clockstep" else (0.3, 3.0)
+
+    @property
+    def lease_seconds(self) -> float:
+        if self.lease_s is not None:
+            return self.lease_s
+        return 2.0 if self.scenario == "clockstep" else 10.0
 
     @property
     def load_seconds(self) -> float:
@@ -167,6 +188,65 @@ async def drift(run: Run) -> None:
     await _at(run, _spread(run.rng, steps, 0.05 * p.load_seconds, 0.9 * p.load_seconds), one)
 
 
+async def clockstep(run: Run) -> None:
+    p = run.params
+    steps = max(4, 4 * p.nodes)
+
+    async def one() -> None:
+        sim = run.rng.choice(run.mesh.joined())
+        delta = run.rng.choice(p.wall_steps_ms) * run.rng.choice((-1, 1))
+        # Each clock stays within WALL_OFFSET_MAX_MS of true time, so any two
+        # stay inside the DHT's replay window (dht/config.py replay_window_s,
+        # 60 s), a separate assumption: steps that add up past it make peers
+        # drop each other's datagrams as stale, which is not what this tests.
+        target = max(-WALL_OFFSET_MAX_MS, min(WALL_OFFSET_MAX_MS, sim.clock.wall_offset_ms + delta))
+        step = target - sim.clock.wall_offset_ms
+        sim.clock.step_wall(step)
+        run.trace.event(f"wall-step {sim.name} {step} -> {target}")
+
+    await _at(run, _spread(run.rng, steps, 0.05 * p.load_seconds, 0.9 * p.load_seconds), one)
+
+
+async def cancelrace(run: Run) -> None:
+    p = run.params
+    outcomes: dict[str, int] = {}
+    tasks: list[asyncio.Task] = []
+
+    async def cancel_later(job_id: bytes, node: str, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        sim = next((s for s in run.mesh.joined() if s.name == node), None)
+        if sim is None:
+            outcomes["submitter_gone"] = outcomes.get("submitter_gone", 0) + 1
+            return
+        try:
+            view = await sim.node.cancel(job_id, "race")
+            status = getattr(view, "status", "unknown")
+            key = f"answered_{status}"
+            if status in ("done", "failed", "cancelled"):
+                run.invariants.expect(job_id, status)  # a cancel answered "cancelled" must hold
+        except Exception as exc:  # a refusal (QuorumUnavailable, ...) is an outcome to count
+            key = f"refused_{type(exc).__name__}"
+        outcomes[key] = outcomes.get(key, 0) + 1
+        run.trace.event(f"cancel {job_id.hex()[:16]} {key}")
+
+    await asyncio.sleep(max(0.0, run.load_started + 0.05 * p.load_seconds - run.loop.time()))
+    victim = run.rng.choice(run.mesh.joined())
+    await run.crash(victim)
+    seen: set[bytes] = set()
+    end = run.load_started + p.load_seconds
+    while run.loop.time() < end:
+        for job_id, acc in list(run.accepted.items()):
+            if job_id not in seen:
+                seen.add(job_id)
+                tasks.append(asyncio.ensure_future(cancel_later(job_id, acc.node, run.rng.uniform(0.2, 3.5))))
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*tasks)
+    run.trace.event(f"cancels {sorted(outcomes.items())}")
+    run.cancel_outcomes = outcomes  # read by the figures of a large run
+
+
+WALL_OFFSET_MAX_MS = 29_500  # the clockstep scenario: how far a wall clock strays from true time
+
 SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
     "steady": steady,
     "crash": crash,
@@ -174,4 +254,6 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
     "partition": partition,
     "loss": loss,
     "drift": drift,
+    "clockstep": clockstep,
+    "cancelrace": cancelrace,
 }

@@ -1,0 +1,1 @@
+"""Example workmesh job handlers (see handlers.py)."""

@@ -1,0 +1,444 @@
+"""An explicit-state model check of a job's decision rules (node/ballots.py, node/rounds.py).
+
+It walks, breadth first, every interleaving of: two workers that claim
+attempts (a prepare at their ballot; a lease grant is the promise) and
+propose their result after their handler, one worker possibly equivocating
+(two different results, each sent to whichever replicas it likes); a
+canceller that prepares at a higher ballot and proposes the cancel; a
+recovering replica that re-proposes what it finds; replicas that answer each
+request at any moment or never (a lost request or reply); a minority of replicas
+that crash (and come back with their state, or lose it for good: a wiped
+node returns with a new id, so it is no longer a replica); and with
+``--byzantine 1`` a replica that lies: it signs every vote and seal it is
+asked for (also two subjects at one ballot) and hides what it sealed. A
+proposer may abandon its round at any moment and start its next one (a
+crashed or impatient proposer); one that waits for ever is one that stopped.
+
+In every reachable state it checks:
+
+* **safety**: no two different subjects are decided (sealed by a quorum at
+  any ballots), counting the liar's seals for every certificate that exists;
+* **a decision is reachable once a quorum is up**: the crashed replicas that
+  kept their state come back, and a recovery round at a ballot above every
+  promise, with only the honest live replicas answering, decides, and
+  decides the subject already decided if there is one.
+
+Every step calls the same pure functions the node runs (``ballots.on_*`` and
+``rounds.step``). Run as a script for the full figures::
+
+    python -m simulations.modelcheck            # the configurations of docs/guarantees.md
+    python -m simulations.modelcheck --quick    # the CI-sized ones of tests/unit/test_modelcheck.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+
+
+from workmesh.node import ballots as B
+from workmesh.node import rounds as R
+from workmesh.node.ballots import Acceptor, Ballot, Config, Promise, Proposal, Refusal, Seal, Vote
+
+
+def replace(obj, **changes):
+    """``dataclasses.replace`` for the frozen slotted values here, without its
+    per-call field checks (the model checker calls it millions of times)."""
+    new = object.__new__(type(obj))
+    for name in type(obj).__slots__:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
+    return new
+
+CANCEL = b"cancel"
+W1, W2, CX, RX, TOP = b"w1", b"w2", b"x-cancel", b"y-recover", b"z-check"
+KINDS = {W1: "worker", W2: "worker", CX: "cancel", RX: "recover"}
+
+
+def result_of(attempt: int, worker: bytes, tag: str = "") -> bytes:
+    return b"res:%d:%s:%s" % (attempt, worker, tag.encode())
+
+
+def attempt_of(subject: bytes) -> int:
+    return int(subject.split(b":")[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    replicas: int = 3
+    byzantine: int = 0
+    attempts: int = 3
+    tries: tuple[tuple[bytes, int], ...] = ((W1, 2), (W2, 1), (CX, 1), (RX, 1))  # rounds each proposer may start
+    equivocate: bool = False  # W1 files two results of one attempt
+    liar: bool = False  # replica 0 is byzantine
+    crash: str = "none"  # "none", "restart" (comes back with its state) or "loss" (gone for good)
+    states_max: int = 5_000_000
+    depth_first: bool = False  # with a states_max, a depth-first search reaches decisions sooner
+    broken: str = ""  # a rule to break on purpose ("vote_twice", "ignore_promise"): the check must fail
+
+    @property
+    def cfg(self) -> Config:
+        return Config(frozenset(self.ids), self.byzantine)
+
+    @property
+    def ids(self) -> tuple[bytes, ...]:
+        return tuple(b"r%d" % i for i in range(self.replicas))
+
+    def label(self) -> str:
+        extra = [f"crash={self.crash}"]
+        if self.equivocate:
+            extra.append("equivocating worker")
+        if self.liar:
+            extra.append("lying replica")
+        tries = ",".join(f"{KINDS[p]}:{n}" for p, n in self.tries)
+        return f"r={self.replicas} F={self.byzantine} attempts<={self.attempts} rounds[{tries}] " + " ".join(extra)
+
+
+@dataclass(frozen=True, slots=True)
+class Proc:
+    """A proposer: its current round (None: idle), the rounds it may still start,
+    and the replicas that already handled its current request."""
+
+    rs: R.RoundState | None = None
+    tries: int = 0
+    served: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    accs: tuple[Acceptor | None, ...]  # None: lost for good, or the liar
+    down: frozenset[int]  # crashed, state kept
+    crashes: int  # crashes still allowed
+    procs: tuple[Proc, ...]
+    seals: frozenset[Seal]  # every seal signed so far (facts: they stay)
+    votes: frozenset[Vote]  # every vote signed so far
+    filed: frozenset[bytes]  # results and cancels that exist
+
+
+class Violation(AssertionError):
+    pass
+
+
+class Model:
+    def __init__(self, setup: Setup) -> None:
+        self.s = setup
+        self.cfg = setup.cfg
+        self.ids = setup.ids
+        self.liar = 0 if setup.liar else None
+        self.names = tuple(p for p, _ in setup.tries)
+
+    # -- the initial state ---------------------------------------------------
+    def initial(self) -> State:
+        accs = tuple(None if i == self.liar else Acceptor(rid) for i, rid in enumerate(self.ids))
+        procs = tuple(Proc(tries=n) for _, n in self.s.tries)
+        crashes = 0 if self.s.crash == "none" else 1
+        return State(accs, frozenset(), crashes, procs, frozenset(), frozenset(), frozenset())
+
+    # -- rules the voters apply to a free choice -------------------------------
+    def admissible(self, filed: frozenset[bytes]):
+        def ok(ballot: Ballot, subject: bytes) -> bool:
+            if subject not in filed:
+                return False
+            if subject == CANCEL:
+                return ballot.proposer in (CX, RX, TOP)
+            return attempt_of(subject) == ballot.attempt and (
+                ballot.proposer in (RX, TOP) or subject.split(b":")[2] == ballot.proposer
+            )
+
+        return ok
+
+    def known_ballots(self, st: State) -> list[Ballot]:
+        out = [a.promised for a in st.accs if a is not None and a.promised is not None]
+        out += [p.rs.ballot for p in st.procs if p.rs is not None]
+        return out
+
+    # -- transitions -----------------------------------------------------------
+    def successors(self, st: State):
+        yield from self._starts(st)
+        for pi, proc in enumerate(st.procs):
+            rs = proc.rs
+            if rs is None or rs.phase.over:
+                continue
+            for ai in range(len(self.ids)):
+                if ai in st.down or (st.accs[ai] is None and ai != self.liar):
+                    continue
+                for request in self._requests(st, self.names[pi], rs):
+                    if ai in proc.served and not (
+                        isinstance(request, Proposal)
+                        and request.subject != rs.subject
+                        and Vote(self.ids[ai], rs.ballot, request.subject) not in st.votes
+                    ):
+                        continue  # handled already (the other subject of an equivocator may follow)
+                    yield from self._deliver(st, pi, ai, request)
+        if st.crashes:
+            for ai, acc in enumerate(st.accs):
+                if acc is None:
+                    continue
+                if self.s.crash == "restart":
+                    yield replace(st, down=st.down | {ai}, crashes=st.crashes - 1)
+                else:
+                    yield replace(st, accs=_put(st.accs, ai, None), crashes=st.crashes - 1)
+        for ai in st.down:
+            yield replace(st, down=st.down - {ai})
+        if self.s.equivocate or self.s.liar or self.s.broken:
+            yield from self._pushes(st)
+
+    def _set(self, st: State, pi: int, proc: Proc) -> State:
+        return replace(st, procs=_put(st.procs, pi, proc))
+
+    def _starts(self, st: State):
+        top = max((b.attempt for b in self.known_ballots(st)), default=0)
+        for pi, (name, proc) in enumerate(zip(self.names, st.procs)):
+            if proc.tries <= 0:
+                continue  # (a round not over is abandoned: a proposer that stops waiting)
+            if KINDS[name] == "worker":
+                choices = sorted({a for a in (top, top + 1) if 1 <= a <= self.s.attempts})
+            else:
+                choices = [max(top, 1)]
+            for attempt in choices:
+                ballot = R.next_ballot([b for b in self.known_ballots(st) if b.attempt == attempt], attempt, name)
+                filed = st.filed
+                if KINDS[name] == "worker":
+                    own = result_of(attempt, name, "a" if self.s.equivocate and name == W1 else "")
+                elif KINDS[name] == "cancel":
+                    own, filed = CANCEL, filed | {CANCEL}
+                else:
+                    own = self._free_choice(filed, ballot)
+                rs, _ = R.start(self.cfg, ballot, own)
+                yield replace(self._set(st, pi, Proc(rs, proc.tries - 1)), filed=filed)
+
+    def _free_choice(self, filed: frozenset[bytes], ballot: Ballot) -> bytes | None:
+        if CANCEL in filed:
+            return CANCEL
+        mine = sorted(s for s in filed if s != CANCEL and attempt_of(s) == ballot.attempt)
+        return mine[0] if mine else None
+
+    def _requests(self, st: State, name: bytes, rs: R.RoundState):
+        request = rs.request(self.cfg)
+        yield request
+        if (
+            self.s.equivocate
+            and name == W1
+            and isinstance(request, Proposal)
+            and not rs.obliged
+            and rs.subject == result_of(rs.ballot.attempt, W1, "a")
+        ):
+            yield replace(request, subject=result_of(rs.ballot.attempt, W1, "b"))
+
+    def _deliver(self, st: State, pi: int, ai: int, request):
+        proc = st.procs[pi]
+        name = self.names[pi]
+        accs, seals, votes, filed = st.accs, st.seals, st.votes, st.filed
+        if isinstance(request, Proposal) and KINDS[name] == "worker" and request.subject not in filed:
+            filed = filed | {request.subject}  # the handler ran: the result exists
+        rid = self.ids[ai]
+        if ai == self.liar:  # signs whatever it is asked, hides what it sealed
+            if isinstance(request, R.Prepare):
+                answer = Promise(rid, request.ballot, None)
+            elif isinstance(request, Proposal):
+                answer = Vote(rid, request.ballot, request.subject)
+                votes = votes | {answer}
+            else:
+                answer = Seal(rid, request.ballot, request.subject)
+                seals = seals | {answer}
+        else:
+            acc = accs[ai]
+            if isinstance(request, R.Prepare):
+                acc, answer = B.on_prepare(acc, request.ballot)
+            elif isinstance(request, Proposal):
+                acc, answer = self._on_propose(acc, request, filed)
+                if isinstance(answer, Vote):
+                    votes = votes | {answer}
+            else:
+                acc, answer = self._on_certificate(acc, request)
+                if isinstance(answer, Seal):
+                    seals = seals | {answer}
+            accs = _put(accs, ai, acc)
+        served = proc.served | {ai}
+        base = replace(st, accs=accs, seals=seals, votes=votes, filed=filed)
+        promised = accs[ai].promised if isinstance(answer, Refusal) and accs[ai] is not None else None
+        rs, _ = R.step(proc.rs, self.cfg, R.Reply(rid, answer, promised))
+        if (rs.phase, rs.ballot) != (proc.rs.phase, proc.rs.ballot):
+            served = frozenset()
+        yield replace(base, procs=_put(st.procs, pi, Proc(rs, proc.tries, served)))
+
+    def _on_propose(self, acc: Acceptor, request: Proposal, filed: frozenset[bytes]):
+        if self.s.broken == "vote_twice":  # forgets its votes: may vote two subjects at one ballot
+            new, answer = B.on_propose(replace(acc, votes=()), request, self.cfg, self.admissible(filed))
+            return replace(new, votes=acc.votes + new.votes), answer
+        if self.s.broken == "ignore_promise":  # votes below what it promised
+            new, answer = B.on_propose(replace(acc, promised=None), request, self.cfg, self.admissible(filed))
+            return replace(new, promised=acc.promised if acc.promised and acc.promised > request.ballot else request.ballot), answer
+        return B.on_propose(acc, request, self.cfg, self.admissible(filed))
+
+    def _on_certificate(self, acc: Acceptor, cert: B.Certificate):
+        if self.s.broken == "ignore_promise":
+            new, answer = B.on_certificate(replace(acc, promised=None), cert, self.cfg)
+            return replace(new, promised=max(acc.promised, new.promised) if acc.promised else new.promised), answer
+        return B.on_certificate(acc, cert, self.cfg)
+
+    def _pushes(self, st: State):
+        """Anyone holding a certificate may show it to any replica (an
+        equivocating worker shows both of its own; a reader repairs)."""
+        groups: dict[tuple, list[Vote]] = {}
+        for v in st.votes:
+            groups.setdefault((v.ballot, v.subject), []).append(v)
+        for key, vs in sorted(groups.items()):
+            cert = B.certificate(vs, self.cfg)
+            if cert is None:
+                continue
+            for ai, acc in enumerate(st.accs):
+                if acc is None or ai in st.down or Seal(acc.me, *key) in st.seals:
+                    continue
+                new, answer = self._on_certificate(acc, cert)
+                if isinstance(answer, Seal):
+                    yield replace(st, accs=_put(st.accs, ai, new), seals=st.seals | {answer})
+
+    # -- properties ------------------------------------------------------------
+    def all_seals(self, st: State) -> set[Seal]:
+        seals = set(st.seals)
+        if self.liar is not None:
+            rid = self.ids[self.liar]
+            for key in {(v.ballot, v.subject) for v in st.votes}:
+                if B.certificate([v for v in st.votes if (v.ballot, v.subject) == key], self.cfg) is not None:
+                    seals.add(Seal(rid, *key))
+        return seals
+
+    def check(self, st: State) -> tuple[frozenset[bytes], bool]:
+        """(decided subjects, split: votes for two subjects and none decided); raises Violation."""
+        seals = self.all_seals(st)
+        decided = B.decided_subjects(seals, self.cfg)
+        if len(decided) > 1:
+            raise Violation(f"two outcomes decided: {sorted(decided)}")
+        self._recover(st, seals, decided)
+        split = not decided and len({v.subject for v in st.votes}) > 1
+        return decided, split
+
+    def _recover(self, st: State, seals: set[Seal], decided: frozenset[bytes]) -> None:
+        """Bring the crashed-but-intact replicas back; a round at a ballot above
+        every promise with the honest live replicas must decide (the same subject)."""
+        live = {i: a for i, a in enumerate(st.accs) if a is not None}
+        known = [a.promised for a in live.values() if a.promised is not None]
+        top = max((b.attempt for b in known), default=1)
+        ballot = R.next_ballot(known, top, TOP)
+        promises = []
+        for i, acc in live.items():
+            live[i], p = B.on_prepare(acc, ballot)
+            if isinstance(p, Promise):
+                promises.append(p)
+        if not self.cfg.is_quorum(p.acceptor for p in promises):
+            raise Violation(f"no quorum of honest replicas left: {len(promises)} < {self.cfg.quorum}")
+        filed = st.filed | {CANCEL}  # the submitter may always file a cancel
+        cert = B.choose(promises, self.cfg)
+        subject = cert.subject if cert is not None else self._free_choice(filed, ballot)
+        proposal = Proposal(ballot, subject, frozenset(promises))
+        votes = []
+        for i, acc in live.items():
+            live[i], v = B.on_propose(acc, proposal, self.cfg, self.admissible(filed))
+            if isinstance(v, Vote):
+                votes.append(v)
+        c = B.certificate(votes, self.cfg)
+        if c is None:
+            raise Violation(f"recovery got no certificate: {len(votes)} votes for {subject!r}")
+        new = set(seals)
+        for i, acc in live.items():
+            live[i], s = B.on_certificate(acc, c, self.cfg)
+            if isinstance(s, Seal):
+                new.add(s)
+        after = B.decided_subjects(new, self.cfg)
+        if len(after) != 1 or (decided and after != decided):
+            raise Violation(f"recovery decided {sorted(after)} where {sorted(decided)} was decided")
+
+
+def _put(t: tuple, i: int, v) -> tuple:
+    return t[:i] + (v,) + t[i + 1 :]
+
+
+@dataclass
+class Report:
+    setup: Setup
+    states: int
+    decided_states: int
+    split_states: int
+    seconds: float
+    complete: bool
+
+    def line(self) -> str:
+        done = "" if self.complete else f" (stopped at {self.setup.states_max} states)"
+        return (
+            f"{self.setup.label()}: {self.states} states explored{done}, {self.decided_states} with a decision, "
+            f"{self.split_states} with split votes and none, 0 violations, {self.seconds:.1f} s"
+        )
+
+
+def explore(setup: Setup) -> Report:
+    """Breadth-first over every reachable state; raises Violation with a trace."""
+    model = Model(setup)
+    t0 = time.monotonic()
+    first = model.initial()
+    parent: dict[State, State | None] = {first: None}
+    queue = deque([first])
+    decided_states = split_states = 0
+    complete = True
+    while queue:
+        st = queue.pop() if setup.depth_first else queue.popleft()
+        try:
+            decided, split = model.check(st)
+        except Violation as exc:
+            depth, cur = 0, st
+            while cur is not None:
+                depth, cur = depth + 1, parent[cur]
+            raise Violation(f"{setup.label()}: {exc} (at depth {depth})") from None
+        decided_states += bool(decided)
+        split_states += split
+        for nxt in model.successors(st):
+            if nxt not in parent:
+                if len(parent) >= setup.states_max:
+                    complete = False
+                    continue
+                parent[nxt] = st
+                queue.append(nxt)
+    return Report(setup, len(parent), decided_states, split_states, time.monotonic() - t0, complete)
+
+
+QUICK = [  # complete searches of a few seconds each (tests/unit/test_modelcheck.py)
+    Setup(replicas=3, attempts=1, tries=((W1, 1),), equivocate=True),
+    Setup(replicas=3, attempts=1, tries=((W1, 1),), equivocate=True, crash="loss"),
+    Setup(replicas=3, attempts=1, tries=((W1, 1),), equivocate=True, crash="restart"),
+    Setup(replicas=4, byzantine=1, attempts=1, tries=((W1, 1),), equivocate=True, liar=True),
+]
+
+CAP = 250_000  # states per configuration of the full run (breadth first: every state up to a depth)
+
+FULL = [
+    Setup(replicas=3, attempts=1, tries=((W1, 1), (CX, 1))),
+    Setup(replicas=3, attempts=1, tries=((W1, 1), (W2, 1))),
+    Setup(replicas=3, attempts=1, tries=((W1, 1), (CX, 1)), equivocate=True, crash="loss", states_max=CAP),
+    Setup(replicas=4, byzantine=1, attempts=1, tries=((W1, 1), (CX, 1)), liar=True, equivocate=True, states_max=CAP),
+    Setup(replicas=5, attempts=1, tries=((W1, 1), (CX, 1)), crash="restart", states_max=CAP),
+    Setup(replicas=3, attempts=3, tries=((W1, 2), (W2, 1)), states_max=CAP),
+    Setup(replicas=5, byzantine=1, attempts=1, tries=((W1, 1), (CX, 1)), liar=True, equivocate=True, states_max=CAP),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the CI-sized configurations")
+    ap.add_argument("--states-max", type=int, default=None, help="stop each search at this many states")
+    ap.add_argument("--skip", type=int, default=0, help="skip the first N configurations")
+    args = ap.parse_args(argv)
+    total = 0
+    for setup in (QUICK if args.quick else FULL)[args.skip :]:
+        if args.states_max:
+            setup = replace(setup, states_max=args.states_max)
+        report = explore(setup)
+        total += report.states
+        print(report.line(), flush=True)
+    print(f"total: {total} states explored, no state with two decided outcomes, a decision reachable from every one")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The CI-sized model check of the decision rules (simulations/modelcheck.py).
+
+The full run (``python -m simulations.modelcheck``) explores the
+configurations of docs/guarantees.md; here complete searches of a few
+thousand states each, and broken rules that the search must catch (a check
+that cannot fail proves nothing).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from simulations import modelcheck as M
+
+
+@pytest.mark.parametrize("setup", M.QUICK, ids=lambda s: s.label())
+def test_every_reachable_state_is_safe_and_can_decide(setup):
+    report = M.explore(setup)
+    assert report.complete
+    assert report.decided_states > 0 and report.split_states > 0  # it did reach decisions and splits
+    print(report.line())
+
+
+def test_an_acceptor_voting_twice_per_ballot_is_caught():
+    setup = M.Setup(replicas=3, attempts=1, tries=((M.W1, 1),), equivocate=True, broken="vote_twice")
+    with pytest.raises(M.Violation, match="decided"):
+        M.explore(setup)
+
+
+def test_a_lying_replica_with_crash_quorums_is_caught():
+    """With F = 0 quorums (r = 3, quorum 2) one lying replica decides two outcomes."""
+    setup = M.Setup(replicas=3, byzantine=0, attempts=1, tries=((M.W1, 1),), equivocate=True, liar=True)
+    with pytest.raises(M.Violation, match="decided"):
+        M.explore(setup)
