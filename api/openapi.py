@@ -37,6 +37,7 @@ _STATUS_TEXT = {
     408: "The request body did not arrive in time (10 s by default).",
     405: "Method not allowed on this path (answered by any path; see the Allow header).",
     409: "The job is already terminal.",
+    410: "The job was decided and its facts dropped when its retention passed (the node still remembers it).",
     413: "Body larger than the node accepts (64 KiB by default).",
     415: "Content-Type is not JSON.",
     422: "Well-formed JSON with a field of the wrong type or range, an unknown field, an unknown job type, "
@@ -273,7 +274,7 @@ def _paths(auth: bool) -> dict:
                         "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
                     },
                 ],
-                "responses": _responses({"200": _ok("The job.", "JobView")}, (400, 403, 404, 429, 500, 503)),
+                "responses": _responses({"200": _ok("The job.", "JobView")}, (400, 403, 404, 410, 429, 500, 503)),
             }
         },
         "/jobs/{id}/cancel": {
@@ -283,7 +284,7 @@ def _paths(auth: bool) -> dict:
                 **secured,
                 "parameters": [job_id],
                 "requestBody": {"required": False, "content": _json_content("CancelRequest")},
-                "responses": _responses({"200": _ok("The job, cancelled.", "JobView")}, (*write_errors, 404, 409)),
+                "responses": _responses({"200": _ok("The job, cancelled.", "JobView")}, (*write_errors, 404, 409, 410)),
             }
         },
         "/status": {

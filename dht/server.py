@@ -39,7 +39,19 @@ from workmesh.dht.records import Record
 from workmesh.dht.routing import Contact, WorkmeshRoutingTable, target_node
 from workmesh.dht.upkeep import Upkeep
 
+# One reply page of find_records (records by id after a cursor): within the
+# 60,000-byte datagram bound with room for the envelope.
 RECORDS_PER_REPLY_BYTES = 48_000
+# Record ids (32 bytes each) per page of a sync reply.
+SYNC_IDS_PER_REPLY = 1_000
+# Pages a reader follows for one key from one replica before it calls the
+# answer incomplete: every page carries at least one record, and a key holds
+# at most StorageLimits.records_per_key_max (256) records.
+PAGES_PER_READ_MAX = 300
+# Refusal reasons of a store the replica could not keep (codes for peers, text for people).
+REFUSED_BUDGET = "storage budget exhausted"
+REFUSED_GONE = "gone: retention passed"
+REFUSED_DISK = "not stored: the commit to disk failed"
 # Pings sent at once to each contact a probe asks (DHTServer.probe).
 PROBE_PINGS = 2
 
@@ -95,6 +107,18 @@ class SystemClock:
 
     def wall_ms(self) -> int:
         return int(time.time() * 1000)
+
+
+class Fetched(tuple):
+    """``(records, answered)`` of a read, and ``gone``: the replicas that said
+    they dropped the key when its retention passed (it unpacks as the pair)."""
+
+    gone: frozenset[bytes]
+
+    def __new__(cls, records: list[Record], answered: int, gone: frozenset[bytes] = frozenset()) -> Fetched:
+        self = super().__new__(cls, (records, answered))
+        self.gone = gone
+        return self
 
 
 def _digest_ids(ids: Iterable[bytes]) -> bytes:
@@ -196,6 +220,10 @@ class DHTServer(Upkeep):
             "lookups": 0,
             "contacts_revived": 0,
             "find_node_replies": 0,
+            "find_records_pages": 0,
+            "reads_incomplete": 0,
+            "budget_refusals": 0,
+            "commit_failures_seen": 0,
             "verifications_skipped": 0,
         }
 
@@ -351,36 +379,75 @@ class DHTServer(Upkeep):
         sender = self._contact_from(env, addr)
         return [c.to_wire() for c in self.router.find_neighbors(target_node(key), exclude=sender)]
 
-    def _rpc_find_records(self, env: Envelope, addr) -> list:
-        key, known_digest = env.args
-        if not isinstance(key, bytes) or len(key) != 20 or not isinstance(known_digest, bytes):
-            raise ValueError("find_records needs a key and a digest")
-        records = self.records.get(key)
-        if known_digest and known_digest == _digest_ids(r.record_id for r in records):
-            return [True, []]
-        raws, size = [], 0
-        for r in records:
-            size += len(r.raw) + 8
-            if size > RECORDS_PER_REPLY_BYTES:
-                break
-            raws.append(r.raw)
-        return [False, raws]
+    async def _rpc_find_records(self, env: Envelope, addr) -> list | None:
+        # Serve what is on disk: a grant or seal written this turn goes out
+        # only once its commit returned.
+        if not await self.durable():
+            return None
+        return self.find_records_page(env.args)
 
-    def _rpc_store(self, env: Envelope, addr) -> list:
+    def find_records_page(self, args: list) -> list:
+        """``[key, digest]`` or ``[key, digest, cursor]`` -> ``[same, raws, next]``
+        (``[False, [], b"", True]``: the key was dropped when its retention passed).
+
+        ``same``: the caller's digest of record ids matches ours (nothing
+        sent). Otherwise one page of records after ``cursor`` (b"": from the
+        first) within ``RECORDS_PER_REPLY_BYTES``, and ``next``: the cursor of
+        the following page, b"" when this page is the last. A reader follows
+        ``next`` until b"", so a reply never silently cuts a key's records."""
+        key, known_digest, *rest = args
+        cursor = rest[0] if rest else b""
+        if (
+            not isinstance(key, bytes) or len(key) != 20 or not isinstance(known_digest, bytes)
+            or not isinstance(cursor, bytes) or len(rest) > 1
+        ):
+            raise ValueError("find_records needs a key, a digest and an optional cursor")
+        if known_digest and not cursor and known_digest == _digest_ids(self.records.record_ids(key)):
+            return [True, [], b""]
+        records, nxt = self.records.page(key, cursor, RECORDS_PER_REPLY_BYTES, committed_only=True)
+        self.stats["find_records_pages"] += 1
+        if not records and self.records.is_gone(key):
+            return [False, [], b"", True]  # held once, dropped when its retention passed
+        return [False, [r.raw for r in records], nxt]
+
+    async def _rpc_store(self, env: Envelope, addr) -> list:
         key, raws = env.args
         if not isinstance(key, bytes) or len(key) != 20 or not isinstance(raws, list):
             raise ValueError("store needs a key and a list of records")
+        mark = self.records.write_mark()
         ok, refused, produced = self._store_local(key, raws, env.sender_id)
+        if not await self.durable(mark):
+            return [False, [[i, REFUSED_DISK] for i in range(len(raws))], []]
         return [ok, [list(r) for r in refused], [r.raw for r in produced]]
 
+    async def durable(self, since: int | None = None) -> bool:
+        """Wait until every write so far is on disk (the store's group commit);
+        False if that commit failed (or one that undid a write made after the
+        ``since`` mark). Every answer that reports a store (an ack, a grant,
+        a seal) waits for this first."""
+        try:
+            await self.records.durable(since)
+        except Exception as exc:  # StorageError: the disk refused the commit
+            self.stats["commit_failures_seen"] += 1
+            self.log.warning("store_commit_failed", error=str(exc))
+            return False
+        return True
+
     def _rpc_sync(self, env: Envelope, addr) -> list:
-        key, digest = env.args
-        if not isinstance(key, bytes) or len(key) != 20 or not isinstance(digest, bytes):
-            raise ValueError("sync needs a key and a digest")
+        """``[key, digest]`` or ``[key, digest, cursor]`` -> ``[same, ids, next]``:
+        the record ids we hold after ``cursor``, a page at a time (``next`` b"":
+        the last page)."""
+        key, digest, *rest = env.args
+        cursor = rest[0] if rest else b""
+        if not isinstance(key, bytes) or len(key) != 20 or not isinstance(digest, bytes) or not isinstance(cursor, bytes):
+            raise ValueError("sync needs a key, a digest and an optional cursor")
         ids = self.records.record_ids(key)
-        if _digest_ids(ids) == digest:
-            return [True, []]
-        return [False, sorted(ids)[:1500]]
+        if not cursor and _digest_ids(ids) == digest:
+            return [True, [], b""]
+        page = sorted(i for i in ids if i > cursor)
+        if len(page) > SYNC_IDS_PER_REPLY:
+            return [False, page[:SYNC_IDS_PER_REPLY], page[SYNC_IDS_PER_REPLY - 1]]
+        return [False, page, b""]
 
     def _decode_all(self, key: bytes, raws: list) -> tuple[list[Record], list[tuple[int, str]]]:
         records, bad = [], []
@@ -401,11 +468,27 @@ class DHTServer(Upkeep):
         return self.ingest(key, records, sender_id)
 
     def ingest(self, key: bytes, records: list[Record], sender_id: bytes) -> tuple[bool, list[tuple[int, str]], list[Record]]:
-        """Admit verified records into local storage (replica side of a store)."""
+        """Admit verified records into local storage (replica side of a store).
+
+        Budgets come before promises: a batch that would not fit the store is
+        refused before the policy judges it, and what the policy accepts and
+        produces (grants, seals) is stored all or nothing. A replica never
+        answers with a grant or a seal it did not store."""
+        if self.records.is_gone(key):
+            self.stats["records_refused"] += len(records)
+            return False, [(i, REFUSED_GONE) for i in range(len(records))], []
+        if not self.records.fits(key, records):
+            self.stats["budget_refusals"] += 1
+            return False, [(i, REFUSED_BUDGET) for i in range(len(records))], []
         existing = self.records.get(key)
         admission = self.policy.admit(key, records, existing, sender_id)
         self.stats["records_refused"] += len(admission.refused)
-        new = self.records.merge(key, [*admission.accept, *admission.produced])
+        new = self.records.merge_all(key, [*admission.accept, *admission.produced])
+        if new is None:
+            # What the policy accepted and signed would not fit after all (its
+            # products are larger than the batch): refuse, hand out nothing.
+            self.stats["budget_refusals"] += 1
+            return False, [(i, REFUSED_BUDGET) for i in range(len(records))], []
         if new:
             self.policy.stored(key, new)
         held = self.records.record_ids(key)
@@ -634,7 +717,10 @@ class DHTServer(Upkeep):
         async def one(contact: Contact) -> tuple[bool, bool, list, list[Record]]:
             """(answered, stored all, refusals, produced records)"""
             if contact.id == self.node.id:
+                mark = self.records.write_mark()
                 ok, refused, produced = self.ingest(key, records, self.node.id)
+                if not await self.durable(mark):
+                    return True, False, [(i, REFUSED_DISK) for i in range(len(records))], []
                 return True, ok, refused, produced
             ok_all, refused_all, produced_all = True, [], []
             for chunk in _chunks(raws, self.config.datagram_bytes_max - 2000):
@@ -670,8 +756,9 @@ class DHTServer(Upkeep):
         also: Iterable[bytes] = (),
         until_found: bool = False,
         skip: Collection[bytes] = (),
-    ) -> tuple[list[Record], int]:
-        """Every valid record the replicas of ``key`` hold, and how many answered.
+    ) -> Fetched:
+        """Every valid record the replicas of ``key`` hold, and how many answered
+        in full (``.gone``: the ids of those that dropped the key for good).
 
         ``also`` names more nodes to ask (a fixed replica set that may have
         drifted from the r closest). ``until_found``: a search rather than a
@@ -687,17 +774,17 @@ class DHTServer(Upkeep):
         if skip:
             replicas = [c for c in replicas if c.id not in skip]
         if not replicas:
-            return [], 0
+            return Fetched([], 0)
         self.stats["record_requests"] += sum(1 for c in replicas if c.id != self.node.id)
+
+        gone: set[bytes] = set()
 
         async def one(contact: Contact) -> tuple[Contact, list[Record] | None]:
             if contact.id == self.node.id:
+                if self.records.is_gone(key):
+                    gone.add(contact.id)
                 return contact, self.records.get(key)
-            reply = await self.call(contact, "find_records", [key, b""])
-            if reply is None or len(reply) != 2 or not isinstance(reply[1], list):
-                return contact, None
-            records, _bad = self._decode_all(key, reply[1])
-            return contact, records
+            return contact, await self.read_all(contact, key, gone)
 
         if until_found:
             by_id = await self._gather_quorum(replicas, one, 1, lambda a: bool(a[1]), None)
@@ -721,7 +808,31 @@ class DHTServer(Upkeep):
                         self.ingest(key, missing, self.node.id)
                     else:
                         self.protocol.spawn(self._push(contact, key, missing), "repair")
-        return list(merged.values()), answered
+        return Fetched(list(merged.values()), answered, frozenset(gone))
+
+    async def read_all(self, contact: Contact, key: bytes, gone: set[bytes] | None = None) -> list[Record] | None:
+        """Every record ``contact`` holds for ``key``, page after page; None when
+        it did not answer every page (an incomplete answer counts as none: a
+        reader never derives anything from part of a key's records).
+        A reply without a cursor (``[same, raws]``) is a whole answer. A
+        contact that says it dropped the key is added to ``gone``."""
+        out: list[Record] = []
+        cursor = b""
+        for _ in range(PAGES_PER_READ_MAX):
+            reply = await self.call(contact, "find_records", [key, b"", cursor] if cursor else [key, b""])
+            if reply is None or len(reply) not in (2, 3, 4) or not isinstance(reply[1], list):
+                break
+            records, _bad = self._decode_all(key, reply[1])
+            out.extend(records)
+            cursor = reply[2] if len(reply) >= 3 else b""
+            if not isinstance(cursor, bytes):
+                break
+            if not cursor:
+                if len(reply) == 4 and reply[3] is True and not out and gone is not None:
+                    gone.add(contact.id)
+                return out
+        self.stats["reads_incomplete"] += 1
+        return None
 
     def worth_repairing(self, record: Record) -> bool:
         check = getattr(self.policy, "worth_repairing", None)
@@ -739,10 +850,18 @@ class DHTServer(Upkeep):
         records = self.records.get(key)
         if not records:
             return 0
-        reply = await self.call(contact, "sync", [key, _digest_ids(r.record_id for r in records)])
-        if reply is None or reply[0] is True:
-            return 0
-        theirs = set(reply[1]) if isinstance(reply[1], list) else set()
+        digest = _digest_ids(r.record_id for r in records)
+        theirs: set[bytes] = set()
+        cursor = b""
+        for _ in range(PAGES_PER_READ_MAX):
+            reply = await self.call(contact, "sync", [key, digest, cursor] if cursor else [key, digest])
+            if reply is None or len(reply) < 2 or reply[0] is True:
+                return 0
+            if isinstance(reply[1], list):
+                theirs.update(i for i in reply[1] if isinstance(i, bytes))
+            cursor = reply[2] if len(reply) > 2 and isinstance(reply[2], bytes) else b""
+            if not cursor:
+                break
         missing = [r for r in records if r.record_id not in theirs]
         if missing:
             await self._push(contact, key, missing)

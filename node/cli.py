@@ -30,6 +30,15 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _duration(text: str) -> float:
+    from workmesh.node.retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -63,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--lease-seconds", type=float, default=10.0, help="default lease length of a job")
     start.add_argument("--max-attempts", type=int, default=3, help="default attempts per job")
     start.add_argument("--job-timeout", type=float, default=300.0, help="default handler timeout, seconds")
+    start.add_argument("--retention", type=_duration, default="7d", metavar="DURATION",
+                       help="drop a decided job's facts this long after this node saw the decision: "
+                       "seconds, or 90s, 30m, 12h, 7d (default 7d)")
     start.add_argument("--rate-limit", type=float,
                        help="REST requests per second per client, for every client, loopback too "
                        "(default: only clients off loopback are limited, see --remote-rate-limit)")
@@ -131,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         max_attempts=args.max_attempts,
         job_timeout_s=args.job_timeout,
         rate_limit_per_s=args.rate_limit,
+        retention_s=args.retention,
         byzantine=byzantine,
         remote_rate_limit_per_s=args.remote_rate_limit,
         rate_burst=args.rate_burst,

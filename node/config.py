@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from workmesh.dht.config import DHTConfig
+from workmesh.dht.records import StorageLimits
 from workmesh.node.leases import LeaseRules
 
 
@@ -57,6 +58,18 @@ class NodeConfig:
     reannounce_min_per_s: float = 2.0
     reannounce_per_free_slot_s: float = 10.0
     reannounce_backoff_min: float = 1 / 16
+    # A decided job's facts are dropped by every node that holds them this
+    # long after it saw the decision (node/retention.py; CLI --retention, 7d).
+    retention_s: float = 7 * 86_400.0
+    # The store's budgets, checked before a replica stores (and so before it
+    # promises) anything; and how many dropped keys it remembers as gone (410).
+    store_limits: StorageLimits = field(default_factory=StorageLimits)
+    tombstones_max: int = 100_000
+    # Durability: every stored fact is on disk (fsync) before anything that
+    # depends on it is answered. With group commit the writes of one event-loop
+    # turn share one transaction and one fsync, in a writer thread; without it
+    # each write commits on its own (docs/performance.md has both costs).
+    group_commit: bool = True
     # Jobs whose facts a node keeps in its local job index (for listing), at most.
     job_index_max: int = 200_000
     # Blobs (node/blobs.py): bytes per blob at most (1 GiB), and chunk bytes

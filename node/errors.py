@@ -55,6 +55,13 @@ class JobNotFound(WorkmeshError):
     title = "Job not found"
 
 
+class JobGone(JobNotFound):
+    """The job was decided and its facts were dropped when its retention passed."""
+
+    status = 410
+    title = "Job gone"
+
+
 class Conflict(WorkmeshError):
     status = 409
     title = "Conflict"

@@ -139,6 +139,11 @@ class JobIndex:
             heapq.heappop(self._due)
         return max(0.0, self._due[0][0] - now) if self._due else None
 
+    def forget(self, job_id: bytes) -> None:
+        """The job's facts were dropped here (its retention passed)."""
+        self._jobs.pop(job_id, None)
+        self._forget_due(job_id)
+
     def get(self, job_id: bytes) -> Summary | None:
         return self._jobs.get(job_id)
 

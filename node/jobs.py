@@ -23,6 +23,7 @@ from workmesh.node.derived import DerivedStates, local_state, state_of
 from workmesh.node.errors import (
     Conflict,
     IdempotencyKeyReused,
+    JobGone,
     JobNotFound,
     QuorumUnavailable,
     UnknownJobType,
@@ -350,12 +351,17 @@ class JobOperations:
         self.counters["reads"] += 1
         local = self.derive_local(job_id)
         if local is not None and local.status in lifecycle.TERMINAL:
-            # Decided by a quorum of seals: final, no replica can say otherwise.
+            # Decided by a quorum of seals: final, no replica can say otherwise
+            # (shown once what decided it here is on disk).
             self.counters["local_reads"] += 1
+            await self.dht.durable()
             return local
-        state, answered = await read_job(self.dht, job_id, self.derived)
+        read = await read_job(self.dht, job_id, self.derived)
+        state, answered = read
+        if state is None and read.gone:
+            raise JobGone(f"job {job_id.hex()} was decided and its retention has passed")
         if answered == 0:
-            raise QuorumUnavailable("no replica of this job answered")
+            raise QuorumUnavailable("no replica of this job answered in full (an incomplete answer counts as none)")
         if state is None and answered < min(self.defaults.dht.replicas, self.mesh_seen()) // 2 + 1:
             # "Not found" is a definite answer only from a majority of the
             # nodes that would hold the job; fewer may all be the wrong ones.

@@ -58,6 +58,20 @@ GAUGES: dict[tuple[str, str], str] = {
     ("blobs", "disk_bytes_free"): "blobs_disk_free_bytes",
     ("blobs", "blob_bytes_max"): "blobs_max_bytes",
     ("blobs", "retention_s"): "blobs_retention_seconds",
+    # The fact store against its budgets, and retention (node/retention.py).
+    ("storage", "bytes"): "storage_bytes",
+    ("storage", "bytes_max"): "storage_budget_bytes",
+    ("storage", "keys"): "storage_keys",
+    ("storage", "keys_max"): "storage_budget_keys",
+    ("storage", "records"): "storage_records",
+    ("storage", "records_per_key_max"): "storage_budget_records_per_key",
+    ("storage", "authors_records_max"): "storage_largest_author_records",
+    ("storage", "records_per_author_max"): "storage_budget_records_per_author",
+    ("storage", "retention_s"): "storage_retention_seconds",
+    ("storage", "scheduled"): "storage_jobs_awaiting_retention",
+    ("storage", "tombstones"): "storage_tombstones",
+    ("dht", "store_decided"): "store_decided_keys",
+    ("dht", "store_tombstones"): "store_tombstones",
 }
 # Shown elsewhere already (workers.* holds the same slots and busy as leases.*;
 # dht.peers is workmesh_peers; dht.dropped_total is the sum of the labelled
@@ -103,6 +117,10 @@ REASONS: dict[tuple[str, str], tuple[str, str]] = {
     ("blobs", "chunks_rejected"): ("blobs_chunks_refused", "invalid"),
     ("blobs", "chunks_refused_full"): ("blobs_chunks_refused", "disk_full"),
     ("blobs", "chunks_dropped_by_owner"): ("blobs_chunks_dropped", "owner"),
+    ("dht", "store_rejected_gone"): ("store_records_rejected", "gone"),
+    ("dht", "store_rejected_budget"): ("store_batches_rejected", "budget"),
+    ("storage", "jobs_dropped"): ("storage_jobs_dropped", "retention"),
+    ("storage", "facts_dropped"): ("storage_facts_dropped", "retention"),
 }
 # /status sections that are not statistics (shown above, or configuration).
 NOT_STATISTICS = frozenset({"jobs", "replication"})

@@ -38,6 +38,7 @@ from workmesh.node.mesh import Mesh
 from workmesh.node.metrics import Metrics
 from workmesh.node.reads import read_job
 from workmesh.node.replica import JobReplica
+from workmesh.node.retention import Retention
 from workmesh.node.samples import SAMPLE_HANDLERS
 from workmesh.node.watch import JobWatch
 from workmesh.node.worker import RunCpu, WorkerPool
@@ -106,8 +107,19 @@ class Node:
             self.identity, config.leases, self._monotonic, self.clock.wall_ms, self._on_stored
         )
         path = None if in_memory else os.path.join(config.data_dir, "store.sqlite")
-        self.store = FactStore(path, self.replica.validate)
+        self.store = FactStore(
+            path, self.replica.validate, config.store_limits,
+            tombstones_max=config.tombstones_max, group_commit=config.group_commit,
+        )
         self.derived = DerivedStates(self.store)
+        self.retention = Retention(
+            self.store,
+            config.retention_s,
+            monotonic=self._monotonic,
+            wall_ms=self.clock.wall_ms,
+            state_of=self.derived.local,
+            on_dropped=self._on_dropped,
+        )
         self.replica.derive = self.derived.of
         self.dht = DHTServer(
             self.identity,
@@ -188,6 +200,7 @@ class Node:
         self._tasks = [
             self.dht.protocol.spawn(self.workers.run(), "workers"),
             self.dht.protocol.spawn(self._reannounce_loop(), "reannounce"),
+            self.dht.protocol.spawn(self.retention.run(), "retention"),
             self.dht.protocol.spawn(self.blobs.run(), "blobs"),
         ]
         self.log.info("node_started", p2p=f"{self.dht.address[0]}:{self.dht.address[1]}", workers=self.config.workers)
@@ -243,6 +256,7 @@ class Node:
         state = self.derived.local(key)
         if state is None:
             return
+        self.retention.observe(key, state)
         if state.status == lifecycle.PENDING and state.placement is not None and state.placement in new:
             # A replica of a new job is a worker that has heard of it.
             self.workers.offer(key, state.submit.body.job_type, (state.submit, state.placement))
@@ -273,6 +287,11 @@ class Node:
                 listener(key, state.status, previous)
         if self._reannounce_wakeup is not None:
             self._reannounce_wakeup.set()
+        self._wake(key)
+
+    def _on_dropped(self, key: bytes) -> None:
+        """A decided job's facts were dropped here (its retention passed)."""
+        self.index.forget(key)
         self._wake(key)
 
     def _wake(self, key: bytes) -> None:
@@ -418,6 +437,8 @@ class Node:
             "job_types": sorted(self.registry.names),
             "workers": {"slots": self.config.workers, "busy": self.workers.busy},
             "replication": {"replicas": self.config.replicas, "quorum": self.config.quorum, "k": self.config.dht.k},
+            "storage": {**self.store.budget(), **self.retention.statistics(),
+                        "tombstones": self.store.statistics()["tombstones"]},
             "dht": {**self.dht.statistics(), **{f"store_{k}": v for k, v in self.store.statistics().items()}},
             "gossip": {
                 **self.gossip.statistics(),

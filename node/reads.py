@@ -15,6 +15,12 @@ record requests (r, then the r next closest), plus, once per
 when one of them answers, the lookups that renew this node's view). A flood
 of random ids cannot make a node ask more per read, nor stall reads behind
 rounds of pings.
+
+Every reply is whole: a replica's answer counts only when the reader got all
+of its pages (``DHTServer.read_all``), so a state is never derived from part
+of a job's facts. A job whose retention passed is *gone*: when nobody holds
+it and a node that dropped it says so (or this node did), the read says
+``gone`` instead of searching wider.
 """
 
 from __future__ import annotations
@@ -36,18 +42,32 @@ WIDER_READ = placement.WIDER
 _revived_at: weakref.WeakKeyDictionary[DHTServer, float] = weakref.WeakKeyDictionary()
 
 
-async def read_job(
-    dht: DHTServer, job_id: bytes, derived: DerivedStates | None = None
-) -> tuple[lifecycle.JobState | None, int]:
-    """(the derived state or None when nobody knows the job, replicas that answered).
+class JobRead(tuple):
+    """``(state, answered)`` of a read (it unpacks as the pair), and ``gone``:
+    nobody holds the job and a node remembers dropping it (retention)."""
+
+    gone: bool
+
+    def __new__(cls, state: lifecycle.JobState | None, answered: int, gone: bool = False) -> JobRead:
+        self = super().__new__(cls, (state, answered))
+        self.gone = gone
+        return self
+
+
+async def read_job(dht: DHTServer, job_id: bytes, derived: DerivedStates | None = None) -> JobRead:
+    """(the derived state or None when nobody knows the job, replicas that
+    answered in full), and whether the job is known to be gone.
 
     ``derived``: the node's memo of derived states over ``dht.records``
     (None: derive every time; the answer is the same).
     """
     local = local_state(derived, dht.records, job_id)
     placed = local.replicas if local is not None else ()
-    facts, answered = await dht.fetch(job_id, also=placed)
+    fetched = await dht.fetch(job_id, also=placed)
+    facts, answered = fetched
     state = state_of(derived, facts)
+    if state is None and (fetched.gone or dht.records.is_gone(job_id)):
+        return JobRead(None, answered, True)
     if state is None:
         # Nobody we asked knows the job. The job's placed replicas may not be
         # the r closest (placed past nodes that did not answer, or a
@@ -62,9 +82,12 @@ async def read_job(
             # may be the other half (they rejoin the routing table).
             await dht.revive(REVIVE_ON_MISS)
         wider_ids = [i for i in _wider(dht, job_id, closest) if i not in asked]
-        facts, wider = await dht.fetch(job_id, also=wider_ids, until_found=True, skip=asked)
+        wide = await dht.fetch(job_id, also=wider_ids, until_found=True, skip=asked)
+        facts, wider = wide
         state = state_of(derived, facts)
         answered += wider
+        if state is None and wide.gone:
+            return JobRead(None, answered, True)
     if state is not None and state.replicas and not placed:
         more, extra = await dht.fetch(job_id, also=state.replicas)
         facts = [*facts, *more]
@@ -72,7 +95,7 @@ async def read_job(
         answered = max(answered, extra)
     if state is not None and local is not None:
         _keep_up(dht, job_id, facts)
-    return state, answered
+    return JobRead(state, answered)
 
 
 def _wider(dht: DHTServer, job_id: bytes, closest: list) -> list[bytes]:
