@@ -206,6 +206,12 @@ class BlobNotFound(ProblemError):
     status = 404
 
 
+class JobGone(JobNotFound):
+    """410: the job was decided and dropped once its retention passed."""
+
+    status = 410
+
+
 class HostNotAllowed(ProblemError):
     """403: the node does not answer to the Host the request named."""
 
@@ -243,13 +249,14 @@ PROBLEM_TYPES: dict[str, type[ProblemError]] = {
         "not-ready": NotReady,
         "blob-not-found": BlobNotFound,
         "insufficient-storage": InsufficientStorage,
+        "job-gone": JobGone,
         "host-not-allowed": HostNotAllowed,
         "overloaded": Overloaded,
         "workmesh-error": ServerError,
     }.items()
 }
 BY_STATUS: dict[int, type[ProblemError]] = {
-    400: BadRequest, 401: Unauthorized, 403: HostNotAllowed, 404: NotFound, 405: MethodNotAllowed, 408: RequestTimeout,
+    400: BadRequest, 401: Unauthorized, 403: HostNotAllowed, 404: NotFound, 405: MethodNotAllowed, 410: JobGone, 408: RequestTimeout,
     409: Conflict, 413: PayloadTooLarge, 415: UnsupportedMediaType, 422: ValidationFailed, 429: RateLimited,
     500: ServerError, 503: QuorumUnavailable,
 }
