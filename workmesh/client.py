@@ -348,6 +348,27 @@ class _Plan:
             for i in range(n):
                 yield (start + i) % n, (ROUND_PAUSE_S * 2 ** (round_ - 1) if round_ and i == 0 else 0.0)
 
+    def settle(self, response: httpx.Response, node: str, index: int, failures: list[str],
+               problems: list[ProblemError]) -> tuple[Any, str] | None:
+        """(answer, node) of a response, or None when its status sends the
+        request on to the next node (noted in ``failures`` and ``problems``)."""
+        if response.status_code in FAILOVER_STATUSES:
+            try:
+                self.answer(response, node)
+            except ProblemError as exc:
+                problems.append(exc)
+            failures.append(f"{node}: {response.status_code}")
+            return None
+        self.current = index
+        return self.answer(response, node), node
+
+    @staticmethod
+    def give_up(failures: list[str], problems: list[ProblemError]) -> WorkmeshError:
+        """What to raise when no node gave an answer: the last node's problem, if any."""
+        if problems:
+            return problems[-1]
+        return ConnectionFailed("no node answered: " + "; ".join(failures), failures)
+
     def timeout_for(self, request: Request) -> httpx.Timeout:
         read = self.timeout + (request.read_timeout_s or 0.0)
         return httpx.Timeout(self.timeout, read=read)
@@ -398,6 +419,13 @@ def _cancel_request(job_id: str, reason: str | None) -> Request:
                    {"Content-Type": "application/json"})
 
 
+def _upload_plan(plan: _Plan, source: Any) -> _Plan:
+    """A path or bytes can be sent again to another node; a file object is read once."""
+    if isinstance(source, (str, bytes, bytearray)) or hasattr(source, "__fspath__"):
+        return plan
+    return _Plan([plan.nodes[plan.current]], plan.token, plan.timeout, 1)
+
+
 def _blob_call(plan: _Plan, call: Any) -> Any:
     """Run a streamed blob transfer ``call(base_url)`` at the current node,
     and at the next ones while a node cannot be reached (refused, reset,
@@ -443,7 +471,7 @@ class Client:
 
     def _send(self, request: Request) -> tuple[Any, str]:
         failures: list[str] = []
-        last_problem: ProblemError | None = None
+        problems: list[ProblemError] = []
         for index, pause_s in self._plan.attempts():
             if pause_s:
                 time.sleep(pause_s)
@@ -456,18 +484,10 @@ class Client:
             except httpx.TransportError as exc:
                 failures.append(f"{node}: {type(exc).__name__}: {exc}")
                 continue
-            if response.status_code in FAILOVER_STATUSES:
-                try:
-                    self._plan.answer(response, node)
-                except ProblemError as exc:
-                    last_problem = exc
-                failures.append(f"{node}: {response.status_code}")
-                continue
-            self._plan.current = index
-            return self._plan.answer(response, node), node
-        if last_problem is not None:
-            raise last_problem
-        raise ConnectionFailed("no node answered: " + "; ".join(failures), failures)
+            settled = self._plan.settle(response, node, index, failures, problems)
+            if settled is not None:
+                return settled
+        raise self._plan.give_up(failures, problems)
 
     def submit(self, type: str, payload: Any, *, max_attempts: int | None = None,
                timeout_seconds: float | None = None, lease_seconds: float | None = None,
@@ -534,9 +554,7 @@ class Client:
     def put_blob(self, source: Any, *, progress: Any = None) -> dict:
         """Upload a path, bytes or binary file object, streamed: ``{"hash", "size"}``.
         A file object is read once, so it is not resent to another node."""
-        retry_safe = isinstance(source, (str, bytes, bytearray)) or hasattr(source, "__fspath__")
-        plan = self._plan if retry_safe else _Plan([self._plan.nodes[self._plan.current]], self._plan.token, self._plan.timeout, 1)
-        return _blob_call(plan, lambda node: blobs_client.put_blob(node, source, token=self._plan.token, progress=progress))
+        return _blob_call(_upload_plan(self._plan, source), lambda node: blobs_client.put_blob(node, source, token=self._plan.token, progress=progress))
 
     def get_blob(self, hash: str, dest: Any = None, *, byte_range: tuple[int, int] | None = None,
                  progress: Any = None) -> int | bytes:
@@ -566,10 +584,8 @@ class AsyncClient:
 
     async def put_blob(self, source: Any, *, progress: Any = None) -> dict:
         """:meth:`Client.put_blob`, streamed in a worker thread."""
-        retry_safe = isinstance(source, (str, bytes, bytearray)) or hasattr(source, "__fspath__")
-        plan = self._plan if retry_safe else _Plan([self._plan.nodes[self._plan.current]], self._plan.token, self._plan.timeout, 1)
         return await asyncio.to_thread(
-            _blob_call, plan, lambda node: blobs_client.put_blob(node, source, token=self._plan.token, progress=progress))
+            _blob_call, _upload_plan(self._plan, source), lambda node: blobs_client.put_blob(node, source, token=self._plan.token, progress=progress))
 
     async def get_blob(self, hash: str, dest: Any = None, *, byte_range: tuple[int, int] | None = None,
                        progress: Any = None) -> int | bytes:
@@ -588,7 +604,7 @@ class AsyncClient:
 
     async def _send(self, request: Request) -> tuple[Any, str]:
         failures: list[str] = []
-        last_problem: ProblemError | None = None
+        problems: list[ProblemError] = []
         for index, pause_s in self._plan.attempts():
             if pause_s:
                 await asyncio.sleep(pause_s)
@@ -601,18 +617,10 @@ class AsyncClient:
             except httpx.TransportError as exc:
                 failures.append(f"{node}: {type(exc).__name__}: {exc}")
                 continue
-            if response.status_code in FAILOVER_STATUSES:
-                try:
-                    self._plan.answer(response, node)
-                except ProblemError as exc:
-                    last_problem = exc
-                failures.append(f"{node}: {response.status_code}")
-                continue
-            self._plan.current = index
-            return self._plan.answer(response, node), node
-        if last_problem is not None:
-            raise last_problem
-        raise ConnectionFailed("no node answered: " + "; ".join(failures), failures)
+            settled = self._plan.settle(response, node, index, failures, problems)
+            if settled is not None:
+                return settled
+        raise self._plan.give_up(failures, problems)
 
     async def submit(self, type: str, payload: Any, *, max_attempts: int | None = None,
                      timeout_seconds: float | None = None, lease_seconds: float | None = None,
