@@ -94,14 +94,7 @@ async def submit_job(request: web.Request) -> web.Response:
     if isinstance(doc, list):
         return await _submit_batch(service, doc, key, wait_s)
     req = validation.parse_submit(doc, service.job_types)
-    view = await service.submit(
-        req.job_type,
-        req.payload,
-        max_attempts=req.max_attempts,
-        lease_seconds=req.lease_seconds,
-        timeout_seconds=req.timeout_seconds,
-        idempotency_key=key,
-    )
+    view = await _submit_one(service, req, key)
     if wait_s > 0 and view.status not in TERMINAL_STATUSES:
         # Submit and wait in one request. The job is accepted whatever the
         # wait brings: a read that fails now still answers 202 with the view.
@@ -111,6 +104,18 @@ async def submit_job(request: web.Request) -> web.Response:
             pass
     status = 200 if view.status in TERMINAL_STATUSES else 202
     return web.json_response(view.to_json(), status=status, headers={"Location": f"/jobs/{view.id}"})
+
+
+async def _submit_one(service: JobService, req: Any, key: str | None) -> Any:
+    """Submit one parsed job spec (a single submit, or one item of a batch)."""
+    return await service.submit(
+        req.job_type,
+        req.payload,
+        max_attempts=req.max_attempts,
+        lease_seconds=req.lease_seconds,
+        timeout_seconds=req.timeout_seconds,
+        idempotency_key=key,
+    )
 
 
 async def _submit_batch(service: JobService, doc: list, key: str | None, wait_s: float) -> web.Response:
@@ -125,14 +130,7 @@ async def _submit_batch(service: JobService, doc: list, key: str | None, wait_s:
             return problem_document(item.error)
         req = item.request
         try:
-            view = await service.submit(
-                req.job_type,
-                req.payload,
-                max_attempts=req.max_attempts,
-                lease_seconds=req.lease_seconds,
-                timeout_seconds=req.timeout_seconds,
-                idempotency_key=item.idempotency_key,
-            )
+            view = await _submit_one(service, req, item.idempotency_key)
         except WorkmeshError as exc:
             return problem_document(exc)
         return view.to_json()
