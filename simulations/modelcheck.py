@@ -38,19 +38,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-
 from workmesh.node import ballots as B
 from workmesh.node import rounds as R
 from workmesh.node.ballots import Acceptor, Ballot, Config, Promise, Proposal, Refusal, Seal, Vote
-
-
-def replace(obj, **changes):
-    """``dataclasses.replace`` for the frozen slotted values here, without its
-    per-call field checks (the model checker calls it millions of times)."""
-    new = object.__new__(type(obj))
-    for name in type(obj).__slots__:
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
-    return new
+from workmesh.node.rounds import replace  # the fast frozen-value copy the rounds use
 
 CANCEL = b"cancel"
 W1, W2, CX, RX, TOP = b"w1", b"w2", b"x-cancel", b"y-recover", b"z-check"
