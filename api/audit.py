@@ -39,6 +39,8 @@ def _role(fact: F.Fact) -> str:
         return "submitter"
     if fact.kind in (F.CLAIM, F.RENEW, F.RESULT):
         return "worker"
+    if fact.kind == F.BALLOT and fact.body.step in (F.PREPARE, F.PROPOSE):
+        return "proposer"
     return "replica"
 
 
@@ -74,7 +76,7 @@ def annotate(history: list[dict], job_id: bytes) -> list[dict[str, Any]]:
     return out
 
 
-_STEP = {F.CLAIM: 0, F.LEASE: 1, F.RENEW: 2, F.RESULT: 3, F.SEAL: 4}
+_STEP = {F.CLAIM: 0, F.LEASE: 1, F.RENEW: 2, F.RESULT: 3, F.PREPARE: 4, F.PROMISE: 5, F.PROPOSE: 6, F.VOTE: 7, F.SEAL: 8}
 _LAST = 1 << 30
 
 
@@ -89,9 +91,9 @@ def _causal_order(row: dict) -> tuple[int, int, int]:
         return (-1, 1, ts)
     if kind == F.CANCEL:
         return (_LAST, 0, ts)
-    if action == F.SEAL and attempt == 0:  # a seal of the cancel
-        return (_LAST, 1, ts)
-    return (attempt, _STEP.get(action if kind == F.GRANT else kind, 5), ts)
+    if kind == F.BALLOT and (row.get("round") or 0) >= 1:  # a canceller's or recovering replica's round
+        return (_LAST, 1 + _STEP.get(action, 0), ts)
+    return (attempt, _STEP.get(action if kind in (F.GRANT, F.BALLOT) else kind, 9), ts)
 
 
 def _summary(fact: F.Fact) -> str:
@@ -104,7 +106,7 @@ def _summary(fact: F.Fact) -> str:
             return f"placed on {len(F.placement_ids(body.subject))} replicas"
         if body.action == F.LEASE:
             return f"granted attempt {body.attempt} to {body.subject.hex()[:12]}"
-        return f"sealed fact {body.subject.hex()[:12]} (attempt {body.attempt})"
+        return f"granted {body.action}"
     if fact.kind == F.CLAIM:
         return f"claimed attempt {body.attempt}"
     if fact.kind == F.RENEW:
@@ -113,6 +115,13 @@ def _summary(fact: F.Fact) -> str:
         return f"result of attempt {body.attempt}: {body.outcome} ({len(body.grants)} grants attached)"
     if fact.kind == F.CANCEL:
         return f"cancelled: {body.reason}"
+    if fact.kind == F.BALLOT:
+        at = f"ballot {body.attempt}.{body.round} of {body.proposer.hex()[:12]}"
+        if body.step in (F.VOTE, F.SEAL, F.PROPOSE):
+            return f"{body.step} {body.subject.hex()[:12]} at {at}"
+        if body.step == F.PROMISE and body.subject:
+            return f"promised {at}, reporting sealed {body.subject.hex()[:12]}"
+        return f"{body.step} {at}"
     return fact.kind
 
 
@@ -126,7 +135,7 @@ def replica_summary(timeline: list[dict]) -> list[dict[str, Any]]:
         return rows.setdefault(node_id, {"node_id": node_id, "placed": False, "granted": [], "sealed": []})
 
     for fact in timeline:
-        if fact.get("kind") != F.GRANT or not fact.get("signature_ok"):
+        if fact.get("kind") not in (F.GRANT, F.BALLOT) or not fact.get("signature_ok"):
             continue
         action, subject = fact.get("action"), fact.get("subject", "")
         if action == F.PLACE:
@@ -135,6 +144,6 @@ def replica_summary(timeline: list[dict]) -> list[dict[str, Any]]:
                 row(subject[i : i + width])["placed"] = True
         elif action == F.LEASE:
             row(fact["author"])["granted"].append({"attempt": fact.get("attempt"), "to": subject})
-        elif action == F.SEAL:
+        elif action == F.SEAL and fact.get("kind") == F.BALLOT:
             row(fact["author"])["sealed"].append(subject)
     return list(rows.values())

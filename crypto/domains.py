@@ -11,5 +11,6 @@ RENEW = "workmesh/renew/v1"
 GRANT = "workmesh/grant/v1"
 RESULT = "workmesh/result/v1"
 CANCEL = "workmesh/cancel/v1"
+BALLOT = "workmesh/ballot/v1"
 
-ALL = frozenset({RPC, SUBMIT, CLAIM, RENEW, GRANT, RESULT, CANCEL})
+ALL = frozenset({RPC, SUBMIT, CLAIM, RENEW, GRANT, RESULT, CANCEL, BALLOT})

@@ -146,7 +146,8 @@ class Config:
     quorum: int = field(default=0, compare=False)  # computed: quorum_size(r, byzantine)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "quorum", quorum_size(len(self.replicas), self.byzantine))
+        if not self.quorum:  # a job's own quorum (its submission names it) is kept as given
+            object.__setattr__(self, "quorum", quorum_size(len(self.replicas), self.byzantine))
 
     def is_quorum(self, ids: Iterable[bytes]) -> bool:
         return len(set(ids) & self.replicas) >= self.quorum

@@ -21,8 +21,10 @@ from workmesh.crypto.identity import Identity
 from workmesh.dht.quorum import StoreOutcome
 from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F
-from workmesh.node import lifecycle
+from workmesh.node import lifecycle, rounds
 from workmesh.node.ballots import Refusal, refusal_code
+from workmesh.node.proposer import RoundDriver
+from workmesh.node.reads import read_job
 
 RENEW_DATES_MAX = 4096  # (job, attempt) pairs whose last renew date a worker remembers
 CLAIM_RESENDS = 2  # times a claim is sent again to replicas that did not answer
@@ -81,6 +83,18 @@ class Claims:
         self.wall_ms = wall_ms
         self.counters = counters
         self._renew_ts: OrderedDict[tuple[bytes, int], int] = OrderedDict()  # (job, attempt) -> last renew's ts_ms
+        self._rounds: RoundDriver | None = None
+
+    @property
+    def rounds(self) -> RoundDriver:
+        """The driver of this worker's consensus rounds (made on first use)."""
+        if self._rounds is None:
+            self._rounds = RoundDriver(self.identity, self.dht.store, self.wall_ms, read=self._read)
+        return self._rounds
+
+    async def _read(self, job_id: bytes) -> list[F.Fact]:
+        state, _answered = await read_job(self.dht, job_id)
+        return list(state.facts) if state is not None else []
 
     async def claim(
         self,
@@ -285,59 +299,36 @@ class Claims:
         return final
 
     async def file(self, state: lifecycle.JobState, result: F.Fact) -> None:
-        """Store a result on the job's replicas; once a quorum sealed it, tell
-        every replica (so each can answer reads and stop re-announcing)."""
+        """Store a result on the job's replicas. A final one is this worker's
+        proposal at its ballot ``(attempt, 0, worker)``, its lease grants the
+        promises: a round of the job's consensus (node/proposer.py) gathers
+        the votes, shows their certificate, and tells every replica the seals.
+        A result that is not this worker's (found undecided in a read) is
+        finished by a recovery round instead. A round that cannot finish (a
+        canceller's or recovering replica's higher ballot, replicas down)
+        leaves the job to the replicas' recovery."""
         spec: F.Submit = state.submit.body
-        final = lifecycle.is_final_result(state.submit, result)
-        seals = {
-            f.author_id: f
-            for f in state.facts
-            if f.kind == F.GRANT and f.body.action == F.SEAL and f.body.subject == result.fact_id
-        }
         me = self.identity.node_id
-
-        def sealed(produced: list, by: bytes | None = None) -> list[F.Fact]:
-            return [
-                p
-                for p in produced
-                if p.kind == F.GRANT
-                and p.body.action == F.SEAL
-                and p.body.subject == result.fact_id
-                and p.author_id in state.replicas
-                and by in (None, p.author_id)
-            ]
-
-        batch = [result]
-        decided: set[bytes] = set()  # replicas that hold a quorum of seals already
-        told_me = False
-
-        def tell_me_early(so_far: StoreOutcome) -> None:
-            # A quorum sealed while the store still waits for the last
-            # replica: this node's own store (and so a client waiting on it)
-            # learns the outcome now, not after the grace.
-            nonlocal told_me
-            found = dict(seals)
-            for p in sealed(so_far.produced):
-                found.setdefault(p.author_id, p)
-            if me in state.replicas and len(found) >= spec.quorum:
-                self.dht.ingest(state.job_id, list(found.values()), me)
-                told_me = True
-
-        for _ in range(5):
-            outcome, own = await self._store_own_first(
-                state, batch, lambda produced: sealed(produced, me), on_quorum=tell_me_early
-            )
-            if _lacking(outcome):
-                batch = [*_context(state), result]  # some replica missed the submission
-            for p in sealed(outcome.produced):
-                seals.setdefault(p.author_id, p)
-            decided |= self._holding_quorum(state, outcome, own, list(seals.values()))
-            if not final or len(seals) >= spec.quorum or outcome.stored_on >= spec.quorum:
+        if not lifecycle.is_final_result(state.submit, result):
+            batch = [result]
+            for _ in range(5):
+                outcome, _own = await self._store_own_first(state, batch, lambda produced: [])
+                if _lacking(outcome):
+                    batch = [*_context(state), result]  # some replica missed the submission
+                if outcome.stored_on >= spec.quorum:
+                    return
+                await asyncio.sleep(0.2)
+            return
+        local = me in state.replicas and spec.quorum == 2
+        for _ in range(3):
+            if result.author_id == me:
+                out = await self.rounds.run(state, own=result, grants=list(result.body.grants), local_first=local)
+                if out.decided is not None:
+                    await self.rounds.tell(state, out)
+            else:
+                out = await self.rounds.recover(state, own=None)
+            if out.phase != rounds.Phase.GAVE_UP:
                 break
             await asyncio.sleep(0.2)
-        if len(seals) >= spec.quorum:
-            # Tell the replicas that do not know yet (this node's own store
-            # costs no datagram).
-            tell = [i for i in state.replicas if i not in decided and not (i == me and told_me)]
-            if tell:
-                await self.dht.store(state.job_id, list(seals.values()), targets=tell, quorum=min(len(tell), spec.quorum))
+        if out.decided is None:
+            self.counters["results_undecided"] = self.counters.get("results_undecided", 0) + 1

@@ -11,7 +11,8 @@ claim     worker       [job_id, attempt, ts_ms]
 renew     worker       [job_id, attempt, ts_ms]
 grant     replica      [job_id, action, attempt, subject, ts_ms]
                         action "lease": subject = the worker's node id
-                        action "seal":  subject = fact id of a result/cancel
+                        (a lease grant is also the Paxos promise at
+                        ballot (attempt, 0, worker), node/consensus.py)
                         action "place": signed by the SUBMITTER, attempt 0,
                         subject = the replicas' node ids, concatenated
 result    worker       [job_id, attempt, outcome, data_json, grants, ts_ms]
@@ -19,6 +20,15 @@ result    worker       [job_id, attempt, outcome, data_json, grants, ts_ms]
                         (data = {"error": message}); grants = raw lease
                         grants for this attempt and worker
 cancel    submitter    [job_id, reason, ts_ms]
+ballot    proposer or  [job_id, step, attempt, round, proposer, subject,
+          replica       refs, ts_ms]: one step of the job's consensus at
+                        ballot (attempt, round, proposer), node/consensus.py:
+                        "prepare", "propose" (by the proposer), "promise",
+                        "vote", "seal" (by a placed replica). subject = the
+                        fact id of a result or cancel (a promise: of the
+                        certificate it sealed, or empty); refs = fact ids
+                        (a propose: its promises; a promise: the votes of
+                        the certificate it sealed)
 ========  ===========  ====================================================
 
 On the wire a fact is ``canonical_pack([kind, author_public_key, body,
@@ -62,6 +72,7 @@ RENEW = "renew"
 GRANT = "grant"
 RESULT = "result"
 CANCEL = "cancel"
+BALLOT = "ballot"
 
 KINDS = {
     SUBMIT: domains.SUBMIT,
@@ -70,11 +81,19 @@ KINDS = {
     GRANT: domains.GRANT,
     RESULT: domains.RESULT,
     CANCEL: domains.CANCEL,
+    BALLOT: domains.BALLOT,
 }
 
 LEASE = "lease"
-SEAL = "seal"
 PLACE = "place"
+# The steps of a ballot fact (node/consensus.py).
+PREPARE = "prepare"
+PROMISE = "promise"
+PROPOSE = "propose"
+VOTE = "vote"
+SEAL = "seal"
+STEPS = (PREPARE, PROMISE, PROPOSE, VOTE, SEAL)
+ROUND_MAX = 2**31  # rounds of one attempt
 OK = "ok"
 ERROR = "error"
 
@@ -180,7 +199,23 @@ class Cancel:
     ts_ms: int
 
 
-Body = Submit | Claim | Renew | Grant | Result | Cancel
+@dataclass(frozen=True, slots=True)
+class BallotStep:
+    job_id: bytes
+    step: str
+    attempt: int
+    round: int
+    proposer: bytes
+    subject: bytes  # a result's or cancel's fact id, or b"" (a prepare; a promise that sealed nothing)
+    refs: tuple[bytes, ...]  # fact ids: a propose's promises, a promise's certificate votes
+    ts_ms: int
+
+    @property
+    def ballot(self) -> tuple[int, int, bytes]:
+        return (self.attempt, self.round, self.proposer)
+
+
+Body = Submit | Claim | Renew | Grant | Result | Cancel | BallotStep
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -247,6 +282,8 @@ def _body_fields(kind: str, body: Body) -> list:
         return [body.job_id, body.attempt, body.outcome, body.data_json, [g.raw for g in body.grants], body.ts_ms]
     if kind == CANCEL:
         return [body.job_id, body.reason, body.ts_ms]
+    if kind == BALLOT:
+        return [body.job_id, body.step, body.attempt, body.round, body.proposer, body.subject, list(body.refs), body.ts_ms]
     raise InvalidFact(f"unknown fact kind {kind!r}")
 
 
@@ -342,7 +379,7 @@ def _parse_body(kind: str, f: list) -> Body:
         _need(len(f) == 5, "grant has 5 fields")
         job_id, action, attempt, subject, ts = f
         _need(_is_bytes(job_id, NODE_ID_BYTES), "bad job id")
-        _need(isinstance(action, str) and action in (LEASE, SEAL, PLACE), "bad grant action")
+        _need(isinstance(action, str) and action in (LEASE, PLACE), "bad grant action")
         _need(_is_int(attempt, 0, ATTEMPTS_MAX + 1), "attempt out of range")
         if action == PLACE:
             _need(attempt == 0, "a placement has attempt 0")
@@ -350,8 +387,7 @@ def _parse_body(kind: str, f: list) -> Body:
             _need(len(subject) % NODE_ID_BYTES == 0, "bad placement")
             _need(len(set(placement_ids(subject))) == len(subject) // NODE_ID_BYTES, "a replica named twice")
         else:
-            want = NODE_ID_BYTES if action == LEASE else FACT_ID_BYTES
-            _need(_is_bytes(subject, want), "bad grant subject")
+            _need(_is_bytes(subject, NODE_ID_BYTES), "bad grant subject")
         _need(_is_int(ts, 0, _TS_MAX), "bad ts_ms")
         return Grant(job_id, action, attempt, subject, ts)
     if kind == RESULT:
@@ -373,6 +409,29 @@ def _parse_body(kind: str, f: list) -> Body:
         _need(isinstance(reason, str) and len(reason) <= REASON_CHARS_MAX, "bad reason")
         _need(_is_int(ts, 0, _TS_MAX), "bad ts_ms")
         return Cancel(job_id, reason, ts)
+    if kind == BALLOT:
+        _need(len(f) == 8, "ballot has 8 fields")
+        job_id, step, attempt, rnd, proposer, subject, refs, ts = f
+        _need(_is_bytes(job_id, NODE_ID_BYTES), "bad job id")
+        _need(isinstance(step, str) and step in STEPS, "bad ballot step")
+        _need(_is_int(attempt, 0, ATTEMPTS_MAX + 1), "attempt out of range")
+        _need(_is_int(rnd, 0, ROUND_MAX), "round out of range")
+        _need(_is_bytes(proposer, NODE_ID_BYTES), "bad proposer")
+        _need(_is_bytes(subject) and len(subject) in (0, FACT_ID_BYTES), "bad ballot subject")
+        _need(isinstance(refs, list) and len(refs) <= REPLICAS_MAX, "bad refs")
+        _need(all(_is_bytes(r, FACT_ID_BYTES) for r in refs), "bad refs")
+        _need(len(set(refs)) == len(refs), "a fact referenced twice")
+        _need(_is_int(ts, 0, _TS_MAX), "bad ts_ms")
+        if step in (VOTE, SEAL, PROPOSE):
+            _need(len(subject) == FACT_ID_BYTES, f"a {step} names its subject")
+        if step in (PREPARE, VOTE, SEAL):
+            _need(not subject if step == PREPARE else True, "a prepare names no subject")
+            _need(not refs, f"a {step} references nothing")
+        if step == PROMISE:
+            _need(bool(subject) == bool(refs), "a promise reports a certificate with its votes, or neither")
+        if step == PROPOSE:
+            _need(bool(refs), "a proposal shows its promises")
+        return BallotStep(job_id, step, attempt, rnd, proposer, subject, tuple(refs), ts)
     raise InvalidFact(f"unknown fact kind {kind!r}")
 
 
@@ -389,6 +448,8 @@ def _check_body(fact: Fact) -> None:
             _need(gb.subject == fact.author_id, "grant names another worker")
             _need(g.author_id not in signers, "two grants by one replica")
             signers.add(g.author_id)
+    elif fact.kind == BALLOT and fact.body.step in (PREPARE, PROPOSE):
+        _need(fact.body.proposer == fact.author_id, f"a {fact.body.step} is signed by its proposer")
 
 
 def decode(raw: bytes, *, key: bytes | None = None) -> Fact:

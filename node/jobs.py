@@ -30,6 +30,7 @@ from workmesh.node.errors import (
     ValidationFailed,
 )
 from workmesh.node.jobindex import JobIndex
+from workmesh.node.proposer import RoundDriver
 from workmesh.node.reads import WIDER_READ, read_job
 from workmesh.node.watch import JobWatch
 
@@ -86,6 +87,11 @@ def _fact_json(f: F.Fact) -> dict[str, Any]:
         out["subject"] = body.subject.hex()
     elif f.kind == F.RESULT:
         out["outcome"] = body.outcome
+    elif f.kind == F.BALLOT:
+        out["action"] = body.step
+        out["round"] = body.round
+        out["proposer"] = body.proposer.hex()
+        out["subject"] = body.subject.hex()
     return out
 
 
@@ -111,6 +117,7 @@ class JobOperations:
         self._announce = announce
         self.watch = watch
         self._largest_mesh = 1
+        self._driver: RoundDriver | None = None
         self._widened_at = float("-inf")
         self._widening: asyncio.Future | None = None
         self.expects_peers = False  # set once the node was given bootstrap addresses
@@ -414,6 +421,15 @@ class JobOperations:
             return await self._cancel_via_submitter(state, reason)
         return await self.cancel_as_submitter(state, reason, signer)
 
+    def _rounds(self) -> RoundDriver:
+        if self._driver is None:
+            self._driver = RoundDriver(self.identity, self.dht.store, self.wall_ms, read=self._read_facts)
+        return self._driver
+
+    async def _read_facts(self, job_id: bytes) -> list[F.Fact]:
+        state = await self.read_state(job_id)
+        return list(state.facts)
+
     def _submitter(self, state: lifecycle.JobState) -> Identity | None:
         """The identity that signed the job's submission, if this node holds it:
         its own, or the owner of a keyed job it accepted."""
@@ -432,6 +448,13 @@ class JobOperations:
             outcome = await self.dht.store(state.job_id, batch, targets=list(state.replicas) or None, replicas=spec.replicas, quorum=spec.quorum)
             if outcome.stored_on >= spec.quorum:
                 break
+        if state.replicas:
+            # The cancel is decided by the job's consensus: a round at a ballot
+            # above the running lease's, proposing the cancel unless a result
+            # is certified already (then that result is the outcome).
+            decided = await self._rounds().recover(state, own=cancel, extra=[cancel])
+            if decided.subject is not None and decided.subject.kind == F.RESULT:
+                raise Conflict("job is already " + (lifecycle.DONE if decided.subject.body.outcome == F.OK else lifecycle.FAILED))
         after = await self.read_state(state.job_id)
         if after.status == lifecycle.CANCELLED:
             return view(after)

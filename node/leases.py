@@ -23,10 +23,12 @@ Why the rules are safe:
   exists, or it heard nothing from the holder for ``lease + margin`` on its own
   clock). The margin and ``rate_tolerance`` absorb clocks that run at slightly
   different rates; clocks need not agree on the time.
-* A replica seals at most one subject per job, and never a result of an
-  attempt older than one it granted since. A quorum that took over an attempt
-  therefore never seals the old attempt's late result, and two quorums of
-  seals cannot both form.
+* A lease grant for attempt n to worker W is also the replica's Paxos promise
+  at ballot (n, 0, W) (node/consensus.py): after it, the replica votes for no
+  lower ballot, so a quorum that took over an attempt never votes for the old
+  attempt's late result. A replica that sealed an outcome, or holds a cancel,
+  grants no more leases; one that promised a higher ballot (a canceller's or
+  a recovering replica's) refuses claims and renews below it.
 
 The node shell: store a fact, call :func:`observe` with the facts that were
 *newly* stored (a replayed duplicate must not refresh a lease), derive the
@@ -130,10 +132,23 @@ def _own(state: JobState, me: bytes, action: str) -> list[Fact]:
     return [f for f in state.facts if f.kind == F.GRANT and f.author_id == me and f.body.action == action]
 
 
-def _sealed_cancel(state: JobState, me: bytes) -> bool:
-    """Results have attempt >= 1, so a seal of attempt 0 names a cancel."""
-    cancels = {f.fact_id for f in state.facts if f.kind == F.CANCEL}
-    return any(s.attempt == 0 or s.body.subject in cancels for s in _own(state, me, F.SEAL))
+def _closed(state: JobState, me: bytes) -> str | None:
+    """Why this replica hands out no more leases, or None: it sealed a
+    certificate (a lease grant is a promise that reports nothing sealed, so
+    it must not promise any more, node/consensus.py), or it holds a cancel
+    (the canceller's round must not be outrun by new attempts)."""
+    for f in state.facts:
+        if f.kind == F.BALLOT and f.body.step == F.SEAL and f.author_id == me:
+            return "this replica sealed an outcome"
+        if f.kind == F.CANCEL:
+            return "the job is being cancelled"
+    return None
+
+
+def _promised(state: JobState, me: bytes) -> tuple[int, int, bytes] | None:
+    """The highest ballot this replica promised, voted or sealed in a ballot step."""
+    own = [f.body.ballot for f in state.facts if f.kind == F.BALLOT and f.author_id == me and f.body.step != F.PREPARE]
+    return max(own, default=None)
 
 
 def _belongs(state: JobState, fact: Fact, kinds: tuple[str, ...]) -> str | None:
@@ -216,10 +231,14 @@ def decide_claim(
         return refusal_text(Refusal.NOT_REPLICA, "not a replica of this job")
     if state.terminal:  # rule 1
         return refusal_text(Refusal.DECIDED, f"job is {state.status}")
-    if _sealed_cancel(state, me):
-        return refusal_text(Refusal.DECIDED, "this replica sealed a cancel")
+    closed = _closed(state, me)
+    if closed:
+        return refusal_text(Refusal.DECIDED, closed)
     if not 1 <= n <= spec.max_attempts + 1:  # rule 2
         return refusal_text(Refusal.INVALID, f"attempt {n} outside 1..{spec.max_attempts + 1}")
+    promised = _promised(state, me)
+    if promised is not None and promised > (n, 0, worker):
+        return refusal_text(Refusal.PROMISED_HIGHER, f"promised ballot {promised[0]}.{promised[1]}")
     leases = _own(state, me, F.LEASE)
     cur = current_grant(state, me)
     m = cur[0] if cur else 0
@@ -276,8 +295,11 @@ def accept_renew(state: JobState, renew: Fact, me: bytes, obs: Observations, now
     """
     if _belongs(state, renew, (F.RENEW,)) or state.terminal or not state.is_replica(me):
         return False
-    if _sealed_cancel(state, me):
+    if _closed(state, me):
         return False
+    promised = _promised(state, me)
+    if promised is not None and promised > (renew.attempt, 0, renew.author_id):
+        return False  # a canceller or recovering replica's ballot is above the lease
     if current_grant(state, me) != (renew.attempt, renew.author_id):
         return False
     if now is not None:
@@ -286,59 +308,18 @@ def accept_renew(state: JobState, renew: Fact, me: bytes, obs: Observations, now
     return True
 
 
-def decide_seal(
-    state: JobState,
-    subject: Fact,
-    me: bytes,
-    obs: Observations | None = None,
-    now: float | None = None,
-    rules: LeaseRules | None = None,
-) -> Grant | None:
-    """The seal grant body to sign for a result or cancel, or None.
-
-    Seals when this replica sealed nothing for the job yet and the subject is
-    a cancel, or a final result (ok, or error of attempt >= max_attempts) with
-    no live lease grant by this replica for a later attempt. Re-asked for the
-    subject it already sealed, it returns the same body.
-
-    "Live": without ``obs``/``now``/``rules`` every later grant counts (the
-    strict rule). With them, a later grant stops counting once its attempt is
-    over on this replica's clock (its holder silent past the lease, or a
-    result for it exists). A later claim that won only a minority never runs
-    and never renews; without this, its grants would block the sealing of an
-    earlier attempt's ok result for ever, while that result blocks every new
-    grant: a job that ran and succeeded would never end. A worker that did
-    take over renews, so its grant stays live and a late result of the
-    attempt it replaced is still never sealed.
-    """
-    if _belongs(state, subject, (F.RESULT, F.CANCEL)) or not state.is_replica(me):
-        return None
-    seals = _own(state, me, F.SEAL)
-    for s in seals:
-        if s.body.subject == subject.fact_id:
-            return s.body
-    if seals:
-        return None
-    if state.decided is not None and state.decided != subject:
-        return None
-    if subject.kind == F.RESULT:
-        if not is_final_result(state.submit, subject):
-            return None
-        later = [g for g in _own(state, me, F.LEASE) if g.attempt > subject.attempt]
-        if any(_grant_live(state, g.attempt, obs, now, rules) for g in later):
-            return None
-    return Grant(state.job_id, F.SEAL, subject.attempt, subject.fact_id, subject.body.ts_ms)
-
-
-def _grant_live(
-    state: JobState, attempt: int, obs: Observations | None, now: float | None, rules: LeaseRules | None
-) -> bool:
-    if obs is None or now is None or rules is None:
-        return True
-    if any(f.kind == F.RESULT and f.attempt == attempt for f in state.facts):
+def lease_live(state: JobState, me: bytes, obs: Observations, now: float, rules: LeaseRules) -> bool:
+    """True while this replica's current lease is live on its own clock: its
+    attempt has no result and its holder was heard within the lease. A
+    recovering replica's prepare is refused then (a cancel's is not)."""
+    cur = current_grant(state, me)
+    if cur is None or state.terminal:
         return False
-    seen = obs.holder_seen.get(attempt)
-    return seen is None or now - seen < rules.stale_after_s(state.spec.lease_ms)
+    m = cur[0]
+    if any(f.kind == F.RESULT and f.attempt == m for f in state.facts):
+        return False
+    seen = obs.holder_seen.get(m)
+    return seen is not None and now - seen < rules.stale_after_s(state.spec.lease_ms)
 
 
 def lease_deadline(state: JobState, me: bytes, obs: Observations, rules: LeaseRules) -> float | None:
@@ -351,7 +332,7 @@ def lease_deadline(state: JobState, me: bytes, obs: Observations, rules: LeaseRu
     sealed a cancel, or ``obs`` never observed the grant (call :func:`observe`).
     """
     cur = current_grant(state, me)
-    if cur is None or state.terminal or _sealed_cancel(state, me):
+    if cur is None or state.terminal or _closed(state, me):
         return None
     m = cur[0]
     results = [f for f in state.facts if f.kind == F.RESULT and f.attempt == m]

@@ -18,10 +18,11 @@ of them. Every worker and reader therefore counts votes in the same set,
 whatever its own view of the DHT, so quorums intersect. Without a placement
 no lease or seal counts and the job reads as pending.
 
-Terminal states need a quorum of ``seal`` grants naming one result or cancel.
-Honest replicas seal at most one subject per job and two quorums intersect,
-so once a subject is decided no other one can be, and more facts can never
-move a terminal job. The allowed moves between statuses are the table
+Terminal states need a quorum of the placed replicas' ``seal`` steps for one
+(ballot, subject), the subject a cancel or a final result: the job's
+consensus (:mod:`node.consensus`, :mod:`node.ballots`) makes every ballot's
+certified subject the decided one once any is, so once a subject is decided no
+other one can be, and more facts can never move a terminal job. The allowed moves between statuses are the table
 :data:`TRANSITIONS`; :func:`diagram` draws the documentation picture from it
 so the picture cannot drift from the code.
 
@@ -69,7 +70,7 @@ _REASONS: dict[tuple[str, str], str] = {
 }
 
 # Deterministic order of JobState.facts: protocol table order of kinds.
-KIND_ORDER = {kind: i for i, kind in enumerate((F.SUBMIT, F.CLAIM, F.RENEW, F.GRANT, F.RESULT, F.CANCEL))}
+KIND_ORDER = {kind: i for i, kind in enumerate((F.SUBMIT, F.CLAIM, F.RENEW, F.GRANT, F.RESULT, F.CANCEL, F.BALLOT))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,8 @@ def counts_in(replicas: tuple[bytes, ...] | frozenset[bytes], submit: Fact, fact
     """
     if fact.kind == F.GRANT and fact.body.action != F.PLACE and fact.author_id not in replicas:
         return "grant by a node that is not a replica of the job"
+    if fact.kind == F.BALLOT and fact.body.step in (F.PROMISE, F.VOTE, F.SEAL) and fact.author_id not in replicas:
+        return f"{fact.body.step} by a node that is not a replica of the job"
     if fact.kind == F.RESULT:
         if sum(1 for g in fact.body.grants if g.author_id in replicas) < submit.body.quorum:
             return "result lacks lease grants from a quorum of the job's replicas"
@@ -151,11 +154,16 @@ def counts_in(replicas: tuple[bytes, ...] | frozenset[bytes], submit: Fact, fact
 
 
 def seal_counts(valid: Iterable[Fact]) -> dict[bytes, int]:
-    """Subject fact id -> number of distinct replicas that sealed it."""
-    signers: dict[bytes, set[bytes]] = {}
+    """Subject fact id -> the most distinct replicas that sealed it at one ballot."""
+    signers: dict[tuple, set[bytes]] = {}
     for f in valid:
-        if f.kind == F.GRANT and f.body.action == F.SEAL:
-            signers.setdefault(f.body.subject, set()).add(f.author_id)
+        if f.kind == F.BALLOT and f.body.step == F.SEAL:
+            b = f.body
+            signers.setdefault((b.subject, b.attempt, b.round, b.proposer), set()).add(f.author_id)
+    best: dict[bytes, int] = {}
+    for key, who in signers.items():
+        best[key[0]] = max(best.get(key[0], 0), len(who))
+    return best
     return {subject: len(who) for subject, who in signers.items()}
 
 
@@ -190,7 +198,7 @@ class Derivation:
         self.valid: dict[bytes, Fact] = {}  # fact id -> valid fact (incl. grants carried by results)
         self.renew_slots: dict[bytes, Fact] = {}  # slot -> the renew holding it
         self.leases: dict[tuple[int, bytes], frozenset[bytes]] = {}  # (attempt, worker) -> granting replicas
-        self.seals: dict[bytes, frozenset[bytes]] = {}  # subject fact id -> sealing replicas
+        self.seals: dict[tuple, frozenset[bytes]] = {}  # (attempt, round, proposer, subject) -> sealing replicas
         self.result_attempts: frozenset[int] = frozenset()
         self.last_error: Fact | None = None  # the error result with the highest (attempt, fact id)
         self.last_error_message: str | None = None
@@ -239,8 +247,15 @@ class Derivation:
             if action == F.LEASE:
                 key = (body.attempt, body.subject)
                 self.leases[key] = self.leases.get(key, frozenset()) | {fact.author_id}
-            elif action == F.SEAL:
-                self.seals[body.subject] = self.seals.get(body.subject, frozenset()) | {fact.author_id}
+        elif kind == F.BALLOT:
+            body = fact.body
+            if body.step in (F.PROMISE, F.VOTE, F.SEAL) and fact.author_id not in self.replicas:
+                return  # an acceptor's step by a node that is not a replica of the job
+            if F.context_error(submit, fact, self.submit_job_id) is not None:
+                return
+            if body.step == F.SEAL:
+                key = (body.attempt, body.round, body.proposer, body.subject)
+                self.seals[key] = self.seals.get(key, frozenset()) | {fact.author_id}
         else:
             if F.context_error(submit, fact, self.submit_job_id) is not None:
                 return
@@ -366,17 +381,18 @@ def _lease_holder(leases: dict[tuple[int, bytes], frozenset[bytes]], quorum: int
 
 
 def _decided(d: Derivation, submit: Fact) -> Fact | None:
+    """The subject a quorum of the placed replicas sealed at one ballot (the
+    lowest such ballot; by the consensus they all name one subject)."""
     quorum = submit.body.quorum
-    best: Fact | None = None
-    for subject, who in d.seals.items():
-        if len(who) < quorum:
+    best: tuple | None = None
+    for key, who in d.seals.items():
+        if len(who) < quorum or (best is not None and key >= best):
             continue
-        f = d.valid.get(subject)
+        f = d.valid.get(key[3])
         if f is None or not (f.kind == F.CANCEL or is_final_result(submit, f)):
             continue
-        if best is None or (f.kind != F.RESULT, f.attempt, f.fact_id) < (best.kind != F.RESULT, best.attempt, best.fact_id):
-            best = f
-    return best
+        best = key
+    return None if best is None else d.valid[best[3]]
 
 
 def _state(d: Derivation) -> JobState:

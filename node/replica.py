@@ -17,18 +17,22 @@ from typing import Any
 from workmesh.crypto.identity import Identity
 from workmesh.dht.server import Admission
 from workmesh.node import facts as F
-from workmesh.node import leases, lifecycle
+from workmesh.node import consensus, leases, lifecycle
 from workmesh.node.admission import AdmissionChecks
 from workmesh.node.ballots import Refusal, refusal_text
 from workmesh.node.errors import InvalidFact
 
 
 _ORDER = {F.SUBMIT: 0, F.GRANT: 2, F.CLAIM: 3, F.RENEW: 4, F.RESULT: 5, F.CANCEL: 6}
+# Ballot steps after the rest, votes first: a promise names votes, a proposal promises.
+_STEP_ORDER = {F.VOTE: 7, F.PROMISE: 8, F.SEAL: 9, F.PREPARE: 10, F.PROPOSE: 11}
 
 
 def _batch_order(fact: F.Fact) -> int:
     if fact.kind == F.GRANT and fact.body.action == F.PLACE:
         return 1
+    if fact.kind == F.BALLOT:
+        return _STEP_ORDER[fact.body.step]
     return _ORDER[fact.kind]
 
 
@@ -63,6 +67,9 @@ class JobReplica:
             "renews_refused": 0,
             "renews_not_extended": 0,
             "seals_issued": 0,
+            "votes_issued": 0,
+            "promises_issued": 0,
+            "ballots_refused": 0,
             "facts_refused": 0,
         }
 
@@ -131,12 +138,15 @@ class JobReplica:
             if fact.fact_id in known:
                 # A retried claim, result or cancel: answer with what we signed for it before.
                 out.accept.append(fact)
-                answer = self._own_answer(fact, known.values())
-                if not answer and fact.kind in (F.RESULT, F.CANCEL):
-                    # Not sealed before (a later grant was live then): judge again.
-                    answer, _ = self._judge(fact, list(known.values()), obs, now)
+                if fact.kind in (F.RESULT, F.BALLOT):
+                    # Asked again: the acceptor's steps are deterministic
+                    # (the same vote, the same seal), and one that was
+                    # missing then (no certificate yet) may be due now.
+                    answer, _ = self._judge(fact, list(known.values()), obs, now, again=True)
                     for p in answer:
                         known[p.fact_id] = p
+                else:
+                    answer = self._own_answer(fact, known.values())
                 out.produced.extend(answer)
                 continue
             if fact.slot is not None and any(
@@ -166,10 +176,12 @@ class JobReplica:
         self.counters["facts_refused"] += len(out.refused)
         return out
 
-    def _judge(self, fact: F.Fact, known: list[F.Fact], obs: leases.Observations, now: float) -> tuple[list[F.Fact], str | None]:
-        """Apply the lease rules to one new fact: (facts we sign, refusal reason)."""
+    def _judge(
+        self, fact: F.Fact, known: list[F.Fact], obs: leases.Observations, now: float, again: bool = False
+    ) -> tuple[list[F.Fact], str | None]:
+        """Apply the lease and consensus rules to one new fact: (facts we sign, refusal reason)."""
         me = self.identity.node_id
-        if fact.kind in (F.SUBMIT, F.GRANT):
+        if fact.kind in (F.SUBMIT, F.GRANT, F.CANCEL):
             return [], None
         state = self.derive(known)
         if state is None:
@@ -188,12 +200,53 @@ class JobReplica:
                 return [], None
             self.counters["renews_refused"] += 1
             return [], refusal_text(Refusal.NOT_EXTENDED, "lease not held")
-        # result or cancel: store it; seal it if the rules say so
-        seal = leases.decide_seal(state, fact, me, obs, now, self.rules)
-        if seal is None:
-            return [], None
-        self.counters["seals_issued"] += 1
-        return [self._sign_once(known, F.GRANT, seal)], None
+        if not state.is_replica(me):
+            return [], None  # a node that only stores the job takes no part in its consensus
+        return self._consensus(state, fact, known, obs, now, again)
+
+    def _consensus(
+        self, state: lifecycle.JobState, fact: F.Fact, known: list[F.Fact], obs: leases.Observations, now: float, again: bool
+    ) -> tuple[list[F.Fact], str | None]:
+        """The acceptor's steps (node/consensus.py) for a result or a ballot fact."""
+        me = self.identity.node_id
+        produced: list[F.Fact] = []
+        step = fact.body.step if fact.kind == F.BALLOT else None
+        known = [*known, fact]
+        state = self.derive(known) or state
+        if fact.kind == F.RESULT or step == F.PROPOSE:
+            if fact.kind == F.RESULT and not lifecycle.is_final_result(state.submit, fact):
+                return [], None  # an error that leaves attempts: it only ends its attempt
+            answer = consensus.on_proposal(state, fact, me)
+            if isinstance(answer, Refusal):
+                self.counters["ballots_refused"] += 1
+                # A result is kept (the audit trail) even without our vote; a
+                # proposal we do not vote for is not.
+                return [], None if fact.kind == F.RESULT else refusal_text(answer)
+            vote = F.sign(self.identity, F.BALLOT, answer)
+            if not again:
+                self.counters["votes_issued"] += 1
+            produced.append(vote)
+            state = self.derive([*known, vote]) or state
+        elif step == F.PREPARE:
+            if not consensus.cancels(state) and leases.lease_live(state, me, obs, now, self.rules):
+                self.counters["ballots_refused"] += 1
+                return [], refusal_text(Refusal.LEASE_LIVE, "the current lease is live")
+            answer = consensus.on_prepare(state, fact, me)
+            if isinstance(answer, Refusal):
+                self.counters["ballots_refused"] += 1
+                return [], refusal_text(answer)
+            if not again:
+                self.counters["promises_issued"] += 1
+            return [F.sign(self.identity, F.BALLOT, answer)], None
+        elif step != F.VOTE:
+            return [], None  # promises and seals of other replicas: stored
+        seal = consensus.on_votes(state, me)
+        if seal is not None:
+            signed = F.sign(self.identity, F.BALLOT, seal)
+            if signed.fact_id not in {f.fact_id for f in known}:
+                self.counters["seals_issued"] += 1
+            produced.append(signed)
+        return produced, None
 
     def _own_answer(self, fact: F.Fact, known) -> list[F.Fact]:
         me = self.identity.node_id
@@ -202,8 +255,6 @@ class JobReplica:
             if state is None or leases.current_grant(state, me) != (fact.attempt, fact.author_id):
                 return []  # superseded: handing it back would let the worker think it still holds a lease
             want = (F.LEASE, fact.attempt, fact.author_id)
-        elif fact.kind in (F.RESULT, F.CANCEL):
-            want = (F.SEAL, fact.attempt, fact.fact_id)
         else:
             return []
         return [
@@ -223,7 +274,9 @@ class JobReplica:
         """Read repair copies what decides a job (submission, results, cancels,
         seals); claims, lease grants and renews are per-replica and short-lived."""
         if fact.kind == F.GRANT:
-            return fact.body.action in (F.SEAL, F.PLACE)
+            return fact.body.action == F.PLACE
+        if fact.kind == F.BALLOT:
+            return fact.body.step in (F.SEAL, F.VOTE)
         return fact.kind in (F.SUBMIT, F.RESULT, F.CANCEL)
 
     def holders(self, facts: list[F.Fact]) -> tuple[bytes, ...]:

@@ -312,11 +312,14 @@ class WorkerPool:
         spec: F.Submit = state.submit.body
         undecided = [f for f in state.facts if f.kind == F.RESULT and lifecycle.is_final_result(state.submit, f)]
         if undecided:
-            # A final result that a quorum has not sealed yet (replicas that
-            # granted a later attempt refused it then): file it again rather
-            # than run the job again; replicas whose later grant went stale seal it.
-            self.counters["results_refiled"] += 1
-            await self.claims.file(state, min(undecided, key=lifecycle.sort_key))
+            # A final result whose round did not finish (its worker died, a
+            # split): once it is older than a lease, finish it with a recovery
+            # round rather than run the job again (a younger one is most
+            # likely still being decided by its worker).
+            newest = max(f.body.ts_ms for f in undecided)
+            if self.claims.wall_ms() - newest >= self.rules.stale_after_s(spec.lease_ms) * 1000:
+                self.counters["results_refiled"] += 1
+                await self.claims.file(state, min(undecided, key=lifecycle.sort_key))
             return
         won = await self.claims.claim(state, offer.first, log, placed)
         if won is None:

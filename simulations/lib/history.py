@@ -114,15 +114,18 @@ def fact_events(job: str, facts: list[dict]) -> list[dict]:
         elif f["kind"] == "grant" and f.get("action") == "lease":
             out.append({"ev": "grant", "t": t, "job": job, "attempt": f["attempt"], "worker": f["subject"],
                         "replica": f["author"]})
-        elif f["kind"] == "grant" and f.get("action") == "seal":
-            seals[f["subject"]].append(f.get("ts_ms", 0))
+        elif f["kind"] == "ballot" and f.get("action") == "seal":
+            # one ballot's seals decide: count them per (subject, ballot)
+            seals[(f["subject"], f["attempt"], f.get("round", 0), f.get("proposer", ""))].append(f.get("ts_ms", 0))
         elif f["kind"] == "result":
             out.append({"ev": "result", "t": t, "job": job, "attempt": f["attempt"], "worker": f["author"],
                         "outcome": f.get("outcome"), "fact_id": f["fact_id"]})
     for r in [e for e in out if e["ev"] == "result"]:
-        times = sorted(seals.get(r["fact_id"], []))
+        ballots = [sorted(ts) for key, ts in seals.items() if key[0] == r["fact_id"]]
+        times = max(ballots, key=len, default=[])
         if len(times) >= spec["quorum"]:
-            out.append({"ev": "accepted", "t": times[spec["quorum"] - 1] / 1000, "job": job, "attempt": r["attempt"],
+            # acceptor steps carry ts_ms 0: the result's own time stands for the decision's
+            out.append({"ev": "accepted", "t": max(r["t"], times[spec["quorum"] - 1] / 1000), "job": job, "attempt": r["attempt"],
                         "worker": r["worker"], "outcome": r["outcome"], "fact_id": r["fact_id"]})
     return out
 

@@ -56,7 +56,7 @@ class Watch:
         if method == "store" and len(args) == 3:
             for raw in args[2]:
                 fact = F.decode(raw)
-                kind = "seal" if fact.body.action == F.SEAL else "grant"
+                kind = "seal" if fact.kind == F.BALLOT and fact.body.step in (F.VOTE, F.SEAL) else "grant"
                 self.sent[kind] += 1
                 if fact.fact_id not in self.committed:
                     self.early.append(f"{kind} {fact.fact_id.hex()[:12]} sent before its commit")

@@ -103,10 +103,10 @@ def _decided_results(doc):
     """Result facts that gathered a quorum of seals."""
     seals = {}
     for f in doc["history"]:
-        if f["kind"] == "grant" and f.get("action") == "seal":
-            seals.setdefault(f["subject"], set()).add(f["author"])
+        if f["kind"] == "ballot" and f.get("action") == "seal":
+            seals.setdefault((f["subject"], f["attempt"], f["round"], f["proposer"]), set()).add(f["author"])
     results = [f for f in doc["history"] if f["kind"] == "result"]
-    return [r for r in results if len(seals.get(r["fact_id"], ())) >= 2]
+    return [r for r in results if any(len(who) >= 2 for key, who in seals.items() if key[0] == r["fact_id"])]
 
 
 def test_killed_worker_job_finishes_elsewhere_within_lease_plus_2s(tmp_path):

@@ -55,7 +55,8 @@ def test_checker_finds_lost_duplicate_and_double_accepted_jobs():
     for fid, worker in (("r1", "w1"), ("r2", "w2")):
         facts_ok.append({"kind": "result", "author": worker, "attempt": 1, "outcome": "ok", "fact_id": fid, "ts_ms": 1_001_500})
         for rep in ("a", "b"):
-            facts_ok.append({"kind": "grant", "action": "seal", "subject": fid, "author": rep, "attempt": 1, "ts_ms": 1_001_600})
+            facts_ok.append({"kind": "ballot", "action": "seal", "subject": fid, "author": rep, "attempt": 1, "round": 0,
+                             "proposer": worker, "ts_ms": 1_001_600})
     events = [{"ev": "run", "t": t, "params": {"tag": "x"}, "nodes": [{"index": 0, "node_id": "w1"}]},
               {"ev": "submit", "t": t, "seq": 0, "node": 0}, {"ev": "ack", "t": t, "seq": 0, "node": 0, "code": 202, "job": "j0"},
               {"ev": "submit", "t": t, "seq": 1, "node": 0}, {"ev": "ack", "t": t, "seq": 1, "node": 0, "code": 202, "job": "j1"},

@@ -58,9 +58,24 @@ def lease(replica: Identity, job: Fact, attempt: int, worker: Identity, ts_ms: i
     return F.sign(replica, F.GRANT, F.Grant(job.job_id, F.LEASE, attempt, worker.node_id, ts_ms))
 
 
+def ballot_for(subject: Fact) -> tuple[int, int, bytes]:
+    """The ballot a subject is decided at here: a result at its worker's own
+    ballot (attempt, 0, worker), a cancel at round 1 of attempt 0 by its signer."""
+    if subject.kind == F.RESULT:
+        return (subject.attempt, 0, subject.author_id)
+    return (0, 1, subject.author_id)
+
+
 @lru_cache(maxsize=None)
-def seal(replica: Identity, job: Fact, subject: Fact) -> Fact:
-    return F.sign(replica, F.GRANT, F.Grant(job.job_id, F.SEAL, subject.attempt, subject.fact_id, 1))
+def vote(replica: Identity, job: Fact, subject: Fact, ballot: tuple[int, int, bytes] | None = None) -> Fact:
+    a, r, p = ballot or ballot_for(subject)
+    return F.sign(replica, F.BALLOT, F.BallotStep(job.job_id, F.VOTE, a, r, p, subject.fact_id, (), 0))
+
+
+@lru_cache(maxsize=None)
+def seal(replica: Identity, job: Fact, subject: Fact, ballot: tuple[int, int, bytes] | None = None) -> Fact:
+    a, r, p = ballot or ballot_for(subject)
+    return F.sign(replica, F.BALLOT, F.BallotStep(job.job_id, F.SEAL, a, r, p, subject.fact_id, (), 0))
 
 
 @lru_cache(maxsize=None)

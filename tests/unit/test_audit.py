@@ -13,6 +13,8 @@ def entry(f: F.Fact, raw: bytes | None = None) -> dict:
            "raw_b64": base64.b64encode(raw if raw is not None else f.raw).decode()}
     if f.kind == F.GRANT:
         out["action"], out["subject"] = f.body.action, f.body.subject.hex()
+    elif f.kind == F.BALLOT:  # as GET /jobs/{id}?history=1 shows it (node/jobs.py)
+        out["action"], out["subject"], out["round"] = f.body.step, f.body.subject.hex(), f.body.round
     return out
 
 

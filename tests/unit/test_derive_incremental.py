@@ -59,6 +59,9 @@ def ref_check_in_context(submit: F.Fact, fact: F.Fact) -> None:
                 raise InvalidFact("result lacks a majority of lease grants")
             if fact.attempt > spec.max_attempts and fact.body.outcome != F.ERROR:
                 raise InvalidFact("the closing attempt can only record failure")
+    elif fact.kind == F.BALLOT:
+        if fact.attempt > spec.max_attempts + 1:
+            raise InvalidFact("attempt beyond max_attempts + 1")
     elif fact.kind == F.GRANT:
         if fact.attempt > spec.max_attempts + 1:
             raise InvalidFact("attempt beyond max_attempts + 1")
@@ -100,6 +103,8 @@ def ref_valid_facts(facts: Iterable[F.Fact], submit: F.Fact, placement: F.Fact |
             return
         if fact.kind == F.GRANT and fact.body.action != F.PLACE and fact.author_id not in replicas:
             return
+        if fact.kind == F.BALLOT and fact.body.step in (F.PROMISE, F.VOTE, F.SEAL) and fact.author_id not in replicas:
+            return
         if fact.kind == F.RESULT and sum(1 for g in fact.body.grants if g.author_id in replicas) < submit.body.quorum:
             return
         if fact.kind == F.GRANT and fact.body.action == F.LEASE and fact.attempt < 1:
@@ -134,13 +139,20 @@ def ref_lease_holder(valid: list[F.Fact], quorum: int) -> tuple[int, bytes | Non
 
 
 def ref_decided(valid: list[F.Fact], submit: F.Fact) -> F.Fact | None:
-    counts = L.seal_counts(valid)
+    """The subject a quorum sealed at one ballot (the lowest such ballot)."""
+    by_id = {f.fact_id: f for f in valid}
+    signers: dict[tuple, set[bytes]] = {}
+    for f in valid:
+        if f.kind == F.BALLOT and f.body.step == F.SEAL:
+            signers.setdefault((*f.body.ballot, f.body.subject), set()).add(f.author_id)
     candidates = [
-        f
-        for f in valid
-        if counts.get(f.fact_id, 0) >= submit.body.quorum and (f.kind == F.CANCEL or L.is_final_result(submit, f))
+        key
+        for key, who in signers.items()
+        if len(who) >= submit.body.quorum
+        and key[3] in by_id
+        and (by_id[key[3]].kind == F.CANCEL or L.is_final_result(submit, by_id[key[3]]))
     ]
-    return min(candidates, key=lambda f: (f.kind != F.RESULT, f.attempt, f.fact_id)) if candidates else None
+    return by_id[min(candidates)[3]] if candidates else None
 
 
 def ref_error_message(result: F.Fact) -> str:
@@ -161,7 +173,7 @@ def ref_derive(facts: Iterable[F.Fact], *, job_id: bytes | None = None) -> L.Job
     valid = ref_valid_facts(pool, submit, placement)
     lease_attempt, lease_worker = ref_lease_holder(valid, spec.quorum)
     results = [f for f in valid if f.kind == F.RESULT]
-    highest = max((f.attempt for f in valid if f.kind in (F.CLAIM, F.RENEW, F.GRANT, F.RESULT)), default=0)
+    highest = max((f.attempt for f in valid if f.kind in (F.CLAIM, F.RENEW, F.GRANT, F.RESULT, F.BALLOT)), default=0)
     errors = [f for f in results if f.body.outcome == F.ERROR]
     last_error = ref_error_message(max(errors, key=lambda f: (f.attempt, f.fact_id))) if errors else None
     decided = ref_decided(valid, submit)

@@ -218,7 +218,7 @@ def test_fact_of_another_job_is_refused_in_context() -> None:
         (lease(REPLICAS[1], JOB, 1, WORKERS[1]), "another worker"),
         (lease(REPLICAS[1], OTHER_JOB, 1, W), "another job or attempt"),
         (lease(REPLICAS[0], JOB, 1, W, ts_ms=9), "two grants by one replica"),
-        (seal(REPLICAS[1], JOB, cancel(JOB)), "lease grants"),
+        (seal(REPLICAS[1], JOB, cancel(JOB)), "only grants"),
         (claim(W, JOB, 1), "only grants"),
     ],
     ids=["other-attempt", "other-worker", "other-job", "duplicate-signer", "seal", "not-a-grant"],

@@ -6,10 +6,13 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from workmesh.node import consensus, leases
 from workmesh.node import facts as F
 from workmesh.node import lifecycle as L
+from workmesh.node import ballots as B
+from workmesh.node.ballots import Ballot
 from workmesh.node.facts import Fact, Grant
-from workmesh.node.leases import LeaseRules, Observations, accept_renew, current_grant, decide_claim, decide_seal
+from workmesh.node.leases import LeaseRules, Observations, accept_renew, current_grant, decide_claim
 from workmesh.node.leases import lease_deadline, observe
 from tests.unit.strategies import CONFIGS, REPLICAS, STRANGER, WORKERS, cancel, claim, lease, quorum_result
 from tests.unit.strategies import placement, renew, result, submit
@@ -64,14 +67,36 @@ class Replica:
         self.add(r)
         return True
 
-    def seal(self, subject: Fact) -> Fact | None:
+    def vote(self, subject: Fact) -> Fact | None:
+        """Store a result and vote for it, as its worker's proposal, if the rules allow."""
         self.add(subject)
-        body = decide_seal(self.state, subject, self.me)
+        if not self.state.is_replica(self.me):
+            return None
+        body = consensus.on_proposal(self.state, subject, self.me)
+        if not isinstance(body, F.BallotStep):
+            return None
+        v = F.sign(self.ident, F.BALLOT, body)
+        self.add(v)
+        return v
+
+    def seal(self, *votes: Fact) -> Fact | None:
+        """Store votes (other replicas'), and seal the certificate they make, if any."""
+        self.add(*votes)
+        body = consensus.on_votes(self.state, self.me)
         if body is None:
             return None
-        s = F.sign(self.ident, F.GRANT, body)
+        s = F.sign(self.ident, F.BALLOT, body)
         self.add(s)
         return s
+
+    def promise(self, ballot: Ballot) -> Fact | None:
+        prepare = F.sign(WORKERS[3], F.BALLOT, consensus.step_body(JOB.job_id, F.PREPARE, ballot))
+        body = consensus.on_prepare(L.derive([*self.store, prepare]), prepare, self.me)
+        if not isinstance(body, F.BallotStep):
+            return None
+        p = F.sign(self.ident, F.BALLOT, body)
+        self.add(p)
+        return p
 
 
 def granted(out) -> bool:
@@ -226,35 +251,57 @@ def test_ok_result_stops_new_attempts_even_before_it_is_sealed() -> None:
     r.add(quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2]))
     r.now = 100.0  # long past the lease: still no second run of a job that succeeded
     assert "succeeded" in r.claim(W1, 2)
-    assert r.seal(quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])) is not None
+    assert r.vote(quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])) is not None
 
 
 def test_a_replica_outside_the_placement_grants_and_seals_nothing() -> None:
     r = Replica(ident=REPLICAS[5])
     assert "not a replica" in r.claim(W0, 1)
-    assert r.seal(quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])) is None
+    assert r.vote(quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])) is None
 
 
 def test_decided_job_grants_nothing() -> None:
     r = Replica()
     ok = quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])
     r.claim(W0, 1)
-    r.seal(ok)
-    r.add(F.sign(REPLICAS[1], F.GRANT, decide_seal(L.derive([JOB, PLACE, ok]), ok, REPLICAS[1].node_id)))
+    other = Replica(REPLICAS[1])
+    votes = [r.vote(ok), other.vote(ok)]
+    seals = [r.seal(*votes), other.seal(*votes)]
+    assert all(seals)
+    r.add(*seals)
     assert r.state.status == L.DONE
     r.now = 100.0
     assert "done" in r.claim(W1, 2)
     assert "done" in r.claim(W0, 1)
 
 
-def test_sealed_cancel_stops_grants_and_renews() -> None:
+def test_a_known_cancel_stops_grants_and_renews() -> None:
     r = Replica()
     r.claim(W0, 1)
-    assert r.seal(cancel(JOB)) is not None
-    assert not r.state.terminal  # one seal is not a quorum
+    r.add(cancel(JOB))
+    assert not r.state.terminal  # a cancel is decided by a round, not by being stored
     assert not r.renew(W0, 1)
     r.now = 100.0
     assert "cancel" in r.claim(W1, 2)
+
+
+def test_a_replica_that_sealed_grants_no_lease_and_a_higher_promise_stops_renews() -> None:
+    """A lease grant is the promise at (n, 0, worker) that reports nothing
+    sealed: a replica that sealed must not give one. A promise at a higher
+    ballot (a canceller's) ends the renewals below it."""
+    r = Replica()
+    r.claim(W0, 1)
+    assert r.promise(Ballot(1, 1, WORKERS[3].node_id)) is not None
+    assert not r.renew(W0, 1)
+    assert "promised" in r.claim(W1, 1)
+    ok = quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])
+    assert r.vote(ok) is None  # W0's proposal is below the promise
+    s = Replica()
+    ok2 = quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])
+    votes = [s.vote(ok2), Replica(REPLICAS[1]).vote(ok2)]
+    assert s.seal(*votes) is not None
+    s.now = 100.0
+    assert "sealed" in s.claim(W1, 2)
 
 
 def test_closing_attempt_ends_a_job_whose_last_worker_vanished() -> None:
@@ -271,7 +318,8 @@ def test_closing_attempt_ends_a_job_whose_last_worker_vanished() -> None:
     assert all(granted(g) for g in closing)
     assert all("outside" in out or "beyond" in out for out in everywhere(lambda r: r.claim(W0, 4)))
     exhausted = result(W2, JOB, 3, tuple(closing[:2]), F.ERROR, b'{"error":"attempts exhausted"}')
-    seals = everywhere(lambda r: r.seal(exhausted))
+    votes = everywhere(lambda r: r.vote(exhausted))
+    seals = everywhere(lambda r: r.seal(*votes))
     state = L.derive([*replicas[0].store, *seals])
     assert (state.status, state.attempts, state.error) == (L.FAILED, 2, "attempts exhausted")
 
@@ -365,31 +413,32 @@ def test_accept_renew_refreshes_when_given_the_time() -> None:
     assert r.obs.holder_seen[1] == 4.0
 
 
-def test_seal_cancel_then_nothing_else() -> None:
+def test_votes_are_deterministic_and_one_per_ballot() -> None:
     r = Replica()
-    s = r.seal(cancel(JOB))
-    assert s.body == Grant(JOB.job_id, F.SEAL, 0, cancel(JOB).fact_id, cancel(JOB).body.ts_ms)
-    assert r.seal(cancel(JOB)) == s  # idempotent
-    assert r.seal(quorum_result(JOB, W0, 1)) is None
+    ok = quorum_result(JOB, W0, 1)
+    v = r.vote(ok)
+    assert v.body == F.BallotStep(JOB.job_id, F.VOTE, 1, 0, W0.node_id, ok.fact_id, (), 0)
+    assert r.vote(ok) == v  # asked again: the very same fact
+    other = result(W0, JOB, 1, ok.body.grants, F.OK, b'{"v":"equivocated"}')
+    assert r.vote(other) is None  # one subject per ballot, whatever the worker signs
 
 
-def test_seal_rules_for_results() -> None:
-    assert Replica().seal(quorum_result(JOB, W0, 1, F.ERROR)) is None  # not final: a retry follows
-    assert Replica().seal(quorum_result(JOB, W0, 2, F.ERROR)).body.attempt == 2  # final error
-    assert Replica().seal(quorum_result(JOB, W0, 1)).body.subject == quorum_result(JOB, W0, 1).fact_id
-    assert Replica().seal(cancel(JOB, by=STRANGER)) is None
+def test_vote_rules_for_results() -> None:
+    assert Replica().vote(quorum_result(JOB, W0, 1, F.ERROR)) is None  # not final: a retry follows
+    assert Replica().vote(quorum_result(JOB, W0, 2, F.ERROR)).body.attempt == 2  # final error
+    assert Replica().vote(quorum_result(JOB, W0, 1)).body.subject == quorum_result(JOB, W0, 1).fact_id
     short = result(W0, JOB, 1, (lease(ME, JOB, 1, W0),))
-    assert Replica().seal(short) is None
+    assert Replica().vote(short) is None
 
 
-def test_late_result_is_not_sealed_by_a_replica_that_granted_later() -> None:
+def test_late_result_is_not_voted_by_a_replica_that_granted_later() -> None:
     r = Replica()
     r.claim(W0, 1)
     r.now = STALE
     r.claim(W1, 2)
     late = quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[:2])
-    assert r.seal(late) is None
-    assert r.seal(quorum_result(JOB, W1, 2, F.OK, replicas=REPLICAS[:2])) is not None
+    assert r.vote(late) is None
+    assert r.vote(quorum_result(JOB, W1, 2, F.OK, replicas=REPLICAS[:2])) is not None
 
 
 # --------------------------------------------------------------------------
@@ -413,10 +462,10 @@ def test_lease_deadline_follows_the_holder_and_the_backoff() -> None:
     assert lease_deadline(r.state, r.me, r.obs, RULES) is None
 
 
-def test_lease_deadline_ends_with_a_sealed_cancel() -> None:
+def test_lease_deadline_ends_with_a_cancel() -> None:
     r = Replica()
     r.claim(W0, 1)
-    r.seal(cancel(JOB))
+    r.add(cancel(JOB))
     assert lease_deadline(r.state, r.me, r.obs, RULES) is None
 
 
@@ -502,8 +551,8 @@ class Model:
         size = self.draw(st.sampled_from(range(len(self.replicas), -1, -1)))  # biased towards all
         return self.draw(st.permutations(self.replicas))[:size]
 
-    def sign(self, replica: SimReplica, body: Grant) -> Fact:
-        fact = F.sign(replica.ident, F.GRANT, body)
+    def sign(self, replica: SimReplica, body: Grant | F.BallotStep) -> Fact:
+        fact = F.sign(replica.ident, F.BALLOT if isinstance(body, F.BallotStep) else F.GRANT, body)
         self.everything.add(fact)
         return fact
 
@@ -598,23 +647,62 @@ class Model:
         observe(rep.obs, rep.store, rep.me, rep.now(self.t))
 
     def seal_new(self, rep: SimReplica, fresh: list[Fact]) -> None:
+        """The acceptor's steps as node/replica.py takes them: vote for a new
+        final result (its worker's proposal), seal a certificate once the
+        votes it holds make one."""
         for subject in fresh:
-            if subject.kind in (F.RESULT, F.CANCEL):
-                body = decide_seal(rep.state(), subject, rep.me)
-                if body is not None:
+            if subject.kind == F.RESULT and L.is_final_result(self.job, subject):
+                body = consensus.on_proposal(rep.state(), subject, rep.me)
+                if isinstance(body, F.BallotStep):
                     rep.receive([self.sign(rep, body)], self.t)
+        if any(f.kind == F.BALLOT and f.body.step == F.VOTE for f in fresh) or any(f.kind == F.RESULT for f in fresh):
+            body = consensus.on_votes(rep.state(), rep.me)
+            if body is not None:
+                rep.receive([self.sign(rep, body)], self.t)
+
+    def recover(self) -> None:
+        """A replica runs a recovery (or cancel) round over whoever answers:
+        prepare above every ballot it knows, propose what the promises
+        oblige or what it may choose, deliver the votes."""
+        proposer = self.draw(st.sampled_from(self.replicas))
+        state = proposer.state()
+        top = consensus.top_ballot(state)
+        b = Ballot(top.attempt, top.round + 1, proposer.me) if top else Ballot(0, 1, proposer.me)
+        prep = F.sign(proposer.ident, F.BALLOT, consensus.step_body(self.job.job_id, F.PREPARE, b))
+        promises = []
+        for rep in self.subset():
+            st_ = L.derive([*rep.store, prep])
+            body = consensus.on_prepare(st_, prep, rep.me)
+            if isinstance(body, F.BallotStep):
+                p = self.sign(rep, body)
+                rep.receive([p], self.t)
+                promises.append((p, rep))
+        if len(promises) < self.q:
+            return
+        by_id = {f.fact_id: f for f in self.everything}
+        cfg = consensus.config(state)
+        chosen = B.choose([consensus.promise_of(p, by_id, cfg) for p, _ in promises], cfg)
+        subject = by_id.get(chosen.subject) if chosen else consensus.free_choice(L.derive(self.everything))
+        if subject is None:
+            return
+        refs = tuple(sorted(p.fact_id for p, _ in promises))
+        prop = F.sign(proposer.ident, F.BALLOT, consensus.step_body(self.job.job_id, F.PROPOSE, b, subject.fact_id, refs))
+        votes = [p.body.refs for p, _ in promises]
+        shipped = [subject, *(by_id[r] for rs in votes for r in rs), *(p for p, _ in promises)]
+        for rep in self.subset():
+            rep.receive(shipped, self.t)
+            body = consensus.on_proposal(L.derive([*rep.store, prop]), prop, rep.me)
+            if isinstance(body, F.BallotStep):
+                rep.receive([prop, self.sign(rep, body)], self.t)
 
     # -- invariants ----------------------------------------------------------
 
     def check(self) -> None:
         facts = set(_flatten(self.everything))
-        lease_signers: dict[tuple[int, bytes], set[bytes]] = {}
-        seal_signers: dict[bytes, set[bytes]] = {}
+        seal_signers: dict[tuple, set[bytes]] = {}
         for f in facts:
-            if f.kind == F.GRANT and f.body.action == F.LEASE:
-                lease_signers.setdefault((f.attempt, f.body.subject), set()).add(f.author_id)
-            elif f.kind == F.GRANT:
-                seal_signers.setdefault(f.body.subject, set()).add(f.author_id)
+            if f.kind == F.BALLOT and f.body.step == F.SEAL:
+                seal_signers.setdefault((f.body.ballot, f.body.subject), set()).add(f.author_id)
         holders = sorted(self.confirmed)
         assert len({n for n, _ in holders}) == len(holders), "two workers confirmed one attempt"
 
@@ -628,10 +716,12 @@ class Model:
         assert len(live) <= 1, f"two live lease holders at t={self.t}: {live}"
 
         for rep in self.replicas:
-            own = {f.body.subject for f in facts if f.kind == F.GRANT and f.body.action == F.SEAL and f.author_id == rep.me}
-            assert len(own) <= 1, "a replica sealed two subjects"
+            own: dict[tuple, bytes] = {}
+            for f in facts:
+                if f.kind == F.BALLOT and f.body.step == F.VOTE and f.author_id == rep.me:
+                    assert own.setdefault(f.body.ballot, f.body.subject) == f.body.subject, "two votes at one ballot"
 
-        decided = [s for s, who in seal_signers.items() if len(who) >= self.q]
+        decided = {s for (_, s), who in seal_signers.items() if len(who) >= self.q}
         assert len(decided) <= 1, "two subjects decided"
         assert not {f.fact_id for f in self.late} & set(decided), "a late result was decided"
 
@@ -647,7 +737,7 @@ class Model:
 def test_model_run_keeps_leases_exclusive_and_decisions_unique(data) -> None:
     model = Model(data)
     actions = [model.claim] * 3 + [model.confirm] * 2 + [model.renew, model.post_result, model.advance, model.gossip] * 2
-    actions += [model.restart] + [model.cancel] * data.draw(st.sampled_from([0, 0, 0, 1]), label="cancels")
+    actions += [model.restart, model.recover] + [model.cancel] * data.draw(st.sampled_from([0, 0, 0, 1]), label="cancels")
     for _ in range(data.draw(st.integers(10, 60), label="steps")):
         data.draw(st.sampled_from(actions), label="action")()
         model.check()
@@ -655,23 +745,39 @@ def test_model_run_keeps_leases_exclusive_and_decisions_unique(data) -> None:
     event(f"late results: {bool(model.late)}")
 
 
-def test_a_stale_minority_grant_for_a_later_attempt_stops_blocking_an_ok_result() -> None:
+def test_a_stale_minority_grant_for_a_later_attempt_is_resolved_by_a_recovery_round() -> None:
     """Found by the simulator under datagram loss: R granted attempt 2 to a
     worker that never won a quorum (so never ran or renewed) while attempt 1
-    ran elsewhere and succeeded. R must not refuse attempt 1's result for
-    ever: its own later grant stops counting once it is stale on R's clock."""
-    r = Replica()
+    ran elsewhere and succeeded. R promised (2, 0, W1), so it cannot vote for
+    attempt 1's result at (1, 0, W0); once W1's grant is stale, a recovery
+    round above it chooses that ok result (attempt 1 is the confirmed lease)
+    and R votes for it."""
+    r, other = Replica(), Replica(REPLICAS[1])
     r.add(*other_grants(1, W0, REPLICAS[1:3]))  # attempt 1 was granted by the others
-    assert granted(r.claim(W1, 2))  # R grants 2: it never granted 1
+    assert granted(r.claim(W1, 2, confirm=False))  # R grants 2 (a minority): it never granted 1
     ok = quorum_result(JOB, W0, 1, F.OK, replicas=REPLICAS[1:3])
-    r.add(ok)
-    assert decide_seal(r.state, ok, r.me, r.obs, r.now, RULES) is None  # W1's grant is live
-    assert decide_seal(r.state, ok, r.me) is None  # the strict rule, without a clock
+    assert r.vote(ok) is None  # promised (2, 0, W1): below it nothing is voted
+    other.add(*r.store)
+    assert other.vote(ok) is not None  # one vote of two: no certificate
     r.now = STALE + 0.01
-    assert decide_seal(r.state, ok, r.me, r.obs, r.now, RULES) is not None
+    assert not leases.lease_live(r.state, r.me, r.obs, r.now, RULES)
+    b = Ballot(2, 1, WORKERS[3].node_id)
+    promises = [r.promise(b), other.promise(b)]
+    assert all(promises)
+    state = L.derive([*r.store, *other.store])
+    assert consensus.free_choice(state) == ok
+    prop = F.sign(WORKERS[3], F.BALLOT, consensus.step_body(JOB.job_id, F.PROPOSE, b, ok.fact_id, tuple(sorted(p.fact_id for p in promises))))
+    votes = []
+    for rep in (r, other):
+        rep.add(*promises, ok)
+        body = consensus.on_proposal(L.derive([*rep.store, prop]), prop, rep.me)
+        assert isinstance(body, F.BallotStep) and body.subject == ok.fact_id
+        votes.append(F.sign(rep.ident, F.BALLOT, body))
+    seals = [r.seal(*votes), other.seal(*votes)]
+    assert L.derive([*r.store, *other.store, *seals]).status == L.DONE
 
 
-def test_a_renewing_later_holder_keeps_a_late_result_unsealed() -> None:
+def test_a_renewing_later_holder_keeps_a_late_result_unvoted() -> None:
     r = Replica()
     r.claim(W0, 1)
     r.now = STALE + 0.01
@@ -680,8 +786,8 @@ def test_a_renewing_later_holder_keeps_a_late_result_unsealed() -> None:
     for step in range(1, 6):
         r.now = STALE + 0.01 + step * 0.3
         assert r.renew(W1, 2)
-        r.add(late)
-        assert decide_seal(r.state, late, r.me, r.obs, r.now, RULES) is None
+        assert leases.lease_live(r.state, r.me, r.obs, r.now, RULES)  # a recovery's prepare is refused
+        assert r.vote(late) is None
 
 
 def test_after_a_restart_the_newer_grant_of_a_regranted_attempt_stays_current() -> None:

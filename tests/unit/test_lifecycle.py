@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from workmesh.node import facts as F
 from workmesh.node import lifecycle as L
-from workmesh.node.leases import decide_seal
+from workmesh.node import consensus
 from tests.unit.strategies import REPLICAS, STRANGER, WORKERS, cancel, claim, job_histories, lease, quorum_result
 from tests.unit.strategies import placement, renew, result, seal, submit
 
@@ -201,7 +201,7 @@ def _flatten(fs):
 @settings(max_examples=300, deadline=None)
 @given(job_histories(seals=False, junk=False), st.data())
 def test_terminal_status_never_changes_under_honest_sealing(history, data) -> None:
-    """Facts arrive in random order at replicas that seal via decide_seal."""
+    """Facts arrive in random order at replicas that vote and seal by the consensus rules."""
     job, fs = history
     replicas = REPLICAS[: job.body.replicas]
     everything = sorted(set(_flatten(fs)), key=L.sort_key)
@@ -217,17 +217,20 @@ def test_terminal_status_never_changes_under_honest_sealing(history, data) -> No
             views[r].add(fact)
             seen.add(fact)
         else:
-            subjects = [f for f in sorted(views[r], key=L.sort_key) if f.kind in (F.RESULT, F.CANCEL)]
+            subjects = [f for f in sorted(views[r], key=L.sort_key) if f.kind == F.RESULT and L.is_final_result(job, f)]
             if not subjects:
                 continue
             subject = data.draw(st.sampled_from(subjects))
-            body = decide_seal(L.derive(views[r]), subject, r.node_id)
-            if body is None:
-                continue
-            sealed = F.sign(r, F.GRANT, body)
-            views[r].add(sealed)
-            seen.add(sealed)
-            everything.append(sealed)
+            # The acceptor's steps: vote for the result (its worker's
+            # proposal), then seal whatever certificate its votes make.
+            for body in (consensus.on_proposal(L.derive(views[r]), subject, r.node_id), None):
+                body = body if body is not None else consensus.on_votes(L.derive(views[r]), r.node_id)
+                if not isinstance(body, F.BallotStep):
+                    continue
+                signed = F.sign(r, F.BALLOT, body)
+                views[r].add(signed)
+                seen.add(signed)
+                everything.append(signed)
         after = L.derive(seen)
         assert L.can_move(before.status, after.status)
         if before.terminal:

@@ -35,7 +35,8 @@ def job(n: int = 0) -> tuple[F.Fact, F.Fact]:
 def cancel(submit: F.Fact) -> list[F.Fact]:
     """A cancel and REPLICA's seal of it: the job is decided (cancelled)."""
     c = F.sign(SUBMITTER, F.CANCEL, F.Cancel(submit.job_id, "stop", 2000))
-    return [c, F.sign(REPLICA, F.GRANT, F.Grant(submit.job_id, F.SEAL, c.attempt, c.fact_id, 2000))]
+    seal = F.BallotStep(submit.job_id, F.SEAL, 0, 1, SUBMITTER.node_id, c.fact_id, (), 0)
+    return [c, F.sign(REPLICA, F.BALLOT, seal)]
 
 
 def claim(submit: F.Fact) -> F.Fact:
