@@ -49,6 +49,9 @@ class NodeConfig:
     # among the job's replicas, so one replica speaks first), doubling up to the max.
     reannounce_first_s: float = 10.0
     reannounce_max_s: float = 30.0
+    # An undecided job's replicas run a recovery round after this long (0: a
+    # lease and its margin, node/deciding.py).
+    decide_after_s: float = 0.0
     # Re-announcements a replica sends per second: at least the min, plus this
     # many per free worker slot of its own (slots neither busy nor holding a
     # queued offer), at most reannounce_per_s; multiplied by a factor that

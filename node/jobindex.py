@@ -113,6 +113,11 @@ class JobIndex:
         self._next_due.pop(job_id, None)
         self._delay.pop(job_id, None)
 
+    def remind(self, job_id: bytes, when: float) -> None:
+        """Look at ``job_id`` again no later than ``when`` (a recovery round's time)."""
+        if job_id in self._jobs and self._next_due.get(job_id, float("inf")) > when:
+            self._schedule(job_id, when)
+
     def pop_due(self, now: float, limit: int) -> list[Summary]:
         """Jobs due now (at most ``limit``); each is rescheduled with backoff."""
         out: list[Summary] = []

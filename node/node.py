@@ -28,6 +28,7 @@ from workmesh.dht.storage import FactStore
 from workmesh.node import __version__
 from workmesh.node import blobs, keyed, leases, lifecycle, meshview
 from workmesh.node.config import NodeConfig
+from workmesh.node.deciding import Decider
 from workmesh.node.derived import DerivedStates
 from workmesh.node.gossip import Gossip
 from workmesh.node.handlers import BUILTINS, Registry
@@ -36,6 +37,7 @@ from workmesh.node.jobindex import JobIndex
 from workmesh.node.jobs import JobOperations
 from workmesh.node.mesh import Mesh
 from workmesh.node.metrics import Metrics
+from workmesh.node.proposer import RoundDriver
 from workmesh.node.reads import read_job
 from workmesh.node.replica import JobReplica
 from workmesh.node.retention import Retention
@@ -183,6 +185,13 @@ class Node:
         # (previous "" = first seen); the dashboard's flow chart and event stream listen.
         self.status_listeners: list[Callable[[bytes, str, str], None]] = []
         self.insight = NodeInsight(self)
+        self.decider = Decider(
+            RoundDriver(self.identity, self.dht.store, self.clock.wall_ms, read=self._read_facts),
+            self.identity.node_id,
+            lambda state: self.config.decide_after_s or self.config.leases.stale_after_s(state.spec.lease_ms),
+            lambda coro, name: self.dht.protocol.spawn(coro, name),
+            self.log,
+        )
 
     def _monotonic(self) -> float:
         return self.clock.monotonic()
@@ -275,6 +284,9 @@ class Node:
             # dead holder's lease goes stale and the job is re-announced.
             leases.observe(obs, state.facts, self.identity.node_id, self._monotonic())
         deadline = leases.lease_deadline(state, self.identity.node_id, obs, self.config.leases)
+        decide_at = self.decider.note(state, self._monotonic())
+        if decide_at is not None:
+            deadline = decide_at if deadline is None else min(deadline, decide_at)
         previous = self.index.update(state, self._monotonic(), deadline, self._replica_rank(key, state))
         if previous is not None and new:
             self.counters["status_changes"] += 1
@@ -363,6 +375,11 @@ class Node:
             if tokens < 1.0:
                 continue
             for summary in self.index.pop_due(now, REANNOUNCE_BATCH):
+                if self.decider.take(summary.state, now):
+                    continue  # a recovery round decides it (node/deciding.py)
+                decide_at = self.decider.due_at(summary.job_id)
+                if decide_at is not None:
+                    self.index.remind(summary.job_id, decide_at)
                 if tokens >= 1.0:
                     tokens -= 1.0
                     self.counters["reannounced"] += 1
@@ -411,6 +428,14 @@ class Node:
             if isinstance(got, tuple) and got[0] is not None:
                 self.dht.ingest(job_id, list(got[0].facts), self.identity.node_id)
 
+    def _drivers(self) -> list:
+        """Every round driver of this node: recovery, its worker's, its canceller's."""
+        return [self.decider.driver, self.workers.claims.rounds, self.jobs._rounds()]
+
+    async def _read_facts(self, job_id: bytes) -> list:
+        state, _answered = await read_job(self.dht, job_id, self.derived)
+        return list(state.facts) if state is not None else []
+
     def _on_worker_state(self, job_id: bytes, status: str, attempt: int) -> None:
         self.index.mark_own(job_id)
 
@@ -445,6 +470,12 @@ class Node:
                 **{k: self.counters[k] for k in ("reannounced", "reannounce_over_budget")},
             },
             "leases": {**self.replica.statistics(), **self.workers.statistics()},
+            # The job's consensus: recovery rounds of undecided jobs (node/deciding.py),
+            # and every round this node ran as worker, canceller or recovering replica.
+            "consensus": {
+                **self.decider.counters,
+                **{k: sum(d.counters[k] for d in self._drivers()) for k in self.decider.driver.counters},
+            },
             "jobs_api": dict(self.jobs.counters),
             "waits": self.watch.statistics(),
             "derive_cache": self.derived.statistics(),

@@ -300,6 +300,8 @@ class SimMesh:
                 ("rpc", n.dht.protocol.counters),
                 ("node", n.counters),
                 ("jobs", n.jobs.counters),
+                ("decider", n.decider.counters),
+                ("rounds", {k: sum(d.counters[k] for d in n._drivers()) for k in n.decider.driver.counters}),
             )
             for prefix, counters in parts:
                 for name, value in counters.items():

@@ -22,7 +22,10 @@ accepted job to be decided. A scenario only adds the faults:
 * ``cancelrace``: one node crashes for good early, and every job's submitter
   cancels it 0.2-3.5 s after accepting it, racing results that are being
   filed (issue 13, item 1: seals split 2/2 between a result and the cancel
-  when a replica is down).
+  when a replica is down);
+* ``equivocate``: a third of the nodes run workers that file two different
+  ok results of one attempt, each to part of the job's replicas, and never
+  finish their round (issue 13, item 1: votes split 2/2/1).
 
 Fault times and victims come from the scenario's own seeded ``random.Random``.
 """
@@ -245,6 +248,36 @@ async def cancelrace(run: Run) -> None:
     run.cancel_outcomes = outcomes  # read by the figures of a large run
 
 
+def _equivocating(claims) -> None:
+    """Make a worker file two different ok results of one attempt, each to
+    part of the replicas, and stop there: a bug or malice (issue 13, item 1:
+    seals split 2/2/1 and the job could end neither way)."""
+    from workmesh.node import facts as F
+
+    async def report(state, attempt, grants, kind, data, log) -> bool:
+        me = claims.identity
+        results = [
+            F.sign(me, F.RESULT, F.Result(state.job_id, attempt, F.OK, F.canonical_json({"copy": i, "data": data}), tuple(grants), claims.wall_ms()))
+            for i in (1, 2)
+        ]
+        half = max(1, len(state.replicas) // 2)
+        for result, targets in ((results[0], state.replicas[:half]), (results[1], state.replicas[half:])):
+            await claims.dht.store(state.job_id, [result], targets=list(targets), quorum=1, grace_s=0.0)
+        claims.counters["equivocated"] = claims.counters.get("equivocated", 0) + 1
+        return True
+
+    claims.report = report
+
+
+async def equivocate(run: Run) -> None:
+    """A third of the nodes run workers that equivocate on every job they finish."""
+    nodes = run.mesh.joined()
+    liars = run.rng.sample(nodes, max(1, len(nodes) // 3))
+    for sim in liars:
+        _equivocating(sim.node.workers.claims)
+    run.trace.event(f"equivocating workers {sorted(s.name for s in liars)}")
+
+
 WALL_OFFSET_MAX_MS = 29_500  # the clockstep scenario: how far a wall clock strays from true time
 
 SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
@@ -256,4 +289,5 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
     "drift": drift,
     "clockstep": clockstep,
     "cancelrace": cancelrace,
+    "equivocate": equivocate,
 }

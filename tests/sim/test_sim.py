@@ -212,3 +212,18 @@ def test_cancels_racing_results_with_a_replica_down_all_decide(seed):
     _check(figures)
     statuses = figures["jobs_by_status"]
     assert statuses.get("cancelled", 0) > 0 and statuses.get("done", 0) > 0  # the race went both ways
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_an_equivocating_worker_cannot_split_a_job_for_good(seed):
+    """Issue 13, item 1: a third of the workers file two different ok results
+    of one attempt, each to part of the replicas, and never finish their
+    round. Counting seals, such a job's votes split 2/2/1 and it ended
+    neither way. Now each replica votes once per ballot, a quorum of votes is
+    the only certificate, and a replica's recovery round decides the job:
+    every job is decided, with one outcome, read back alike everywhere."""
+    figures = simulate(Params(scenario="equivocate", nodes=8, jobs=12, seed=seed, liveness_deadline_s=60.0))
+    _check(figures)
+    totals = figures["node_totals"]
+    assert totals["worker_equivocated"] >= 1  # the scenario did equivocate
+    assert totals["decider_recoveries_decided"] >= 1  # and recovery rounds decided those jobs
