@@ -14,7 +14,8 @@ and offers the node layer these operations:
 * ``register(method, handler)``: more RPCs (gossip) over the same envelope.
 
 What a record means is not this layer's business: an injected
-:class:`RecordPolicy` validates records and decides what to admit.
+:class:`RecordPolicy` validates records and decides what to admit (the
+contract between the two layers is ``dht/contract.py``).
 """
 
 from __future__ import annotations
@@ -24,18 +25,27 @@ import hashlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from workmesh.crypto.identity import Identity
 from workmesh.dht.config import DHTConfig
+from workmesh.dht.contract import (  # noqa: F401 (re-exported: their old home)
+    REFUSED_BUDGET,
+    REFUSED_DISK,
+    REFUSED_GONE,
+    AcceptAll,
+    Admission,
+    Fetched,
+    Record,
+    RecordPolicy,
+    StoreOutcome,
+)
 from workmesh.dht.crawl import LookupResult, lookup
 from workmesh.dht.envelope import Envelope, check_contact
 from workmesh.dht.protocol import Clock, RPCProtocol
-from workmesh.dht.quorum import StoreOutcome, call_once, gather, gather_quorum, store_outcome
-from workmesh.dht.records import Record
+from workmesh.dht.quorum import call_once, gather, gather_quorum, store_outcome
 from workmesh.dht.routing import Contact, WorkmeshRoutingTable, target_node
 from workmesh.dht.upkeep import Upkeep
 
@@ -48,45 +58,8 @@ SYNC_IDS_PER_REPLY = 1_000
 # answer incomplete: every page carries at least one record, and a key holds
 # at most StorageLimits.records_per_key_max (256) records.
 PAGES_PER_READ_MAX = 300
-# Refusal reasons of a store the replica could not keep (codes for peers, text for people).
-REFUSED_BUDGET = "storage budget exhausted"
-REFUSED_GONE = "gone: retention passed"
-REFUSED_DISK = "not stored: the commit to disk failed"
 # Pings sent at once to each contact a probe asks (DHTServer.probe).
 PROBE_PINGS = 2
-
-
-@dataclass(slots=True)
-class Admission:
-    """What a replica does with a batch of incoming records."""
-
-    accept: list[Record] = field(default_factory=list)
-    produced: list[Record] = field(default_factory=list)  # signed by this node, stored too
-    refused: list[tuple[int, str]] = field(default_factory=list)  # (index in batch, reason)
-
-
-class RecordPolicy(Protocol):
-    def validate(self, key: bytes, raw: bytes) -> Record: ...
-
-    def admit(self, key: bytes, incoming: list[Record], existing: list[Record], sender_id: bytes) -> Admission: ...
-
-    def stored(self, key: bytes, new: list[Record]) -> None: ...
-
-    # Optional: ``worth_repairing(record) -> bool`` limits read repair to durable records;
-    # ``holders(records) -> ids``: nodes that must hold the key besides its r closest.
-
-
-class AcceptAll:
-    """A policy that admits every valid record (tests of the DHT alone)."""
-
-    def __init__(self, validate: Callable[[bytes, bytes], Record]) -> None:
-        self.validate = validate
-
-    def admit(self, key, incoming, existing, sender_id):
-        return Admission(accept=list(incoming))
-
-    def stored(self, key, new):
-        pass
 
 
 def remember(cache: OrderedDict, key: Any, value: Any, size_max: int) -> None:
@@ -107,18 +80,6 @@ class SystemClock:
 
     def wall_ms(self) -> int:
         return int(time.time() * 1000)
-
-
-class Fetched(tuple):
-    """``(records, answered)`` of a read, and ``gone``: the replicas that said
-    they dropped the key when its retention passed (it unpacks as the pair)."""
-
-    gone: frozenset[bytes]
-
-    def __new__(cls, records: list[Record], answered: int, gone: frozenset[bytes] = frozenset()) -> Fetched:
-        self = super().__new__(cls, (records, answered))
-        self.gone = gone
-        return self
 
 
 def _digest_ids(ids: Iterable[bytes]) -> bytes:
