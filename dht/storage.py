@@ -423,10 +423,7 @@ class FactStore:
     # ------------------------------------------------------------------ durability (dht/commit.py)
 
     def flush(self) -> None:
-        """Commit every queued write now, in one transaction (one fsync), on
-        this thread (after a commit the writer thread is running, if any).
-        On failure the queued writes are undone in memory, the waiters get
-        the error and :class:`StorageError` is raised."""
+        """Commit every queued write now, on this thread (see :meth:`GroupCommit.flush`)."""
         self._commits.flush()
 
     def write_mark(self) -> int:
@@ -435,10 +432,8 @@ class FactStore:
 
     async def durable(self, since: int | None = None) -> None:
         """Return once every write made so far is committed (fsync returned);
-        raise :class:`StorageError` if its commit failed, or (with ``since``,
-        a :meth:`write_mark` taken before the caller's writes) if a commit
-        that failed already undid a write made after the mark. Immediate
-        when nothing is queued. An answer that depends on a write awaits this."""
+        raise :class:`StorageError` if a write made after ``since`` was not
+        (see :meth:`GroupCommit.durable`). An answer that depends on a write awaits this."""
         await self._commits.durable(since)
 
     def pending_writes(self) -> int:
