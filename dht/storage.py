@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 Reads are served from an in-memory index (key -> record id -> record,
 ``dht/index.py``); SQLite (WAL, ``synchronous=FULL``: a commit returns after
-its fsync, ``dht/commit.py``) is the durable copy. Every call is synchronous and short, so the node calls it straight from
-the event loop; commits run in a writer thread (group commit, below).
+its fsync, ``dht/commit.py``) is the durable copy. Every call is synchronous
+and short, so the node calls it straight from the event loop; commits run in
+a writer thread (group commit, below).
 
 A merge is split in two. :func:`dht.records.plan_merge` is pure: given what a key holds,
 the incoming records and the limits, it decides what to add, what each slot
@@ -256,8 +257,10 @@ class FactStore:
         ``committed_only``: leave out records whose commit has not returned yet
         (to a reader they arrive with the next read).
         """
-        pending = committed_only and self._commits.has_pending()
-        return self._index.page(key, after, bytes_max, (lambda: self._commits.uncommitted_ids(key)) if pending else None)
+        leave_out = None
+        if committed_only and self._commits.has_pending():
+            leave_out = lambda: self._commits.uncommitted_ids(key)  # noqa: E731
+        return self._index.page(key, after, bytes_max, leave_out)
 
     def record_ids(self, key: bytes) -> set[bytes]:
         return self._index.record_ids(key)
