@@ -5,7 +5,8 @@ placement needs enough live nodes, not every ping: a dead contact must not
 stall the caller for a whole RPC timeout. :func:`gather` runs one call per
 contact and stops waiting once a caller's rule says it has enough plus a
 grace for the stragglers; :func:`gather_quorum` is the replicas' rule, and
-:class:`StoreOutcome` what a store learnt from the replicas' answers.
+:func:`store_outcome` what a store learnt from the replicas' answers
+(a :class:`dht.contract.StoreOutcome`).
 
 Nothing here needs a server: the caller passes how to spawn a tracked task,
 so calls still running when the wait ends go on (and are reaped) there.
@@ -15,40 +16,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from workmesh.dht.records import Record
+from workmesh.dht.contract import StoreOutcome
 from workmesh.dht.routing import Contact
 
 T = TypeVar("T")
 Spawn = Callable[[Awaitable[Any], str], asyncio.Task]
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOutcome:
-    stored_on: int  # replicas (this node included) that now hold every record
-    answered: int  # replicas that replied at all
-    asked: int
-    produced: list[Record]
-    refusals: dict[bytes, list[tuple[int, str]]]  # replica id -> refusals
-    stored_ids: frozenset[bytes] = frozenset()  # the replicas that hold every record
-    answered_ids: frozenset[bytes] = frozenset()  # the replicas that replied
-
-    def reached(self, quorum: int) -> bool:
-        return self.stored_on >= quorum
-
-    def merged(self, other: StoreOutcome) -> StoreOutcome:
-        """One outcome for two stores of the same records on disjoint replicas."""
-        return StoreOutcome(
-            stored_on=self.stored_on + other.stored_on,
-            answered=self.answered + other.answered,
-            asked=self.asked + other.asked,
-            produced=[*self.produced, *other.produced],
-            refusals={**self.refusals, **other.refusals},
-            stored_ids=self.stored_ids | other.stored_ids,
-            answered_ids=self.answered_ids | other.answered_ids,
-        )
 
 
 def store_outcome(replicas: list[Contact], answers: dict[bytes, tuple], missing: tuple) -> StoreOutcome:

@@ -9,8 +9,10 @@ as commutative, associative and idempotent as the union itself; it lets a
 heartbeat (a job's ``renew``) occupy one place instead of growing the set.
 
 What a record means, and whether it is valid, is decided by the layer above
-through a :data:`Validator`; ``node.facts.Fact`` is such a record, with the
-validator ``lambda key, raw: facts.decode(raw, key=key)``. Storage runs the
+through a :data:`Validator` (:class:`Record` and :data:`Validator` are part of
+the DHT's contract, ``dht/contract.py``, and re-exported here);
+``node.facts.Fact`` is such a record, with the validator
+``lambda key, raw: facts.decode(raw, key=key)``. Storage runs the
 validator again on every record it loads from disk, so nothing unverified is
 ever served.
 
@@ -22,48 +24,15 @@ applies it to memory, and tests drive it directly with fake records.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+
+from workmesh.dht.contract import Record, Validator  # noqa: F401 (re-exported)
 
 KEY_BYTES = 20
 RECORD_ID_BYTES = 32
 AUTHOR_ID_BYTES = 20
 _INT64 = range(-(2**63), 2**63)
-
-
-@runtime_checkable
-class Record(Protocol):
-    """A verified signed record.
-
-    Declared as read-only properties so that frozen dataclass fields and
-    computed properties (as on ``Fact``) both satisfy it.
-    """
-
-    @property
-    def raw(self) -> bytes:
-        """The exact signed bytes; what is stored and sent."""
-
-    @property
-    def record_id(self) -> bytes:
-        """The 32-byte hash of ``raw``: the record's identity."""
-
-    @property
-    def author_id(self) -> bytes:
-        """The 20-byte node id of the signer (per-author storage quotas)."""
-
-    @property
-    def slot(self) -> bytes | None:
-        """Records sharing ``(key, slot)`` replace each other; ``None`` = a plain set member."""
-
-    @property
-    def version(self) -> int:
-        """Orders records within one slot; the highest wins."""
-
-
-Validator = Callable[[bytes, bytes], Record]
-"""``validator(key, raw) -> Record``; raises any exception when ``raw`` is not
-a valid record filed under ``key``."""
 
 
 def supersedes(new: Record, old: Record) -> bool:

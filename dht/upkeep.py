@@ -1,40 +1,78 @@
 """The DHT server's background upkeep: hand-off of keys to new neighbours,
 republish, reviving evicted contacts, and refreshing the routing table.
 
-A mixin of :class:`dht.server.DHTServer`, split out of it because these
-loops are one concept: what a node does on its own, on timers, so that keys
-stay on their replicas and the routing table stays whole while nodes come
-and go. It uses the server's state (``records``, ``router``, ``config``,
-``stats``, the hand-off queue and the dormant contacts) and its round trips
-(``sync_to``, ``ping``, ``_lookup``, ``replicas_for``, ``resolve``).
+These loops are one concept: what a node does on its own, on timers, so
+that keys stay on their replicas and the routing table stays whole while
+nodes come and go. :class:`Upkeep` is owned by :class:`dht.server.DHTServer`
+and sees only what it is given:
+
+* the record store (``keys``, ``get``) and the policy (its optional
+  ``holders``);
+* :class:`dht.contacts.Contacts`, through its public round trips
+  (``replicas_for``, ``resolve``, ``lookup_self``, ``has_dormant``,
+  ``revive``) and its routing table's ``find_neighbors``;
+* ``sync_to(contact, key)``: send a replica what it lacks of a key;
+* ``save_contacts()``: persist the routing table.
+
+The server calls :meth:`queue_handoff` for each new neighbour and
+:meth:`start` once it is bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.contacts import Contacts
 from workmesh.dht.routing import Contact, target_node
 
 
 class Upkeep:
-    # Set by DHTServer.__init__ (see there); declared for readers and checkers.
-    records: Any
-    router: Any
-    config: Any
-    policy: Any
-    stats: dict[str, int]
-    node: Contact
+    def __init__(
+        self,
+        config: DHTConfig,
+        records: Any,  # dht.storage.FactStore
+        policy: Any,  # dht.contract.RecordPolicy
+        contacts: Contacts,
+        sync_to: Callable[[Contact, bytes], Awaitable[int]],
+        save_contacts: Callable[[], None],
+        stats: dict[str, int],
+    ) -> None:
+        self.config = config
+        self.records = records
+        self.policy = policy
+        self.contacts = contacts
+        self.sync_to = sync_to
+        self.save_contacts = save_contacts
+        self.stats = stats
+        self._handoff: OrderedDict[tuple[bytes, bytes], Contact] = OrderedDict()
+        self._handoff_wakeup = asyncio.Event()
+        self.revive_interval_s = 5.0
+        self.revive_per_round = 3
 
-    def _queue_handoff(self, contact: Contact) -> None:
+    def start(self, spawn: Callable[[Awaitable[Any], str], asyncio.Task]) -> list[asyncio.Task]:
+        """Start every loop as a task of ``spawn``; the caller cancels them."""
+        return [
+            spawn(self.republish_loop(), "republish"),
+            spawn(self.refresh_loop(), "refresh"),
+            spawn(self.handoff_loop(), "handoff"),
+            spawn(self.revive_loop(), "revive"),
+        ]
+
+    # ------------------------------------------------------------- hand-off
+    def queue_handoff(self, contact: Contact) -> None:
         """A new neighbour: hand it the keys it is now a replica for (stored key, not its hash)."""
+        router, node, r = self.contacts.router, self.contacts.node, self.config.replicas
         target_keys = []
         for key in self.records.keys():
             target = target_node(key)
-            closest = self.router.find_neighbors(target, k=self.config.replicas)
-            if len(closest) < self.config.replicas or contact.distance_to(target) <= closest[-1].distance_to(target):
+            closest = router.find_neighbors(target, k=r)
+            if len(closest) < r or contact.distance_to(target) <= closest[-1].distance_to(target):
                 # We hand off only if we are a replica ourselves (closer than the r-th contact).
-                if len(closest) < self.config.replicas or self.node.distance_to(target) <= closest[-1].distance_to(target):
+                if len(closest) < r or node.distance_to(target) <= closest[-1].distance_to(target):
                     target_keys.append(key)
         for key in target_keys:
             if len(self._handoff) >= self.config.handoff_queue_max:
@@ -44,7 +82,7 @@ class Upkeep:
         if target_keys:
             self._handoff_wakeup.set()
 
-    async def _handoff_loop(self) -> None:
+    async def handoff_loop(self) -> None:
         interval = 1.0 / self.config.handoff_per_s
         while True:
             await self._handoff_wakeup.wait()
@@ -55,76 +93,42 @@ class Upkeep:
                 await self.sync_to(contact, key)
                 await asyncio.sleep(interval)
 
+    # ------------------------------------------------------------ republish
     async def republish(self) -> int:
         """Send every key we hold to its current replicas, only what they lack."""
         sent = 0
+        me = self.contacts.node.id
         holders = getattr(self.policy, "holders", None)
         for key in self.records.keys():
-            replicas = await self.replicas_for(key)
+            replicas = await self.contacts.replicas_for(key)
             # Nodes the policy says must hold the key too (a fixed replica set).
             named = [i for i in (holders(self.records.get(key)) if holders else ()) if i not in {c.id for c in replicas}]
-            if not any(c.id == self.node.id for c in replicas) and self.node.id not in named:
+            if not any(c.id == me for c in replicas) and me not in named:
                 continue
             if named:
-                replicas = replicas + await self.resolve(named)
-            counts = await asyncio.gather(*(self.sync_to(c, key) for c in replicas if c.id != self.node.id))
+                replicas = replicas + await self.contacts.resolve(named)
+            counts = await asyncio.gather(*(self.sync_to(c, key) for c in replicas if c.id != me))
             sent += sum(counts)
         self.stats["republished_records"] += sent
         return sent
 
-    async def _republish_loop(self) -> None:
+    async def republish_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.republish_interval_s)
             await self.republish()
             self.save_contacts()
 
-    def has_dormant(self) -> bool:
-        return bool(self._dormant)
-
-    def dormant_count(self) -> int:
-        """Evicted contacts still remembered (and pinged now and then)."""
-        return len(self._dormant)
-
-    async def revive(self, count: int) -> int:
-        """Ping up to ``count`` evicted contacts, oldest first; those that answer
-        (and prove their key) rejoin the routing table. Returns how many did.
-
-        Without this, the two sides of a healed partition would each have
-        evicted the other and never look across again."""
-        async with self._revive_lock:  # one round at a time (the loop, reads that missed)
-            revived = await self._revive(count)
-        if revived:
-            self.stats["contacts_revived"] += revived
-            self._replica_cache.clear()
-            seeds = self.router.find_neighbors(self.node, k=self.config.k)
-            await self._lookup(self.identity.node_id, seeds)
-        return revived
-
-    async def _revive(self, count: int) -> int:
-        revived = 0
-        for contact in list(self._dormant.values())[:count]:
-            if contact.id not in self._dormant:
-                continue
-            self._dormant.move_to_end(contact.id)  # the next round tries others
-            if self.router.get(contact.id) is not None:
-                self._dormant.pop(contact.id, None)
-                continue
-            back = await self.ping(contact.addr)
-            if back is not None and back.id == contact.id:
-                self._dormant.pop(contact.id, None)
-                revived += 1
-        return revived
-
-    async def _revive_loop(self) -> None:
+    # ------------------------------------------------------ revive, refresh
+    async def revive_loop(self) -> None:
         while True:
             await asyncio.sleep(self.revive_interval_s)
-            if self._dormant:
-                await self.revive(self.revive_per_round)
+            if self.contacts.has_dormant():
+                await self.contacts.revive(self.revive_per_round)
 
-    async def _refresh_loop(self) -> None:
+    async def refresh_loop(self) -> None:
         while True:
-            thin = len(self.router) < self.config.k
+            thin = len(self.contacts.router) < self.config.k
             await asyncio.sleep(self.config.refresh_thin_interval_s if thin else self.config.refresh_interval_s)
-            seeds = self.router.find_neighbors(self.node, k=self.config.k)
+            seeds = self.contacts.router.find_neighbors(self.contacts.node, k=self.config.k)
             if seeds:
-                await self._lookup(self.identity.node_id, seeds)
+                await self.contacts.lookup_self(seeds)

@@ -260,8 +260,8 @@ class SimMesh:
             return previous
 
         sim.node.index.update = update
-        dht = sim.node.dht
-        lookup = dht._lookup
+        contacts = sim.node.dht.contacts  # every lookup of the node goes through contacts.lookup
+        lookup = contacts.lookup
         on_lookup = self._on_lookup
 
         async def traced_lookup(key, seeds):
@@ -269,7 +269,7 @@ class SimMesh:
             on_lookup(sim, key, result)
             return result
 
-        dht._lookup = traced_lookup
+        contacts.lookup = traced_lookup
 
     async def start(self, sim: SimNode, bootstrap: list[Addr]) -> int:
         await sim.node.start(bind=self.network.bind(sim.addr))

@@ -88,7 +88,7 @@ async def test_a_table_that_lacks_nodes_a_lookup_named_is_not_taken_for_the_whol
         assert await late.dht.ping(nodes[0].dht.address) is not None
         assert late.dht.router_is_complete()  # one contact, nothing heard of: looks whole
         # One find_node answer names the others; none of them is asked yet.
-        named = await late.dht._ask_find_node(late.dht.node.id, late.dht.router.contacts()[0])
+        named = await late.dht.contacts.ask_find_node(late.dht.node.id, late.dht.router.contacts()[0])
         assert named and late.dht.heard_count() >= 3
         assert len(late.dht.router) == 1
         assert not late.dht.router_is_complete()

@@ -217,7 +217,7 @@ async def test_library_hand_off_rehashes_stored_keys_ours_hands_off_the_stored_k
         return [True, [], []] if method == "store" else []
 
     new_contact = net.add(newcomer, newcomer_answers)
-    handoff = server.protocol.spawn(server._handoff_loop(), "handoff")
+    handoff = server.protocol.spawn(server.upkeep.handoff_loop(), "handoff")
     try:
         await server.call(new_contact, "ping", [])  # the newcomer proves itself
         await asyncio.wait_for(synced.wait(), 2.0)

@@ -1,0 +1,323 @@
+"""The record store's SQLite side: the database connection and its group commit.
+
+:class:`Database` is the connection (WAL, ``synchronous=FULL``: a commit
+returns after its fsync), the schema, and one-at-a-time access to it from
+the event loop or the writer thread (:meth:`Database.transaction`,
+:meth:`Database.read`); any SQLite failure becomes :class:`StorageError`.
+
+:class:`GroupCommit` queues writes already applied to memory, each with the
+``undo`` that reverts memory should its commit fail. The writes queued
+during one event-loop turn are committed in one transaction (one fsync) at
+the start of the next turn, in a writer thread while the loop goes on;
+writes arriving meanwhile form the next commit. :meth:`GroupCommit.durable`
+returns once everything written so far is committed. Commit listeners see
+every commit that returned (:class:`CommitEvent`). It knows nothing of
+records: ``dht/storage.py`` decides what to write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+WAL_BYTES_MAX = 64 * 2**20  # the WAL file is truncated to this after a checkpoint
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    key BLOB NOT NULL, record_id BLOB NOT NULL, slot BLOB NULL,
+    version INTEGER NOT NULL, author BLOB NOT NULL, raw BLOB NOT NULL,
+    PRIMARY KEY (key, record_id));
+CREATE TABLE IF NOT EXISTS contacts (
+    position INTEGER PRIMARY KEY, node_id BLOB NOT NULL, ip TEXT NOT NULL,
+    port INTEGER NOT NULL, public_key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS decided (key BLOB PRIMARY KEY, at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS gone (key BLOB PRIMARY KEY, at_ms INTEGER NOT NULL);
+"""
+
+# SQL statements with their rows: one write.
+Ops = list[tuple[str, list[tuple]]]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitEvent:
+    """One commit that returned: its fsync is done (``synchronous=FULL``).
+
+    ``ids``: the (key, record id) of every record it made durable; ``ops``:
+    writes it carried (merges, decisions noted); ``commit_s``: how long the
+    commit (and so its fsync) took."""
+
+    seq: int
+    ids: tuple[tuple[bytes, bytes], ...]
+    ops: int
+    commit_s: float
+
+
+class StorageError(Exception):
+    """The database cannot be opened, read or written (disk full, corrupt file, closed store)."""
+
+
+class Database:
+    """The SQLite connection (``path`` None: in memory), used by one thread at a time."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, stats: Counter[str]) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # one user of the connection at a time (loop or writer thread)
+        self._stats = stats
+
+    def connect(self) -> None:
+        """Open the database and create or check its schema (sqlite3.Error passes)."""
+        target = ":memory:"
+        if self.path is not None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            target = os.fspath(self.path)
+        # One thread at a time, but not necessarily the opening one: a large
+        # store takes seconds to re-verify, so open() may run in a worker.
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"store schema {version} is newer than this code ({SCHEMA_VERSION})")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # a commit returns after its fsync
+        conn.execute(f"PRAGMA journal_size_limit={WAL_BYTES_MAX}")
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def db(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise StorageError("store is not open")
+        return self.conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; any SQLite failure becomes :class:`StorageError`."""
+        conn = self.db()
+        with self._lock:
+            try:
+                conn.execute("BEGIN")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StorageError(f"store write failed: {exc}") from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        self._stats["writes"] += 1
+
+    def read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            with self._lock:
+                return self.db().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"store read failed: {exc}") from exc
+
+
+class GroupCommit:
+    """Writes queued in one event-loop turn, committed together in a writer thread.
+
+    ``group`` False: every write commits (and fsyncs) on its own. A database
+    in memory (simulator, tests) has no disk to wait for: its commits run on
+    the loop's thread."""
+
+    def __init__(self, database: Database, stats: Counter[str], *, group: bool = True) -> None:
+        self._database = database
+        self._stats = stats
+        self._group = group
+        self._batch: list[tuple[Ops, Callable[[], None], list[tuple[bytes, bytes]], int]] = []
+        self._flush_scheduled = False
+        self._durable_waiters: list[asyncio.Future] = []
+        self._commit_listeners: list[Callable[[CommitEvent], None]] = []
+        self._commit_seq = 0
+        self.commit_s_total = 0.0
+        self._inflight: tuple[list, list[asyncio.Future]] | None = None  # the commit the writer thread runs
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._write_seq = 0  # writes queued so far
+        self._lost_seq = 0  # the newest write a failed commit undid
+
+    def write(self, ops: Ops, undo: Callable[[], None], ids: list[tuple[bytes, bytes]]) -> None:
+        """Queue writes already applied to memory; ``undo`` reverts memory if their commit fails.
+
+        Without group commit (or outside an event loop) they commit now, and a
+        failure raises :class:`StorageError` with memory as it was. With it,
+        they go to disk with the rest of this loop turn's writes in one
+        transaction, committed in the store's writer thread while the loop
+        goes on; :meth:`durable` waits for that commit."""
+        self._write_seq += 1
+        self._batch.append((ops, undo, ids, self._write_seq))
+        if not self._group:
+            self.flush()
+            return
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        """Start the commit of what is queued, unless one is running (its end starts the next)."""
+        self._flush_scheduled = False
+        if self._inflight is not None or not self._batch:
+            return
+        if self._database.path is None:  # in memory (simulator, tests): no disk to wait for
+            try:
+                self.flush()
+            except StorageError:
+                pass  # counted, and every waiter got the error
+            return
+        batch, waiters = self._take()
+        self._inflight = (batch, waiters)
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
+        done = asyncio.get_running_loop().run_in_executor(self._writer, self._commit, batch)
+        done.add_done_callback(self._committed)
+
+    def _committed(self, done: asyncio.Future) -> None:
+        assert self._inflight is not None
+        batch, waiters = self._inflight
+        self._inflight = None
+        exc = done.exception()
+        if exc is not None:
+            self._failed(batch, waiters, exc if isinstance(exc, StorageError) else StorageError(str(exc)))
+        else:
+            self._succeeded(batch, waiters, done.result())
+        if self._batch:
+            self._schedule_flush()
+
+    def _take(self) -> tuple[list, list[asyncio.Future]]:
+        batch, self._batch = self._batch, []
+        waiters, self._durable_waiters = self._durable_waiters, []
+        return batch, waiters
+
+    def _commit(self, batch: list) -> float:
+        """Write ``batch`` in one transaction; its COMMIT returns after the fsync. Any thread."""
+        started = time.perf_counter()
+        with self._database.transaction() as conn:
+            for ops, *_rest in batch:
+                for sql, rows in ops:
+                    conn.executemany(sql, rows)
+        return time.perf_counter() - started
+
+    def _succeeded(self, batch: list, waiters: list[asyncio.Future], took: float) -> None:
+        self._commit_seq += 1
+        self.commit_s_total += took
+        self._stats["commits"] += 1
+        self._stats["committed_ops"] += len(batch)
+        event = CommitEvent(self._commit_seq, tuple(i for _o, _u, ids, _s in batch for i in ids), len(batch), took)
+        for listener in self._commit_listeners:
+            listener(event)
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _failed(self, batch: list, waiters: list[asyncio.Future], exc: StorageError) -> None:
+        """A commit failed: undo it and everything queued after it (newest
+        first), and fail every waiter. Nothing of it was promised."""
+        pending, pending_waiters = self._take()
+        undone = batch + pending
+        self._stats["commit_failures"] += 1
+        self._lost_seq = max(self._lost_seq, undone[-1][3])
+        for _ops, undo, *_rest in reversed(undone):
+            undo()
+        for w in waiters + pending_waiters:
+            if not w.done():
+                w.set_exception(exc)
+
+    def flush(self) -> None:
+        """Commit every queued write now, in one transaction (one fsync), on
+        this thread (after a commit the writer thread is running, if any).
+        On failure the queued writes are undone in memory, the waiters get
+        the error and :class:`StorageError` is raised."""
+        self._flush_scheduled = False
+        if not self._batch:
+            return
+        batch, waiters = self._take()
+        try:
+            took = self._commit(batch)
+        except StorageError as exc:
+            self._failed(batch, waiters, exc)
+            raise
+        self._succeeded(batch, waiters, took)
+
+    def close(self) -> None:
+        """Commit what is queued (what fails was never promised) and stop the writer thread."""
+        try:
+            self.flush()
+        except StorageError:
+            pass  # what was not written was never promised (no waiter got its answer)
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # a commit in flight ends first
+            self._writer = None
+
+    def write_mark(self) -> int:
+        """A mark to pass to :meth:`durable`: the writes queued so far."""
+        return self._write_seq
+
+    async def durable(self, since: int | None = None) -> None:
+        """Return once every write made so far is committed (fsync returned);
+        raise :class:`StorageError` if its commit failed, or (with ``since``,
+        a :meth:`write_mark` taken before the caller's writes) if a commit
+        that failed already undid a write made after the mark. Immediate
+        when nothing is queued. An answer that depends on a write awaits this."""
+        if since is not None and self._lost_seq > since:
+            raise StorageError("a write this answer depends on was not committed")
+        if not self._batch and self._inflight is None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._batch:
+            self._durable_waiters.append(waiter)
+            self._schedule_flush()
+        else:
+            self._inflight[1].append(waiter)
+        await waiter
+
+    def has_pending(self) -> bool:
+        """Are writes queued or being committed?"""
+        return bool(self._batch) or self._inflight is not None
+
+    def pending_writes(self) -> int:
+        """Writes applied in memory whose commit has not returned yet."""
+        return len(self._batch) + (len(self._inflight[0]) if self._inflight is not None else 0)
+
+    def uncommitted_ids(self, key: bytes) -> set[bytes]:
+        """The record ids of ``key`` whose commit has not returned yet."""
+        batches = [self._batch] + ([self._inflight[0]] if self._inflight is not None else [])
+        return {rid for b in batches for _o, _u, ids, _s in b for k, rid in ids if k == key}
+
+    def add_commit_listener(self, listener: Callable[[CommitEvent], None]) -> None:
+        """Call ``listener(event)`` after each commit returned (a seam for tests and metrics)."""
+        self._commit_listeners.append(listener)

@@ -1,0 +1,320 @@
+"""What a DHT node knows about its peers, and how it reaches them.
+
+:class:`Contacts` owns the routing table and everything the node learns
+about other nodes as it talks to them:
+
+* which contacts proved themselves (answered a request sent to their
+  address) and when each last answered (``answered_age_s``, ``failures``);
+* the evicted (*dormant*) contacts, pinged now and then so a healed
+  partition reconnects (``revive``);
+* the node ids lookups named (``heard_count``: a lower bound of the mesh's
+  size that a thin table cannot shrink);
+* short-lived caches of replica sets and resolved node ids.
+
+Its round trips: ``call`` (request/reply with a known contact, routing-table
+bookkeeping included), ``ping``, iterative ``lookup``, ``replicas_for``
+(the r closest nodes of a key) and ``resolve`` (contacts for node ids).
+Every lookup goes through the ``lookup`` attribute, so an instance wrapper
+(the simulator's tracing) sees them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from workmesh.crypto.identity import Identity
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.crawl import LookupResult, lookup
+from workmesh.dht.envelope import Envelope, check_contact
+from workmesh.dht.protocol import Clock, RPCProtocol
+from workmesh.dht.routing import Contact, WorkmeshRoutingTable, target_node
+
+
+def remember(cache: OrderedDict, key: Any, value: Any, size_max: int) -> None:
+    """Put ``key`` in a bounded recency map as its newest entry, and drop the
+    oldest entries past ``size_max`` (the caches of contacts, answers and
+    replica sets are all kept this way)."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size_max:
+        cache.popitem(last=False)
+
+
+def sender_contact(env: Envelope, addr: tuple[str, int]) -> Contact:
+    """The contact a request claims to come from (its key proved, its address not yet)."""
+    return Contact(env.sender_id, addr[0], addr[1], env.sender_key)
+
+
+class Contacts:
+    def __init__(
+        self, identity: Identity, config: DHTConfig, clock: Clock, protocol: RPCProtocol, stats: dict[str, int]
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self.clock = clock
+        self.protocol = protocol
+        self.stats = stats
+        self.node = Contact(identity.node_id, "0.0.0.0", 0, identity.public_key)
+        self.router = WorkmeshRoutingTable(
+            self.node,
+            config.k,
+            evict_after_failures=config.evict_after_failures,
+            contacts_per_prefix_max=config.contacts_per_prefix_max,
+            on_full=self._check_head,
+        )
+        # Called with each contact that newly joined the table (the server hands it keys).
+        self.on_new_neighbour: Callable[[Contact], None] = lambda contact: None
+        self._verifying: set[bytes] = set()
+        self._verifying_addrs: set[tuple[str, int]] = set()
+        self._met: OrderedDict[bytes, float] = OrderedDict()
+        self._replica_cache: OrderedDict[bytes, tuple[float, list[Contact]]] = OrderedDict()
+        self._resolved: OrderedDict[bytes, tuple[float, Contact]] = OrderedDict()
+        # Evicted contacts, pinged now and then so a healed partition reconnects.
+        self._dormant: OrderedDict[bytes, Contact] = OrderedDict()
+        self.dormant_max = 256
+        # Node ids named in lookup replies: evidence of how large the mesh is,
+        # even when a lossy join left this node's own table thin.
+        self._heard: OrderedDict[bytes, None] = OrderedDict()
+        self.heard_max = 1024
+        # When each contact last answered a request of ours (monotonic s), the
+        # most recent answered_max: what placing a job on it now relies on.
+        self._answered: OrderedDict[bytes, float] = OrderedDict()
+        self.answered_max = 10_000
+        self._revive_lock = asyncio.Lock()
+        self.replica_cache_ttl_s = 5.0
+        self.lookups: deque[LookupResult] = deque(maxlen=1000)
+
+    # -------------------------------------------------------- proving peers
+    def _proved(self, contact: Contact) -> None:
+        """``contact`` answered a request we sent to its address: it holds its key there."""
+        remember(self._answered, contact.id, self.clock.monotonic(), self.answered_max)
+        is_new = self.router.get(contact.id) is None
+        self.router.add_contact(contact)
+        if is_new and self.router.get(contact.id) is not None and self._newly_met(contact.id):
+            self.on_new_neighbour(contact)
+
+    def _newly_met(self, node_id: bytes) -> bool:
+        """True unless we met this peer within a republish interval (an evicted,
+        re-added peer already holds what we would hand it; republish covers the rest)."""
+        now = self.clock.monotonic()
+        last = self._met.get(node_id)
+        remember(self._met, node_id, now, 10_000)
+        return last is None or now - last > self.config.republish_interval_s
+
+    def _check_head(self, head: Contact) -> None:
+        self.protocol.spawn(self.ping_contact(head), "ping_head")
+
+    def verify_later(self, contact: Contact) -> None:
+        """A signed request proves the key; a reply to our ping proves the address.
+
+        Bounded: one verification per node id and one per source address at a
+        time (many keys behind one address earn one ping, not one each), and
+        ``pending_verifications_max`` in all; the ping is no larger than any
+        request that can cause it (a MAC'd ping, the smallest request there is)."""
+        if (
+            contact.id in self._verifying
+            or contact.addr in self._verifying_addrs
+            or len(self._verifying) >= self.config.pending_verifications_max
+        ):
+            self.stats["verifications_skipped"] += 1
+            return
+        self._verifying.add(contact.id)
+        self._verifying_addrs.add(contact.addr)
+
+        async def verify() -> None:
+            try:
+                await self.ping_contact(contact)
+            finally:
+                self._verifying.discard(contact.id)
+                self._verifying_addrs.discard(contact.addr)
+
+        self.protocol.spawn(verify(), "verify_contact")
+
+    # ----------------------------------------------------------- round trips
+    async def ping_contact(self, contact: Contact) -> bool:
+        return await self.call(contact, "ping", []) is not None
+
+    async def ping(self, addr: tuple[str, int]) -> Contact | None:
+        env = await self.protocol.request(addr, "ping", [], expect_id=None)
+        if env is None or env.method == "error":
+            return None
+        contact = Contact(env.sender_id, addr[0], addr[1], env.sender_key)
+        self._proved(contact)
+        return contact
+
+    async def call(self, contact: Contact, method: str, args: list, timeout_s: float | None = None) -> list | None:
+        """Request/reply with a known contact; routing-table bookkeeping included."""
+        env = await self.protocol.request(
+            contact.addr, method, args, expect_id=contact.id, peer_key=contact.public_key, timeout_s=timeout_s
+        )
+        if env is None:
+            if self.router.record_failure(contact):
+                self._replica_cache.clear()  # an evicted contact may sit in cached replica sets
+                remember(self._dormant, contact.id, contact, self.dormant_max)
+            return None
+        self._proved(contact)
+        if env.method == "error":
+            return None
+        return env.args
+
+    async def ask_find_node(self, key: bytes, contact: Contact) -> list[Contact] | None:
+        reply = await self.call(contact, "find_node", [key])
+        if reply is None:
+            return None
+        self.stats["find_node_replies"] += 1
+        found = []
+        for entry in reply[: self.config.k * 2]:
+            checked = check_contact(entry)
+            if checked is None:
+                self.stats["third_party_contacts_rejected"] += 1
+                continue
+            if checked[0] != self.identity.node_id:
+                found.append(Contact(*checked))
+                remember(self._heard, checked[0], None, self.heard_max)
+        return found
+
+    async def lookup(self, key: bytes, seeds: list[Contact]) -> LookupResult:
+        self.stats["lookups"] += 1
+        result = await lookup(
+            key, seeds, lambda c: self.ask_find_node(key, c), k=self.config.k, alpha=self.config.alpha
+        )
+        self.lookups.append(result)
+        return result
+
+    async def lookup_self(self, seeds: list[Contact]) -> LookupResult:
+        """Look this node's own id up (join, refresh, after a revival)."""
+        return await self.lookup(self.identity.node_id, seeds)
+
+    # ---------------------------------------------------------- replica sets
+    async def replicas_for(self, key: bytes, *, count: int | None = None, fresh: bool = False) -> list[Contact]:
+        """The ``count`` (default r) closest nodes to ``key``, this node included
+        when it is one. ``count`` may exceed r (a wider read, a placement's
+        candidates), up to k."""
+        count = min(count or self.config.replicas, self.config.k)
+        now = self.clock.monotonic()
+        cached = self._replica_cache.get(key)
+        if cached is not None and not fresh and now - cached[0] < self.replica_cache_ttl_s and len(cached[1]) >= count:
+            return cached[1][:count]
+        target = target_node(key)
+        seeds = self.router.find_neighbors(target, k=self.config.k)
+        if self.router_is_complete():
+            # No bucket ever overflowed: the table holds the whole mesh we can
+            # reach (at most k other nodes), so the closest are known locally.
+            return sorted([*seeds, self.node], key=target.distance_to)[:count]
+        found = (await self.lookup(key, seeds)).contacts if seeds else []
+        everyone = {c.id: c for c in found}
+        everyone[self.node.id] = self.node
+        wanted = max(count, self.config.replicas)
+        if len(everyone) < wanted + 1:
+            # A lookup cut short by lost replies: fall back on contacts we know.
+            for c in seeds:
+                everyone.setdefault(c.id, c)
+        closest = sorted(everyone.values(), key=target.distance_to)[:wanted]
+        remember(self._replica_cache, key, (now, closest), 4096)
+        return closest[:count]
+
+    async def resolve(self, ids: Iterable[bytes], *, fresh: bool = False) -> list[Contact]:
+        """Contacts for node ids (this node included), from the routing table
+        or, for ids it lacks, from a lookup of each id. Ids nobody knows are
+        left out."""
+        out: list[Contact] = []
+        now = self.clock.monotonic()
+        for node_id in ids:
+            if node_id == self.node.id:
+                out.append(self.node)
+                continue
+            contact = self.router.get(node_id)
+            if contact is None and not fresh:
+                cached = self._resolved.get(node_id)
+                if cached is not None and now - cached[0] < self.replica_cache_ttl_s:
+                    contact = cached[1]
+            if contact is None:
+                seeds = self.router.find_neighbors(target_node(node_id), k=self.config.k)
+                found = (await self.lookup(node_id, seeds)).contacts if seeds else []
+                contact = next((c for c in found if c.id == node_id), None)
+                if contact is not None:
+                    remember(self._resolved, node_id, (now, contact), 4096)
+            if contact is not None:
+                out.append(contact)
+        return out
+
+    def is_replica_locally(self, key: bytes) -> bool:
+        """From our routing table alone: are we among the r closest to ``key``?"""
+        target = target_node(key)
+        others = self.router.find_neighbors(target, k=self.config.replicas)
+        if len(others) < self.config.replicas:
+            return True
+        return self.node.distance_to(target) < others[-1].distance_to(target)
+
+    # ------------------------------------------------------ what we know
+    def answered_age_s(self, node_id: bytes) -> float | None:
+        """Seconds since ``node_id`` last answered a request of ours (0 for this
+        node itself; None if it never did, or that was forgotten)."""
+        if node_id == self.node.id:
+            return 0.0
+        at = self._answered.get(node_id)
+        return None if at is None else self.clock.monotonic() - at
+
+    def failures(self, node_id: bytes) -> int:
+        """Requests to ``node_id`` that went unanswered in a row (0 once it answers)."""
+        return 0 if node_id == self.node.id else self.router.failures(node_id)
+
+    def router_is_complete(self) -> bool:
+        """True while the table is one unsplit bucket, not full and without
+        replacements: it never held more than k contacts, so it knows the whole
+        mesh it can reach. A table that split once may miss closer nodes, and
+        so does one that lacks nodes lookups named (a join whose replies were
+        lost leaves a thin table that only looks complete)."""
+        buckets = self.router.buckets
+        return (
+            len(buckets) == 1
+            and len(buckets[0]) < self.config.k
+            and not buckets[0].replacement_nodes
+            and all(i in buckets[0].nodes or i in self._dormant for i in self._heard)
+        )
+
+    def heard_count(self) -> int:
+        """Distinct other nodes named in lookup replies (bounded): a lower bound
+        of the mesh's size that a thin routing table cannot shrink."""
+        return len(self._heard)
+
+    # ------------------------------------------------------ evicted contacts
+    def has_dormant(self) -> bool:
+        return bool(self._dormant)
+
+    def dormant_count(self) -> int:
+        """Evicted contacts still remembered (and pinged now and then)."""
+        return len(self._dormant)
+
+    async def revive(self, count: int) -> int:
+        """Ping up to ``count`` evicted contacts, oldest first; those that answer
+        (and prove their key) rejoin the routing table. Returns how many did.
+
+        Without this, the two sides of a healed partition would each have
+        evicted the other and never look across again."""
+        async with self._revive_lock:  # one round at a time (the loop, reads that missed)
+            revived = await self._revive(count)
+        if revived:
+            self.stats["contacts_revived"] += revived
+            self._replica_cache.clear()
+            seeds = self.router.find_neighbors(self.node, k=self.config.k)
+            await self.lookup_self(seeds)
+        return revived
+
+    async def _revive(self, count: int) -> int:
+        revived = 0
+        for contact in list(self._dormant.values())[:count]:
+            if contact.id not in self._dormant:
+                continue
+            self._dormant.move_to_end(contact.id)  # the next round tries others
+            if self.router.get(contact.id) is not None:
+                self._dormant.pop(contact.id, None)
+                continue
+            back = await self.ping(contact.addr)
+            if back is not None and back.id == contact.id:
+                self._dormant.pop(contact.id, None)
+                revived += 1
+        return revived
