@@ -129,8 +129,16 @@ class Fetched(tuple):
     they dropped the key when its retention passed (it unpacks as the pair)."""
 
     gone: frozenset[bytes]
+    answered_ids: frozenset[bytes]  # the nodes that answered in full
 
-    def __new__(cls, records: list[Record], answered: int, gone: frozenset[bytes] = frozenset()) -> Fetched:
+    def __new__(
+        cls,
+        records: list[Record],
+        answered: int,
+        gone: frozenset[bytes] = frozenset(),
+        answered_ids: frozenset[bytes] = frozenset(),
+    ) -> Fetched:
         self = super().__new__(cls, (records, answered))
         self.gone = gone
+        self.answered_ids = answered_ids
         return self

@@ -237,7 +237,8 @@ class Replication:
                         self.ingest(key, missing, self.node.id)
                     else:
                         self.protocol.spawn(self._push(contact, key, missing), "repair")
-        return Fetched(list(merged.values()), answered, frozenset(gone))
+        answered_ids = frozenset(c.id for c, recs in answers if recs is not None)
+        return Fetched(list(merged.values()), answered, frozenset(gone), answered_ids)
 
     async def read_all(self, contact: Contact, key: bytes, gone: set[bytes] | None = None) -> list[Record] | None:
         """Every record ``contact`` holds for ``key``, page after page; None when

@@ -104,6 +104,7 @@ REASONS: dict[tuple[str, str], tuple[str, str]] = {
     ("leases", "claims_refused"): ("leases_facts_refused", "claim"),
     ("leases", "renews_refused"): ("leases_facts_refused", "renew"),
     ("leases", "facts_refused"): ("leases_facts_refused", "other"),
+    ("leases", "ballots_refused"): ("leases_facts_refused", "ballot"),
     ("dht", "handoffs_dropped"): ("dht_handoffs_dropped", "queue_full"),
     ("dht", "third_party_contacts_rejected"): ("dht_contacts_rejected", "third_party"),
     ("dht", "outstanding_full"): ("dht_requests_skipped", "outstanding_full"),

@@ -82,11 +82,13 @@ async def read_job(dht: DHTServer, job_id: bytes, derived: DerivedStates | None 
             # may be the other half (they rejoin the routing table).
             await dht.revive(REVIVE_ON_MISS)
         wider_ids = [i for i in _wider(dht, job_id, closest) if i not in asked]
-        # Ask the first ones again too: the read returned once a majority had
-        # answered, and an empty majority may have answered before the nodes
-        # that hold the job (seen in the simulator: a job placed during a
-        # partition read as not found). This search waits for every answer.
-        wide = await dht.fetch(job_id, also=[*asked, *wider_ids], until_found=True)
+        # Ask again the first ones that had not answered: the read returned
+        # once a majority had answered, and an empty majority may answer
+        # before the nodes that hold the job (seen in the simulator: a job
+        # placed during a partition read as not found). This search waits
+        # for every answer.
+        unanswered = [i for i in asked if i not in fetched.answered_ids]
+        wide = await dht.fetch(job_id, also=[*unanswered, *wider_ids], until_found=True, skip=fetched.answered_ids)
         facts, wider = wide
         state = state_of(derived, facts)
         answered += wider
