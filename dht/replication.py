@@ -27,6 +27,7 @@ import asyncio
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
+from workmesh.dht.commit import StorageError
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.contacts import Contacts
 from workmesh.dht.contract import REFUSED_BUDGET, REFUSED_DISK, REFUSED_GONE, Fetched, Record, RecordPolicy, StoreOutcome
@@ -147,7 +148,10 @@ class Replication:
             """(answered, stored all, refusals, produced records)"""
             if contact.id == self.node.id:
                 mark = self.records.write_mark()
-                ok, refused, produced = self.ingest(key, records, self.node.id)
+                try:
+                    ok, refused, produced = self.ingest(key, records, self.node.id)
+                except StorageError:
+                    return False, False, [], []  # this node is stopping: it answers as a down replica would
                 if not await self.durable(mark):
                     return True, False, [(i, REFUSED_DISK) for i in range(len(records))], []
                 return True, ok, refused, produced
