@@ -12,5 +12,6 @@ GRANT = "workmesh/grant/v1"
 RESULT = "workmesh/result/v1"
 CANCEL = "workmesh/cancel/v1"
 BALLOT = "workmesh/ballot/v1"
+CONFIG = "workmesh/config/v1"
 
-ALL = frozenset({RPC, SUBMIT, CLAIM, RENEW, GRANT, RESULT, CANCEL, BALLOT})
+ALL = frozenset({RPC, SUBMIT, CLAIM, RENEW, GRANT, RESULT, CANCEL, BALLOT, CONFIG})

@@ -113,7 +113,9 @@ class Claims:
         # The next attempt after the highest one replicas signed for; their
         # grants go along as evidence, so a replica that missed them can
         # still judge the claim.
-        attempt = state.lease_attempt + 1
+        # After a replica-set repair, attempts start above the ballot that decided it.
+        floor = state.epoch_start[0] if state.epoch_start is not None else 0
+        attempt = max(state.lease_attempt, floor) + 1
         if attempt > spec.max_attempts + 1:
             return None
         evidence = [

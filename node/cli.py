@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--retention", type=_duration, default="7d", metavar="DURATION",
                        help="drop a decided job's facts this long after this node saw the decision: "
                        "seconds, or 90s, 30m, 12h, 7d (default 7d)")
+    start.add_argument("--repair-after", type=_duration, default="3m", metavar="DURATION",
+                       help="replace a job's placed replica that has not answered this long, through the job's "
+                       "consensus (docs/protocol.md): seconds, or 90s, 30m, 12h (default 3m)")
     start.add_argument("--rate-limit", type=float,
                        help="REST requests per second per client, for every client, loopback too "
                        "(default: only clients off loopback are limited, see --remote-rate-limit)")
@@ -144,6 +147,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         job_timeout_s=args.job_timeout,
         rate_limit_per_s=args.rate_limit,
         retention_s=args.retention,
+        repair_after_s=args.repair_after,
+        repair_check_s=min(10.0, max(0.5, args.repair_after / 4)),
         byzantine=byzantine,
         remote_rate_limit_per_s=args.remote_rate_limit,
         rate_burst=args.rate_burst,

@@ -52,6 +52,9 @@ class NodeConfig:
     # An undecided job's replicas run a recovery round after this long (0: a
     # lease and its margin, node/deciding.py).
     decide_after_s: float = 0.0
+    # A placed replica silent this long is replaced (node/repairs.py); checked every repair_check_s.
+    repair_after_s: float = 180.0
+    repair_check_s: float = 10.0
     # Re-announcements a replica sends per second: at least the min, plus this
     # many per free worker slot of its own (slots neither busy nor holding a
     # queued offer), at most reannounce_per_s; multiplied by a factor that

@@ -112,9 +112,19 @@ def promise_of(fact: Fact, by_id: Mapping[bytes, Fact], cfg: B.Config) -> B.Prom
     return B.Promise(fact.author_id, ballot_of(fact), cert)
 
 
+def in_epoch(state: JobState, ballot: Ballot) -> bool:
+    """True for a ballot of the job's current replica set (above the ballot
+    that decided it, after a repair): only those make the acceptor's state."""
+    return state.epoch_start is None or tuple(ballot) > state.epoch_start
+
+
 def sealed_certificate(state: JobState, me: bytes, cfg: B.Config) -> B.Certificate | None:
     """The highest-ballot certificate ``me`` sealed (with the votes that make it)."""
-    own = sorted((f for f in steps(state.facts, F.SEAL) if f.author_id == me), key=lambda f: ballot_of(f), reverse=True)
+    own = sorted(
+        (f for f in steps(state.facts, F.SEAL) if f.author_id == me and in_epoch(state, ballot_of(f))),
+        key=lambda f: ballot_of(f),
+        reverse=True,
+    )
     votes = [vote_of(f) for f in steps(state.facts, F.VOTE)]
     for seal in own:
         b, s = ballot_of(seal), seal.body.subject
@@ -128,7 +138,11 @@ def sealed_certificate(state: JobState, me: bytes, cfg: B.Config) -> B.Certifica
 def current_lease(state: JobState, me: bytes) -> Ballot | None:
     """The ballot of ``me``'s current lease grant: the highest attempt, the
     newest grant of it (a never-confirmed attempt may be granted again)."""
-    leases = [f for f in state.facts if f.kind == F.GRANT and f.body.action == F.LEASE and f.author_id == me]
+    leases = [
+        f
+        for f in state.facts
+        if f.kind == F.GRANT and f.body.action == F.LEASE and f.author_id == me and in_epoch(state, ballot_of(f))
+    ]
     if not leases:
         return None
     m = max(g.attempt for g in leases)
@@ -139,7 +153,11 @@ def current_lease(state: JobState, me: bytes) -> Ballot | None:
 def acceptor(state: JobState, me: bytes, cfg: B.Config | None = None) -> B.Acceptor:
     """``me``'s acceptor state, read from its own facts."""
     cfg = cfg or config(state)
-    own = [f for f in state.facts if f.kind == F.BALLOT and f.author_id == me and f.body.step in (F.PROMISE, F.VOTE, F.SEAL)]
+    own = [
+        f
+        for f in state.facts
+        if f.kind == F.BALLOT and f.author_id == me and f.body.step in (F.PROMISE, F.VOTE, F.SEAL) and in_epoch(state, ballot_of(f))
+    ]
     promised = max((ballot_of(f) for f in own), default=None)
     lease = current_lease(state, me)
     if lease is not None and (promised is None or lease > promised):
@@ -149,11 +167,17 @@ def acceptor(state: JobState, me: bytes, cfg: B.Config | None = None) -> B.Accep
 
 
 def has_sealed(state: JobState, me: bytes) -> bool:
-    return any(f.author_id == me for f in steps(state.facts, F.SEAL))
+    return any(f.author_id == me and in_epoch(state, ballot_of(f)) for f in steps(state.facts, F.SEAL))
 
 
 def cancels(state: JobState) -> list[Fact]:
     return [f for f in state.facts if f.kind == F.CANCEL]
+
+
+def repairing(state: JobState) -> bool:
+    """True when a new replica set for the next epoch was proposed (a repair
+    preempts a running lease: its replica set is going, node/repairs.py)."""
+    return any(f.kind == F.CONFIG and f.body.epoch == state.epoch + 1 for f in state.facts)
 
 
 def admissible(state: JobState, by_id: Mapping[bytes, Fact]):
@@ -167,6 +191,8 @@ def admissible(state: JobState, by_id: Mapping[bytes, Fact]):
             return False
         if f.kind == F.CANCEL:
             return f.author == submit.author and ballot.round >= 1
+        if f.kind == F.CONFIG:  # a new replica set: the next epoch's, by a recovering replica
+            return f.body.epoch == state.epoch + 1 and ballot.round >= 1
         if f.kind != F.RESULT or not is_final_result(submit, f):
             return False
         if ballot.round == 0:
@@ -235,7 +261,7 @@ def on_proposal(state: JobState, fact: Fact, me: bytes) -> BallotStep | Refusal:
 def on_votes(state: JobState, me: bytes) -> BallotStep | None:
     """Seal the highest certificate the job's votes make, when the rules allow."""
     cfg = config(state)
-    cert = B.certificate((vote_of(f) for f in steps(state.facts, F.VOTE)), cfg)
+    cert = B.certificate((vote_of(f) for f in steps(state.facts, F.VOTE) if in_epoch(state, ballot_of(f))), cfg)
     if cert is None:
         return None
     _, answer = B.on_certificate(acceptor(state, me, cfg), cert, cfg)

@@ -31,13 +31,21 @@ WAIT_MAX_S = 60.0
 
 def awaits_decision(state: JobState) -> bool:
     """True when an outcome was proposed but the job is not decided: a cancel,
-    a final result, or a ballot step (a vote, a seal, a promise) is stored."""
+    a final result, or a vote or seal for one is stored."""
     if state.terminal:
         return False
+    configs = {f.fact_id for f in state.facts if f.kind == F.CONFIG}
     for f in state.facts:
-        if f.kind == F.CANCEL or f.kind == F.BALLOT:
+        if f.kind == F.CANCEL:
             return True
         if f.kind == F.RESULT and lifecycle.is_final_result(state.submit, f):
+            return True
+        if (
+            f.kind == F.BALLOT
+            and f.body.step in (F.VOTE, F.SEAL)
+            and f.body.subject not in configs  # a replica-set change is the repairs' business
+            and (state.epoch_start is None or f.body.ballot > state.epoch_start)
+        ):
             return True
     return False
 

@@ -29,6 +29,11 @@ ballot    proposer or  [job_id, step, attempt, round, proposer, subject,
                         certificate it sealed, or empty); refs = fact ids
                         (a propose: its promises; a promise: the votes of
                         the certificate it sealed)
+config    proposer     [job_id, epoch, replicas, ts_ms]: a new replica set
+                        (node ids, concatenated) for the job's epoch
+                        ``epoch``, proposed by a replica that found a placed
+                        replica gone; it takes effect once decided by the
+                        job's consensus (node/consensus.py, replica repair)
 ========  ===========  ====================================================
 
 On the wire a fact is ``canonical_pack([kind, author_public_key, body,
@@ -73,6 +78,7 @@ GRANT = "grant"
 RESULT = "result"
 CANCEL = "cancel"
 BALLOT = "ballot"
+CONFIG = "config"
 
 KINDS = {
     SUBMIT: domains.SUBMIT,
@@ -82,6 +88,7 @@ KINDS = {
     RESULT: domains.RESULT,
     CANCEL: domains.CANCEL,
     BALLOT: domains.BALLOT,
+    CONFIG: domains.CONFIG,
 }
 
 LEASE = "lease"
@@ -215,7 +222,17 @@ class BallotStep:
         return (self.attempt, self.round, self.proposer)
 
 
-Body = Submit | Claim | Renew | Grant | Result | Cancel | BallotStep
+@dataclass(frozen=True, slots=True)
+class Config:
+    job_id: bytes
+    epoch: int  # the epoch this replica set opens (the placement's is 0)
+    replicas: bytes  # node ids, concatenated
+    ts_ms: int
+
+
+EPOCHS_MAX = 64  # replica-set changes one job may go through
+
+Body = Submit | Claim | Renew | Grant | Result | Cancel | BallotStep | Config
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -282,6 +299,8 @@ def _body_fields(kind: str, body: Body) -> list:
         return [body.job_id, body.attempt, body.outcome, body.data_json, [g.raw for g in body.grants], body.ts_ms]
     if kind == CANCEL:
         return [body.job_id, body.reason, body.ts_ms]
+    if kind == CONFIG:
+        return [body.job_id, body.epoch, body.replicas, body.ts_ms]
     if kind == BALLOT:
         return [body.job_id, body.step, body.attempt, body.round, body.proposer, body.subject, list(body.refs), body.ts_ms]
     raise InvalidFact(f"unknown fact kind {kind!r}")
@@ -409,6 +428,16 @@ def _parse_body(kind: str, f: list) -> Body:
         _need(isinstance(reason, str) and len(reason) <= REASON_CHARS_MAX, "bad reason")
         _need(_is_int(ts, 0, _TS_MAX), "bad ts_ms")
         return Cancel(job_id, reason, ts)
+    if kind == CONFIG:
+        _need(len(f) == 4, "config has 4 fields")
+        job_id, epoch, replicas, ts = f
+        _need(_is_bytes(job_id, NODE_ID_BYTES), "bad job id")
+        _need(_is_int(epoch, 1, EPOCHS_MAX), "epoch out of range")
+        _need(_is_bytes(replicas) and 0 < len(replicas) <= NODE_ID_BYTES * REPLICAS_MAX, "bad replica set")
+        _need(len(replicas) % NODE_ID_BYTES == 0, "bad replica set")
+        _need(len(set(placement_ids(replicas))) == len(replicas) // NODE_ID_BYTES, "a replica named twice")
+        _need(_is_int(ts, 0, _TS_MAX), "bad ts_ms")
+        return Config(job_id, epoch, replicas, ts)
     if kind == BALLOT:
         _need(len(f) == 8, "ballot has 8 fields")
         job_id, step, attempt, rnd, proposer, subject, refs, ts = f
@@ -504,6 +533,10 @@ def context_error(submit: Fact, fact: Fact, job_id: bytes | None = None) -> str 
     if kind == CANCEL:
         return None if fact.author == submit.author else "cancel is not signed by the submitter"
     body = fact.body
+    if kind == CONFIG:
+        if len(body.replicas) != NODE_ID_BYTES * spec.replicas:
+            return "a replica set of another size than the job's"
+        return None
     if body.attempt > spec.max_attempts + 1:
         return "attempt beyond max_attempts + 1"
     if kind == RESULT:

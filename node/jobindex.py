@@ -113,6 +113,16 @@ class JobIndex:
         self._next_due.pop(job_id, None)
         self._delay.pop(job_id, None)
 
+    def unfinished(self, limit: int) -> list[lifecycle.JobState]:
+        """Up to ``limit`` indexed jobs that are not terminal, oldest first."""
+        out = []
+        for summary in self._jobs.values():
+            if summary.status not in lifecycle.TERMINAL:
+                out.append(summary.state)
+                if len(out) >= limit:
+                    break
+        return out
+
     def remind(self, job_id: bytes, when: float) -> None:
         """Look at ``job_id`` again no later than ``when`` (a recovery round's time)."""
         if job_id in self._jobs and self._next_due.get(job_id, float("inf")) > when:

@@ -132,13 +132,18 @@ def _own(state: JobState, me: bytes, action: str) -> list[Fact]:
     return [f for f in state.facts if f.kind == F.GRANT and f.author_id == me and f.body.action == action]
 
 
+def _current(state: JobState, ballot: tuple) -> bool:
+    """True for a ballot of the job's current replica set (node/consensus.py)."""
+    return state.epoch_start is None or ballot > state.epoch_start
+
+
 def _closed(state: JobState, me: bytes) -> str | None:
     """Why this replica hands out no more leases, or None: it sealed a
     certificate (a lease grant is a promise that reports nothing sealed, so
     it must not promise any more, node/consensus.py), or it holds a cancel
     (the canceller's round must not be outrun by new attempts)."""
     for f in state.facts:
-        if f.kind == F.BALLOT and f.body.step == F.SEAL and f.author_id == me:
+        if f.kind == F.BALLOT and f.body.step == F.SEAL and f.author_id == me and _current(state, f.body.ballot):
             return "this replica sealed an outcome"
         if f.kind == F.CANCEL:
             return "the job is being cancelled"
@@ -148,6 +153,8 @@ def _closed(state: JobState, me: bytes) -> str | None:
 def _promised(state: JobState, me: bytes) -> tuple[int, int, bytes] | None:
     """The highest ballot this replica promised, voted or sealed in a ballot step."""
     own = [f.body.ballot for f in state.facts if f.kind == F.BALLOT and f.author_id == me and f.body.step != F.PREPARE]
+    if state.epoch_start is not None:
+        own.append(state.epoch_start)  # the ballot that decided the current replica set
     return max(own, default=None)
 
 
@@ -263,7 +270,7 @@ def decide_claim(
     # Only confirmed attempts count: the next attempt is one above the
     # highest that replicas' grants prove ran. Workers send those grants
     # along with their claim, so a replica that missed them can judge.
-    known = state.lease_attempt
+    known = max(state.lease_attempt, state.epoch_start[0] if state.epoch_start is not None else 0)
     if n > known + 1:
         return refusal_text(Refusal.INVALID, f"attempt {n} is more than one above confirmed attempt {known}")
     if m:  # rule 5

@@ -70,7 +70,7 @@ _REASONS: dict[tuple[str, str], str] = {
 }
 
 # Deterministic order of JobState.facts: protocol table order of kinds.
-KIND_ORDER = {kind: i for i, kind in enumerate((F.SUBMIT, F.CLAIM, F.RENEW, F.GRANT, F.RESULT, F.CANCEL, F.BALLOT))}
+KIND_ORDER = {kind: i for i, kind in enumerate((F.SUBMIT, F.CLAIM, F.RENEW, F.GRANT, F.RESULT, F.CANCEL, F.BALLOT, F.CONFIG))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +92,8 @@ class JobState:
     replicas: tuple[bytes, ...]  # the placement: node ids whose grants count (empty: none yet)
     placement: Fact | None
     facts: tuple[Fact, ...]  # the valid facts (incl. grants carried by results), sorted
+    epoch: int = 0  # how many replica-set changes were decided (replicas: the current set)
+    epoch_start: tuple | None = None  # the ballot that decided the current set; its ballots lie above
 
     @property
     def terminal(self) -> bool:
@@ -137,18 +139,92 @@ def placement_of(facts: Iterable[Fact], submit: Fact) -> Fact | None:
     return best
 
 
-def counts_in(replicas: tuple[bytes, ...] | frozenset[bytes], submit: Fact, fact: Fact) -> str | None:
-    """None when ``fact`` counts under the placement ``replicas``, else why not.
+# --------------------------------------------------------------------------
+# Replica-set epochs (replica repair, node/repairs.py)
 
-    Lease and seal grants count only from the job's replicas; a result only
-    with lease grants from a quorum of them.
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """A replica set and the ballot above which it is the job's acceptors."""
+
+    start: tuple | None  # the ballot that decided it (None: the placement's, epoch 0)
+    replicas: tuple[bytes, ...]
+
+
+def ballot_key(fact: Fact) -> tuple | None:
+    """The ballot a fact speaks at, for choosing its epoch: a lease grant's
+    ``(n, 0, worker)``, a ballot step's own; None for facts of no ballot."""
+    if fact.kind == F.GRANT and fact.body.action == F.LEASE:
+        return (fact.body.attempt, 0, fact.body.subject)
+    if fact.kind == F.BALLOT:
+        return fact.body.ballot
+    return None
+
+
+def members_at(epochs: tuple[Epoch, ...], ballot: tuple | None) -> tuple[bytes, ...]:
+    """The replica set that owns ``ballot``: the last epoch that starts below it."""
+    for epoch in reversed(epochs):
+        if epoch.start is None or (ballot is not None and ballot > epoch.start):
+            return epoch.replicas
+    return epochs[0].replicas
+
+
+def epochs_of(facts: Iterable[Fact], submit: Fact, placement: Fact | None) -> tuple[Epoch, ...]:
+    """The job's replica sets in order: the placement's, then each ``config``
+    fact that a quorum of the then current set sealed at a ballot inside its
+    epoch (the lowest such ballot). One epoch's ballots decide one subject
+    (the consensus), so once a new set is decided no outcome can be decided
+    in the old epoch, and the new set's ballots all lie above the one that
+    decided it: no fact counts in two sets."""
+    if placement is None:
+        return ()
+    epochs = [Epoch(None, F.placement_ids(placement.body.subject))]
+    facts = list(facts)
+    configs = {
+        f.fact_id: f for f in facts if f.kind == F.CONFIG and F.context_error(submit, f) is None
+    }
+    if not configs:
+        return tuple(epochs)
+    seals = [f for f in facts if f.kind == F.BALLOT and f.body.step == F.SEAL and f.body.subject in configs]
+    quorum = submit.body.quorum
+    while len(epochs) <= F.EPOCHS_MAX:
+        current = epochs[-1]
+        members = frozenset(current.replicas)
+        by: dict[tuple, set[bytes]] = {}
+        for seal in seals:
+            b = seal.body.ballot
+            if seal.author_id not in members or (current.start is not None and not b > current.start):
+                continue
+            if configs[seal.body.subject].body.epoch != len(epochs):
+                continue
+            by.setdefault((b, seal.body.subject), set()).add(seal.author_id)
+        found = [key for key, who in by.items() if len(who) >= quorum]
+        if not found:
+            break
+        ballot, subject = min(found)
+        epochs.append(Epoch(ballot, F.placement_ids(configs[subject].body.replicas)))
+    return tuple(epochs)
+
+
+def counts_in(
+    replicas: tuple[bytes, ...] | frozenset[bytes], submit: Fact, fact: Fact, epochs: tuple[Epoch, ...] = ()
+) -> str | None:
+    """None when ``fact`` counts under the placement ``replicas`` (or, given
+    ``epochs``, under the replica set that owns its ballot), else why not.
+
+    Lease grants and acceptor steps count only from the job's replicas; a
+    result only with lease grants from a quorum of them.
     """
-    if fact.kind == F.GRANT and fact.body.action != F.PLACE and fact.author_id not in replicas:
+    def members(ballot: tuple | None):
+        return members_at(epochs, ballot) if len(epochs) > 1 else replicas
+
+    if fact.kind == F.GRANT and fact.body.action != F.PLACE and fact.author_id not in members(ballot_key(fact)):
         return "grant by a node that is not a replica of the job"
-    if fact.kind == F.BALLOT and fact.body.step in (F.PROMISE, F.VOTE, F.SEAL) and fact.author_id not in replicas:
+    if fact.kind == F.BALLOT and fact.body.step in (F.PROMISE, F.VOTE, F.SEAL) and fact.author_id not in members(fact.body.ballot):
         return f"{fact.body.step} by a node that is not a replica of the job"
     if fact.kind == F.RESULT:
-        if sum(1 for g in fact.body.grants if g.author_id in replicas) < submit.body.quorum:
+        voters = members((fact.attempt, 0, fact.author_id))
+        if sum(1 for g in fact.body.grants if g.author_id in voters) < submit.body.quorum:
             return "result lacks lease grants from a quorum of the job's replicas"
     return None
 
@@ -182,7 +258,7 @@ class Derivation:
     """
 
     __slots__ = (
-        "job_id", "seen", "submit", "submit_job_id", "placement", "replica_ids", "replicas", "valid",
+        "job_id", "seen", "submit", "submit_job_id", "placement", "replica_ids", "replicas", "valid", "epochs",
         "renew_slots", "leases", "seals", "result_attempts", "last_error", "last_error_message", "highest",
         "keyed", "facts", "added", "dropped", "state", "fresh",
     )  # fmt: skip
@@ -195,6 +271,7 @@ class Derivation:
         self.placement: Fact | None = None
         self.replica_ids: tuple[bytes, ...] = ()  # the placement's replicas, in its order
         self.replicas: frozenset[bytes] = frozenset()
+        self.epochs: tuple[Epoch, ...] = ()  # the replica sets (more than one after a repair)
         self.valid: dict[bytes, Fact] = {}  # fact id -> valid fact (incl. grants carried by results)
         self.renew_slots: dict[bytes, Fact] = {}  # slot -> the renew holding it
         self.leases: dict[tuple[int, bytes], frozenset[bytes]] = {}  # (attempt, worker) -> granting replicas
@@ -214,13 +291,17 @@ class Derivation:
         d = Derivation(self.job_id, seen)
         d.fresh = False
         d.submit, d.submit_job_id, d.placement = self.submit, self.submit_job_id, self.placement
-        d.replica_ids, d.replicas = self.replica_ids, self.replicas
+        d.replica_ids, d.replicas, d.epochs = self.replica_ids, self.replicas, self.epochs
         d.valid, d.renew_slots = self.valid.copy(), self.renew_slots.copy()
         d.leases, d.seals = self.leases.copy(), self.seals.copy()
         d.result_attempts, d.highest = self.result_attempts, self.highest
         d.last_error, d.last_error_message = self.last_error, self.last_error_message
         d.keyed, d.facts = self.keyed, self.facts  # replaced, not changed, by _finish
         return d
+
+    def _members(self, ballot: tuple) -> frozenset[bytes] | tuple[bytes, ...]:
+        """The replicas whose grants and steps count at ``ballot``."""
+        return self.replicas if len(self.epochs) < 2 else members_at(self.epochs, ballot)
 
     def _admit(self, fact: Fact) -> None:
         """Add ``fact`` to the valid facts if it counts: the rules of
@@ -238,7 +319,7 @@ class Derivation:
             if action == F.PLACE:
                 if fact != self.placement:
                     return
-            elif fact.author_id not in self.replicas:
+            elif fact.author_id not in self._members((body.attempt, 0, body.subject)):
                 return  # a grant by a node that is not a replica of the job
             elif action == F.LEASE and body.attempt < 1:
                 return  # a lease for attempt 0 endorses nothing
@@ -247,9 +328,12 @@ class Derivation:
             if action == F.LEASE:
                 key = (body.attempt, body.subject)
                 self.leases[key] = self.leases.get(key, frozenset()) | {fact.author_id}
+        elif kind == F.CONFIG:
+            if F.context_error(submit, fact, self.submit_job_id) is not None:
+                return
         elif kind == F.BALLOT:
             body = fact.body
-            if body.step in (F.PROMISE, F.VOTE, F.SEAL) and fact.author_id not in self.replicas:
+            if body.step in (F.PROMISE, F.VOTE, F.SEAL) and fact.author_id not in self._members(body.ballot):
                 return  # an acceptor's step by a node that is not a replica of the job
             if F.context_error(submit, fact, self.submit_job_id) is not None:
                 return
@@ -260,7 +344,7 @@ class Derivation:
             if F.context_error(submit, fact, self.submit_job_id) is not None:
                 return
             if kind == F.RESULT:
-                replicas = self.replicas
+                replicas = self._members((fact.attempt, 0, fact.author_id))
                 if sum(1 for g in fact.body.grants if g.author_id in replicas) < submit.body.quorum:
                     return  # lacks lease grants from a quorum of the job's replicas
             elif kind == F.RENEW:
@@ -306,8 +390,12 @@ class Derivation:
         or placement calls for deriving afresh."""
         if self.submit is None:
             return None
+        if len(self.epochs) > 1:
+            return None  # a repaired job (rare): its epochs are found afresh
         for f in new:
-            if f.kind == F.SUBMIT or (f.kind == F.GRANT and f.body.action == F.PLACE):
+            if f.kind in (F.SUBMIT, F.CONFIG) or (f.kind == F.GRANT and f.body.action == F.PLACE):
+                return None
+            if f.kind == F.BALLOT and f.body.step == F.SEAL and any(v.kind == F.CONFIG for v in self.valid.values()):
                 return None
         d = self._copy(seen)
         for f in new:
@@ -331,7 +419,8 @@ def derivation(facts: Iterable[Fact], *, job_id: bytes | None = None) -> Derivat
     d.submit_job_id, d.submit = min(chosen, key=lambda p: (p[0], p[1].fact_id))
     d.placement = placement_of(pool.values(), d.submit)
     if d.placement is not None:
-        d.replica_ids = F.placement_ids(d.placement.body.subject)
+        d.epochs = epochs_of(pool.values(), d.submit, d.placement)
+        d.replica_ids = d.epochs[-1].replicas
         d.replicas = frozenset(d.replica_ids)
     for f in pool.values():
         d._admit(f)
@@ -430,6 +519,8 @@ def _state(d: Derivation) -> JobState:
         replicas=d.replica_ids,
         placement=d.placement,
         facts=d.facts,
+        epoch=max(0, len(d.epochs) - 1),
+        epoch_start=d.epochs[-1].start if d.epochs else None,
     )
 
 

@@ -39,6 +39,7 @@ from workmesh.node.mesh import Mesh
 from workmesh.node.metrics import Metrics
 from workmesh.node.proposer import RoundDriver
 from workmesh.node.reads import read_job
+from workmesh.node.repairs import Repairs
 from workmesh.node.replica import JobReplica
 from workmesh.node.retention import Retention
 from workmesh.node.samples import SAMPLE_HANDLERS
@@ -79,6 +80,9 @@ def process_pool_runner(slots: int) -> tuple[RunCpu, Callable[[], None]]:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, payload, ctx)
 
     return run, lambda: pool.shutdown(wait=False, cancel_futures=True)
+
+
+JOBS_REPAIRED_MAX = 256  # unfinished jobs whose replicas a node checks per round
 
 
 class Node:
@@ -185,6 +189,18 @@ class Node:
         # (previous "" = first seen); the dashboard's flow chart and event stream listen.
         self.status_listeners: list[Callable[[bytes, str, str], None]] = []
         self.insight = NodeInsight(self)
+        self.repairs = Repairs(
+            self.identity,
+            self.dht,
+            RoundDriver(self.identity, self.dht.store, self.clock.wall_ms, read=self._read_facts),
+            lambda: self.index.unfinished(JOBS_REPAIRED_MAX),
+            self._read_state,
+            self._monotonic,
+            self.clock.wall_ms,
+            repair_after_s=config.repair_after_s,
+            check_s=config.repair_check_s,
+            log=self.log,
+        )
         self.decider = Decider(
             RoundDriver(self.identity, self.dht.store, self.clock.wall_ms, read=self._read_facts),
             self.identity.node_id,
@@ -211,6 +227,7 @@ class Node:
             self.dht.protocol.spawn(self._reannounce_loop(), "reannounce"),
             self.dht.protocol.spawn(self.retention.run(), "retention"),
             self.dht.protocol.spawn(self.blobs.run(), "blobs"),
+            self.dht.protocol.spawn(self.repairs.run(), "repairs"),
         ]
         self.log.info("node_started", p2p=f"{self.dht.address[0]}:{self.dht.address[1]}", workers=self.config.workers)
 
@@ -429,8 +446,12 @@ class Node:
                 self.dht.ingest(job_id, list(got[0].facts), self.identity.node_id)
 
     def _drivers(self) -> list:
-        """Every round driver of this node: recovery, its worker's, its canceller's."""
-        return [self.decider.driver, self.workers.claims.rounds, self.jobs._rounds()]
+        """Every round driver of this node: recovery, repair, its worker's, its canceller's."""
+        return [self.decider.driver, self.repairs.driver, self.workers.claims.rounds, self.jobs._rounds()]
+
+    async def _read_state(self, job_id: bytes):
+        state, _answered = await read_job(self.dht, job_id, self.derived)
+        return state
 
     async def _read_facts(self, job_id: bytes) -> list:
         state, _answered = await read_job(self.dht, job_id, self.derived)
@@ -474,6 +495,7 @@ class Node:
             # and every round this node ran as worker, canceller or recovering replica.
             "consensus": {
                 **self.decider.counters,
+                **self.repairs.counters,
                 **{k: sum(d.counters[k] for d in self._drivers()) for k in self.decider.driver.counters},
             },
             "jobs_api": dict(self.jobs.counters),

@@ -23,7 +23,7 @@ from workmesh.node.ballots import Refusal, refusal_text
 from workmesh.node.errors import InvalidFact
 
 
-_ORDER = {F.SUBMIT: 0, F.GRANT: 2, F.CLAIM: 3, F.RENEW: 4, F.RESULT: 5, F.CANCEL: 6}
+_ORDER = {F.SUBMIT: 0, F.GRANT: 2, F.CLAIM: 3, F.RENEW: 4, F.RESULT: 5, F.CANCEL: 6, F.CONFIG: 6}
 # Ballot steps after the rest, votes first: a promise names votes, a proposal promises.
 _STEP_ORDER = {F.VOTE: 7, F.PROMISE: 8, F.SEAL: 9, F.PREPARE: 10, F.PROPOSE: 11}
 
@@ -113,6 +113,7 @@ class JobReplica:
         if existing and not obs.holder_seen and not obs.error_seen and not obs.grantee:
             leases.observe(obs, existing, me, now)
         placement = lifecycle.placement_of(existing, submit) if submit is not None and existing else None
+        has_configs = any(f.kind == F.CONFIG for f in existing) or any(f.kind == F.CONFIG for f in incoming)
         # Order inside a batch: the submission and its placement first, then
         # grants, then the rest, so a batch that carries a job's history is
         # judged as a whole.
@@ -131,7 +132,12 @@ class JobReplica:
                     continue
                 placement = fact
             replicas = F.placement_ids(placement.body.subject) if placement is not None else ()
-            why = lifecycle.counts_in(replicas, submit, fact)
+            epochs: tuple = ()
+            if placement is not None and (has_configs or fact.kind == F.CONFIG):
+                # A repaired job: facts count under the replica set of their ballot.
+                has_configs = True
+                epochs = lifecycle.epochs_of([*known.values(), *incoming], submit, placement)
+            why = lifecycle.counts_in(replicas, submit, fact, epochs)
             if why is not None:
                 out.refused.append((index, why))
                 continue
@@ -181,7 +187,7 @@ class JobReplica:
     ) -> tuple[list[F.Fact], str | None]:
         """Apply the lease and consensus rules to one new fact: (facts we sign, refusal reason)."""
         me = self.identity.node_id
-        if fact.kind in (F.SUBMIT, F.GRANT, F.CANCEL):
+        if fact.kind in (F.SUBMIT, F.GRANT, F.CANCEL, F.CONFIG):
             return [], None
         state = self.derive(known)
         if state is None:
@@ -228,7 +234,11 @@ class JobReplica:
             produced.append(vote)
             state = self.derive([*known, vote]) or state
         elif step == F.PREPARE:
-            if not consensus.cancels(state) and leases.lease_live(state, me, obs, now, self.rules):
+            if (
+                not consensus.cancels(state)
+                and not consensus.repairing(state)
+                and leases.lease_live(state, me, obs, now, self.rules)
+            ):
                 self.counters["ballots_refused"] += 1
                 return [], refusal_text(Refusal.LEASE_LIVE, "the current lease is live")
             answer = consensus.on_prepare(state, fact, me)
@@ -277,12 +287,17 @@ class JobReplica:
             return fact.body.action == F.PLACE
         if fact.kind == F.BALLOT:
             return fact.body.step in (F.SEAL, F.VOTE)
-        return fact.kind in (F.SUBMIT, F.RESULT, F.CANCEL)
+        return fact.kind in (F.SUBMIT, F.RESULT, F.CANCEL, F.CONFIG)
 
     def holders(self, facts: list[F.Fact]) -> tuple[bytes, ...]:
-        """The job's placed replicas: republish keeps them supplied too."""
+        """The job's replicas (after a repair, the current set): republish keeps them supplied too."""
         placement = next((f for f in facts if f.kind == F.GRANT and f.body.action == F.PLACE), None)
-        return F.placement_ids(placement.body.subject) if placement is not None else ()
+        if placement is None:
+            return ()
+        if any(f.kind == F.CONFIG for f in facts):
+            state = self.derive(facts)
+            return state.replicas if state is not None else ()
+        return F.placement_ids(placement.body.subject)
 
     def stored(self, key: bytes, new: list[F.Fact]) -> None:
         self._on_stored(key, new)

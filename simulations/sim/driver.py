@@ -44,7 +44,7 @@ from simulations.sim.clock import VirtualTimeLoop
 from simulations.sim.figures import run_figures
 from simulations.sim.mesh import Executions, LogSink, SimMesh, SimNode, derive_seed
 from simulations.sim.network import SimNetwork
-from simulations.sim.scenarios import HEALED_LINKS, SCENARIOS, Params, clock_setup, link_model
+from simulations.sim.scenarios import HEALED_LINKS, LEAVE_REPAIR_AFTER_S, SCENARIOS, Params, clock_setup, link_model
 
 SETTLE_S = 5.0
 READ_CONCURRENCY = 32
@@ -69,6 +69,8 @@ class Run:
             workers=params.workers,
             lease_s=params.lease_seconds,
             dht=DHTConfig(replicas=params.replicas, quorum=params.replicas // 2 + 1),
+            # The leave scenario: replicas gone for good are replaced within seconds.
+            **({"repair_after_s": LEAVE_REPAIR_AFTER_S, "repair_check_s": 1.0} if params.scenario == "leave" else {}),
         )
         self.trace = TraceLog(loop, trace_out)
         self.invariants = Invariants(loop, self.trace)

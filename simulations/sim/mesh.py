@@ -301,6 +301,7 @@ class SimMesh:
                 ("node", n.counters),
                 ("jobs", n.jobs.counters),
                 ("decider", n.decider.counters),
+                ("repairs", n.repairs.counters),
                 ("rounds", {k: sum(d.counters[k] for d in n._drivers()) for k in n.decider.driver.counters}),
             )
             for prefix, counters in parts:

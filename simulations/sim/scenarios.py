@@ -25,7 +25,10 @@ accepted job to be decided. A scenario only adds the faults:
   when a replica is down);
 * ``equivocate``: a third of the nodes run workers that file two different
   ok results of one attempt, each to part of the job's replicas, and never
-  finish their round (issue 13, item 1: votes split 2/2/1).
+  finish their round (issue 13, item 1: votes split 2/2/1);
+* ``leave``: three times, the node that is a replica of the most unfinished
+  (20-30 s) jobs leaves for good, its data gone, a few seconds apart; the
+  jobs' replica sets are repaired through their consensus (issue 13, item 3).
 
 Fault times and victims come from the scenario's own seeded ``random.Random``.
 """
@@ -70,6 +73,8 @@ class Params:
     @property
     def work_seconds(self) -> tuple[float, float]:
         """The range of a ``work`` job's duration: several leases long in the clockstep scenario."""
+        if self.scenario == "leave":
+            return (4.0, 12.0)  # jobs that run while replicas leave
         return (1.0, 8.0) if self.scenario == "clockstep" else (0.3, 3.0)
 
     @property
@@ -278,6 +283,61 @@ async def equivocate(run: Run) -> None:
     run.trace.event(f"equivocating workers {sorted(s.name for s in liars)}")
 
 
+LEAVE_REPAIR_AFTER_S = 3.0  # the leave scenario's --repair-after
+LEAVE_STEPS = 3
+
+
+def _unfinished_sets(run: Run) -> list[tuple[bytes, ...]]:
+    """The current replica set of every accepted job not yet decided, as a live holder sees it."""
+    live = run.mesh.joined()
+    out = []
+    for job_id in list(run.accepted):
+        if job_id in run.invariants.decided:
+            continue
+        holder = next((s for s in live if s.node.store.has(job_id)), None)
+        state = holder.node.derived.local(job_id) if holder is not None else None
+        if state is not None and not state.terminal:
+            out.append(state.replicas)
+    return out
+
+
+async def leave(run: Run) -> None:
+    """Replicas leave for good, one at a time, as long as a quorum of every
+    job's current replica set survives each step: three times, the node
+    that is a replica of the most unfinished jobs (among those whose loss
+    leaves every such job a quorum) crashes, its data gone, and the next one
+    leaves only once every unfinished job's set has a live member more than a
+    quorum again (or after a minute). Every job must still be decided
+    (issue 13, item 3)."""
+    p = run.params
+    quorum = p.replicas // 2 + 1
+    await asyncio.sleep(max(0.0, run.load_started + 0.3 * p.load_seconds - run.loop.time()))
+    for _ in range(LEAVE_STEPS):
+        deadline = run.loop.time() + 60.0
+        while run.loop.time() < deadline:
+            ids = {s.node.identity.node_id for s in run.mesh.joined()}
+            if all(sum(1 for r in rs if r in ids) > quorum for rs in _unfinished_sets(run)):
+                break
+            await asyncio.sleep(0.5)
+        live = run.mesh.joined()
+        if len(live) <= p.replicas:
+            return
+        ids = {s.node.identity.node_id: s.name for s in live}
+        sets = _unfinished_sets(run)
+        weight: dict[str, int] = {}
+        for sim in live:
+            me = sim.node.identity.node_id
+            if all(sum(1 for r in rs if r in ids and r != me) >= quorum for rs in sets):
+                weight[sim.name] = sum(1 for rs in sets if me in rs)
+        if not weight:
+            return
+        name = max(sorted(weight), key=lambda n: weight[n])
+        victim = next(s for s in live if s.name == name)
+        run.trace.event(f"leave {name} replica of {weight[name]} unfinished jobs")
+        await run.crash(victim)
+        await asyncio.sleep(LEAVE_REPAIR_AFTER_S)
+
+
 WALL_OFFSET_MAX_MS = 29_500  # the clockstep scenario: how far a wall clock strays from true time
 
 SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
@@ -290,4 +350,5 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
     "clockstep": clockstep,
     "cancelrace": cancelrace,
     "equivocate": equivocate,
+    "leave": leave,
 }

@@ -2,7 +2,7 @@
 
 Five real node processes over real UDP, SQLite and HTTP; one node (never the
 submitter) is killed with SIGKILL after the first submissions, so it is down
-for every job it was placed on. Twenty sleep jobs of 0.3-1.2 s are submitted
+for every job it was placed on. Fifty sleep jobs of 0.3-1.2 s are submitted
 at node 0 and each is cancelled at node 0 at a moment spread around its
 finish. Every job must be decided, every live node must show the same
 outcome, and a cancel answered ``cancelled`` must hold.
@@ -17,7 +17,7 @@ import time
 import pytest
 from procmesh import ProcMesh, http, wait_until
 
-JOBS = 20
+JOBS = 50
 TERMINAL = {"done", "failed", "cancelled"}
 
 

@@ -227,3 +227,16 @@ def test_an_equivocating_worker_cannot_split_a_job_for_good(seed):
     totals = figures["node_totals"]
     assert totals["worker_equivocated"] >= 1  # the scenario did equivocate
     assert totals["decider_recoveries_decided"] >= 1  # and recovery rounds decided those jobs
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_jobs_survive_replicas_leaving_for_good_one_at_a_time(seed):
+    """Issue 13, item 3: three times, the node that is a replica of the most
+    unfinished jobs leaves for good (its data gone), each time once every
+    job's set has a live member more than a quorum again. The replica sets
+    are repaired through the jobs' consensus (--repair-after 3 s here), and
+    every job is decided."""
+    figures = simulate(Params(scenario="leave", nodes=10, jobs=60, seed=seed, liveness_deadline_s=60.0))
+    _check(figures)
+    assert figures["crashed"] == 3
+    assert figures["node_totals"]["repairs_repairs_decided"] >= 1
