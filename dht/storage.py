@@ -203,7 +203,12 @@ class FactStore:
 
     def fits(self, key: bytes, records: Iterable[Record]) -> bool:
         """Would :meth:`merge_all` store ``records`` now? (Nothing is written.)"""
-        return key not in self._gone and self._index.plan(key, records, self._limits).rejected_limit == 0
+        if key in self._gone:
+            return False
+        records = records if isinstance(records, (list, tuple)) else list(records)
+        if self._index.far_below_limits(key, records, self._limits):
+            return True  # what the plan would say, without planning the merge twice
+        return self._index.plan(key, records, self._limits).rejected_limit == 0
 
     def _merge(self, key: bytes, records: Iterable[Record], *, all_or_nothing: bool) -> list[Record] | None:
         _check_key(key)
