@@ -18,8 +18,8 @@ records: ``dht/storage.py`` decides what to write.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -197,7 +197,9 @@ class GroupCommit:
         self._commit_seq = 0
         self.commit_s_total = 0.0
         self._inflight: tuple[list, list[asyncio.Future]] | None = None  # the commit the writer thread runs
-        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        # The writer thread and its inbox: (loop, commit start) per commit, None to stop.
+        self._writer: threading.Thread | None = None
+        self._writer_inbox: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, float] | None] = queue.SimpleQueue()
         self._write_seq = 0  # writes queued so far
         self._lost_seq = 0  # the newest write a failed commit undid
 
@@ -247,20 +249,37 @@ class GroupCommit:
             return
         self._inflight = (batch, waiters)
         if self._writer is None:
-            self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
-        done = asyncio.get_running_loop().run_in_executor(self._writer, self._end, started)
-        done.add_done_callback(self._committed)
+            self._writer = threading.Thread(target=self._writer_loop, name="store-commit", daemon=True)
+            self._writer.start()
+        self._writer_inbox.put((asyncio.get_running_loop(), started))
 
-    def _committed(self, done: asyncio.Future) -> None:
+    def _writer_loop(self) -> None:
+        """The writer thread: one COMMIT per message, its outcome handed to the
+        loop (a plain queue and one call back, not an executor's futures: this
+        runs once per commit, a few times per job)."""
+        while True:
+            item = self._writer_inbox.get()
+            if item is None:
+                return
+            loop, started = item
+            try:
+                outcome: float | BaseException = self._end(started)
+            except BaseException as exc:  # handed to the loop: every waiter gets it
+                outcome = exc
+            try:
+                loop.call_soon_threadsafe(self._committed, outcome)
+            except RuntimeError:  # the loop is closed: nobody waits for this commit any more
+                self._inflight = None
+
+    def _committed(self, outcome: float | BaseException) -> None:
         assert self._inflight is not None
         batch, waiters = self._inflight
         self._inflight = None
-        exc = done.exception()
-        if exc is not None:
-            self._failed(batch, waiters, exc if isinstance(exc, StorageError) else StorageError(str(exc)))
+        if isinstance(outcome, BaseException):
+            self._failed(batch, waiters, outcome if isinstance(outcome, StorageError) else StorageError(str(outcome)))
         else:
             self._stats["writes"] += 1
-            self._succeeded(batch, waiters, done.result())
+            self._succeeded(batch, waiters, outcome)
         if self._batch:
             self._schedule_flush()
 
@@ -342,7 +361,8 @@ class GroupCommit:
         except StorageError:
             pass  # what was not written was never promised (no waiter got its answer)
         if self._writer is not None:
-            self._writer.shutdown(wait=True)  # a commit in flight ends first
+            self._writer_inbox.put(None)
+            self._writer.join()  # a commit in flight ends first
             self._writer = None
 
     def write_mark(self) -> int:
