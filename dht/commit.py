@@ -318,9 +318,10 @@ class GroupCommit:
         self.commit_s_total += took
         self._stats["commits"] += 1
         self._stats["committed_ops"] += len(batch)
-        event = CommitEvent(self._commit_seq, tuple(i for _o, _u, ids, _s in batch for i in ids), len(batch), took)
-        for listener in self._commit_listeners:
-            listener(event)
+        if self._commit_listeners:  # none in production: the event is not built
+            event = CommitEvent(self._commit_seq, tuple(i for _o, _u, ids, _s in batch for i in ids), len(batch), took)
+            for listener in self._commit_listeners:
+                listener(event)
         for w in waiters:
             if not w.done():
                 w.set_result(None)
