@@ -3,12 +3,15 @@
 :class:`Database` is the connection (WAL, ``synchronous=FULL``: a commit
 returns after its fsync), the schema, and one-at-a-time access to it from
 the event loop or the writer thread (:meth:`Database.transaction`,
-:meth:`Database.read`); any SQLite failure becomes :class:`StorageError`.
+:meth:`Database.read`, and a transaction split in two: :meth:`Database.begin`
+on the loop, :meth:`Database.end` in the writer thread); any SQLite failure
+becomes :class:`StorageError`.
 
 :class:`GroupCommit` queues writes already applied to memory, each with the
 ``undo`` that reverts memory should its commit fail. The writes queued
 during one event-loop turn are committed in one transaction (one fsync) at
-the start of the next turn, in a writer thread while the loop goes on;
+the start of the next turn: its statements run on the loop (CPU only, no
+fsync), its COMMIT (the fsync) in a writer thread while the loop goes on;
 writes arriving meanwhile form the next commit. :meth:`GroupCommit.durable`
 returns once everything written so far is committed. Commit listeners see
 every commit that returned (:class:`CommitEvent`). It knows nothing of
@@ -180,7 +183,7 @@ class Database:
 
 
 class GroupCommit:
-    """Writes queued in one event-loop turn, committed together in a writer thread.
+    """Writes queued in one event-loop turn, committed together (the COMMIT in a writer thread).
 
     ``group`` False: every write commits (and fsyncs) on its own. A database
     in memory (simulator, tests) has no disk to wait for: its commits run on

@@ -14,8 +14,9 @@ replacement removes and what is refused. The shell applies that plan to
 memory at once and queues its SQL; a commit that fails undoes it in memory.
 
 Group commit: the writes queued during one event-loop turn are committed in
-one transaction (one fsync) at the start of the next turn, in the store's
-writer thread while the loop goes on; writes arriving meanwhile form the next
+one transaction (one fsync) at the start of the next turn: its statements run
+on the loop (CPU only, no fsync), its COMMIT (the fsync) in the store's writer
+thread while the loop goes on; writes arriving meanwhile form the next
 commit. :meth:`FactStore.durable` returns once everything written so far is
 committed; a replica awaits it before any answer that reports a write (an
 ack, a grant, a seal), so nothing it promised can be lost by a power cut.
