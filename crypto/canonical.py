@@ -25,26 +25,31 @@ _DEPTH_MAX = 16
 
 
 def _check(value: Any, depth: int = 0) -> None:
-    """Refuse anything but canonical types. Iterative: this runs on every
-    datagram and fact, so it avoids a Python call per element."""
-    pending = [(value, depth)]
-    while pending:
-        item, level = pending.pop()
-        kind = type(item)
+    """Refuse anything but canonical types. This runs on every datagram and
+    fact: a list's leaves are checked in its own loop, with no allocation per
+    element; only nested lists cost a call (at most ``_DEPTH_MAX`` deep)."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        _check_items(value, depth)
+    elif kind is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise EncodingError("integer out of 64-bit range")
+    elif kind not in _LEAVES:
+        raise EncodingError(f"type {kind.__name__} has no canonical encoding")
+
+
+def _check_items(items: list | tuple, level: int) -> None:
+    if level >= _DEPTH_MAX:
+        raise EncodingError(f"value nested deeper than {_DEPTH_MAX} levels")
+    for child in items:
+        kind = type(child)
         if kind in _LEAVES:
             continue
         if kind is int:
-            if not _INT_MIN <= item <= _INT_MAX:
+            if not _INT_MIN <= child <= _INT_MAX:
                 raise EncodingError("integer out of 64-bit range")
         elif kind is list or kind is tuple:
-            if level >= _DEPTH_MAX:
-                raise EncodingError(f"value nested deeper than {_DEPTH_MAX} levels")
-            for child in item:
-                ckind = type(child)
-                if ckind is list or ckind is tuple or ckind is int:
-                    pending.append((child, level + 1))
-                elif ckind not in _LEAVES:
-                    raise EncodingError(f"type {ckind.__name__} has no canonical encoding")
+            _check_items(child, level + 1)
         else:
             raise EncodingError(f"type {kind.__name__} has no canonical encoding")
 

@@ -3,12 +3,15 @@
 :class:`Database` is the connection (WAL, ``synchronous=FULL``: a commit
 returns after its fsync), the schema, and one-at-a-time access to it from
 the event loop or the writer thread (:meth:`Database.transaction`,
-:meth:`Database.read`); any SQLite failure becomes :class:`StorageError`.
+:meth:`Database.read`, and a transaction split in two: :meth:`Database.begin`
+on the loop, :meth:`Database.end` in the writer thread); any SQLite failure
+becomes :class:`StorageError`.
 
 :class:`GroupCommit` queues writes already applied to memory, each with the
 ``undo`` that reverts memory should its commit fail. The writes queued
 during one event-loop turn are committed in one transaction (one fsync) at
-the start of the next turn, in a writer thread while the loop goes on;
+the start of the next turn: its statements run on the loop (CPU only, no
+fsync), its COMMIT (the fsync) in a writer thread while the loop goes on;
 writes arriving meanwhile form the next commit. :meth:`GroupCommit.durable`
 returns once everything written so far is committed. Commit listeners see
 every commit that returned (:class:`CommitEvent`). It knows nothing of
@@ -18,8 +21,8 @@ records: ``dht/storage.py`` decides what to write.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -132,6 +135,45 @@ class Database:
                 raise
         self._stats["writes"] += 1
 
+    def begin(self, statements: Iterator[tuple[str, list[tuple]]]) -> None:
+        """Open a write transaction and run ``statements`` in it, keeping the
+        connection until :meth:`end` (which any thread may call) commits it.
+        On failure it is rolled back, the connection given back and
+        :class:`StorageError` raised (for a SQLite failure)."""
+        conn = self.db()
+        self._lock.acquire()
+        try:
+            conn.execute("BEGIN")
+            for sql, rows in statements:
+                conn.executemany(sql, rows)
+        except BaseException as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            finally:
+                self._lock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"store write failed: {exc}") from exc
+            raise
+
+    def end(self) -> None:
+        """COMMIT what :meth:`begin` opened (it returns after the fsync) and
+        give the connection back; on failure roll back and raise :class:`StorageError`."""
+        conn = self.conn
+        try:
+            if conn is None:
+                raise sqlite3.ProgrammingError("store is not open")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                if conn is not None and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise StorageError(f"store write failed: {exc}") from exc
+        finally:
+            self._lock.release()
+
     def read(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
             with self._lock:
@@ -141,7 +183,7 @@ class Database:
 
 
 class GroupCommit:
-    """Writes queued in one event-loop turn, committed together in a writer thread.
+    """Writes queued in one event-loop turn, committed together (the COMMIT in a writer thread).
 
     ``group`` False: every write commits (and fsyncs) on its own. A database
     in memory (simulator, tests) has no disk to wait for: its commits run on
@@ -158,7 +200,9 @@ class GroupCommit:
         self._commit_seq = 0
         self.commit_s_total = 0.0
         self._inflight: tuple[list, list[asyncio.Future]] | None = None  # the commit the writer thread runs
-        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        # The writer thread and its inbox: (loop, commit start) per commit, None to stop.
+        self._writer: threading.Thread | None = None
+        self._writer_inbox: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, float] | None] = queue.SimpleQueue()
         self._write_seq = 0  # writes queued so far
         self._lost_seq = 0  # the newest write a failed commit undid
 
@@ -200,21 +244,45 @@ class GroupCommit:
                 pass  # counted, and every waiter got the error
             return
         batch, waiters = self._take()
+        started = time.perf_counter()
+        try:
+            self._begin(batch)
+        except StorageError as exc:
+            self._failed(batch, waiters, exc)
+            return
         self._inflight = (batch, waiters)
         if self._writer is None:
-            self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
-        done = asyncio.get_running_loop().run_in_executor(self._writer, self._commit, batch)
-        done.add_done_callback(self._committed)
+            self._writer = threading.Thread(target=self._writer_loop, name="store-commit", daemon=True)
+            self._writer.start()
+        self._writer_inbox.put((asyncio.get_running_loop(), started))
 
-    def _committed(self, done: asyncio.Future) -> None:
+    def _writer_loop(self) -> None:
+        """The writer thread: one COMMIT per message, its outcome handed to the
+        loop (a plain queue and one call back, not an executor's futures: this
+        runs once per commit, a few times per job)."""
+        while True:
+            item = self._writer_inbox.get()
+            if item is None:
+                return
+            loop, started = item
+            try:
+                outcome: float | BaseException = self._end(started)
+            except BaseException as exc:  # handed to the loop: every waiter gets it
+                outcome = exc
+            try:
+                loop.call_soon_threadsafe(self._committed, outcome)
+            except RuntimeError:  # the loop is closed: nobody waits for this commit any more
+                self._inflight = None
+
+    def _committed(self, outcome: float | BaseException) -> None:
         assert self._inflight is not None
         batch, waiters = self._inflight
         self._inflight = None
-        exc = done.exception()
-        if exc is not None:
-            self._failed(batch, waiters, exc if isinstance(exc, StorageError) else StorageError(str(exc)))
+        if isinstance(outcome, BaseException):
+            self._failed(batch, waiters, outcome if isinstance(outcome, StorageError) else StorageError(str(outcome)))
         else:
-            self._succeeded(batch, waiters, done.result())
+            self._stats["writes"] += 1
+            self._succeeded(batch, waiters, outcome)
         if self._batch:
             self._schedule_flush()
 
@@ -222,6 +290,22 @@ class GroupCommit:
         batch, self._batch = self._batch, []
         waiters, self._durable_waiters = self._durable_waiters, []
         return batch, waiters
+
+    def _begin(self, batch: list) -> None:
+        """On the loop: open the transaction of ``batch`` and run its statements,
+        keeping the connection; :meth:`_end` commits it in the writer thread.
+
+        The statements cost CPU but no fsync (that is the COMMIT's), so they run
+        here: in the writer thread each of them released and took back the GIL
+        against a busy loop, which cost both threads more than the work. The
+        thread then only waits for the COMMIT, one GIL release for its fsync."""
+        self._database.begin(statement for ops, *_rest in batch for statement in ops)
+
+    def _end(self, started: float) -> float:
+        """In the writer thread: COMMIT what :meth:`_begin` opened (it returns
+        after the fsync) and give the connection back; the commit's duration."""
+        self._database.end()
+        return time.perf_counter() - started
 
     def _commit(self, batch: list) -> float:
         """Write ``batch`` in one transaction; its COMMIT returns after the fsync. Any thread."""
@@ -237,9 +321,10 @@ class GroupCommit:
         self.commit_s_total += took
         self._stats["commits"] += 1
         self._stats["committed_ops"] += len(batch)
-        event = CommitEvent(self._commit_seq, tuple(i for _o, _u, ids, _s in batch for i in ids), len(batch), took)
-        for listener in self._commit_listeners:
-            listener(event)
+        if self._commit_listeners:  # none in production: the event is not built
+            event = CommitEvent(self._commit_seq, tuple(i for _o, _u, ids, _s in batch for i in ids), len(batch), took)
+            for listener in self._commit_listeners:
+                listener(event)
         for w in waiters:
             if not w.done():
                 w.set_result(None)
@@ -280,7 +365,8 @@ class GroupCommit:
         except StorageError:
             pass  # what was not written was never promised (no waiter got its answer)
         if self._writer is not None:
-            self._writer.shutdown(wait=True)  # a commit in flight ends first
+            self._writer_inbox.put(None)
+            self._writer.join()  # a commit in flight ends first
             self._writer = None
 
     def write_mark(self) -> int:

@@ -51,6 +51,27 @@ class RecordIndex:
             limits=limits,
         )
 
+    def far_below_limits(self, key: bytes, records: list[Record] | tuple[Record, ...], limits: StorageLimits) -> bool:
+        """True when even storing every one of ``records`` as a new record
+        breaks no limit: then no plan of them is refused for one. (A sufficient
+        condition only; False says nothing.)"""
+        held = self._records.get(key)
+        if held is None and len(self._records) >= limits.keys_max:
+            return False
+        if (len(held) if held else 0) + len(records) > limits.records_per_key_max:
+            return False
+        size = 0
+        counts = self.author_counts
+        for r in records:
+            raw, author = r.raw, r.author_id
+            if (
+                not isinstance(raw, bytes) or not isinstance(author, bytes)
+                or counts.get(author, 0) + len(records) > limits.records_per_author_max
+            ):
+                return False  # malformed (the plan counts it) or near a limit: plan it
+            size += len(raw)
+        return self.bytes_total + size <= limits.bytes_total_max
+
     def apply(self, key: bytes, plan: MergePlan) -> None:
         """Apply a committed plan to the in-memory index."""
         if not plan.added:

@@ -339,20 +339,28 @@ class RPCProtocol(asyncio.DatagramProtocol):
         data = seal(self.identity, REQUEST, msg_id, self.clock.wall_ms(), expect_id or b"", method, args, peer_key)
         if len(data) > self.config.datagram_bytes_max:
             raise ValueError(f"request of {len(data)} bytes exceeds the datagram bound")
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._outstanding[msg_id] = (future, addr, expect_id)
         if proof_only:
             self._proof_pings.add(msg_id)
         self.counters["requests_out"] += 1
         self._send(data, addr)
+        # A timer on the reply's own future (None when it fires), not
+        # asyncio.wait_for: one handle per request instead of a second future
+        # and its callbacks, on the path of every RPC.
+        timer = loop.call_later(timeout_s or self.config.rpc_timeout_s, self._time_out, future)
         try:
-            return await asyncio.wait_for(future, timeout_s or self.config.rpc_timeout_s)
-        except asyncio.TimeoutError:
-            self.counters["timeouts"] += 1
-            return None
+            return await future
         finally:
+            timer.cancel()
             self._outstanding.pop(msg_id, None)
             self._proof_pings.discard(msg_id)
+
+    def _time_out(self, future: asyncio.Future) -> None:
+        if not future.done():
+            self.counters["timeouts"] += 1
+            future.set_result(None)
 
     def close(self) -> None:
         for task in list(self._tasks):

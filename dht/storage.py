@@ -14,8 +14,9 @@ replacement removes and what is refused. The shell applies that plan to
 memory at once and queues its SQL; a commit that fails undoes it in memory.
 
 Group commit: the writes queued during one event-loop turn are committed in
-one transaction (one fsync) at the start of the next turn, in the store's
-writer thread while the loop goes on; writes arriving meanwhile form the next
+one transaction (one fsync) at the start of the next turn: its statements run
+on the loop (CPU only, no fsync), its COMMIT (the fsync) in the store's writer
+thread while the loop goes on; writes arriving meanwhile form the next
 commit. :meth:`FactStore.durable` returns once everything written so far is
 committed; a replica awaits it before any answer that reports a write (an
 ack, a grant, a seal), so nothing it promised can be lost by a power cut.
@@ -203,7 +204,12 @@ class FactStore:
 
     def fits(self, key: bytes, records: Iterable[Record]) -> bool:
         """Would :meth:`merge_all` store ``records`` now? (Nothing is written.)"""
-        return key not in self._gone and self._index.plan(key, records, self._limits).rejected_limit == 0
+        if key in self._gone:
+            return False
+        records = records if isinstance(records, (list, tuple)) else list(records)
+        if self._index.far_below_limits(key, records, self._limits):
+            return True  # what the plan would say, without planning the merge twice
+        return self._index.plan(key, records, self._limits).rejected_limit == 0
 
     def _merge(self, key: bytes, records: Iterable[Record], *, all_or_nothing: bool) -> list[Record] | None:
         _check_key(key)

@@ -181,6 +181,7 @@ class Node:
         self._tasks: list[asyncio.Task] = []
         self._rejoining = False
         self._reannounce_wakeup: asyncio.Event | None = None
+        self._reannounce_until = 0.0  # when the re-announce loop wakes up by itself next (monotonic s)
         self.started_at = 0.0
         self.api_address: tuple[str, int] | None = None
         self.counters = {"reannounced": 0, "reannounce_over_budget": 0, "status_changes": 0}
@@ -314,8 +315,13 @@ class Node:
             )
             for listener in self.status_listeners:
                 listener(key, state.status, previous)
-        if self._reannounce_wakeup is not None:
-            self._reannounce_wakeup.set()
+        wakeup = self._reannounce_wakeup
+        if wakeup is not None and not wakeup.is_set():
+            # Only when a job became due before the loop wakes up anyway: most
+            # stored facts move no due time earlier, and a wakeup costs a task.
+            due = self.index.next_due_in(now := self._monotonic())
+            if due is not None and now + due < self._reannounce_until:
+                wakeup.set()
         self._wake(key)
 
     def _on_dropped(self, key: bytes) -> None:
@@ -376,6 +382,7 @@ class Node:
             if wait is not None and tokens < 1.0:
                 wait = max(wait, (1.0 - tokens) / rate)
             self._reannounce_wakeup.clear()
+            self._reannounce_until = now + (wait if wait is not None else 3600)
             try:
                 await asyncio.wait_for(self._reannounce_wakeup.wait(), wait if wait is not None else 3600)
             except asyncio.TimeoutError:

@@ -5,6 +5,7 @@ in one transaction and one fsync (SQLite ``synchronous=FULL``), and
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
@@ -91,3 +92,43 @@ async def test_a_waiter_registered_before_the_failed_commit_gets_its_error(tmp_p
         with pytest.raises(StorageError):
             await store.durable()  # called in the turn of the write, as a replica's answer does
         assert not store.has(job.job_id)
+
+
+class _CommitFails:
+    """The store's connection, except that its next COMMIT fails (as a full or failing disk's fsync would)."""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self.failed = 0
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and not self.failed:
+            self.failed += 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+async def test_a_commit_that_fails_in_the_writer_thread_fails_its_waiters_and_the_store_goes_on(tmp_path):
+    # The statements run on the loop, the COMMIT (its fsync) in the writer thread: a failure
+    # there must still undo memory, fail every waiter, and leave the connection usable.
+    with FactStore(tmp_path / "s.sqlite", validator) as store:
+        kept = submit(1)
+        store.merge(kept.job_id, [kept])
+        await store.durable()
+        failing = store._database.conn = _CommitFails(store._database.conn)
+        lost = submit(2)
+        mark = store.write_mark()
+        store.merge(lost.job_id, [lost])
+        with pytest.raises(StorageError):
+            await store.durable(mark)
+        assert failing.failed == 1 and not store.has(lost.job_id) and store.pending_writes() == 0
+        assert not store._conn.in_transaction
+        again = submit(3)
+        store.merge(again.job_id, [again])
+        await store.durable()
+        assert store.statistics()["commit_failures"] == 1
+    with FactStore(tmp_path / "s.sqlite", validator) as reopened:
+        assert reopened.has(kept.job_id) and reopened.has(again.job_id) and not reopened.has(lost.job_id)

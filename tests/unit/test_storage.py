@@ -236,6 +236,35 @@ def test_keys_limit(tmp_path):
     assert s.statistics()["rejected_limit"] == 1
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    held=st.lists(st.sampled_from(range(len(POOL))), max_size=6),
+    incoming=st.lists(st.sampled_from(range(len(POOL))), min_size=1, max_size=6),
+    per_key=st.integers(1, 8),
+    per_author=st.integers(1, 8),
+    spare_bytes=st.integers(-200, 2000),
+    keys=st.integers(1, 2),
+)
+def test_fits_says_what_planning_the_merge_says(tmp_path_factory, held, incoming, per_key, per_author, spare_bytes, keys):
+    # fits() answers from the limits' headroom when it can; the answer must be the plan's.
+    first = [POOL[i] for i in dict.fromkeys(held)]
+    limits = StorageLimits(
+        records_per_key_max=per_key, records_per_author_max=per_author, keys_max=keys,
+        bytes_total_max=max(0, sum(len(r.raw) for r in first) + spare_bytes),
+    )
+    s = FactStore(None, validator, limits)
+    s.open()
+    try:
+        other = submit(7)
+        s.merge(other.job_id, [other])
+        s.merge(KEY, first)
+        batch = [POOL[i] for i in incoming]
+        assert s.fits(KEY, batch) == (s._index.plan(KEY, batch, s.limits).rejected_limit == 0)
+        assert s.fits(KEY, iter(batch)) == s.fits(KEY, batch)
+    finally:
+        s.close()
+
+
 def test_reopen_with_smaller_limits_drops_the_excess_from_disk(db, store):
     store.merge(KEY, POOL[:4])
     store.close()
