@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workmesh.contract import (  # noqa: F401 (re-exported: node code reads them as facts.X)
@@ -246,6 +246,7 @@ class Fact:
     raw: bytes
     fact_id: bytes
     author_id: bytes
+    _submit_job_id: bytes | None = field(default=None, repr=False)  # a submission's job id, computed once
 
     # The DHT's record interface (see dht/records.py).
     @property
@@ -266,7 +267,11 @@ class Fact:
     @property
     def job_id(self) -> bytes:
         if self.kind == SUBMIT:
-            return keyed_job_id(self.author) if is_keyed(self.author, self.body) else job_id_of(self.raw)
+            known = self._submit_job_id
+            if known is None:  # two hashes; asked dozens of times per job
+                known = keyed_job_id(self.author) if is_keyed(self.author, self.body) else job_id_of(self.raw)
+                object.__setattr__(self, "_submit_job_id", known)
+            return known
         return self.body.job_id
 
     @property
