@@ -166,8 +166,6 @@ def acceptor(state: JobState, me: bytes, cfg: B.Config | None = None) -> B.Accep
     return B.Acceptor(me, promised, votes, sealed_certificate(state, me, cfg))
 
 
-def has_sealed(state: JobState, me: bytes) -> bool:
-    return any(f.author_id == me and in_epoch(state, ballot_of(f)) for f in steps(state.facts, F.SEAL))
 
 
 def cancels(state: JobState) -> list[Fact]:
@@ -270,9 +268,6 @@ def on_votes(state: JobState, me: bytes) -> BallotStep | None:
     return step_body(state.job_id, F.SEAL, answer.ballot, answer.subject)
 
 
-def decided(facts: Iterable[Fact], cfg: B.Config) -> tuple[Ballot, bytes] | None:
-    """The decided (ballot, subject): a quorum of the placed replicas sealed it."""
-    return B.decided((seal_of(f) for f in steps(facts, F.SEAL)), cfg)
 
 
 def top_ballot(state: JobState) -> Ballot | None:
