@@ -17,7 +17,7 @@ MISSING = "missing"
 class Replicas:
     """Contacts that answer ``("ok", id)`` after their own delay, or raise."""
 
-    def __init__(self, *delays: float | Exception) -> None:
+    def __init__(self, *delays: float | Exception | asyncio.Event) -> None:
         self.contacts = [Contact(os.urandom(20), "127.0.0.1", 500 + i, b"k" * 32) for i in range(len(delays))]
         self.delays = {c.id: d for c, d in zip(self.contacts, delays)}
         self.tasks: set[asyncio.Task] = set()
@@ -32,7 +32,10 @@ class Replicas:
         if isinstance(delay, Exception):
             await asyncio.sleep(0.002)
             raise delay
-        await asyncio.sleep(delay)
+        if isinstance(delay, asyncio.Event):  # answers once the test sets it
+            await delay.wait()
+        else:
+            await asyncio.sleep(delay)
         return ("ok", contact.id)
 
     async def gather(self, quorum: int, *, grace_max_s: float = 3600.0, **kw) -> dict[bytes, object]:
@@ -53,7 +56,7 @@ class Replicas:
 async def replicas_of():
     made: list[Replicas] = []
 
-    def make(*delays: float | Exception) -> Replicas:
+    def make(*delays: float | Exception | asyncio.Event) -> Replicas:
         made.append(Replicas(*delays))
         return made[-1]
 
@@ -96,9 +99,15 @@ async def test_on_quorum_is_called_once_with_the_answers_so_far(replicas_of):
 
 
 async def test_when_all_answer_nothing_waits_out_the_grace(replicas_of):
-    r = replicas_of(0.002, 0.004, 0.006)
+    last = asyncio.Event()  # the third answers only after the quorum: on a busy machine
+    r = replicas_of(0.002, 0.004, last)  # timed delays could all land in one wake-up
     seen: list[dict] = []
-    answers = await r.gather(2, grace_s=3600.0, on_quorum=seen.append)  # well inside wait_for's 5 s
+
+    def on_quorum(so_far: dict) -> None:
+        seen.append(dict(so_far))
+        last.set()
+
+    answers = await r.gather(2, grace_s=3600.0, on_quorum=on_quorum)  # well inside wait_for's 5 s
     assert r.heard(answers) == [0, 1, 2]
     assert len(seen) == 1
 
