@@ -65,9 +65,11 @@ class Setup:
     equivocate: bool = False  # W1 files two results of one attempt
     liar: bool = False  # replica 0 is byzantine
     crash: str = "none"  # "none", "restart" (comes back with its state) or "loss" (gone for good)
+    crashes: int = 1  # how many replicas may crash (a minority: at most r - quorum)
     states_max: int = 5_000_000
     depth_first: bool = False  # with a states_max, a depth-first search reaches decisions sooner
     broken: str = ""  # a rule to break on purpose ("vote_twice", "ignore_promise"): the check must fail
+    symmetry: bool = True  # explore one state per permutation class of the honest replicas
 
     @property
     def cfg(self) -> Config:
@@ -78,7 +80,7 @@ class Setup:
         return tuple(b"r%d" % i for i in range(self.replicas))
 
     def label(self) -> str:
-        extra = [f"crash={self.crash}"]
+        extra = [f"crash={self.crash}" + (f"x{self.crashes}" if self.crash != "none" and self.crashes != 1 else "")]
         if self.equivocate:
             extra.append("equivocating worker")
         if self.liar:
@@ -124,7 +126,7 @@ class Model:
     def initial(self) -> State:
         accs = tuple(None if i == self.liar else Acceptor(rid) for i, rid in enumerate(self.ids))
         procs = tuple(Proc(tries=n) for _, n in self.s.tries)
-        crashes = 0 if self.s.crash == "none" else 1
+        crashes = 0 if self.s.crash == "none" else self.s.crashes
         return State(accs, frozenset(), crashes, procs, frozenset(), frozenset(), frozenset())
 
     # -- rules the voters apply to a free choice -------------------------------
@@ -343,6 +345,125 @@ class Model:
             raise Violation(f"recovery decided {sorted(after)} where {sorted(decided)} was decided")
 
 
+class Symmetry:
+    """Symmetry reduction: honest replicas are interchangeable (the rules, the
+    quorums and the properties checked never look at a replica's name), so a
+    state and the same state with its honest replicas renamed have isomorphic
+    futures. The search keeps one representative per class: the honest
+    replicas sorted by what each one holds, renamed to match their new places.
+    Ties keep their order, so two members of one class may still both be
+    explored (less reduction, never an unsound one: every representative is a
+    true renaming of a reachable state). The liar keeps its place."""
+
+    def __init__(self, ids: tuple[bytes, ...], liar: int | None) -> None:
+        self.ids = ids
+        self.honest = tuple(i for i in range(len(ids)) if i != liar)
+
+    def canonical(self, st: State) -> State:
+        sigs = self._signatures(st)
+        order = sorted(self.honest, key=sigs.__getitem__)  # stable: ties keep their order
+        perm = {old: self.honest[k] for k, old in enumerate(order) if old != self.honest[k]}
+        if not perm:
+            return st
+        names = {self.ids[old]: self.ids[new] for old, new in perm.items()}
+        return self._rename(st, perm, names)
+
+    def _signatures(self, st: State) -> dict[int, tuple]:
+        """What each honest replica holds, without names: the sort key."""
+        index = {self.ids[i]: i for i in self.honest}
+        per: dict[int, list] = {i: [] for i in self.honest}
+        for i in self.honest:
+            acc = st.accs[i]
+            if acc is None:
+                per[i].append((0,))
+            else:
+                sealed = (acc.sealed.ballot, acc.sealed.subject) if acc.sealed is not None else ()
+                per[i].append((1, i in st.down, acc.promised or (), acc.votes, sealed))
+        for items in (st.votes, st.seals):
+            bucket: dict[int, list] = {}
+            for v in items:
+                i = index.get(v.acceptor)
+                if i is not None:
+                    bucket.setdefault(i, []).append((v.ballot, v.subject))
+            for i in self.honest:
+                per[i].append(tuple(sorted(bucket.get(i, ()))))
+        for pi, proc in enumerate(st.procs):
+            rs = proc.rs
+            if rs is None:
+                continue
+            marks: dict[int, list] = {}
+            for i in proc.served:
+                marks.setdefault(i, []).append((0,))
+            for tag, who in ((1, rs.answered), (2, rs.refused)):
+                for rid in who:
+                    i = index.get(rid)
+                    if i is not None:
+                        marks.setdefault(i, []).append((tag,))
+            for p in rs.promises:
+                i = index.get(p.acceptor)
+                if i is not None:
+                    c = p.accepted
+                    marks.setdefault(i, []).append((3, p.ballot, (c.ballot, c.subject) if c else ()))
+            for tag, items in ((4, rs.votes), (5, rs.seals)):
+                for v in items:
+                    i = index.get(v.acceptor)
+                    if i is not None:
+                        marks.setdefault(i, []).append((tag, v.ballot, v.subject))
+            for i in self.honest:
+                per[i].append((pi, tuple(sorted(marks.get(i, ())))))
+        return {i: tuple(v) for i, v in per.items()}
+
+    def _rename(self, st: State, perm: dict[int, int], names: dict[bytes, bytes]) -> State:
+        n = names.get
+
+        def vote(v: Vote) -> Vote:
+            a = n(v.acceptor)
+            return v if a is None else Vote(a, v.ballot, v.subject)
+
+        def seal(v: Seal) -> Seal:
+            a = n(v.acceptor)
+            return v if a is None else Seal(a, v.ballot, v.subject)
+
+        def cert(c: B.Certificate | None) -> B.Certificate | None:
+            return None if c is None else B.Certificate(c.ballot, c.subject, frozenset(map(vote, c.votes)))
+
+        def promise(p: Promise) -> Promise:
+            return Promise(n(p.acceptor, p.acceptor), p.ballot, cert(p.accepted))
+
+        def ids(xs: frozenset[bytes]) -> frozenset[bytes]:
+            return frozenset(n(x, x) for x in xs)
+
+        accs = list(st.accs)
+        for old, acc in enumerate(st.accs):  # a replica that keeps its place may hold a certificate naming others
+            if acc is not None:
+                new = perm.get(old, old)
+                accs[new] = replace(acc, me=self.ids[new], sealed=cert(acc.sealed))
+            elif old in perm:
+                accs[perm[old]] = None
+        procs = []
+        for proc in st.procs:
+            rs = proc.rs
+            if rs is not None:
+                rs = replace(
+                    rs,
+                    promises=frozenset(map(promise, rs.promises)),
+                    votes=frozenset(map(vote, rs.votes)),
+                    seals=frozenset(map(seal, rs.seals)),
+                    answered=ids(rs.answered),
+                    refused=ids(rs.refused),
+                )
+            procs.append(Proc(rs, proc.tries, frozenset(perm.get(i, i) for i in proc.served)))
+        return State(
+            tuple(accs),
+            frozenset(perm.get(i, i) for i in st.down),
+            st.crashes,
+            tuple(procs),
+            frozenset(map(seal, st.seals)),
+            frozenset(map(vote, st.votes)),
+            st.filed,
+        )
+
+
 def _put(t: tuple, i: int, v) -> tuple:
     return t[:i] + (v,) + t[i + 1 :]
 
@@ -364,34 +485,58 @@ class Report:
         )
 
 
-def explore(setup: Setup) -> Report:
-    """Breadth-first over every reachable state; raises Violation with a trace."""
+RAW_MAX = 1_000_000
+
+
+def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
+    """Every reachable state (one per symmetry class), breadth first, or depth
+    first with ``depth_first``; raises Violation naming the depth it was found at."""
     model = Model(setup)
+    sym = Symmetry(model.ids, model.liar) if setup.symmetry else None
     t0 = time.monotonic()
     first = model.initial()
-    parent: dict[State, State | None] = {first: None}
-    queue = deque([first])
+    seen: set[State] = {first}  # representatives
+    raw: set[State] = set()  # successors already canonicalised (a cache: bounded)
+    queue = deque([(first, 0)])
+    checked: dict[tuple, tuple[frozenset[bytes], bool]] = {}  # the check reads only the acceptors' part
     decided_states = split_states = 0
     complete = True
+    next_report = progress
     while queue:
-        st = queue.pop() if setup.depth_first else queue.popleft()
-        try:
-            decided, split = model.check(st)
-        except Violation as exc:
-            depth, cur = 0, st
-            while cur is not None:
-                depth, cur = depth + 1, parent[cur]
-            raise Violation(f"{setup.label()}: {exc} (at depth {depth})") from None
+        st, depth = queue.pop() if setup.depth_first else queue.popleft()
+        if visit is not None:
+            visit(st)
+        key = (st.accs, st.seals, st.votes, st.filed)
+        found = checked.get(key)
+        if found is None:
+            try:
+                found = model.check(st)
+            except Violation as exc:
+                raise Violation(f"{setup.label()}: {exc} (at depth {depth})") from None
+            if len(checked) >= 2_000_000:
+                checked.clear()
+            checked[key] = found
+        decided, split = found
+        if progress and len(seen) >= next_report:
+            next_report += progress
+            rate = len(seen) / max(1e-9, time.monotonic() - t0)
+            print(f"  {len(seen)} states, {len(queue)} queued, depth {depth}, {rate:.0f}/s", file=sys.stderr, flush=True)
         decided_states += bool(decided)
         split_states += split
         for nxt in model.successors(st):
-            if nxt not in parent:
-                if len(parent) >= setup.states_max:
+            if sym is not None:
+                if nxt in raw:
+                    continue  # met before: its representative is in seen already
+                if len(raw) < RAW_MAX:
+                    raw.add(nxt)
+                nxt = sym.canonical(nxt)
+            if nxt not in seen:
+                if len(seen) >= setup.states_max:
                     complete = False
                     continue
-                parent[nxt] = st
-                queue.append(nxt)
-    return Report(setup, len(parent), decided_states, split_states, time.monotonic() - t0, complete)
+                seen.add(nxt)
+                queue.append((nxt, depth + 1))
+    return Report(setup, len(seen), decided_states, split_states, time.monotonic() - t0, complete)
 
 
 QUICK = [  # complete searches of a few seconds each (tests/unit/test_modelcheck.py)

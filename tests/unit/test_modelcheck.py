@@ -32,3 +32,27 @@ def test_a_lying_replica_with_crash_quorums_is_caught():
     setup = M.Setup(replicas=3, byzantine=0, attempts=1, tries=((M.W1, 1),), equivocate=True, liar=True)
     with pytest.raises(M.Violation, match="decided"):
         M.explore(setup)
+
+
+def test_the_symmetry_reduction_reaches_every_class_of_states():
+    """The reduced search keeps one state per renaming of the replicas: it must
+    meet every class the full search meets, and nothing else."""
+    import itertools
+
+    setup = M.Setup(replicas=3, attempts=1, tries=((M.W1, 1),), equivocate=True, crash="loss")
+    sym = M.Symmetry(setup.ids, None)
+
+    def orbit(st):
+        renamings = set()
+        for order in itertools.permutations(range(3)):
+            perm = {old: new for old, new in enumerate(order)}
+            names = {setup.ids[old]: setup.ids[new] for old, new in perm.items() if old != new}
+            renamings.add(sym._rename(st, perm, names) if names else st)
+        return frozenset(renamings)
+
+    full: list = []
+    reduced: list = []
+    assert M.explore(M.replace(setup, symmetry=False), visit=full.append).complete
+    assert M.explore(setup, visit=reduced.append).complete
+    assert len(reduced) < len(full) / 3  # it does reduce
+    assert {orbit(st) for st in reduced} == {orbit(st) for st in full}
