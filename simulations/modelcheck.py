@@ -121,6 +121,8 @@ class Model:
         self.ids = setup.ids
         self.liar = 0 if setup.liar else None
         self.names = tuple(p for p, _ in setup.tries)
+        self.one = lambda obj: obj  # hash-consing, set by the search (Symmetry.one)
+        self._answers: dict[tuple, tuple] = {}
 
     # -- the initial state ---------------------------------------------------
     def initial(self) -> State:
@@ -222,40 +224,49 @@ class Model:
 
     def _deliver(self, st: State, pi: int, ai: int, request):
         proc = st.procs[pi]
-        name = self.names[pi]
-        accs, seals, votes, filed = st.accs, st.seals, st.votes, st.filed
-        if isinstance(request, Proposal) and KINDS[name] == "worker" and request.subject not in filed:
+        filed = st.filed
+        grows = isinstance(request, Proposal) and KINDS[self.names[pi]] == "worker" and request.subject not in filed
+        if grows:
             filed = filed | {request.subject}  # the handler ran: the result exists
+        # The replica's and the round's answer depend on their own state only:
+        # memoised by the (hash-consed) components' ids.
+        mk = (pi, ai, id(proc.rs), id(st.accs[ai]), id(st.filed), grows, request)
+        got = self._answers.get(mk)
+        if got is None:
+            got = self._answers[mk] = self._answer(proc.rs, ai, st.accs[ai], request, filed)
+        acc, answer, rs = got
+        accs, seals, votes = st.accs, st.seals, st.votes
+        if acc is not None:
+            accs = _put(accs, ai, acc)
+        if isinstance(answer, Vote):
+            votes = votes | {answer}
+        elif isinstance(answer, Seal):
+            seals = seals | {answer}
+        served = proc.served | {ai}
+        if (rs.phase, rs.ballot) != (proc.rs.phase, proc.rs.ballot):
+            served = frozenset()
+        yield State(accs, st.down, st.crashes, _put(st.procs, pi, Proc(rs, proc.tries, served)), seals, votes, filed)
+
+    def _answer(self, rs: R.RoundState, ai: int, acc: Acceptor | None, request, filed: frozenset[bytes]):
+        """(the replica's new state or None for the liar, its answer, the round's new state)."""
         rid = self.ids[ai]
         if ai == self.liar:  # signs whatever it is asked, hides what it sealed
             if isinstance(request, R.Prepare):
                 answer = Promise(rid, request.ballot, None)
             elif isinstance(request, Proposal):
                 answer = Vote(rid, request.ballot, request.subject)
-                votes = votes | {answer}
             else:
                 answer = Seal(rid, request.ballot, request.subject)
-                seals = seals | {answer}
+            acc = None
+        elif isinstance(request, R.Prepare):
+            acc, answer = B.on_prepare(acc, request.ballot)
+        elif isinstance(request, Proposal):
+            acc, answer = self._on_propose(acc, request, filed)
         else:
-            acc = accs[ai]
-            if isinstance(request, R.Prepare):
-                acc, answer = B.on_prepare(acc, request.ballot)
-            elif isinstance(request, Proposal):
-                acc, answer = self._on_propose(acc, request, filed)
-                if isinstance(answer, Vote):
-                    votes = votes | {answer}
-            else:
-                acc, answer = self._on_certificate(acc, request)
-                if isinstance(answer, Seal):
-                    seals = seals | {answer}
-            accs = _put(accs, ai, acc)
-        served = proc.served | {ai}
-        base = replace(st, accs=accs, seals=seals, votes=votes, filed=filed)
-        promised = accs[ai].promised if isinstance(answer, Refusal) and accs[ai] is not None else None
-        rs, _ = R.step(proc.rs, self.cfg, R.Reply(rid, answer, promised))
-        if (rs.phase, rs.ballot) != (proc.rs.phase, proc.rs.ballot):
-            served = frozenset()
-        yield replace(base, procs=_put(st.procs, pi, Proc(rs, proc.tries, served)))
+            acc, answer = self._on_certificate(acc, request)
+        promised = acc.promised if isinstance(answer, Refusal) and acc is not None else None
+        new_rs, _ = R.step(rs, self.cfg, R.Reply(rid, answer, promised))
+        return self.one(acc), answer, self.one(new_rs)
 
     def _on_propose(self, acc: Acceptor, request: Proposal, filed: frozenset[bytes]):
         if self.s.broken == "vote_twice":  # forgets its votes: may vote two subjects at one ballot
@@ -353,67 +364,132 @@ class Symmetry:
     replicas sorted by what each one holds, renamed to match their new places.
     Ties keep their order, so two members of one class may still both be
     explored (less reduction, never an unsound one: every representative is a
-    true renaming of a reachable state). The liar keeps its place."""
+    true renaming of a reachable state). The liar keeps its place.
 
-    def __init__(self, ids: tuple[bytes, ...], liar: int | None) -> None:
+    Every component of a state (an acceptor, a round, a set of votes) is
+    hash-consed: equal components are one object, so a state's key is the
+    tuple of its components' ids, and what is derived from a component (its
+    signature, its renamings) is computed once per component, not per state."""
+
+    def __init__(self, ids: tuple[bytes, ...], liar: int | None, reduce: bool = True) -> None:
         self.ids = ids
         self.honest = tuple(i for i in range(len(ids)) if i != liar)
+        self.reduce = reduce
+        self.index = {rid: i for i, rid in enumerate(ids)}
+        self._pool: dict = {}  # component -> its one object
+        self._info: dict[int, tuple] = {}  # id(component) -> per-replica signature parts
+        self._renamed: dict[tuple, object] = {}  # (names, id(component)) -> renamed component
+
+    def one(self, obj):
+        """The one object equal to ``obj`` (hash-consing)."""
+        if obj is None:
+            return None
+        return self._pool.setdefault(obj, obj)
+
+    def intern(self, st: State, parent: State | None) -> State:
+        """``st`` with every component replaced by its one object (components
+        shared with ``parent`` are already)."""
+        one = self.one
+        if parent is None:
+            accs = tuple(map(one, st.accs))
+            procs = tuple(Proc(one(p.rs), p.tries, p.served) for p in st.procs)
+            return State(accs, st.down, st.crashes, procs, one(st.seals), one(st.votes), one(st.filed))
+        accs = st.accs
+        if accs is not parent.accs:
+            accs = tuple(a if a is b else one(a) for a, b in zip(accs, parent.accs))
+        procs = st.procs
+        if procs is not parent.procs:
+            procs = tuple(p if p is q else Proc(one(p.rs), p.tries, p.served) for p, q in zip(procs, parent.procs))
+        seals = st.seals if st.seals is parent.seals else one(st.seals)
+        votes = st.votes if st.votes is parent.votes else one(st.votes)
+        filed = st.filed if st.filed is parent.filed else one(st.filed)
+        return State(accs, st.down, st.crashes, procs, seals, votes, filed)
+
+    @staticmethod
+    def key(st: State) -> tuple:
+        """A hashable identity of an interned state: its components' ids."""
+        return (
+            tuple(map(id, st.accs)),
+            st.down,
+            st.crashes,
+            tuple((id(p.rs), p.tries, p.served) for p in st.procs),
+            id(st.seals),
+            id(st.votes),
+            id(st.filed),
+        )
 
     def canonical(self, st: State) -> State:
-        sigs = self._signatures(st)
-        order = sorted(self.honest, key=sigs.__getitem__)  # stable: ties keep their order
-        perm = {old: self.honest[k] for k, old in enumerate(order) if old != self.honest[k]}
+        if not self.reduce:
+            return st
+        honest = self.honest
+        sig = {i: [] for i in honest}
+        for i in honest:
+            acc = st.accs[i]
+            sig[i].append(self._acc_info(acc) if acc is not None else (0,))
+            sig[i].append(i in st.down)
+        for comp in (st.votes, st.seals):
+            info = self._set_info(comp)
+            for i in honest:
+                sig[i].append(info[i])
+        for proc in st.procs:
+            if proc.rs is None:
+                continue
+            info = self._rs_info(proc.rs)
+            for i in honest:
+                sig[i].append((i in proc.served, info[i]))
+        keys = {i: tuple(v) for i, v in sig.items()}
+        order = sorted(honest, key=keys.__getitem__)  # stable: ties keep their order
+        perm = {old: honest[k] for k, old in enumerate(order) if old != honest[k]}
         if not perm:
             return st
-        names = {self.ids[old]: self.ids[new] for old, new in perm.items()}
-        return self._rename(st, perm, names)
+        return self._rename(st, perm)
 
-    def _signatures(self, st: State) -> dict[int, tuple]:
-        """What each honest replica holds, without names: the sort key."""
-        index = {self.ids[i]: i for i in self.honest}
-        per: dict[int, list] = {i: [] for i in self.honest}
-        for i in self.honest:
-            acc = st.accs[i]
-            if acc is None:
-                per[i].append((0,))
-            else:
-                sealed = (acc.sealed.ballot, acc.sealed.subject) if acc.sealed is not None else ()
-                per[i].append((1, i in st.down, acc.promised or (), acc.votes, sealed))
-        for items in (st.votes, st.seals):
-            bucket: dict[int, list] = {}
+    # -- per-component signatures (memoised by the component's id) -------------
+    def _acc_info(self, acc: Acceptor) -> tuple:
+        got = self._info.get(id(acc))
+        if got is None:
+            sealed = (acc.sealed.ballot, acc.sealed.subject) if acc.sealed is not None else ()
+            got = self._info[id(acc)] = (1, acc.promised or (), acc.votes, sealed)
+        return got
+
+    def _set_info(self, items: frozenset) -> dict[int, tuple]:
+        got = self._info.get(id(items))
+        if got is None:
+            bucket: dict[int, list] = {i: [] for i in self.honest}
             for v in items:
-                i = index.get(v.acceptor)
-                if i is not None:
-                    bucket.setdefault(i, []).append((v.ballot, v.subject))
-            for i in self.honest:
-                per[i].append(tuple(sorted(bucket.get(i, ()))))
-        for pi, proc in enumerate(st.procs):
-            rs = proc.rs
-            if rs is None:
-                continue
-            marks: dict[int, list] = {}
-            for i in proc.served:
-                marks.setdefault(i, []).append((0,))
+                i = self.index[v.acceptor]
+                if i in bucket:
+                    bucket[i].append((v.ballot, v.subject))
+            got = self._info[id(items)] = {i: tuple(sorted(b)) for i, b in bucket.items()}
+        return got
+
+    def _rs_info(self, rs: R.RoundState) -> dict[int, tuple]:
+        got = self._info.get(id(rs))
+        if got is None:
+            marks: dict[int, list] = {i: [] for i in self.honest}
             for tag, who in ((1, rs.answered), (2, rs.refused)):
                 for rid in who:
-                    i = index.get(rid)
-                    if i is not None:
-                        marks.setdefault(i, []).append((tag,))
+                    i = self.index[rid]
+                    if i in marks:
+                        marks[i].append((tag,))
             for p in rs.promises:
-                i = index.get(p.acceptor)
-                if i is not None:
+                i = self.index[p.acceptor]
+                if i in marks:
                     c = p.accepted
-                    marks.setdefault(i, []).append((3, p.ballot, (c.ballot, c.subject) if c else ()))
+                    marks[i].append((3, p.ballot, (c.ballot, c.subject) if c else ()))
             for tag, items in ((4, rs.votes), (5, rs.seals)):
                 for v in items:
-                    i = index.get(v.acceptor)
-                    if i is not None:
-                        marks.setdefault(i, []).append((tag, v.ballot, v.subject))
-            for i in self.honest:
-                per[i].append((pi, tuple(sorted(marks.get(i, ())))))
-        return {i: tuple(v) for i, v in per.items()}
+                    i = self.index[v.acceptor]
+                    if i in marks:
+                        marks[i].append((tag, v.ballot, v.subject))
+            got = self._info[id(rs)] = {i: tuple(sorted(m)) for i, m in marks.items()}
+        return got
 
-    def _rename(self, st: State, perm: dict[int, int], names: dict[bytes, bytes]) -> State:
+    # -- renaming (memoised per permutation and component) ----------------------
+    def _rename(self, st: State, perm: dict[int, int]) -> State:
+        names = {self.ids[old]: self.ids[new] for old, new in perm.items()}
+        nk = tuple(sorted(names.items()))
+        memo = self._renamed
         n = names.get
 
         def vote(v: Vote) -> Vote:
@@ -433,24 +509,34 @@ class Symmetry:
         def ids(xs: frozenset[bytes]) -> frozenset[bytes]:
             return frozenset(n(x, x) for x in xs)
 
+        def renamed(comp, make):
+            k = (nk, id(comp))
+            got = memo.get(k)
+            if got is None:
+                got = memo[k] = self.one(make(comp))
+            return got
+
         accs = list(st.accs)
         for old, acc in enumerate(st.accs):  # a replica that keeps its place may hold a certificate naming others
             if acc is not None:
                 new = perm.get(old, old)
-                accs[new] = replace(acc, me=self.ids[new], sealed=cert(acc.sealed))
+                accs[new] = renamed(acc, lambda a, new=new: replace(a, me=self.ids[new], sealed=cert(a.sealed)))
             elif old in perm:
                 accs[perm[old]] = None
         procs = []
         for proc in st.procs:
             rs = proc.rs
             if rs is not None:
-                rs = replace(
+                rs = renamed(
                     rs,
-                    promises=frozenset(map(promise, rs.promises)),
-                    votes=frozenset(map(vote, rs.votes)),
-                    seals=frozenset(map(seal, rs.seals)),
-                    answered=ids(rs.answered),
-                    refused=ids(rs.refused),
+                    lambda r: replace(
+                        r,
+                        promises=frozenset(map(promise, r.promises)),
+                        votes=frozenset(map(vote, r.votes)),
+                        seals=frozenset(map(seal, r.seals)),
+                        answered=ids(r.answered),
+                        refused=ids(r.refused),
+                    ),
                 )
             procs.append(Proc(rs, proc.tries, frozenset(perm.get(i, i) for i in proc.served)))
         return State(
@@ -458,8 +544,8 @@ class Symmetry:
             frozenset(perm.get(i, i) for i in st.down),
             st.crashes,
             tuple(procs),
-            frozenset(map(seal, st.seals)),
-            frozenset(map(vote, st.votes)),
+            renamed(st.seals, lambda s: frozenset(map(seal, s))),
+            renamed(st.votes, lambda s: frozenset(map(vote, s))),
             st.filed,
         )
 
@@ -485,18 +571,15 @@ class Report:
         )
 
 
-RAW_MAX = 1_000_000
-
-
 def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
     """Every reachable state (one per symmetry class), breadth first, or depth
     first with ``depth_first``; raises Violation naming the depth it was found at."""
     model = Model(setup)
-    sym = Symmetry(model.ids, model.liar) if setup.symmetry else None
+    sym = Symmetry(model.ids, model.liar, reduce=setup.symmetry)
+    model.one = sym.one
     t0 = time.monotonic()
-    first = model.initial()
-    seen: set[State] = {first}  # representatives
-    raw: set[State] = set()  # successors already canonicalised (a cache: bounded)
+    first = sym.intern(model.initial(), None)
+    seen: set[tuple] = {sym.key(first)}
     queue = deque([(first, 0)])
     checked: dict[tuple, tuple[frozenset[bytes], bool]] = {}  # the check reads only the acceptors' part
     decided_states = split_states = 0
@@ -506,16 +589,13 @@ def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
         st, depth = queue.pop() if setup.depth_first else queue.popleft()
         if visit is not None:
             visit(st)
-        key = (st.accs, st.seals, st.votes, st.filed)
+        key = (tuple(map(id, st.accs)), id(st.seals), id(st.votes), id(st.filed))
         found = checked.get(key)
         if found is None:
             try:
-                found = model.check(st)
+                found = checked[key] = model.check(st)
             except Violation as exc:
                 raise Violation(f"{setup.label()}: {exc} (at depth {depth})") from None
-            if len(checked) >= 2_000_000:
-                checked.clear()
-            checked[key] = found
         decided, split = found
         if progress and len(seen) >= next_report:
             next_report += progress
@@ -524,17 +604,13 @@ def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
         decided_states += bool(decided)
         split_states += split
         for nxt in model.successors(st):
-            if sym is not None:
-                if nxt in raw:
-                    continue  # met before: its representative is in seen already
-                if len(raw) < RAW_MAX:
-                    raw.add(nxt)
-                nxt = sym.canonical(nxt)
-            if nxt not in seen:
+            nxt = sym.canonical(sym.intern(nxt, st))
+            k = sym.key(nxt)
+            if k not in seen:
                 if len(seen) >= setup.states_max:
                     complete = False
                     continue
-                seen.add(nxt)
+                seen.add(k)
                 queue.append((nxt, depth + 1))
     return Report(setup, len(seen), decided_states, split_states, time.monotonic() - t0, complete)
 

@@ -47,7 +47,7 @@ def test_the_symmetry_reduction_reaches_every_class_of_states():
         for order in itertools.permutations(range(3)):
             perm = {old: new for old, new in enumerate(order)}
             names = {setup.ids[old]: setup.ids[new] for old, new in perm.items() if old != new}
-            renamings.add(sym._rename(st, perm, names) if names else st)
+            renamings.add(sym._rename(sym.intern(st, None), perm) if names else sym.intern(st, None))
         return frozenset(renamings)
 
     full: list = []
