@@ -70,6 +70,7 @@ class Setup:
     depth_first: bool = False  # with a states_max, a depth-first search reaches decisions sooner
     broken: str = ""  # a rule to break on purpose ("vote_twice", "ignore_promise"): the check must fail
     symmetry: bool = True  # explore one state per permutation class of the honest replicas
+    jump: bool = False  # a worker may claim any attempt from the highest known up (one that was away)
 
     @property
     def cfg(self) -> Config:
@@ -86,6 +87,8 @@ class Setup:
         if self.liar:
             extra.append("lying replica")
         tries = ",".join(f"{KINDS[p]}:{n}" for p, n in self.tries)
+        if self.jump:
+            extra.append("attempts in any order")
         return f"r={self.replicas} F={self.byzantine} attempts<={self.attempts} rounds[{tries}] " + " ".join(extra)
 
 
@@ -189,7 +192,8 @@ class Model:
             if proc.tries <= 0:
                 continue  # (a round not over is abandoned: a proposer that stops waiting)
             if KINDS[name] == "worker":
-                choices = sorted({a for a in (top, top + 1) if 1 <= a <= self.s.attempts})
+                highest = self.s.attempts if self.s.jump else min(top + 1, self.s.attempts)
+                choices = [a for a in range(max(top, 1), highest + 1)]
             else:
                 choices = [max(top, 1)]
             for attempt in choices:
@@ -266,6 +270,8 @@ class Model:
             acc, answer = self._on_certificate(acc, request)
         promised = acc.promised if isinstance(answer, Refusal) and acc is not None else None
         new_rs, _ = R.step(rs, self.cfg, R.Reply(rid, answer, promised))
+        if new_rs.phase.over:  # nothing reads an ended round again but its ballot
+            new_rs = R.RoundState(new_rs.ballot, R.Phase.GAVE_UP, None)
         return self.one(acc), answer, self.one(new_rs)
 
     def _on_propose(self, acc: Acceptor, request: Proposal, filed: frozenset[bytes]):
@@ -422,22 +428,20 @@ class Symmetry:
         if not self.reduce:
             return st
         honest = self.honest
-        sig = {i: [] for i in honest}
-        for i in honest:
-            acc = st.accs[i]
-            sig[i].append(self._acc_info(acc) if acc is not None else (0,))
-            sig[i].append(i in st.down)
-        for comp in (st.votes, st.seals):
-            info = self._set_info(comp)
-            for i in honest:
-                sig[i].append(info[i])
-        for proc in st.procs:
-            if proc.rs is None:
-                continue
-            info = self._rs_info(proc.rs)
-            for i in honest:
-                sig[i].append((i in proc.served, info[i]))
-        keys = {i: tuple(v) for i, v in sig.items()}
+        accs, down = st.accs, st.down
+        vi, si = self._set_info(st.votes), self._set_info(st.seals)
+        rinfos = [(p.served, self._rs_info(p.rs)) for p in st.procs if p.rs is not None]
+        acc_info = self._acc_info
+        keys = {
+            i: (
+                acc_info(accs[i]) if accs[i] is not None else (0,),
+                i in down,
+                vi[i],
+                si[i],
+                tuple((i in served, info[i]) for served, info in rinfos),
+            )
+            for i in honest
+        }
         order = sorted(honest, key=keys.__getitem__)  # stable: ties keep their order
         perm = {old: honest[k] for k, old in enumerate(order) if old != honest[k]}
         if not perm:
@@ -571,6 +575,9 @@ class Report:
         )
 
 
+RAW_MAX = 20_000_000
+
+
 def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
     """Every reachable state (one per symmetry class), breadth first, or depth
     first with ``depth_first``; raises Violation naming the depth it was found at."""
@@ -579,7 +586,8 @@ def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
     model.one = sym.one
     t0 = time.monotonic()
     first = sym.intern(model.initial(), None)
-    seen: set[tuple] = {sym.key(first)}
+    seen: set[tuple] = {sym.key(first)}  # the representatives' keys
+    raw: set[tuple] = set()  # keys of successors already canonicalised (a bounded cache)
     queue = deque([(first, 0)])
     checked: dict[tuple, tuple[frozenset[bytes], bool]] = {}  # the check reads only the acceptors' part
     decided_states = split_states = 0
@@ -604,7 +612,14 @@ def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
         decided_states += bool(decided)
         split_states += split
         for nxt in model.successors(st):
-            nxt = sym.canonical(sym.intern(nxt, st))
+            nxt = sym.intern(nxt, st)
+            if setup.symmetry:
+                k = sym.key(nxt)
+                if k in raw:
+                    continue  # met before: its representative is known
+                if len(raw) < RAW_MAX:
+                    raw.add(k)
+                nxt = sym.canonical(nxt)
             k = sym.key(nxt)
             if k not in seen:
                 if len(seen) >= setup.states_max:
@@ -622,16 +637,16 @@ QUICK = [  # complete searches of a few seconds each (tests/unit/test_modelcheck
     Setup(replicas=4, byzantine=1, attempts=1, tries=((W1, 1),), equivocate=True, liar=True),
 ]
 
-CAP = 250_000  # states per configuration of the full run (breadth first: every state up to a depth)
-
-FULL = [
-    Setup(replicas=3, attempts=1, tries=((W1, 1), (CX, 1))),
-    Setup(replicas=3, attempts=1, tries=((W1, 1), (W2, 1))),
-    Setup(replicas=3, attempts=1, tries=((W1, 1), (CX, 1)), equivocate=True, crash="loss", states_max=CAP),
-    Setup(replicas=4, byzantine=1, attempts=1, tries=((W1, 1), (CX, 1)), liar=True, equivocate=True, states_max=CAP),
-    Setup(replicas=5, attempts=1, tries=((W1, 1), (CX, 1)), crash="restart", states_max=CAP),
-    Setup(replicas=3, attempts=3, tries=((W1, 2), (W2, 1)), states_max=CAP),
-    Setup(replicas=5, byzantine=1, attempts=1, tries=((W1, 1), (CX, 1)), liar=True, equivocate=True, states_max=CAP),
+FULL = [  # the configurations of docs/guarantees.md, each searched to the end
+    Setup(replicas=3, attempts=3, tries=((W1, 1), (W2, 1), (CX, 1)), jump=True),
+    Setup(replicas=3, attempts=1, tries=((W1, 1), (CX, 1), (RX, 1)), equivocate=True, crash="restart"),
+    Setup(replicas=3, attempts=1, tries=((W1, 1), (CX, 1), (RX, 1)), equivocate=True, crash="loss"),
+    Setup(replicas=4, byzantine=1, attempts=1, tries=((W1, 1), (CX, 1)), liar=True, equivocate=True),
+    Setup(replicas=5, attempts=1, tries=((W1, 1), (CX, 1)), crash="restart", crashes=2),
+    Setup(replicas=5, attempts=1, tries=((W1, 1), (CX, 1)), crash="loss", crashes=2),
+    Setup(replicas=5, byzantine=1, attempts=1, tries=((W1, 1), (CX, 1)), liar=True, equivocate=True),
+    Setup(replicas=5, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1))),
+    Setup(replicas=3, attempts=3, tries=((W1, 2), (W2, 1), (CX, 1), (RX, 1))),
 ]
 
 
@@ -639,15 +654,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the CI-sized configurations")
     ap.add_argument("--states-max", type=int, default=None, help="stop each search at this many states")
-    ap.add_argument("--skip", type=int, default=0, help="skip the first N configurations")
+    ap.add_argument("--only", type=int, nargs="*", help="run only these configurations (indexes from 0)")
+    ap.add_argument("--progress", type=int, default=0, help="report every N states on stderr")
     args = ap.parse_args(argv)
     total = 0
-    for setup in (QUICK if args.quick else FULL)[args.skip :]:
+    for k, setup in enumerate(QUICK if args.quick else FULL):
+        if args.only is not None and k not in args.only:
+            continue
         if args.states_max:
             setup = replace(setup, states_max=args.states_max)
-        report = explore(setup)
+        report = explore(setup, args.progress)
         total += report.states
-        print(report.line(), flush=True)
+        print(f"[{k}] {report.line()}", flush=True)
     print(f"total: {total} states explored, no state with two decided outcomes, a decision reachable from every one")
     return 0
 
