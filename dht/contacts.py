@@ -27,7 +27,7 @@ from typing import Any
 
 from workmesh.crypto.identity import Identity
 from workmesh.dht.config import DHTConfig
-from workmesh.dht.crawl import LookupResult, lookup
+from workmesh.dht.crawl import BETA, LookupResult, lookup
 from workmesh.dht.envelope import Envelope, check_contact
 from workmesh.dht.protocol import Clock, RPCProtocol
 from workmesh.dht.routing import Contact, WorkmeshRoutingTable, target_node
@@ -176,17 +176,27 @@ class Contacts:
                 remember(self._heard, checked[0], None, self.heard_max)
         return found
 
-    async def lookup(self, key: bytes, seeds: list[Contact]) -> LookupResult:
+    async def lookup(self, key: bytes, seeds: list[Contact], *, want: int | None = None) -> LookupResult:
+        """The closest contacts to ``key`` that answered; it stops once the
+        ``want`` (default k) closest known have answered (``dht/crawl.py``)."""
         self.stats["lookups"] += 1
         result = await lookup(
-            key, seeds, lambda c: self.ask_find_node(key, c), k=self.config.k, alpha=self.config.alpha
+            key,
+            seeds,
+            lambda c: self.ask_find_node(key, c),
+            k=self.config.k,
+            alpha=self.config.alpha,
+            want=want,
+            patience_s=self.config.lookup_patience_s,
+            spawn=lambda coro: self.protocol.spawn(coro, "lookup_ask"),
         )
         self.lookups.append(result)
         return result
 
     async def lookup_self(self, seeds: list[Contact]) -> LookupResult:
-        """Look this node's own id up (join, refresh, after a revival)."""
-        return await self.lookup(self.identity.node_id, seeds)
+        """Look this node's own id up (join, refresh, after a revival): until
+        the k closest answered, to fill the table's nearest buckets."""
+        return await self.lookup(self.identity.node_id, seeds, want=self.config.k)
 
     # ---------------------------------------------------------- replica sets
     async def replicas_for(self, key: bytes, *, count: int | None = None, fresh: bool = False) -> list[Contact]:
@@ -204,10 +214,10 @@ class Contacts:
             # No bucket ever overflowed: the table holds the whole mesh we can
             # reach (at most k other nodes), so the closest are known locally.
             return sorted([*seeds, self.node], key=target.distance_to)[:count]
-        found = (await self.lookup(key, seeds)).contacts if seeds else []
+        wanted = max(count, self.config.replicas)
+        found = (await self.lookup(key, seeds, want=wanted)).contacts if seeds else []
         everyone = {c.id: c for c in found}
         everyone[self.node.id] = self.node
-        wanted = max(count, self.config.replicas)
         if len(everyone) < wanted + 1:
             # A lookup cut short by lost replies: fall back on contacts we know.
             for c in seeds:
@@ -233,7 +243,7 @@ class Contacts:
                     contact = cached[1]
             if contact is None:
                 seeds = self.router.find_neighbors(target_node(node_id), k=self.config.k)
-                found = (await self.lookup(node_id, seeds)).contacts if seeds else []
+                found = (await self.lookup(node_id, seeds, want=BETA)).contacts if seeds else []
                 contact = next((c for c in found if c.id == node_id), None)
                 if contact is not None:
                     remember(self._resolved, node_id, (now, contact), 4096)
