@@ -43,6 +43,25 @@ def remember(cache: OrderedDict, key: Any, value: Any, size_max: int) -> None:
         cache.popitem(last=False)
 
 
+KNOWN, ADMIT, VERIFY = "known", "admit", "verify"
+
+
+def new_sender_rule(known_addr: tuple[str, int] | None, addr: tuple[str, int], proven: bool) -> str:
+    """What a request from a sender makes of it, given the address the routing
+    table holds for it (None: not in the table) and whether it already proved
+    ``addr`` (it answered a request of ours sent there):
+
+    * ``KNOWN``: in the table at this address; nothing to do;
+    * ``ADMIT``: proved already; into the table without a ping (a sender that
+      sits in a full bucket's replacement list used to be pinged again on
+      every request it made);
+    * ``VERIFY``: ping it back first (its signature proves its key, not its address).
+    """
+    if known_addr == addr:
+        return KNOWN
+    return ADMIT if proven else VERIFY
+
+
 def sender_contact(env: Envelope, addr: tuple[str, int]) -> Contact:
     """The contact a request claims to come from (its key proved, its address not yet)."""
     return Contact(env.sender_id, addr[0], addr[1], env.sender_key)
@@ -91,10 +110,25 @@ class Contacts:
     def _proved(self, contact: Contact) -> None:
         """``contact`` answered a request we sent to its address: it holds its key there."""
         remember(self._answered, contact.id, self.clock.monotonic(), self.answered_max)
+        self.admit(contact)
+
+    def admit(self, contact: Contact) -> None:
+        """A sender that proved its address before: into the table, no ping
+        (and no claim that it answered now: ``answered_age_s`` is untouched)."""
         is_new = self.router.get(contact.id) is None
         self.router.add_contact(contact)
         if is_new and self.router.get(contact.id) is not None and self._newly_met(contact.id):
             self.on_new_neighbour(contact)
+
+    def on_sender(self, env: Envelope, addr: tuple[str, int]) -> None:
+        """A verified request came from ``env``'s sender at ``addr`` (see :func:`new_sender_rule`)."""
+        known = self.router.get(env.sender_id)
+        rule = new_sender_rule(known and known.addr, addr, self.protocol.is_proven(addr, env.sender_id))
+        if rule == ADMIT:
+            self.stats["senders_admitted_proven"] += 1
+            self.admit(sender_contact(env, addr))
+        elif rule == VERIFY:
+            self.verify_later(sender_contact(env, addr))
 
     def _newly_met(self, node_id: bytes) -> bool:
         """True unless we met this peer within a republish interval (an evicted,

@@ -2,7 +2,8 @@
 
 :class:`RPCHandlers` dispatches every verified request by method name to its
 handler (a sender whose address the routing table does not know yet is
-pinged back before it is trusted; see :meth:`Contacts.verify_later`) and
+pinged back before it is trusted, unless it proved that address before; see
+:meth:`Contacts.on_sender`) and
 serves the DHT's own methods:
 
 * ``ping`` -> ``[]``;
@@ -81,9 +82,7 @@ class RPCHandlers:
         if handler is None:
             self.protocol.dropped["unknown_method"] += 1
             return None
-        known = self.contacts.router.get(env.sender_id)
-        if known is None or known.addr != addr:
-            self.contacts.verify_later(sender_contact(env, addr))
+        self.contacts.on_sender(env, addr)
         try:
             result = handler(env, addr)
             if asyncio.iscoroutine(result):

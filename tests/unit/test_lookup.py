@@ -1,5 +1,6 @@
 """The iterative lookup (``dht/crawl.py``): when it stops, whom each round asks,
-what it returns."""
+what it returns; and the rule for a request's sender that is new to the table
+(``dht/contacts.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import hashlib
 import random
 
+from workmesh.dht.contacts import ADMIT, KNOWN, VERIFY, new_sender_rule
 from workmesh.dht.crawl import BETA, lookup, lookup_done, next_batch
 from workmesh.dht.routing import Contact
 
@@ -157,3 +159,15 @@ async def test_a_slow_contact_among_the_closest_is_waited_for():
         lookup(key, seeds, slow_ask, k=K, alpha=ALPHA, want=BETA, patience_s=0.01), timeout=10
     )
     assert result.contacts[0].id == closest
+
+
+# ------------------------------------------------------- new senders
+
+
+def test_a_sender_is_pinged_back_only_when_it_never_proved_its_address():
+    here, there = ("10.0.0.1", 1), ("10.0.0.2", 1)
+    assert new_sender_rule(here, here, proven=False) == KNOWN  # in the table at this address
+    assert new_sender_rule(None, here, proven=True) == ADMIT  # answered us there: no ping
+    assert new_sender_rule(there, here, proven=True) == ADMIT
+    assert new_sender_rule(None, here, proven=False) == VERIFY
+    assert new_sender_rule(there, here, proven=False) == VERIFY  # a new address proves nothing yet
