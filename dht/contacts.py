@@ -194,8 +194,10 @@ class Contacts:
             return None
         return env.args
 
-    async def ask_find_node(self, key: bytes, contact: Contact) -> list[Contact] | None:
-        reply = await self.call(contact, "find_node", [key])
+    async def ask_find_node(self, key: bytes, contact: Contact, count: int | None = None) -> list[Contact] | None:
+        """The contacts ``contact`` knows closest to ``key`` (``count`` of them; default k), checked."""
+        wanted = count is not None and count < self.config.k
+        reply = await self.call(contact, "find_node", [key, count] if wanted else [key])
         if reply is None:
             return None
         self.stats["find_node_replies"] += 1
@@ -214,10 +216,12 @@ class Contacts:
         """The closest contacts to ``key`` that answered; it stops once the
         ``want`` (default k) closest known have answered (``dht/crawl.py``)."""
         self.stats["lookups"] += 1
+        # Each reply need name no more than the lookup can use (dht/crawl.py: max(want, alpha)).
+        count = max(want or self.config.k, self.config.alpha)
         result = await lookup(
             key,
             seeds,
-            lambda c: self.ask_find_node(key, c),
+            lambda c: self.ask_find_node(key, c, count),
             k=self.config.k,
             alpha=self.config.alpha,
             want=want,
