@@ -216,8 +216,9 @@ class Contacts:
         """The closest contacts to ``key`` that answered; it stops once the
         ``want`` (default k) closest known have answered (``dht/crawl.py``)."""
         self.stats["lookups"] += 1
-        # Each reply need name no more than the lookup can use (dht/crawl.py: max(want, alpha)).
-        count = max(want or self.config.k, self.config.alpha)
+        # A reply need name no more than the lookup can use (dht/crawl.py: max(want, alpha)),
+        # twice that: some of the contacts a peer names may be gone (churn).
+        count = min(self.config.k, 2 * max(want or self.config.k, self.config.alpha))
         result = await lookup(
             key,
             seeds,
