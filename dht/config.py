@@ -11,6 +11,10 @@ class DHTConfig:
     k: int = 20
     # Parallel queries per lookup round.
     alpha: int = 3
+    # How long a lookup round waits for its slowest reply before the next
+    # round starts (a late reply still counts): a dead contact costs this, not
+    # a whole rpc_timeout_s.
+    lookup_patience_s: float = 0.25
     # Replicas per key, and how many must store before a write counts.
     replicas: int = 5
     quorum: int = 3

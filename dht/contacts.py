@@ -27,7 +27,7 @@ from typing import Any
 
 from workmesh.crypto.identity import Identity
 from workmesh.dht.config import DHTConfig
-from workmesh.dht.crawl import LookupResult, lookup
+from workmesh.dht.crawl import BETA, LookupResult, lookup
 from workmesh.dht.envelope import Envelope, check_contact
 from workmesh.dht.protocol import Clock, RPCProtocol
 from workmesh.dht.routing import Contact, WorkmeshRoutingTable, target_node
@@ -41,6 +41,25 @@ def remember(cache: OrderedDict, key: Any, value: Any, size_max: int) -> None:
     cache.move_to_end(key)
     while len(cache) > size_max:
         cache.popitem(last=False)
+
+
+KNOWN, ADMIT, VERIFY = "known", "admit", "verify"
+
+
+def new_sender_rule(known_addr: tuple[str, int] | None, addr: tuple[str, int], proven: bool) -> str:
+    """What a request from a sender makes of it, given the address the routing
+    table holds for it (None: not in the table) and whether it already proved
+    ``addr`` (it answered a request of ours sent there):
+
+    * ``KNOWN``: in the table at this address; nothing to do;
+    * ``ADMIT``: proved already; into the table without a ping (a sender that
+      sits in a full bucket's replacement list used to be pinged again on
+      every request it made);
+    * ``VERIFY``: ping it back first (its signature proves its key, not its address).
+    """
+    if known_addr == addr:
+        return KNOWN
+    return ADMIT if proven else VERIFY
 
 
 def sender_contact(env: Envelope, addr: tuple[str, int]) -> Contact:
@@ -91,10 +110,25 @@ class Contacts:
     def _proved(self, contact: Contact) -> None:
         """``contact`` answered a request we sent to its address: it holds its key there."""
         remember(self._answered, contact.id, self.clock.monotonic(), self.answered_max)
+        self.admit(contact)
+
+    def admit(self, contact: Contact) -> None:
+        """A sender that proved its address before: into the table, no ping
+        (and no claim that it answered now: ``answered_age_s`` is untouched)."""
         is_new = self.router.get(contact.id) is None
         self.router.add_contact(contact)
         if is_new and self.router.get(contact.id) is not None and self._newly_met(contact.id):
             self.on_new_neighbour(contact)
+
+    def on_sender(self, env: Envelope, addr: tuple[str, int]) -> None:
+        """A verified request came from ``env``'s sender at ``addr`` (see :func:`new_sender_rule`)."""
+        known = self.router.get(env.sender_id)
+        rule = new_sender_rule(known and known.addr, addr, self.protocol.is_proven(addr, env.sender_id))
+        if rule == ADMIT:
+            self.stats["senders_admitted_proven"] += 1
+            self.admit(sender_contact(env, addr))
+        elif rule == VERIFY:
+            self.verify_later(sender_contact(env, addr))
 
     def _newly_met(self, node_id: bytes) -> bool:
         """True unless we met this peer within a republish interval (an evicted,
@@ -160,8 +194,10 @@ class Contacts:
             return None
         return env.args
 
-    async def ask_find_node(self, key: bytes, contact: Contact) -> list[Contact] | None:
-        reply = await self.call(contact, "find_node", [key])
+    async def ask_find_node(self, key: bytes, contact: Contact, count: int | None = None) -> list[Contact] | None:
+        """The contacts ``contact`` knows closest to ``key`` (``count`` of them; default k), checked."""
+        wanted = count is not None and count < self.config.k
+        reply = await self.call(contact, "find_node", [key, count] if wanted else [key])
         if reply is None:
             return None
         self.stats["find_node_replies"] += 1
@@ -176,17 +212,30 @@ class Contacts:
                 remember(self._heard, checked[0], None, self.heard_max)
         return found
 
-    async def lookup(self, key: bytes, seeds: list[Contact]) -> LookupResult:
+    async def lookup(self, key: bytes, seeds: list[Contact], *, want: int | None = None) -> LookupResult:
+        """The closest contacts to ``key`` that answered; it stops once the
+        ``want`` (default k) closest known have answered (``dht/crawl.py``)."""
         self.stats["lookups"] += 1
+        # A reply need name no more than the lookup can use (dht/crawl.py: max(want, alpha)),
+        # twice that: some of the contacts a peer names may be gone (churn).
+        count = min(self.config.k, 2 * max(want or self.config.k, self.config.alpha))
         result = await lookup(
-            key, seeds, lambda c: self.ask_find_node(key, c), k=self.config.k, alpha=self.config.alpha
+            key,
+            seeds,
+            lambda c: self.ask_find_node(key, c, count),
+            k=self.config.k,
+            alpha=self.config.alpha,
+            want=want,
+            patience_s=self.config.lookup_patience_s,
+            spawn=lambda coro: self.protocol.spawn(coro, "lookup_ask"),
         )
         self.lookups.append(result)
         return result
 
     async def lookup_self(self, seeds: list[Contact]) -> LookupResult:
-        """Look this node's own id up (join, refresh, after a revival)."""
-        return await self.lookup(self.identity.node_id, seeds)
+        """Look this node's own id up (join, refresh, after a revival): until
+        the k closest answered, to fill the table's nearest buckets."""
+        return await self.lookup(self.identity.node_id, seeds, want=self.config.k)
 
     # ---------------------------------------------------------- replica sets
     async def replicas_for(self, key: bytes, *, count: int | None = None, fresh: bool = False) -> list[Contact]:
@@ -204,10 +253,10 @@ class Contacts:
             # No bucket ever overflowed: the table holds the whole mesh we can
             # reach (at most k other nodes), so the closest are known locally.
             return sorted([*seeds, self.node], key=target.distance_to)[:count]
-        found = (await self.lookup(key, seeds)).contacts if seeds else []
+        wanted = max(count, self.config.replicas)
+        found = (await self.lookup(key, seeds, want=wanted)).contacts if seeds else []
         everyone = {c.id: c for c in found}
         everyone[self.node.id] = self.node
-        wanted = max(count, self.config.replicas)
         if len(everyone) < wanted + 1:
             # A lookup cut short by lost replies: fall back on contacts we know.
             for c in seeds:
@@ -233,7 +282,7 @@ class Contacts:
                     contact = cached[1]
             if contact is None:
                 seeds = self.router.find_neighbors(target_node(node_id), k=self.config.k)
-                found = (await self.lookup(node_id, seeds)).contacts if seeds else []
+                found = (await self.lookup(node_id, seeds, want=BETA)).contacts if seeds else []
                 contact = next((c for c in found if c.id == node_id), None)
                 if contact is not None:
                     remember(self._resolved, node_id, (now, contact), 4096)

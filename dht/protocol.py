@@ -86,6 +86,9 @@ class RPCProtocol(asyncio.DatagramProtocol):
         self._replay = ReplayGuard(config.replay_window_s, config.seen_ids_max)
         # msg_id -> (future, address asked, node id expected or None)
         self._outstanding: dict[bytes, tuple[asyncio.Future, tuple[str, int], bytes | None]] = {}
+        # (address, node id) -> the reply future of the latest request to that pair: what a
+        # proof of the pair's address may wait for, found without scanning every request.
+        self._to_pair: dict[tuple[tuple[str, int], bytes], asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self.transport: Transport | None = None
         self.dropped: Counter[str] = Counter()
@@ -243,6 +246,10 @@ class RPCProtocol(asyncio.DatagramProtocol):
                 return
         self._send(data, addr)
 
+    def is_proven(self, addr: tuple[str, int], node_id: bytes) -> bool:
+        """Has ``node_id`` answered a request of ours sent to ``addr`` (so it holds its key there)?"""
+        return (addr, node_id) in self._proven
+
     async def _prove(self, addr: tuple[str, int], env: Envelope) -> bool:
         """Has ``env``'s sender proved it receives at ``addr``? If not yet, ping it there
         (one ping per pair at a time; the ping is no larger than any request)."""
@@ -264,14 +271,13 @@ class RPCProtocol(asyncio.DatagramProtocol):
         request already on its way to the pair (the owner verifying a new sender)
         counts as the first, so an unproven address is not sent pings twice over."""
         pair, attempts = (addr, env.sender_id), 2
-        for future, asked, expected in list(self._outstanding.values()):
-            if asked == addr and expected == env.sender_id:
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(future), self.config.rpc_timeout_s / 2)
-                if pair in self._proven:
-                    return
-                attempts = 1
-                break
+        future = self._to_pair.get(pair)
+        if future is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(future), self.config.rpc_timeout_s / 2)
+            if pair in self._proven:
+                return
+            attempts = 1
         for _ in range(attempts):
             reply = await self.request(
                 addr, "ping", [], expect_id=env.sender_id, peer_key=env.sender_key,
@@ -342,6 +348,9 @@ class RPCProtocol(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._outstanding[msg_id] = (future, addr, expect_id)
+        pair = (addr, expect_id) if expect_id is not None else None
+        if pair is not None:
+            self._to_pair[pair] = future
         if proof_only:
             self._proof_pings.add(msg_id)
         self.counters["requests_out"] += 1
@@ -356,6 +365,8 @@ class RPCProtocol(asyncio.DatagramProtocol):
             timer.cancel()
             self._outstanding.pop(msg_id, None)
             self._proof_pings.discard(msg_id)
+            if pair is not None and self._to_pair.get(pair) is future:
+                del self._to_pair[pair]
 
     def _time_out(self, future: asyncio.Future) -> None:
         if not future.done():
@@ -369,6 +380,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
             if not future.done():
                 future.cancel()
         self._outstanding.clear()
+        self._to_pair.clear()
         if self.transport is not None:
             self.transport.close()
             self.transport = None

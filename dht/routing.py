@@ -18,6 +18,7 @@ the key that lets the receiver check the id.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 from collections.abc import Callable, Iterable
 
@@ -93,8 +94,12 @@ class WorkmeshRoutingTable(RoutingTable):
         itself included when it is a contact (a lookup of a node id must be
         able to find that node)."""
         k = k or self.ksize
-        candidates = (c for c in self.contacts() if exclude is None or not c.same_home_as(exclude))
-        return sorted(candidates, key=node.distance_to)[:k]
+        target = node.long_id
+        candidates = (
+            c for bucket in self.buckets for c in bucket.nodes.values() if exclude is None or not c.same_home_as(exclude)
+        )
+        # The k smallest without sorting the whole table (a heap of k).
+        return heapq.nsmallest(k, candidates, key=lambda c: c.long_id ^ target)
 
     # -- updates ----------------------------------------------------------
     def add_contact(self, node: Contact) -> None:

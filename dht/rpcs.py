@@ -2,7 +2,8 @@
 
 :class:`RPCHandlers` dispatches every verified request by method name to its
 handler (a sender whose address the routing table does not know yet is
-pinged back before it is trusted; see :meth:`Contacts.verify_later`) and
+pinged back before it is trusted, unless it proved that address before; see
+:meth:`Contacts.on_sender`) and
 serves the DHT's own methods:
 
 * ``ping`` -> ``[]``;
@@ -81,9 +82,7 @@ class RPCHandlers:
         if handler is None:
             self.protocol.dropped["unknown_method"] += 1
             return None
-        known = self.contacts.router.get(env.sender_id)
-        if known is None or known.addr != addr:
-            self.contacts.verify_later(sender_contact(env, addr))
+        self.contacts.on_sender(env, addr)
         try:
             result = handler(env, addr)
             if asyncio.iscoroutine(result):
@@ -98,11 +97,19 @@ class RPCHandlers:
         return []
 
     def rpc_find_node(self, env: Envelope, addr) -> list:
-        (key,) = env.args
+        """``[key]`` or ``[key, count]`` -> the ``count`` (default and at most k)
+        closest contacts we know. A lookup that stops at its ``want`` closest
+        needs no more than ``max(want, alpha)`` from each reply (``dht/crawl.py``)."""
+        key, *rest = env.args
         if not isinstance(key, bytes) or len(key) != 20:
             raise ValueError("find_node needs a 20-byte key")
+        count = rest[0] if rest else None
+        if len(rest) > 1 or (count is not None and (type(count) is not int or count < 1)):
+            raise ValueError("find_node takes a key and an optional count of at least 1")
         sender = sender_contact(env, addr)
-        return [c.to_wire() for c in self.contacts.router.find_neighbors(target_node(key), exclude=sender)]
+        k = self.contacts.config.k if count is None else min(count, self.contacts.config.k)
+        neighbours = self.contacts.router.find_neighbors(target_node(key), k=k, exclude=sender)
+        return [c.to_wire() for c in neighbours]
 
     async def rpc_find_records(self, env: Envelope, addr) -> list | None:
         # Serve what is on disk: a grant or seal written this turn goes out

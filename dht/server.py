@@ -120,6 +120,7 @@ class DHTServer:
             "budget_refusals": 0,
             "commit_failures_seen": 0,
             "verifications_skipped": 0,
+            "senders_admitted_proven": 0,
         }
         self.protocol = RPCProtocol(
             identity, config, self.clock, new_msg_id or (lambda: os.urandom(16)), self._on_request, self._on_task_error

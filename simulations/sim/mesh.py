@@ -264,8 +264,8 @@ class SimMesh:
         lookup = contacts.lookup
         on_lookup = self._on_lookup
 
-        async def traced_lookup(key, seeds):
-            result = await lookup(key, seeds)
+        async def traced_lookup(key, seeds, **kw):
+            result = await lookup(key, seeds, **kw)
             on_lookup(sim, key, result)
             return result
 

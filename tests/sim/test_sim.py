@@ -140,6 +140,17 @@ def test_lookup_of_a_node_id_finds_that_node():
     assert figures["lookup_success_rate"] == 1.0
 
 
+def test_lookups_find_the_closest_node_in_few_rounds():
+    """A 40-node mesh (past k + 1 nodes, so replica sets come from lookups): a
+    lookup stops once the closest contacts it needs have answered (dht/crawl.py),
+    not after all k, and still finds the live node truly closest to its key."""
+    figures = simulate(Params(scenario="steady", nodes=40, jobs=12, seed=1, load_s=5.0, liveness_deadline_s=20.0))
+    _check(figures)
+    assert figures["lookups"] > 0
+    assert figures["lookup_success_rate"] == 1.0
+    assert figures["hops_mean"] <= 4, figures["hops_mean"]  # all-k rounds took about 7
+
+
 @pytest.mark.parametrize("loss", [0.05, 0.2], ids=["5pct", "20pct"])
 def test_loss_range_keeps_every_promise(loss):
     """Both ends of the 5-20% datagram loss range the mesh must tolerate."""
