@@ -38,16 +38,34 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return out
 
 
+def _run_together(cmds: list[list[str]]) -> None:
+    """Run ``cmds`` at once (each as :func:`_run` would); all must succeed."""
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in cmds]
+    try:
+        for cmd, proc in zip(cmds, procs):
+            stdout, stderr = proc.communicate(timeout=INSTALL_TIMEOUT_S)
+            assert proc.returncode == 0, f"{cmd}: {proc.returncode}\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("package")
     wheels = base / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT), str(PLUGIN)])
+    # The two wheels build at once, each in its own isolated build environment.
+    _run_together([[sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(src)]
+                   for src in (ROOT, PLUGIN)])
     built = sorted(wheels.glob("*.whl"))
     assert [w.name.split("-")[0] for w in built] == ["workmesh", "workmesh_example_plugin"], built
     env_dir = base / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    _run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", *map(str, built)])
+    # A bare venv (no ensurepip, which costs seconds): this checkout's pip
+    # installs into it (--python), the wheels and their dependencies only.
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    _run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install", "-q", *map(str, built)])
     return env_dir
 
 
