@@ -204,7 +204,9 @@ def test_killing_the_first_node_given_the_client_still_submits_and_waits_through
         import json, os, signal, sys, threading, time
         from workmesh import Client
         client = Client(sys.argv[2:], timeout=5)
-        job = client.submit("sleep", {"seconds": 1.5})
+        # A 2 s lease: the job, likely running on the first node, is taken over
+        # soon after the kill (the default 10 s lease would only add waiting).
+        job = client.submit("sleep", {"seconds": 1.5}, lease_seconds=2)
         # The first node dies while the client long-polls it: the wait carries on elsewhere.
         killer = threading.Timer(0.5, os.kill, (int(sys.argv[1]), signal.SIGKILL))
         killer.start()
