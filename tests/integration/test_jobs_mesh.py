@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import signal
 import time
@@ -207,6 +208,9 @@ def test_job_survives_the_death_of_the_node_that_accepted_it(mesh):
     """Kills node 2 of the shared mesh for good, so it runs last."""
     gateway = mesh.nodes[2]
     job = submit(gateway, {"type": "echo", "payload": {"x": 1}})
-    gateway.kill()
+    # The node and its process group: it ran CPU jobs above, whose pool
+    # processes a SIGKILL of the node alone would leave behind.
+    os.killpg(gateway.proc.pid, signal.SIGKILL)
+    gateway.proc.wait(timeout=10)
     code, doc = read(mesh.nodes[0], job["id"], wait=20)
     assert code == 200 and doc["status"] == "done" and doc["result"] == {"x": 1}
