@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--repair-after", type=_duration, default="3m", metavar="DURATION",
                        help="replace a job's placed replica that has not answered this long, through the job's "
                        "consensus (docs/protocol.md): seconds, or 90s, 30m, 12h (default 3m)")
+    start.add_argument("--reannounce-max", type=_duration, default="30s", metavar="DURATION",
+                       help="a replica re-announces a job no worker took at most this long apart, the wait doubling "
+                       "from 10 s (or from this, if shorter): seconds, or 90s, 5m (default 30s)")
     start.add_argument("--rate-limit", type=float,
                        help="REST requests per second per client, for every client, loopback too "
                        "(default: only clients off loopback are limited, see --remote-rate-limit)")
@@ -149,6 +152,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         retention_s=args.retention,
         repair_after_s=args.repair_after,
         repair_check_s=min(10.0, max(0.5, args.repair_after / 4)),
+        reannounce_first_s=min(NodeConfig().reannounce_first_s, args.reannounce_max),
+        reannounce_max_s=args.reannounce_max,
         byzantine=byzantine,
         remote_rate_limit_per_s=args.remote_rate_limit,
         rate_burst=args.rate_burst,

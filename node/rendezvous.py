@@ -14,6 +14,15 @@ import hashlib
 from collections.abc import Iterable
 
 RANK_KEY_BYTES = 8
+# A re-announced job (no signed submission along) is one whose earlier lease
+# may just have gone stale on the replica that re-announced it; the other
+# replicas judge the same lease on their own clocks, a few milliseconds apart.
+# A claim sent at once finds some of them not yet willing to grant, wins only
+# a minority, and the next-ranked worker's claim, one step later, collects
+# the rest: a split vote that costs a whole lease. Every worker, the best
+# ranked too, waits this long first, so the best one's claim finds them all
+# past the old lease.
+REANNOUNCED_SETTLE_S = 0.1
 
 
 def rank_key(job_id: bytes, node_id: bytes) -> int:
@@ -33,13 +42,14 @@ def rank(job_id: bytes, node_id: bytes, others: Iterable[bytes]) -> int:
     return sum(1 for other in set(others) if other != node_id and (rank_key(job_id, other), other) < mine)
 
 
-def claim_delay_s(position: int, step_s: float = 0.05, cap_s: float = 2.0) -> float:
-    """How long a worker at ``position`` waits before claiming: linear, capped.
+def claim_delay_s(position: int, step_s: float = 0.05, cap_s: float = 2.0, settle_s: float = 0.0) -> float:
+    """How long a worker at ``position`` waits before claiming: linear, capped,
+    after ``settle_s`` (``REANNOUNCED_SETTLE_S`` for a re-announced job).
 
     The cap keeps a job from waiting long when many workers ranked above
     this one are busy; the step only has to exceed a claim round trip so the
     better-ranked worker's grants usually land first.
     """
     if position <= 0:
-        return 0.0
-    return min(cap_s, position * step_s)
+        return settle_s
+    return settle_s + min(cap_s, position * step_s)

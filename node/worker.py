@@ -164,7 +164,10 @@ class WorkerPool:
         if delay_s is None:
             peers = [c.id for c in self.dht.router.contacts()]
             position = rendezvous.rank(job_id, self.identity.node_id, peers)
-            delay_s = rendezvous.claim_delay_s(position)
+            # Without the signed submission: a re-announcement, maybe of a
+            # lease the replicas are only now judging stale (rendezvous.py).
+            settle_s = 0.0 if first else rendezvous.REANNOUNCED_SETTLE_S
+            delay_s = rendezvous.claim_delay_s(position, settle_s=settle_s)
             best = position == 0
         not_before = self.monotonic() + delay_s
         current = self._runnable.get(job_id)

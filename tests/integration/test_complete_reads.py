@@ -3,6 +3,8 @@
 A ``fail`` job with an 8 KB message and eight attempts holds about 87 KB of
 facts, more than one datagram: a node that is not one of its replicas reads
 it over real UDP, page after page, and sees ``failed`` like the replicas.
+The retry backoff is cut short (its doubling, 0.5 s to 30 s, would spend
+about 45 s between the eight attempts): the reads are the point here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from workmesh.dht.config import DHTConfig
 from workmesh.dht.server import RECORDS_PER_REPLY_BYTES
 from workmesh.node import lifecycle
 from workmesh.node.config import NodeConfig
+from workmesh.node.leases import LeaseRules
 from workmesh.node.node import Node
 
 
@@ -43,7 +46,8 @@ async def start_mesh(tmp_path, count: int, **config) -> list[Node]:
 
 @pytest.mark.slow
 async def test_a_failed_job_of_87_kb_of_facts_reads_failed_from_a_non_replica(tmp_path):
-    nodes = await start_mesh(tmp_path, 6, workers=1, lease_s=5.0)
+    fast_retries = LeaseRules(backoff_base_s=0.05, backoff_cap_s=0.4)
+    nodes = await start_mesh(tmp_path, 6, workers=1, lease_s=5.0, leases=fast_retries)
     try:
         view = await nodes[0].submit("fail", {"message": "x" * 8000}, max_attempts=8)
         job_id = bytes.fromhex(view.id)

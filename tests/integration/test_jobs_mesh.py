@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import signal
 import time
@@ -125,43 +126,34 @@ def test_killed_worker_job_finishes_elsewhere_within_lease_plus_2s(tmp_path):
         assert len(_decided_results(doc)) == 1
 
 
-def test_paused_worker_loses_lease_and_its_late_result_is_not_accepted(tmp_path):
-    with ProcMesh(5, tmp_path, node_args=["--workers", "1", "--lease-seconds", "2"]) as mesh:
-        job = submit(mesh.nodes[0], {"type": "sleep", "payload": {"seconds": 1.5}, "lease_seconds": 2})
-        worker, _ = _running_on(mesh, job["id"])
-        worker.signal(signal.SIGSTOP)
-        reader = next(n for n in mesh.live() if n is not worker)
+def test_paused_worker_loses_lease_and_its_late_result_is_not_accepted(mesh):
+    """On the shared mesh: the paused worker resumes, so every node is live again after."""
+    job = submit(mesh.nodes[0], {"type": "sleep", "payload": {"seconds": 1.5}, "lease_seconds": 2})
+    worker, _ = _running_on(mesh, job["id"])
+    worker.signal(signal.SIGSTOP)
+    reader = next(n for n in mesh.live() if n is not worker)
 
-        def taken_over():
-            code, doc = read(reader, job["id"])
-            return doc if doc["worker"] not in (None, worker.node_id) else None
+    def taken_over():
+        code, doc = read(reader, job["id"])
+        return doc if doc["worker"] not in (None, worker.node_id) else None
 
-        wait_until(taken_over, 15)
-        worker.signal(signal.SIGCONT)
-        code, doc = read(reader, job["id"], wait=15)
-        assert doc["status"] == "done" and doc["worker"] != worker.node_id
-        # If the resumed worker files its late result, it must not be the accepted one.
-        def late_result_seen():
-            code, d = read(reader, job["id"])
-            return d if any(f["kind"] == "result" and f["author"] == worker.node_id for f in d["history"]) else None
+    wait_until(taken_over, 15)
+    worker.signal(signal.SIGCONT)
+    code, doc = read(reader, job["id"], wait=15)
+    assert doc["status"] == "done" and doc["worker"] != worker.node_id
+    # If the resumed worker files its late result, it must not be the accepted one.
+    def late_result_seen():
+        code, d = read(reader, job["id"])
+        return d if any(f["kind"] == "result" and f["author"] == worker.node_id for f in d["history"]) else None
 
-        try:
-            doc = wait_until(late_result_seen, 5)
-        except TimeoutError:
-            pass  # the resumed worker noticed it lost the lease before reporting
-        decided = _decided_results(doc)
-        assert len(decided) == 1 and decided[0]["author"] != worker.node_id
-        code, final = read(reader, job["id"])
-        assert final["status"] == "done" and final["worker"] != worker.node_id
-
-
-def test_job_survives_the_death_of_the_node_that_accepted_it(tmp_path):
-    with ProcMesh(5, tmp_path, node_args=["--workers", "1", "--lease-seconds", str(LEASE_S)]) as mesh:
-        gateway = mesh.nodes[2]
-        job = submit(gateway, {"type": "echo", "payload": {"x": 1}})
-        gateway.kill()
-        code, doc = read(mesh.nodes[0], job["id"], wait=20)
-        assert code == 200 and doc["status"] == "done" and doc["result"] == {"x": 1}
+    try:
+        doc = wait_until(late_result_seen, 5)
+    except TimeoutError:
+        pass  # the resumed worker noticed it lost the lease before reporting
+    decided = _decided_results(doc)
+    assert len(decided) == 1 and decided[0]["author"] != worker.node_id
+    code, final = read(reader, job["id"])
+    assert final["status"] == "done" and final["worker"] != worker.node_id
 
 
 def test_fail_jobs_end_failed_after_exactly_max_attempts(mesh):
@@ -210,3 +202,15 @@ def test_bad_submissions_get_problem_details_and_the_node_keeps_serving(mesh, bo
     assert doc["status"] == status and "title" in doc
     code, _ = http("GET", f"{node.url}/status")
     assert code == 200
+
+
+def test_job_survives_the_death_of_the_node_that_accepted_it(mesh):
+    """Kills node 2 of the shared mesh for good, so it runs last."""
+    gateway = mesh.nodes[2]
+    job = submit(gateway, {"type": "echo", "payload": {"x": 1}})
+    # The node and its process group: it ran CPU jobs above, whose pool
+    # processes a SIGKILL of the node alone would leave behind.
+    os.killpg(gateway.proc.pid, signal.SIGKILL)
+    gateway.proc.wait(timeout=10)
+    code, doc = read(mesh.nodes[0], job["id"], wait=20)
+    assert code == 200 and doc["status"] == "done" and doc["result"] == {"x": 1}

@@ -10,8 +10,10 @@ checkout's client. The failover test kills a node, so it runs last.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -38,16 +40,34 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return out
 
 
+def _run_together(cmds: list[list[str]]) -> None:
+    """Run ``cmds`` at once (each as :func:`_run` would); all must succeed."""
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in cmds]
+    try:
+        for cmd, proc in zip(cmds, procs):
+            stdout, stderr = proc.communicate(timeout=INSTALL_TIMEOUT_S)
+            assert proc.returncode == 0, f"{cmd}: {proc.returncode}\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("package")
     wheels = base / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT), str(PLUGIN)])
+    # The two wheels build at once, each in its own isolated build environment.
+    _run_together([[sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(src)]
+                   for src in (ROOT, PLUGIN)])
     built = sorted(wheels.glob("*.whl"))
     assert [w.name.split("-")[0] for w in built] == ["workmesh", "workmesh_example_plugin"], built
     env_dir = base / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    _run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", *map(str, built)])
+    # A bare venv (no ensurepip, which costs seconds): this checkout's pip
+    # installs into it (--python), the wheels and their dependencies only.
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    _run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install", "-q", *map(str, built)])
     return env_dir
 
 
@@ -186,7 +206,9 @@ def test_killing_the_first_node_given_the_client_still_submits_and_waits_through
         import json, os, signal, sys, threading, time
         from workmesh import Client
         client = Client(sys.argv[2:], timeout=5)
-        job = client.submit("sleep", {"seconds": 1.5})
+        # A 2 s lease: the job, likely running on the first node, is taken over
+        # soon after the kill (the default 10 s lease would only add waiting).
+        job = client.submit("sleep", {"seconds": 1.5}, lease_seconds=2)
         # The first node dies while the client long-polls it: the wait carries on elsewhere.
         killer = threading.Timer(0.5, os.kill, (int(sys.argv[1]), signal.SIGKILL))
         killer.start()
@@ -199,6 +221,8 @@ def test_killing_the_first_node_given_the_client_still_submits_and_waits_through
                           "result": after.result, "node": client.status()["api"]}))
     """, str(first.proc.pid), *[n.url for n in mesh.nodes])
     first.proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(first.proc.pid, signal.SIGKILL)  # what the node's group still holds: its CPU pool
     assert got["during"] == "done" and got["waited"] > 0.5
     assert got["after"] == "done" and got["result"] == {"after": "kill"}
     assert got["node"] != f"127.0.0.1:{first.api_port}"

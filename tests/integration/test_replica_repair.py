@@ -8,6 +8,9 @@ removal the job's remaining replicas must agree, through the job's
 consensus, on a new replica set without the removed node (read from the
 job's signed facts, as any client can). Then a node with a worker slot
 joins, and the job, whose original replicas are now mostly gone, completes.
+The replicas re-announce the pending job at most 2 s apart
+(``--reannounce-max``), so the worker hears of it soon after it joins rather
+than at the next of the default 30 s re-announcements.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def current(node: ProcNode, job_id: str) -> lifecycle.JobState | None:
 
 @pytest.mark.slow
 def test_three_of_five_replicas_removed_for_good_one_after_another_and_the_job_completes(tmp_path):
-    args = ["--workers", "0", "--replicas", "5", "--repair-after", "2s", "--lease-seconds", "2"]
+    args = ["--workers", "0", "--replicas", "5", "--repair-after", "2s", "--lease-seconds", "2", "--reannounce-max", "2s"]
     mesh = ProcMesh(8, tmp_path, node_args=args)
     mesh.start()
     try:
@@ -70,7 +73,7 @@ def test_three_of_five_replicas_removed_for_good_one_after_another_and_the_job_c
         assert len(original & set(removed)) == REMOVALS
         # A worker joins; the job, three of whose five original replicas are gone, completes.
         p2p, api = _free_pair()
-        worker = ProcNode(len(mesh.nodes), tmp_path / "worker", p2p, api, ["--workers", "1", "--replicas", "5"])
+        worker = ProcNode(len(mesh.nodes), tmp_path / "worker", p2p, api, ["--workers", "1", "--replicas", "5", "--reannounce-max", "2s"])
         mesh.nodes.append(worker)
         worker.start([entry.p2p])
         worker.wait_ready()

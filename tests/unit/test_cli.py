@@ -69,3 +69,11 @@ def test_bad_rest_limits_refuse_to_start(capsys):
     assert main(["start", "--data-dir", "d", "--long-polls-max", "0"]) == 2
     assert main(["start", "--data-dir", "d", "--rate-limit", "0"]) == 2
     assert "workmesh:" in capsys.readouterr().err
+
+
+def test_reannounce_max_caps_the_reannounce_waits():
+    default = _start_config()
+    assert (default.reannounce_first_s, default.reannounce_max_s) == (10.0, 30.0)
+    assert (_start_config("--reannounce-max", "2m").reannounce_first_s, _start_config("--reannounce-max", "2m").reannounce_max_s) == (10.0, 120.0)
+    short = _start_config("--reannounce-max", "2s")
+    assert (short.reannounce_first_s, short.reannounce_max_s) == (2.0, 2.0)

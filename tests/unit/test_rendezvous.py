@@ -51,3 +51,9 @@ def test_claim_delay_grows_with_rank_and_is_capped(position: int, step: float, c
 def test_claim_delay_defaults() -> None:
     assert [claim_delay_s(p) for p in (0, 1, 2)] == [0.0, 0.05, 0.1]
     assert claim_delay_s(10_000) == 2.0
+
+
+def test_claim_delay_of_a_reannounced_job_adds_the_settle_to_every_position() -> None:
+    settle = 0.1
+    assert [claim_delay_s(p, settle_s=settle) for p in (0, 1, 2)] == [claim_delay_s(p) + settle for p in (0, 1, 2)]
+    assert claim_delay_s(10_000, settle_s=settle) == 2.0 + settle

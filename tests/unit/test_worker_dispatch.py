@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from types import SimpleNamespace
 
+import pytest
+
 from workmesh.crypto.identity import Identity
 from workmesh.node import rendezvous
 from workmesh.node.handlers import Registry
@@ -58,3 +60,31 @@ async def test_a_backlogged_worker_takes_the_jobs_it_ranks_first_for_before_the_
     assert order[: len(mine)] == mine  # its own first, oldest first
     assert order[len(mine) :] == [j for j in jobs if j not in mine]  # then the rest, oldest first
 
+
+
+def test_a_reannounced_job_waits_for_the_replicas_to_settle_even_for_the_best_ranked_worker():
+    """A re-announcement (no signed submission along) may come from the first
+    replica to judge an old lease stale; the others judge it a few
+    milliseconds later on their own clocks. The best-ranked worker claiming at
+    once won only a minority and the next-ranked one took the rest (a split
+    vote, a whole lease lost): it waits the settle delay first, and the rank
+    order still holds. A first announcement is claimed at once."""
+    me = Identity.generate()
+    peers = [hashlib.blake2b(bytes([i]), digest_size=20).digest() for i in range(3)]
+    now = [100.0]
+    pool = _pool(me, peers, now)
+    jobs = [hashlib.blake2b(b"job%d" % i, digest_size=20).digest() for i in range(40)]
+    best = next(j for j in jobs if rendezvous.rank(j, me.node_id, peers) == 0)
+    second = next(j for j in jobs if rendezvous.rank(j, me.node_id, peers) == 1)
+    settle = rendezvous.REANNOUNCED_SETTLE_S
+    assert settle > 0
+
+    pool.offer(best, "echo")
+    pool.offer(second, "echo")
+    assert pool._next_due(now[0] + settle * 0.99) == (None, now[0] + settle)
+    assert pool._next_due(now[0] + settle)[0] == best
+    assert pool._runnable[second].not_before == pytest.approx(now[0] + settle + rendezvous.claim_delay_s(1))
+
+    fresh = next(j for j in jobs if j not in (best, second) and rendezvous.rank(j, me.node_id, peers) == 0)
+    pool.offer(fresh, "echo", first=("submission", "placement"))  # what a first announcement carries
+    assert pool._next_due(now[0]) == (fresh, None)
