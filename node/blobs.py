@@ -370,7 +370,7 @@ def attach(node: Any, *, in_memory: bool = False) -> BlobService:
     def job_refs() -> set[str]:
         refs: set[str] = set()
         for key in node.store.keys():
-            state = node.derived.local(key)
+            state = node.store.state(key)
             if state is None:
                 continue
             blob_refs(state.submit.body.payload, refs)

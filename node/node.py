@@ -29,7 +29,7 @@ from workmesh.node import __version__
 from workmesh.node import blobs, keyed, leases, lifecycle, meshview
 from workmesh.node.config import NodeConfig
 from workmesh.node.deciding import Decider
-from workmesh.node.derived import DerivedStates
+from workmesh.node.derived import JobDeriver
 from workmesh.node.gossip import Gossip
 from workmesh.node.handlers import BUILTINS, Registry
 from workmesh.node.insight import NodeInsight
@@ -110,23 +110,24 @@ class Node:
         if run_cpu is None:
             run_cpu, self._close_pool = process_pool_runner(config.workers)
         self.replica = JobReplica(
-            self.identity, config.leases, self._monotonic, self.clock.wall_ms, self._on_stored
+            self.identity, config.leases, self._monotonic, self.clock.wall_ms, self._on_stored,
+            state_of=self._state_of,
         )
         path = None if in_memory else os.path.join(config.data_dir, "store.sqlite")
+        # The store keeps each job's state up to date as facts merge (node/derived.py).
+        self.deriver = JobDeriver()
         self.store = FactStore(
             path, self.replica.validate, config.store_limits,
-            tombstones_max=config.tombstones_max, group_commit=config.group_commit,
+            tombstones_max=config.tombstones_max, group_commit=config.group_commit, deriver=self.deriver,
         )
-        self.derived = DerivedStates(self.store)
         self.retention = Retention(
             self.store,
             config.retention_s,
             monotonic=self._monotonic,
             wall_ms=self.clock.wall_ms,
-            state_of=self.derived.local,
+            state_of=self.store.state,
             on_dropped=self._on_dropped,
         )
-        self.replica.derive = self.derived.of
         self.dht = DHTServer(
             self.identity,
             self.store,
@@ -169,7 +170,6 @@ class Node:
             announce=self._announce_new,
             watch=self.watch,
         )
-        self.jobs.derived = self.workers.derived = self.derived
         self.jobs.type_defaults = self.registry.defaults_for
         if not in_memory:
             self.jobs.owners = keyed.Owners(path=os.path.join(config.data_dir, OWNERS_FILE))
@@ -280,7 +280,7 @@ class Node:
     def _on_stored(self, key: bytes, new: list) -> None:
         """Facts for ``key`` were stored here: re-derive, index (if we are one
         of the job's replicas), log, wake waiters."""
-        state = self.derived.local(key)
+        state = self.store.state(key)
         if state is None:
             return
         self.retention.observe(key, state)
@@ -323,6 +323,19 @@ class Node:
             if due is not None and now + due < self._reannounce_until:
                 wakeup.set()
         self._wake(key)
+
+    def _state_of(self, job_id: bytes, facts: list) -> lifecycle.JobState | None:
+        """The state a candidate set of a job's facts decides (the replica judges
+        a fact against the store plus that fact), from the store's derivation."""
+        return self.store.state_of(job_id, facts)
+
+    def _derive_statistics(self) -> dict[str, int]:
+        kept = self.store.derived_statistics()
+        mine = self.deriver.statistics()
+        return {
+            "hits": kept["hits"] + mine["hits"], "misses": mine["misses"], "incremental": mine["incremental"],
+            "cached": kept["kept"] + mine["recent"],
+        }
 
     def _on_dropped(self, key: bytes) -> None:
         """A decided job's facts were dropped here (its retention passed)."""
@@ -447,7 +460,7 @@ class Node:
         stale = self.index.unsettled(self.identity.node_id, OWN_REFRESH_MAX)
         if not stale:
             return
-        states = await asyncio.gather(*(read_job(self.dht, j, self.derived) for j in stale), return_exceptions=True)
+        states = await asyncio.gather(*(read_job(self.dht, j) for j in stale), return_exceptions=True)
         for job_id, got in zip(stale, states):
             if isinstance(got, tuple) and got[0] is not None:
                 self.dht.ingest(job_id, list(got[0].facts), self.identity.node_id)
@@ -457,11 +470,11 @@ class Node:
         return [self.decider.driver, self.repairs.driver, self.workers.claims.rounds, self.jobs._rounds()]
 
     async def _read_state(self, job_id: bytes):
-        state, _answered = await read_job(self.dht, job_id, self.derived)
+        state, _answered = await read_job(self.dht, job_id)
         return state
 
     async def _read_facts(self, job_id: bytes) -> list:
-        state, _answered = await read_job(self.dht, job_id, self.derived)
+        state, _answered = await read_job(self.dht, job_id)
         return list(state.facts) if state is not None else []
 
     def _on_worker_state(self, job_id: bytes, status: str, attempt: int) -> None:
@@ -507,7 +520,7 @@ class Node:
             },
             "jobs_api": dict(self.jobs.counters),
             "waits": self.watch.statistics(),
-            "derive_cache": self.derived.statistics(),
+            "derive_cache": self._derive_statistics(),
             "crypto": verify_statistics(),
             "blobs": self.blobs.statistics(),
         }

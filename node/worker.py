@@ -37,7 +37,6 @@ from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F
 from workmesh.node import lifecycle, rendezvous
 from workmesh.node.claims import Claims
-from workmesh.node.derived import DerivedStates, local_state, state_of
 from workmesh.node.handlers import Handler, HandlerError, JobContext, PermanentError, Registry
 from workmesh.node.leases import LeaseRules
 from workmesh.node.reads import read_job
@@ -111,8 +110,6 @@ class WorkerPool:
         self.reports_max = 256  # attempts past their handler, filing results, at most
         self._wakeup = asyncio.Event()
         self._on_state = on_state or (lambda job_id, status, attempt: None)
-        # The node's memo of derived states over its store (None: derive every time).
-        self.derived: DerivedStates | None = None
         # What handlers on the loop may do in the mesh (node/mesh.py); None: nothing.
         self.mesh: Any = None
         self.log = logger or structlog.get_logger()
@@ -138,11 +135,11 @@ class WorkerPool:
 
     def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
         """The state of what the local store holds for a job."""
-        return local_state(self.derived, self.dht.records, job_id)
+        return self.dht.records.state(job_id)
 
-    def derive(self, facts: Iterable[F.Fact]) -> lifecycle.JobState | None:
-        """The state a set of facts decides (through the node's memo when plugged in)."""
-        return state_of(self.derived, facts)
+    def derive(self, job_id: bytes, facts: Iterable[F.Fact]) -> lifecycle.JobState | None:
+        """The state a set of a job's facts decides."""
+        return self.dht.records.state_of(job_id, facts)
 
     @property
     def busy(self) -> int:
@@ -303,10 +300,10 @@ class WorkerPool:
             # is as good as a read (if it is behind, the claim is refused).
             state = local
         elif offer.first and offer.best:
-            state = self.derive(offer.first)
+            state = self.derive(job_id, offer.first)
         if state is None or not state.replicas:
             # Not a fresh job we rank first for: read it before claiming.
-            state, _answered = await read_job(self.dht, job_id, self.derived)
+            state, _answered = await read_job(self.dht, job_id)
         if state is None or state.status in lifecycle.TERMINAL or not state.replicas:
             return
         spec: F.Submit = state.submit.body
