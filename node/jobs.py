@@ -106,8 +106,11 @@ class JobOperations:
         wall_ms: Callable[[], int],
         announce: Callable[[F.Fact, F.Fact, frozenset[bytes]], None],
         watch: JobWatch,
+        spawn: Callable[[Awaitable[Any], str], asyncio.Future] | None = None,
     ) -> None:
         self.identity = identity
+        # Where work that outlives a request runs: the node's own tasks (node/tasks.py).
+        self._spawn = spawn or (lambda coro, name: asyncio.ensure_future(coro))
         self.dht = dht
         self.index = index
         self.job_types = job_types
@@ -183,7 +186,7 @@ class JobOperations:
             if now - self._widened_at < VIEW_REFRESH_S:
                 return
             self._widened_at = now
-            self._widening = asyncio.ensure_future(self.dht.bootstrap([]))
+            self._widening = self._spawn(self.dht.bootstrap([]), "widen_view")
             self._widening.add_done_callback(lambda _f: setattr(self, "_widening", None))
         try:
             await asyncio.shield(self._widening)

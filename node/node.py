@@ -43,6 +43,7 @@ from workmesh.node.repairs import Repairs
 from workmesh.node.replica import JobReplica
 from workmesh.node.retention import Retention
 from workmesh.node.samples import SAMPLE_HANDLERS
+from workmesh.node.tasks import TaskSet
 from workmesh.node.watch import JobWatch
 from workmesh.node.worker import RunCpu, WorkerPool
 
@@ -107,6 +108,8 @@ class Node:
         self.log = (logger or structlog.get_logger()).bind(node_id=self.identity.node_id.hex()[:12])
         self.registry = registry or Registry(BUILTINS + SAMPLE_HANDLERS)
         self._close_pool: Callable[[], None] = lambda: None
+        # Every task the node starts for itself; stop() cancels and awaits them (node/tasks.py).
+        self.tasks = TaskSet(self._on_task_error, self._on_tasks_stuck)
         if run_cpu is None:
             run_cpu, self._close_pool = process_pool_runner(config.workers)
         self.replica = JobReplica(
@@ -150,6 +153,7 @@ class Node:
             runnable_max=config.runnable_max,
             logger=self.log,
             on_state=self._on_worker_state,
+            spawn=self.tasks.spawn,
         )
         self.gossip = Gossip(
             self.dht,
@@ -158,6 +162,7 @@ class Node:
             ttl=config.gossip_ttl,
             seen_max=config.gossip_seen_max,
             rng=self.rng,
+            spawn=self.tasks.spawn,
         )
         self.watch = JobWatch()
         self.jobs = JobOperations(
@@ -169,6 +174,7 @@ class Node:
             wall_ms=self.clock.wall_ms,
             announce=self._announce_new,
             watch=self.watch,
+            spawn=self.tasks.spawn,
         )
         self.jobs.type_defaults = self.registry.defaults_for
         if not in_memory:
@@ -178,7 +184,6 @@ class Node:
         self.dht.register("api_address", self._rpc_api_address)
         self.blobs = blobs.attach(self, in_memory=in_memory)
         self.workers.mesh = Mesh(self, run_cpu)  # what handlers may do in the mesh (node/mesh.py)
-        self._tasks: list[asyncio.Task] = []
         self._rejoining = False
         self._reannounce_wakeup: asyncio.Event | None = None
         self._reannounce_until = 0.0  # when the re-announce loop wakes up by itself next (monotonic s)
@@ -206,7 +211,7 @@ class Node:
             RoundDriver(self.identity, self.dht.store, self.clock.wall_ms, read=self._read_facts),
             self.identity.node_id,
             lambda state: self.config.decide_after_s or self.config.leases.stale_after_s(state.spec.lease_ms),
-            lambda coro, name: self.dht.protocol.spawn(coro, name),
+            self.tasks.spawn,
             self.log,
         )
 
@@ -223,13 +228,14 @@ class Node:
             self._on_stored(key, [])
         bind = bind or bind_udp(self.config.host, self.config.p2p_port, self.config.advertise_host)
         await self.dht.start(bind)
-        self._tasks = [
-            self.dht.protocol.spawn(self.workers.run(), "workers"),
-            self.dht.protocol.spawn(self._reannounce_loop(), "reannounce"),
-            self.dht.protocol.spawn(self.retention.run(), "retention"),
-            self.dht.protocol.spawn(self.blobs.run(), "blobs"),
-            self.dht.protocol.spawn(self.repairs.run(), "repairs"),
-        ]
+        for loop, name in (
+            (self.workers.run(), "workers"),
+            (self._reannounce_loop(), "reannounce"),
+            (self.retention.run(), "retention"),
+            (self.blobs.run(), "blobs"),
+            (self.repairs.run(), "repairs"),
+        ):
+            self.tasks.spawn(loop, name)
         self.log.info("node_started", p2p=f"{self.dht.address[0]}:{self.dht.address[1]}", workers=self.config.workers)
 
     async def join(self, bootstrap: list[tuple[str, int]] | None = None) -> int:
@@ -241,7 +247,7 @@ class Node:
             # does losing every contact later. Keep trying while that lasts.
             self._rejoining = True
             self.jobs.expects_peers = True
-            self._tasks.append(self.dht.protocol.spawn(self._rejoin_loop(addrs), "rejoin"))
+            self.tasks.spawn(self._rejoin_loop(addrs), "rejoin")
         return peers
 
     async def _rejoin_loop(self, addrs: list[tuple[str, int]]) -> None:
@@ -267,9 +273,9 @@ class Node:
             delay = REJOIN_FIRST_S if peers else min(REJOIN_MAX_S, delay * 2)
 
     async def stop(self) -> None:
+        """Stop every task of the node and wait for them to end, then the DHT, then close the store."""
         self.workers.stop()
-        for task in self._tasks:
-            task.cancel()
+        await self.tasks.stop()
         await self.dht.stop()
         self.store.close()
         self.jobs.owners.close()
@@ -336,6 +342,12 @@ class Node:
             "hits": kept["hits"] + mine["hits"], "misses": mine["misses"], "incremental": mine["incremental"],
             "cached": kept["kept"] + mine["recent"],
         }
+
+    def _on_task_error(self, name: str, exc: BaseException) -> None:
+        self.log.error("task_failed", task=name, error=repr(exc))
+
+    def _on_tasks_stuck(self, names: list[str]) -> None:
+        self.log.error("tasks_not_stopped", tasks=names)
 
     def _on_dropped(self, key: bytes) -> None:
         """A decided job's facts were dropped here (its retention passed)."""
@@ -520,6 +532,7 @@ class Node:
             },
             "jobs_api": dict(self.jobs.counters),
             "waits": self.watch.statistics(),
+            "tasks": self.tasks.statistics(),
             "derive_cache": self._derive_statistics(),
             "crypto": verify_statistics(),
             "blobs": self.blobs.statistics(),

@@ -89,6 +89,7 @@ class WorkerPool:
         on_state: Callable[[bytes, str, int], None] | None = None,
         logger: Any = None,
         run_sync: RunCpu | None = None,
+        spawn: Callable[[Awaitable[Any], str], asyncio.Future] | None = None,
     ) -> None:
         self.identity = identity
         self.dht = dht
@@ -98,6 +99,8 @@ class WorkerPool:
         self.monotonic = monotonic
         self.wall_ms = wall_ms
         self._run_cpu = run_cpu
+        # Where attempts run: the node's own tasks (node/tasks.py), which it stops.
+        self._spawn = spawn or (lambda coro, name: asyncio.ensure_future(coro))
         # Plain (synchronous) handlers: a thread each, at most one per slot
         # plus the threads that outlived their deadline (see _call).
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -105,7 +108,7 @@ class WorkerPool:
         self._runnable: OrderedDict[bytes, _Offer] = OrderedDict()
         self._best: OrderedDict[bytes, None] = OrderedDict()  # the offers this worker ranks first for
         self._runnable_max = runnable_max
-        self._active: dict[bytes, asyncio.Task] = {}
+        self._active: dict[bytes, asyncio.Future] = {}
         self._executing = 0  # attempts holding a slot (claiming or running a handler)
         self.reports_max = 256  # attempts past their handler, filing results, at most
         self._wakeup = asyncio.Event()
@@ -205,7 +208,7 @@ class WorkerPool:
 
     def _start(self, job_id: bytes, offer: _Offer, placed: asyncio.Future | None = None) -> None:
         self._executing += 1
-        task = asyncio.ensure_future(self._attempt(job_id, offer, placed))
+        task = self._spawn(self._attempt(job_id, offer, placed), "attempt")
         self._active[job_id] = task
         task.add_done_callback(lambda t, j=job_id: self._done(j, t))
 
@@ -350,6 +353,7 @@ class WorkerPool:
             # and give their slot back while they only wait.
             ctx = JobContext(state.job_id.hex(), attempt, spec.job_type, mesh=self.mesh, release_slot=release)
         log.info("execution_started", attempt=attempt, job_type=spec.job_type)
+        # The handler and its renewer belong to this attempt: they end before it does.
         work = asyncio.ensure_future(self._call(handler, spec.payload, ctx, spec.timeout_ms / 1000))
         renewer = asyncio.ensure_future(self._renew_until(work, state, attempt))
         try:
@@ -362,6 +366,7 @@ class WorkerPool:
             renewer.cancel()
             if not work.done():
                 work.cancel()
+            await asyncio.wait({work, renewer})
 
     async def _call(self, handler: Handler, payload: Any, ctx: JobContext, timeout_s: float) -> tuple[str, Any]:
         """Run the handler where its kind runs (node/handlers.py), its timeout enforced."""
