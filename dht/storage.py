@@ -284,18 +284,15 @@ class FactStore:
         """What the deriver makes of ``records`` as the records of ``key`` (a
         candidate set: a read's merge, or what is held plus an incoming
         record), derived from the value kept for ``key``; nothing is kept."""
-        records = records if isinstance(records, list) else list(records)
-        return self._need_deriver().derive(key, records, self._derived_now(key)).state
-
-    def _need_deriver(self) -> Deriver:
-        if self._deriver is None:
-            raise StorageError("this store derives nothing: it was built without a deriver")
-        return self._deriver
+        previous = self._derived_now(key)
+        return self._deriver.derive(key, records if isinstance(records, list) else list(records), previous).state  # type: ignore[union-attr]
 
     def _derived_now(self, key: bytes) -> Derived | None:
         """The deriver's value for ``key``'s records now (None: not held), derived
         from the one kept before when the records changed since."""
-        deriver = self._need_deriver()
+        deriver = self._deriver
+        if deriver is None:
+            raise StorageError("this store derives nothing: it was built without a deriver")
         version = self._index.version(key)
         if version == 0:
             return None  # a key never held, or dropped: nothing to keep (reads of random ids)

@@ -340,7 +340,7 @@ class Node:
         mine = self.deriver.statistics()
         return {
             "hits": kept["hits"] + mine["hits"], "misses": mine["misses"], "incremental": mine["incremental"],
-            "cached": kept["kept"] + mine["recent"],
+            "cached": kept["kept"] + mine["jobs"],
         }
 
     def _on_task_error(self, name: str, exc: BaseException) -> None:

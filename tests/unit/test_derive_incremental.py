@@ -316,8 +316,8 @@ def test_derive_with_from_any_earlier_set_equals_deriving_the_current_one(histor
     assert L.derive_with(got, fs).state == ref_derive(fs)
 
 
-def _store(derived_max: int = 4096, recent_max: int = 256) -> FactStore:
-    return FactStore(None, lambda k, raw: F.decode(raw, key=k), deriver=JobDeriver(recent_max), derived_max=derived_max)
+def _store(derived_max: int = 4096, jobs_max: int = 256) -> FactStore:
+    return FactStore(None, lambda k, raw: F.decode(raw, key=k), deriver=JobDeriver(jobs_max), derived_max=derived_max)
 
 
 @settings(max_examples=40, deadline=None)
@@ -337,13 +337,14 @@ def test_store_states_answer_the_reference_as_a_store_grows(history, data) -> No
 
 def test_store_keeps_the_derivations_of_at_most_derived_max_jobs() -> None:
     jobs = [make_submit(nonce=bytes([0x20 + i]) * 16) for i in range(5)]
-    with _store(derived_max=2, recent_max=3) as store:
+    deriver = JobDeriver(jobs_max=3)
+    with FactStore(None, lambda k, raw: F.decode(raw, key=k), deriver=deriver, derived_max=2) as store:
         for round_ in range(2):
             for job in jobs:
                 facts = [job, placement(job)] + [renew(WORKERS[0], job, 1, 1)] * round_
                 store.merge(job.job_id, facts)
                 assert store.state(job.job_id) == ref_derive(store.get(job.job_id))
-                assert store.derived_statistics()["kept"] <= 2
+                assert store.derived_statistics()["kept"] <= 2 and deriver.statistics()["jobs"] <= 3
         for job in jobs:  # one let go is derived again when asked
             assert store.state(job.job_id) == ref_derive(store.get(job.job_id))
         assert store.derived_statistics()["kept"] <= 2
@@ -378,7 +379,7 @@ def test_the_last_attempts_sealed_error_is_decided_however_the_facts_arrive(data
     job, fs, last = _last_error_and_closing_attempt()
     order = data.draw(st.permutations(fs))
     d = None
-    with _store(derived_max=2, recent_max=1) as store:
+    with _store(derived_max=2, jobs_max=1) as store:
         for i, fact in enumerate(order):
             store.merge(job.job_id, [fact])
             d = L.derive_with(d, order[: i + 1])

@@ -38,7 +38,7 @@ def test_version_changes_exactly_when_the_record_set_changes() -> None:
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=12))
 def test_state_follows_every_merge(order: list[int]) -> None:
-    with FactStore(None, validator, deriver=JobDeriver(recent_max=2), derived_max=2) as store:
+    with FactStore(None, validator, deriver=JobDeriver(jobs_max=2), derived_max=2) as store:
         for i in order:
             store.merge(KEY, [POOL[i]])
             assert store.state(KEY) == L.derive(store.get(KEY))
