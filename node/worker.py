@@ -45,6 +45,9 @@ RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
 # Handler threads beyond one per slot: room for threads still running past
 # their deadline (they cannot be stopped) before new attempts must queue.
 THREADS_SPARE = 4
+# An attempt that ends waits this long for its handler and renewer to take their
+# cancellation (a coroutine handler that ignores it is left behind, and counted).
+CANCEL_GRACE_S = 5.0
 
 
 def strict_json_outcome(value: Any) -> tuple[str, Any]:
@@ -133,6 +136,7 @@ class WorkerPool:
             "claims_with_submit": 0,
             "thread_runs": 0,
             "timeouts": 0,
+            "handlers_left_running": 0,
         }
         self.claims = Claims(identity, dht, wall_ms=wall_ms, counters=self.counters)
 
@@ -366,7 +370,9 @@ class WorkerPool:
             renewer.cancel()
             if not work.done():
                 work.cancel()
-            await asyncio.wait({work, renewer})
+            _ended, left = await asyncio.wait({work, renewer}, timeout=CANCEL_GRACE_S)
+            if left:
+                self.counters["handlers_left_running"] += 1
 
     async def _call(self, handler: Handler, payload: Any, ctx: JobContext, timeout_s: float) -> tuple[str, Any]:
         """Run the handler where its kind runs (node/handlers.py), its timeout enforced."""
