@@ -72,7 +72,7 @@ CONTACTS_MAX = 10_000  # saved contacts; a full routing table holds 160 * k
 META_NAME_CHARS_MAX = 128
 META_VALUE_BYTES_MAX = 2**20
 TOMBSTONES_MAX = 100_000  # keys remembered as dropped (about 60 bytes each with the SQLite row)
-DERIVED_MAX = 4096  # keys whose derived value is kept (a job's: a few KB; the jobs that are changing)
+DERIVED_MAX = 1024  # keys whose derived value is kept (a job's: about 8 KB at 20 facts; the jobs that are changing)
 
 Contact = tuple[bytes, str, int, bytes]  # (node_id, ip, port, public_key)
 
