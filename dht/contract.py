@@ -6,7 +6,10 @@ The DHT knows nothing about jobs. The layer above hands it:
   :data:`Validator` that turns bytes filed under a key into one or raises;
 * a :class:`RecordPolicy`: validates records and decides, per incoming batch,
   what a replica admits (an :class:`Admission`: what it accepts, what it
-  signs in answer, what it refuses and why).
+  signs in answer, what it refuses and why);
+* optionally a :class:`Deriver`: what the layer above makes of a key's
+  records (a job's state), which the store keeps up to date as records merge
+  (``FactStore.state``).
 
 and gets back from the server:
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 # Refusal reasons of a store the replica could not keep (codes for peers, text for people).
 REFUSED_BUDGET = "storage budget exhausted"
@@ -83,6 +86,27 @@ class RecordPolicy(Protocol):
 
     # Optional: ``worth_repairing(record) -> bool`` limits read repair to durable records;
     # ``holders(records) -> ids``: nodes that must hold the key besides its r closest.
+
+
+class Derived(Protocol):
+    """What a :class:`Deriver` derived from one set of records: kept by the
+    store, handed back as the start of the next derivation, never mutated."""
+
+    @property
+    def state(self) -> Any:
+        """What callers ask for (``FactStore.state``); None: nothing to show."""
+
+
+class Deriver(Protocol):
+    """Derives a value from a key's records, incrementally.
+
+    ``derive(key, records, previous)``: the value of ``records`` (a whole set
+    filed under ``key``), given ``previous``, a value derived before for
+    ``key`` (None: none kept), which it may start from. It must answer what it
+    would answer with ``previous`` None, and must not mutate ``previous``.
+    """
+
+    def derive(self, key: bytes, records: list[Record], previous: Derived | None) -> Derived: ...
 
 
 class AcceptAll:

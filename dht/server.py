@@ -175,6 +175,8 @@ class DHTServer:
     async def stop(self) -> None:
         for task in self._loops:
             task.cancel()
+        if self._loops:
+            await asyncio.wait(self._loops)  # they end before the store they use is closed
         try:
             self.save_contacts()
         except Exception as exc:  # storage may already be closed

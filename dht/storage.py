@@ -35,6 +35,16 @@ the output of the validator). Records read back from disk are not: on
 what fails is deleted and counted (``load_rejected``). A restart therefore costs
 one signature check per stored record.
 
+Derived state: a store given a :class:`dht.contract.Deriver` (the node's
+turns a job's facts into its state) keeps, per key, what the deriver made of
+the key's records, and brings it up to date as records merge, from the value
+kept before (so a deriver may work incrementally). :meth:`FactStore.state`
+answers it; :meth:`FactStore.state_of` derives a candidate set of records
+for a key (a read's merge, or what is held plus an incoming record) from it,
+keeping nothing. What is kept is bounded (``derived_max`` keys, least
+recently used first out) and goes with its key when the key is dropped; a key
+whose value was let go is derived again when asked.
+
 Retention (``node/retention.py``) drops decided keys for good with
 :meth:`FactStore.forget_many` and remembers them as gone (bounded), so a late
 republish cannot bring them back. Budgets are checked before a replica
@@ -52,6 +62,7 @@ from collections.abc import Callable, Iterable
 
 from workmesh.crypto.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, node_id_of
 from workmesh.dht.commit import CommitEvent, Database, GroupCommit, StorageError
+from workmesh.dht.contract import Derived, Deriver
 from workmesh.dht.index import RECORD_OVERHEAD_BYTES, RecordIndex  # noqa: F401 (re-exported)
 from workmesh.dht.records import KEY_BYTES, MergePlan, Record, StorageLimits, Validator
 
@@ -61,6 +72,7 @@ CONTACTS_MAX = 10_000  # saved contacts; a full routing table holds 160 * k
 META_NAME_CHARS_MAX = 128
 META_VALUE_BYTES_MAX = 2**20
 TOMBSTONES_MAX = 100_000  # keys remembered as dropped (about 60 bytes each with the SQLite row)
+DERIVED_MAX = 1024  # keys whose derived value is kept (a job's: about 8 KB at 20 facts; the jobs that are changing)
 
 Contact = tuple[bytes, str, int, bytes]  # (node_id, ip, port, public_key)
 
@@ -76,6 +88,8 @@ class FactStore:
     ``path`` None keeps the database in memory (simulator, tests): the same
     code runs, nothing survives :meth:`close`. ``clock`` (monotonic seconds)
     stamps changes for :meth:`touched_since`; inject the simulator's clock.
+    ``deriver``: what :meth:`state` derives from a key's records (None: the
+    store derives nothing, and :meth:`state` raises).
     """
 
     def __init__(
@@ -87,6 +101,8 @@ class FactStore:
         clock: Callable[[], float] = time.monotonic,
         tombstones_max: int = TOMBSTONES_MAX,
         group_commit: bool = True,
+        deriver: Deriver | None = None,
+        derived_max: int = DERIVED_MAX,
     ) -> None:
         self._path = path
         self._stats: Counter[str] = Counter()
@@ -99,6 +115,8 @@ class FactStore:
         self._validator = validator
         self._limits = limits
         self._index = RecordIndex(clock)
+        self._deriver = deriver
+        self._derived_max = derived_max
         self._reset_memory()
 
     def _reset_memory(self) -> None:
@@ -107,6 +125,8 @@ class FactStore:
         # keys it dropped (wall ms of the drop), oldest first, bounded.
         self._decided: dict[bytes, int] = {}
         self._gone: OrderedDict[bytes, int] = OrderedDict()
+        # key -> (its version when derived, what the deriver made of it), least recently used first
+        self._derived: OrderedDict[bytes, tuple[int, Derived]] = OrderedDict()
 
     @property
     def _conn(self) -> sqlite3.Connection | None:
@@ -233,8 +253,15 @@ class FactStore:
                 [(key, r.record_id, r.slot, r.version, r.author_id, r.raw) for r in plan.added],
             ))
             self._index.apply(key, plan)
-            self._commits.write(ops, lambda: self._index.unapply(key, plan), [(key, r.record_id) for r in plan.added])
+            self._commits.write(ops, lambda: self._undo(key, plan), [(key, r.record_id) for r in plan.added])
+            if self._deriver is not None:
+                self._derived_now(key)  # kept up to date as records merge
         return plan.added
+
+    def _undo(self, key: bytes, plan: MergePlan) -> None:
+        """A commit failed: its plan leaves memory, and so does what was derived from it."""
+        self._index.unapply(key, plan)
+        self._derived.pop(key, None)
 
     def _count(self, plan: MergePlan) -> None:
         s = self._stats
@@ -243,6 +270,48 @@ class FactStore:
         s["superseded"] += plan.superseded
         s["replaced"] += len(plan.removed)
         s["added"] += len(plan.added)
+
+    # ------------------------------------------------------------------ derived state
+
+    def state(self, key: bytes) -> object:
+        """What the deriver makes of the records ``key`` holds now (a job's
+        state); None when the key is not held. Kept up to date as records
+        merge: a key asked again unchanged costs two dict look-ups."""
+        derived = self._derived_now(key)
+        return None if derived is None else derived.state
+
+    def state_of(self, key: bytes, records: Iterable[Record]) -> object:
+        """What the deriver makes of ``records`` as the records of ``key`` (a
+        candidate set: a read's merge, or what is held plus an incoming
+        record), derived from the value kept for ``key``; nothing is kept."""
+        previous = self._derived_now(key)
+        return self._deriver.derive(key, records if isinstance(records, list) else list(records), previous).state  # type: ignore[union-attr]
+
+    def _derived_now(self, key: bytes) -> Derived | None:
+        """The deriver's value for ``key``'s records now (None: not held), derived
+        from the one kept before when the records changed since."""
+        deriver = self._deriver
+        if deriver is None:
+            raise StorageError("this store derives nothing: it was built without a deriver")
+        version = self._index.version(key)
+        if version == 0:
+            return None  # a key never held, or dropped: nothing to keep (reads of random ids)
+        kept = self._derived.get(key)
+        if kept is not None:
+            self._derived.move_to_end(key)
+            if kept[0] == version:
+                self._stats["derived_hits"] += 1
+                return kept[1]
+        self._stats["derived"] += 1
+        derived = deriver.derive(key, self._index.get(key), None if kept is None else kept[1])
+        self._derived[key] = (version, derived)
+        if len(self._derived) > self._derived_max:
+            self._derived.popitem(last=False)
+        return derived
+
+    def derived_statistics(self) -> dict[str, int]:
+        """Keys whose derived value is kept, asks answered from it, derivations made."""
+        return {"kept": len(self._derived), "hits": self._stats["derived_hits"], "derived": self._stats["derived"]}
 
     def version(self, key: bytes) -> int:
         """A number that changes whenever the record set of ``key`` changes (0: unknown key)."""
@@ -364,6 +433,7 @@ class FactStore:
     def _drop_memory(self, key: bytes) -> None:
         self._index.drop(key)
         self._decided.pop(key, None)
+        self._derived.pop(key, None)
         self._stats["drops"] += 1
 
     # ------------------------------------------------------------------ contacts and metadata

@@ -370,7 +370,7 @@ def attach(node: Any, *, in_memory: bool = False) -> BlobService:
     def job_refs() -> set[str]:
         refs: set[str] = set()
         for key in node.store.keys():
-            state = node.derived.local(key)
+            state = node.store.state(key)
             if state is None:
                 continue
             blob_refs(state.submit.body.payload, refs)
@@ -384,6 +384,6 @@ def attach(node: Any, *, in_memory: bool = False) -> BlobService:
         blob_bytes_max=getattr(config, "blob_bytes_max", None) or BLOB_BYTES_MAX,
         retention_s=getattr(config, "retention_s", None) or DEFAULT_RETENTION_S,
         job_refs=job_refs,
-        spawn=node.dht.protocol.spawn,
+        spawn=node.tasks.spawn,
         logger=node.log,
     )

@@ -1,23 +1,24 @@
-"""Bounded memos of ``lifecycle.derive``, a pure function of a set of facts.
+"""A job's state as the fact store keeps it: ``lifecycle.derive_with`` as the
+store's :class:`dht.contract.Deriver`.
 
 A job's state is derived again on every store, read, wait and judgement (33
 times per job in the profile of docs/performance.md); most of those see a set
-of facts already derived, or one derived before plus a fact or two. Three
-memos, all bounded LRUs:
+of facts already derived, or one derived before plus a fact or two. So:
 
-* ``local(key)``: the state of what this node's store holds for ``key``,
-  cached against the store's per-key change counter (``FactStore.version``);
-  a hit costs two dict look-ups and no copy of the records.
-* ``of(facts)``: the state of any collection of facts, cached against the set
-  of their fact ids (a fact id is the hash of the signed bytes, so equal ids
-  mean equal facts). ``local`` looks here too on a miss: ``JobReplica`` judges
-  a fact against the store plus that fact, which is the store once it is in.
-* the two newest ``lifecycle.Derivation`` of each job (by its submission's
-  fact id): a miss of either memo derives from one with
-  ``lifecycle.derive_with``, which admits only the facts it has not seen (or
-  derives afresh when it cannot; the answer is the same).
+* the store (``dht/storage.py``) keeps each held job's
+  ``lifecycle.Derivation`` and brings it up to date as facts merge, from the
+  one it kept before (:func:`lifecycle.derive_with` admits only the facts it
+  has not seen, or derives afresh when it cannot; the answer is the same).
+  Callers ask ``store.state(job_id)``.
+* a candidate set of a job's facts (a read's merge; ``JobReplica`` judging a
+  fact against the store plus that fact, then plus its own vote) is derived
+  with ``store.state_of(job_id, facts)``, from the store's derivation of the
+  job, or from the newest one :class:`JobDeriver` made for the job when that
+  saw more of the set (the candidate judged a moment ago: once the judged
+  fact and the vote are stored, the store's set is the one judged, and it is
+  not derived twice).
 
-``JobState`` and ``Derivation`` are never mutated, so a cached one can be
+``JobState`` and ``Derivation`` are never mutated, so a kept one can be
 shared by every caller.
 """
 
@@ -27,96 +28,50 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from operator import attrgetter
 
-from workmesh.dht.storage import FactStore
-from workmesh.node import facts as F
 from workmesh.node import lifecycle
 from workmesh.node.facts import Fact
 
-_MISSING = object()
 _fact_id = attrgetter("fact_id")
 
+JOBS_MAX = 256  # jobs whose newest derivation is remembered: the jobs that are changing
 
-class DerivedStates:
-    def __init__(self, store: FactStore, size_max: int = 4096, jobs_max: int = 256) -> None:
-        self._store = store
-        self._size_max = size_max
-        # Jobs whose derivations are kept to derive their next state from
-        # (about 6 KB each for r = 5, two per job): the jobs that are changing.
+
+class JobDeriver:
+    """The node's :class:`dht.contract.Deriver`: facts in, a ``Derivation`` out."""
+
+    def __init__(self, jobs_max: int = JOBS_MAX) -> None:
+        # job id -> the newest derivation made for it, least recently used first
+        self._latest: OrderedDict[bytes, lifecycle.Derivation] = OrderedDict()
         self._jobs_max = jobs_max
-        self._by_version: OrderedDict[bytes, tuple[int, lifecycle.JobState | None]] = OrderedDict()
-        self._by_set: OrderedDict[frozenset[bytes], lifecycle.JobState | None] = OrderedDict()
-        # submission fact id -> the job's newest derivations, newest first
-        self._latest: OrderedDict[bytes, tuple[lifecycle.Derivation, ...]] = OrderedDict()
-        self._per_job = 2
         self.counters = {"hits": 0, "misses": 0, "incremental": 0}
 
-    def local(self, key: bytes) -> lifecycle.JobState | None:
-        """``lifecycle.derive(store.get(key))``, memoised per (key, version)."""
-        version = self._store.version(key)
-        if version == 0:
-            # A key this store never held: nothing to derive, nothing to keep
-            # (reads of random ids must not crowd real jobs out of the memo).
-            return None
-        cached = self._by_version.get(key)
-        if cached is not None and cached[0] == version:
-            self._by_version.move_to_end(key)
-            self.counters["hits"] += 1
-            return cached[1]
-        state = self.of(self._store.get(key))
-        self._by_version[key] = (version, state)
-        self._by_version.move_to_end(key)
-        while len(self._by_version) > self._size_max:
-            self._by_version.popitem(last=False)
-        return state
-
-    def of(self, facts: Iterable[Fact]) -> lifecycle.JobState | None:
-        """``lifecycle.derive(facts)``, memoised per set of fact ids."""
-        facts = list(facts)
+    def derive(
+        self, key: bytes, records: Iterable[Fact], previous: lifecycle.Derivation | None
+    ) -> lifecycle.Derivation:
+        """The derivation of ``records`` (facts of job ``key``), from ``previous``
+        (the store's, for the job) or from the newest one made for the job,
+        whichever saw more of ``records`` and nothing else (the answer is the same)."""
+        facts = records if isinstance(records, list) else list(records)
         ids = frozenset(map(_fact_id, facts))
-        cached = self._by_set.get(ids, _MISSING)
-        if cached is not _MISSING:
-            self._by_set.move_to_end(ids)
+        start = previous
+        latest = self._latest.get(key)
+        if latest is not None and latest is not previous:
+            seen = latest.seen
+            if seen <= ids and (previous is None or len(seen) > len(previous.seen) or not previous.seen <= ids):
+                start = latest
+        if start is not None and start.seen == ids:
             self.counters["hits"] += 1
-            return cached  # type: ignore[return-value]
+            return start
         self.counters["misses"] += 1
-        state = self._derive(facts, ids)
-        self._by_set[ids] = state
-        while len(self._by_set) > self._size_max:
-            self._by_set.popitem(last=False)
-        return state
-
-    def _derive(self, facts: list[Fact], ids: frozenset[bytes]) -> lifecycle.JobState | None:
-        recent: tuple[lifecycle.Derivation, ...] = ()
-        for f in facts:
-            if f.kind == F.SUBMIT:
-                recent = self._latest.get(f.fact_id, ())
-                if recent:
-                    break
-        # Prefer one that saw nothing missing here: a read merges the
-        # replicas' facts, which the local store may not all hold.
-        previous = next((d for d in recent if d.seen <= ids), recent[0] if recent else None)
-        d = lifecycle.derive_with(previous, facts, ids=ids)
-        if d.submit is None:
-            return None
+        d = lifecycle.derive_with(start, facts, ids=ids)
         if not d.fresh:
             self.counters["incremental"] += 1
-        key = d.submit.fact_id
-        self._latest[key] = (d, *(r for r in self._latest.get(key, ()) if r is not d))[: self._per_job]
-        self._latest.move_to_end(key)
-        while len(self._latest) > self._jobs_max:
-            self._latest.popitem(last=False)
-        return d.state
+        if d.submit is not None:
+            self._latest[key] = d
+            self._latest.move_to_end(key)
+            if len(self._latest) > self._jobs_max:
+                self._latest.popitem(last=False)
+        return d
 
     def statistics(self) -> dict[str, int]:
-        return {**self.counters, "cached": len(self._by_version) + len(self._by_set), "derived_jobs": len(self._latest)}
-
-
-def state_of(memo: DerivedStates | None, facts: Iterable[Fact]) -> lifecycle.JobState | None:
-    """The state ``facts`` decide: through ``memo`` when a node plugged one
-    in, else derived afresh (the answer is the same)."""
-    return memo.of(facts) if memo is not None else lifecycle.derive(facts)
-
-
-def local_state(memo: DerivedStates | None, store: FactStore, key: bytes) -> lifecycle.JobState | None:
-    """The state of what ``store`` holds for ``key`` (through ``memo`` when there is one)."""
-    return memo.local(key) if memo is not None else lifecycle.derive(store.get(key))
+        return {**self.counters, "jobs": len(self._latest)}

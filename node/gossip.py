@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from workmesh.dht.envelope import Envelope
 from workmesh.dht.peerlimit import PeerBuckets
@@ -48,8 +49,11 @@ class Gossip:
         ttl: int,
         seen_max: int,
         rng: random.Random,
+        spawn: Callable[[Awaitable[Any], str], Any] | None = None,
     ) -> None:
         self.dht = dht
+        # Where sends run: the node's own tasks (node/tasks.py), which it stops.
+        self._spawn = spawn or dht.protocol.spawn
         self._on_announce = on_announce
         self.fanout = fanout
         self.ttl = ttl
@@ -89,7 +93,7 @@ class Gossip:
 
     def _send_to(self, contacts: list, args: list) -> None:
         for contact in contacts:
-            self.dht.protocol.spawn(self.dht.call(contact, "announce", args, timeout_s=0.5), "announce")
+            self._spawn(self.dht.call(contact, "announce", args, timeout_s=0.5), "announce")
 
     def _rpc_announce(self, env: Envelope, addr) -> list:
         job_id, job_type, ttl, nonce, first_raw = env.args

@@ -19,7 +19,6 @@ from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F
 from workmesh.node import ballots, keyed, lifecycle, placement
-from workmesh.node.derived import DerivedStates, local_state, state_of
 from workmesh.node.errors import (
     Conflict,
     IdempotencyKeyReused,
@@ -107,8 +106,11 @@ class JobOperations:
         wall_ms: Callable[[], int],
         announce: Callable[[F.Fact, F.Fact, frozenset[bytes]], None],
         watch: JobWatch,
+        spawn: Callable[[Awaitable[Any], str], asyncio.Future] | None = None,
     ) -> None:
         self.identity = identity
+        # Where work that outlives a request runs: the node's own tasks (node/tasks.py).
+        self._spawn = spawn or (lambda coro, name: asyncio.ensure_future(coro))
         self.dht = dht
         self.index = index
         self.job_types = job_types
@@ -121,8 +123,6 @@ class JobOperations:
         self._widened_at = float("-inf")
         self._widening: asyncio.Future | None = None
         self.expects_peers = False  # set once the node was given bootstrap addresses
-        # The node's memo of derived states over its store (None: derive every time).
-        self.derived: DerivedStates | None = None
         # A local worker slot that claims a new job in the store placing it
         # (the node plugs in its worker pool's ``take_fresh``); None: no slot.
         self.take_fresh: Callable[[F.Fact, F.Fact], Awaitable[Any] | None] = lambda submit, place: None
@@ -136,7 +136,7 @@ class JobOperations:
 
     def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
         """The state of what the local store holds for a job."""
-        return local_state(self.derived, self.dht.records, job_id)
+        return self.dht.records.state(job_id)
 
     # -- submit -----------------------------------------------------------------
     def mesh_seen(self) -> int:
@@ -186,7 +186,7 @@ class JobOperations:
             if now - self._widened_at < VIEW_REFRESH_S:
                 return
             self._widened_at = now
-            self._widening = asyncio.ensure_future(self.dht.bootstrap([]))
+            self._widening = self._spawn(self.dht.bootstrap([]), "widen_view")
             self._widening.add_done_callback(lambda _f: setattr(self, "_widening", None))
         try:
             await asyncio.shield(self._widening)
@@ -283,7 +283,7 @@ class JobOperations:
         # node's lease goes stale.
         if not claimed:
             self._announce(submit, place, stored_ids)
-        state = state_of(self.derived, [submit, place])
+        state = self.dht.records.state_of(submit.job_id, [submit, place])
         return view(state)
 
     def type_defaults(self, job_type: str) -> dict:
@@ -298,9 +298,9 @@ class JobOperations:
         # common case) that is the only round; a job found is read in full.
         if self.derive_local(job_id) is None:
             found, _answered = await self.dht.fetch(job_id, replicas=WIDER_READ * self.defaults.dht.replicas, until_found=True)
-            if state_of(self.derived, found) is None:
+            if self.dht.records.state_of(job_id, found) is None:
                 return None
-        existing, _answered = await read_job(self.dht, job_id, self.derived)
+        existing, _answered = await read_job(self.dht, job_id)
         if existing is None:
             return None
         if keyed.fingerprint_of(existing.submit) != fingerprint:
@@ -363,7 +363,7 @@ class JobOperations:
             self.counters["local_reads"] += 1
             await self.dht.durable()
             return local
-        read = await read_job(self.dht, job_id, self.derived)
+        read = await read_job(self.dht, job_id)
         state, answered = read
         if state is None and read.gone:
             raise JobGone(f"job {job_id.hex()} was decided and its retention has passed")

@@ -110,7 +110,7 @@ class Mesh:
         try:
             views = await self._wait_children(ctx.job_id, ids, timeout_s)
         except asyncio.CancelledError:
-            self._node.dht.protocol.spawn(self._cancel_if_parent_cancelled(ctx.job_id, ids), "cancel_children")
+            self._node.tasks.spawn(self._cancel_if_parent_cancelled(ctx.job_id, ids), "cancel_children")
             raise
         finally:
             self.counters["parents_waiting"] -= 1

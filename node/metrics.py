@@ -48,6 +48,7 @@ GAUGES: dict[tuple[str, str], str] = {
     ("dht", "store_bytes"): "store_bytes",
     ("dht", "store_authors"): "store_authors",
     ("gossip", "seen_cache"): "gossip_seen_cache_entries",
+    ("tasks", "running"): "tasks_running",
     ("derive_cache", "cached"): "derive_cache_entries",
     ("dht", "mesh_keys"): "dht_mesh_keys",
     ("dht", "token_auth"): "dht_token_auth",

@@ -29,7 +29,7 @@ from workmesh.node import __version__
 from workmesh.node import blobs, keyed, leases, lifecycle, meshview
 from workmesh.node.config import NodeConfig
 from workmesh.node.deciding import Decider
-from workmesh.node.derived import DerivedStates
+from workmesh.node.derived import JobDeriver
 from workmesh.node.gossip import Gossip
 from workmesh.node.handlers import BUILTINS, Registry
 from workmesh.node.insight import NodeInsight
@@ -43,6 +43,7 @@ from workmesh.node.repairs import Repairs
 from workmesh.node.replica import JobReplica
 from workmesh.node.retention import Retention
 from workmesh.node.samples import SAMPLE_HANDLERS
+from workmesh.node.tasks import TaskSet
 from workmesh.node.watch import JobWatch
 from workmesh.node.worker import RunCpu, WorkerPool
 
@@ -107,26 +108,29 @@ class Node:
         self.log = (logger or structlog.get_logger()).bind(node_id=self.identity.node_id.hex()[:12])
         self.registry = registry or Registry(BUILTINS + SAMPLE_HANDLERS)
         self._close_pool: Callable[[], None] = lambda: None
+        # Every task the node starts for itself; stop() cancels and awaits them (node/tasks.py).
+        self.tasks = TaskSet(self._on_task_error, self._on_tasks_stuck)
         if run_cpu is None:
             run_cpu, self._close_pool = process_pool_runner(config.workers)
         self.replica = JobReplica(
-            self.identity, config.leases, self._monotonic, self.clock.wall_ms, self._on_stored
+            self.identity, config.leases, self._monotonic, self.clock.wall_ms, self._on_stored,
+            state_of=self._state_of,
         )
         path = None if in_memory else os.path.join(config.data_dir, "store.sqlite")
+        # The store keeps each job's state up to date as facts merge (node/derived.py).
+        self.deriver = JobDeriver()
         self.store = FactStore(
             path, self.replica.validate, config.store_limits,
-            tombstones_max=config.tombstones_max, group_commit=config.group_commit,
+            tombstones_max=config.tombstones_max, group_commit=config.group_commit, deriver=self.deriver,
         )
-        self.derived = DerivedStates(self.store)
         self.retention = Retention(
             self.store,
             config.retention_s,
             monotonic=self._monotonic,
             wall_ms=self.clock.wall_ms,
-            state_of=self.derived.local,
+            state_of=self.store.state,
             on_dropped=self._on_dropped,
         )
-        self.replica.derive = self.derived.of
         self.dht = DHTServer(
             self.identity,
             self.store,
@@ -149,6 +153,7 @@ class Node:
             runnable_max=config.runnable_max,
             logger=self.log,
             on_state=self._on_worker_state,
+            spawn=self.tasks.spawn,
         )
         self.gossip = Gossip(
             self.dht,
@@ -157,6 +162,7 @@ class Node:
             ttl=config.gossip_ttl,
             seen_max=config.gossip_seen_max,
             rng=self.rng,
+            spawn=self.tasks.spawn,
         )
         self.watch = JobWatch()
         self.jobs = JobOperations(
@@ -168,8 +174,8 @@ class Node:
             wall_ms=self.clock.wall_ms,
             announce=self._announce_new,
             watch=self.watch,
+            spawn=self.tasks.spawn,
         )
-        self.jobs.derived = self.workers.derived = self.derived
         self.jobs.type_defaults = self.registry.defaults_for
         if not in_memory:
             self.jobs.owners = keyed.Owners(path=os.path.join(config.data_dir, OWNERS_FILE))
@@ -178,7 +184,6 @@ class Node:
         self.dht.register("api_address", self._rpc_api_address)
         self.blobs = blobs.attach(self, in_memory=in_memory)
         self.workers.mesh = Mesh(self, run_cpu)  # what handlers may do in the mesh (node/mesh.py)
-        self._tasks: list[asyncio.Task] = []
         self._rejoining = False
         self._reannounce_wakeup: asyncio.Event | None = None
         self._reannounce_until = 0.0  # when the re-announce loop wakes up by itself next (monotonic s)
@@ -206,7 +211,7 @@ class Node:
             RoundDriver(self.identity, self.dht.store, self.clock.wall_ms, read=self._read_facts),
             self.identity.node_id,
             lambda state: self.config.decide_after_s or self.config.leases.stale_after_s(state.spec.lease_ms),
-            lambda coro, name: self.dht.protocol.spawn(coro, name),
+            self.tasks.spawn,
             self.log,
         )
 
@@ -223,13 +228,14 @@ class Node:
             self._on_stored(key, [])
         bind = bind or bind_udp(self.config.host, self.config.p2p_port, self.config.advertise_host)
         await self.dht.start(bind)
-        self._tasks = [
-            self.dht.protocol.spawn(self.workers.run(), "workers"),
-            self.dht.protocol.spawn(self._reannounce_loop(), "reannounce"),
-            self.dht.protocol.spawn(self.retention.run(), "retention"),
-            self.dht.protocol.spawn(self.blobs.run(), "blobs"),
-            self.dht.protocol.spawn(self.repairs.run(), "repairs"),
-        ]
+        for loop, name in (
+            (self.workers.run(), "workers"),
+            (self._reannounce_loop(), "reannounce"),
+            (self.retention.run(), "retention"),
+            (self.blobs.run(), "blobs"),
+            (self.repairs.run(), "repairs"),
+        ):
+            self.tasks.spawn(loop, name)
         self.log.info("node_started", p2p=f"{self.dht.address[0]}:{self.dht.address[1]}", workers=self.config.workers)
 
     async def join(self, bootstrap: list[tuple[str, int]] | None = None) -> int:
@@ -241,7 +247,7 @@ class Node:
             # does losing every contact later. Keep trying while that lasts.
             self._rejoining = True
             self.jobs.expects_peers = True
-            self._tasks.append(self.dht.protocol.spawn(self._rejoin_loop(addrs), "rejoin"))
+            self.tasks.spawn(self._rejoin_loop(addrs), "rejoin")
         return peers
 
     async def _rejoin_loop(self, addrs: list[tuple[str, int]]) -> None:
@@ -267,9 +273,9 @@ class Node:
             delay = REJOIN_FIRST_S if peers else min(REJOIN_MAX_S, delay * 2)
 
     async def stop(self) -> None:
+        """Stop every task of the node and wait for them to end, then the DHT, then close the store."""
         self.workers.stop()
-        for task in self._tasks:
-            task.cancel()
+        await self.tasks.stop()
         await self.dht.stop()
         self.store.close()
         self.jobs.owners.close()
@@ -280,7 +286,7 @@ class Node:
     def _on_stored(self, key: bytes, new: list) -> None:
         """Facts for ``key`` were stored here: re-derive, index (if we are one
         of the job's replicas), log, wake waiters."""
-        state = self.derived.local(key)
+        state = self.store.state(key)
         if state is None:
             return
         self.retention.observe(key, state)
@@ -323,6 +329,25 @@ class Node:
             if due is not None and now + due < self._reannounce_until:
                 wakeup.set()
         self._wake(key)
+
+    def _state_of(self, job_id: bytes, facts: list) -> lifecycle.JobState | None:
+        """The state a candidate set of a job's facts decides (the replica judges
+        a fact against the store plus that fact), from the store's derivation."""
+        return self.store.state_of(job_id, facts)
+
+    def _derive_statistics(self) -> dict[str, int]:
+        kept = self.store.derived_statistics()
+        mine = self.deriver.statistics()
+        return {
+            "hits": kept["hits"] + mine["hits"], "misses": mine["misses"], "incremental": mine["incremental"],
+            "cached": kept["kept"] + mine["jobs"],
+        }
+
+    def _on_task_error(self, name: str, exc: BaseException) -> None:
+        self.log.error("task_failed", task=name, error=repr(exc))
+
+    def _on_tasks_stuck(self, names: list[str]) -> None:
+        self.log.error("tasks_not_stopped", tasks=names)
 
     def _on_dropped(self, key: bytes) -> None:
         """A decided job's facts were dropped here (its retention passed)."""
@@ -447,7 +472,7 @@ class Node:
         stale = self.index.unsettled(self.identity.node_id, OWN_REFRESH_MAX)
         if not stale:
             return
-        states = await asyncio.gather(*(read_job(self.dht, j, self.derived) for j in stale), return_exceptions=True)
+        states = await asyncio.gather(*(read_job(self.dht, j) for j in stale), return_exceptions=True)
         for job_id, got in zip(stale, states):
             if isinstance(got, tuple) and got[0] is not None:
                 self.dht.ingest(job_id, list(got[0].facts), self.identity.node_id)
@@ -457,11 +482,11 @@ class Node:
         return [self.decider.driver, self.repairs.driver, self.workers.claims.rounds, self.jobs._rounds()]
 
     async def _read_state(self, job_id: bytes):
-        state, _answered = await read_job(self.dht, job_id, self.derived)
+        state, _answered = await read_job(self.dht, job_id)
         return state
 
     async def _read_facts(self, job_id: bytes) -> list:
-        state, _answered = await read_job(self.dht, job_id, self.derived)
+        state, _answered = await read_job(self.dht, job_id)
         return list(state.facts) if state is not None else []
 
     def _on_worker_state(self, job_id: bytes, status: str, attempt: int) -> None:
@@ -507,7 +532,8 @@ class Node:
             },
             "jobs_api": dict(self.jobs.counters),
             "waits": self.watch.statistics(),
-            "derive_cache": self.derived.statistics(),
+            "tasks": self.tasks.statistics(),
+            "derive_cache": self._derive_statistics(),
             "crypto": verify_statistics(),
             "blobs": self.blobs.statistics(),
         }

@@ -30,7 +30,6 @@ import weakref
 from workmesh.dht.routing import target_node
 from workmesh.dht.server import DHTServer
 from workmesh.node import lifecycle, placement
-from workmesh.node.derived import DerivedStates, local_state, state_of
 
 REVIVE_ON_MISS = 8  # evicted contacts pinged before a read answers "not found"
 REVIVE_ON_MISS_EVERY_S = 5.0  # ...at most once per this, however many reads miss
@@ -54,18 +53,19 @@ class JobRead(tuple):
         return self
 
 
-async def read_job(dht: DHTServer, job_id: bytes, derived: DerivedStates | None = None) -> JobRead:
+async def read_job(dht: DHTServer, job_id: bytes) -> JobRead:
     """(the derived state or None when nobody knows the job, replicas that
     answered in full), and whether the job is known to be gone.
 
-    ``derived``: the node's memo of derived states over ``dht.records``
-    (None: derive every time; the answer is the same).
+    States are derived through ``dht.records`` (``FactStore.state_of``):
+    from what the store derived of the job, when it holds it.
     """
-    local = local_state(derived, dht.records, job_id)
+    store = dht.records
+    local = store.state(job_id)
     placed = local.replicas if local is not None else ()
     fetched = await dht.fetch(job_id, also=placed)
     facts, answered = fetched
-    state = state_of(derived, facts)
+    state = store.state_of(job_id, facts)
     if state is None and (fetched.gone or dht.records.is_gone(job_id)):
         return JobRead(None, answered, True)
     if state is None:
@@ -90,14 +90,14 @@ async def read_job(dht: DHTServer, job_id: bytes, derived: DerivedStates | None 
         unanswered = [i for i in asked if i not in fetched.answered_ids]
         wide = await dht.fetch(job_id, also=[*unanswered, *wider_ids], until_found=True, skip=fetched.answered_ids)
         facts, wider = wide
-        state = state_of(derived, facts)
+        state = store.state_of(job_id, facts)
         answered += wider
         if state is None and wide.gone:
             return JobRead(None, answered, True)
     if state is not None and state.replicas and not placed:
         more, extra = await dht.fetch(job_id, also=state.replicas)
         facts = [*facts, *more]
-        state = state_of(derived, facts)
+        state = store.state_of(job_id, facts)
         answered = max(answered, extra)
     if state is not None and local is not None:
         _keep_up(dht, job_id, facts)

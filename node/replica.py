@@ -46,6 +46,8 @@ class JobReplica:
         on_stored: Callable[[bytes, list[F.Fact]], None],
         observations_max: int = 100_000,
         decoded_max: int = 8192,
+        *,
+        state_of: Callable[[bytes, list[F.Fact]], lifecycle.JobState | None] | None = None,
     ) -> None:
         self.identity = identity
         self.rules = rules
@@ -56,8 +58,9 @@ class JobReplica:
         self._obs_max = observations_max
         self._decoded: OrderedDict[tuple[bytes, bytes], F.Fact] = OrderedDict()
         self._decoded_max = decoded_max
-        # lifecycle.derive, or a memo of it (the node plugs in DerivedStates.of).
-        self.derive: Callable[[Any], lifecycle.JobState | None] = lifecycle.derive
+        # state_of(job_id, facts): the state a candidate set of a job's facts
+        # decides (the node derives it from its store's: FactStore.state_of).
+        self._state_of = state_of or (lambda job_id, facts: lifecycle.derive(facts))
         # Time stamps against our clock, the job's timeout on renews (node/admission.py).
         self.checks = AdmissionChecks()
         self.counters: dict[str, int] = {
@@ -189,7 +192,7 @@ class JobReplica:
         me = self.identity.node_id
         if fact.kind in (F.SUBMIT, F.GRANT, F.CANCEL, F.CONFIG):
             return [], None
-        state = self.derive(known)
+        state = self._state_of(fact.job_id, known)
         if state is None:
             return [], refusal_text(Refusal.UNKNOWN_JOB)
         if fact.kind == F.CLAIM:
@@ -218,7 +221,7 @@ class JobReplica:
         produced: list[F.Fact] = []
         step = fact.body.step if fact.kind == F.BALLOT else None
         known = [*known, fact]
-        state = self.derive(known) or state
+        state = self._state_of(fact.job_id, known) or state
         if fact.kind == F.RESULT or step == F.PROPOSE:
             if fact.kind == F.RESULT and not lifecycle.is_final_result(state.submit, fact):
                 return [], None  # an error that leaves attempts: it only ends its attempt
@@ -232,7 +235,7 @@ class JobReplica:
             if not again:
                 self.counters["votes_issued"] += 1
             produced.append(vote)
-            state = self.derive([*known, vote]) or state
+            state = self._state_of(fact.job_id, [*known, vote]) or state
         elif step == F.PREPARE:
             if (
                 not consensus.cancels(state)
@@ -261,7 +264,7 @@ class JobReplica:
     def _own_answer(self, fact: F.Fact, known) -> list[F.Fact]:
         me = self.identity.node_id
         if fact.kind == F.CLAIM:
-            state = self.derive(known)
+            state = self._state_of(fact.job_id, list(known))
             if state is None or leases.current_grant(state, me) != (fact.attempt, fact.author_id):
                 return []  # superseded: handing it back would let the worker think it still holds a lease
             want = (F.LEASE, fact.attempt, fact.author_id)
@@ -295,7 +298,7 @@ class JobReplica:
         if placement is None:
             return ()
         if any(f.kind == F.CONFIG for f in facts):
-            state = self.derive(facts)
+            state = self._state_of(placement.job_id, facts)
             return state.replicas if state is not None else ()
         return F.placement_ids(placement.body.subject)
 

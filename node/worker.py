@@ -37,7 +37,6 @@ from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F
 from workmesh.node import lifecycle, rendezvous
 from workmesh.node.claims import Claims
-from workmesh.node.derived import DerivedStates, local_state, state_of
 from workmesh.node.handlers import Handler, HandlerError, JobContext, PermanentError, Registry
 from workmesh.node.leases import LeaseRules
 from workmesh.node.reads import read_job
@@ -46,6 +45,9 @@ RunCpu = Callable[[Callable[..., Any], Any, JobContext], Awaitable[Any]]
 # Handler threads beyond one per slot: room for threads still running past
 # their deadline (they cannot be stopped) before new attempts must queue.
 THREADS_SPARE = 4
+# An attempt that ends waits this long for its handler and renewer to take their
+# cancellation (a coroutine handler that ignores it is left behind, and counted).
+CANCEL_GRACE_S = 5.0
 
 
 def strict_json_outcome(value: Any) -> tuple[str, Any]:
@@ -90,6 +92,7 @@ class WorkerPool:
         on_state: Callable[[bytes, str, int], None] | None = None,
         logger: Any = None,
         run_sync: RunCpu | None = None,
+        spawn: Callable[[Awaitable[Any], str], asyncio.Future] | None = None,
     ) -> None:
         self.identity = identity
         self.dht = dht
@@ -99,6 +102,8 @@ class WorkerPool:
         self.monotonic = monotonic
         self.wall_ms = wall_ms
         self._run_cpu = run_cpu
+        # Where attempts run: the node's own tasks (node/tasks.py), which it stops.
+        self._spawn = spawn or (lambda coro, name: asyncio.ensure_future(coro))
         # Plain (synchronous) handlers: a thread each, at most one per slot
         # plus the threads that outlived their deadline (see _call).
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -106,13 +111,11 @@ class WorkerPool:
         self._runnable: OrderedDict[bytes, _Offer] = OrderedDict()
         self._best: OrderedDict[bytes, None] = OrderedDict()  # the offers this worker ranks first for
         self._runnable_max = runnable_max
-        self._active: dict[bytes, asyncio.Task] = {}
+        self._active: dict[bytes, asyncio.Future] = {}
         self._executing = 0  # attempts holding a slot (claiming or running a handler)
         self.reports_max = 256  # attempts past their handler, filing results, at most
         self._wakeup = asyncio.Event()
         self._on_state = on_state or (lambda job_id, status, attempt: None)
-        # The node's memo of derived states over its store (None: derive every time).
-        self.derived: DerivedStates | None = None
         # What handlers on the loop may do in the mesh (node/mesh.py); None: nothing.
         self.mesh: Any = None
         self.log = logger or structlog.get_logger()
@@ -133,16 +136,17 @@ class WorkerPool:
             "claims_with_submit": 0,
             "thread_runs": 0,
             "timeouts": 0,
+            "handlers_left_running": 0,
         }
         self.claims = Claims(identity, dht, wall_ms=wall_ms, counters=self.counters)
 
     def derive_local(self, job_id: bytes) -> lifecycle.JobState | None:
         """The state of what the local store holds for a job."""
-        return local_state(self.derived, self.dht.records, job_id)
+        return self.dht.records.state(job_id)
 
-    def derive(self, facts: Iterable[F.Fact]) -> lifecycle.JobState | None:
-        """The state a set of facts decides (through the node's memo when plugged in)."""
-        return state_of(self.derived, facts)
+    def derive(self, job_id: bytes, facts: Iterable[F.Fact]) -> lifecycle.JobState | None:
+        """The state a set of a job's facts decides."""
+        return self.dht.records.state_of(job_id, facts)
 
     @property
     def busy(self) -> int:
@@ -211,7 +215,7 @@ class WorkerPool:
 
     def _start(self, job_id: bytes, offer: _Offer, placed: asyncio.Future | None = None) -> None:
         self._executing += 1
-        task = asyncio.ensure_future(self._attempt(job_id, offer, placed))
+        task = self._spawn(self._attempt(job_id, offer, placed), "attempt")
         self._active[job_id] = task
         task.add_done_callback(lambda t, j=job_id: self._done(j, t))
 
@@ -306,10 +310,10 @@ class WorkerPool:
             # is as good as a read (if it is behind, the claim is refused).
             state = local
         elif offer.first and offer.best:
-            state = self.derive(offer.first)
+            state = self.derive(job_id, offer.first)
         if state is None or not state.replicas:
             # Not a fresh job we rank first for: read it before claiming.
-            state, _answered = await read_job(self.dht, job_id, self.derived)
+            state, _answered = await read_job(self.dht, job_id)
         if state is None or state.status in lifecycle.TERMINAL or not state.replicas:
             return
         spec: F.Submit = state.submit.body
@@ -356,6 +360,7 @@ class WorkerPool:
             # and give their slot back while they only wait.
             ctx = JobContext(state.job_id.hex(), attempt, spec.job_type, mesh=self.mesh, release_slot=release)
         log.info("execution_started", attempt=attempt, job_type=spec.job_type)
+        # The handler and its renewer belong to this attempt: they end before it does.
         work = asyncio.ensure_future(self._call(handler, spec.payload, ctx, spec.timeout_ms / 1000))
         renewer = asyncio.ensure_future(self._renew_until(work, state, attempt))
         try:
@@ -368,6 +373,9 @@ class WorkerPool:
             renewer.cancel()
             if not work.done():
                 work.cancel()
+            _ended, left = await asyncio.wait({work, renewer}, timeout=CANCEL_GRACE_S)
+            if left:
+                self.counters["handlers_left_running"] += 1
 
     async def _call(self, handler: Handler, payload: Any, ctx: JobContext, timeout_s: float) -> tuple[str, Any]:
         """Run the handler where its kind runs (node/handlers.py), its timeout enforced."""

@@ -295,7 +295,7 @@ def _unfinished_sets(run: Run) -> list[tuple[bytes, ...]]:
         if job_id in run.invariants.decided:
             continue
         holder = next((s for s in live if s.node.store.has(job_id)), None)
-        state = holder.node.derived.local(job_id) if holder is not None else None
+        state = holder.node.store.state(job_id) if holder is not None else None
         if state is not None and not state.terminal:
             out.append(state.replicas)
     return out

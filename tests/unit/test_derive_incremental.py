@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from workmesh.dht.storage import FactStore
 from workmesh.node import facts as F
 from workmesh.node import lifecycle as L
-from workmesh.node.derived import DerivedStates
+from workmesh.node.derived import JobDeriver
 from workmesh.node.errors import InvalidFact
 from tests.unit.strategies import (
     REPLICAS,
@@ -316,33 +316,38 @@ def test_derive_with_from_any_earlier_set_equals_deriving_the_current_one(histor
     assert L.derive_with(got, fs).state == ref_derive(fs)
 
 
+def _store(derived_max: int = 4096, jobs_max: int = 256) -> FactStore:
+    return FactStore(None, lambda k, raw: F.decode(raw, key=k), deriver=JobDeriver(jobs_max), derived_max=derived_max)
+
+
 @settings(max_examples=40, deadline=None)
 @given(rich_histories(), st.data())
-def test_memo_answers_the_reference_as_a_store_grows(history, data) -> None:
-    """DerivedStates over a store filled fact by fact (renews replacing each
-    other as storage does), read locally and judged as JobReplica does."""
+def test_store_states_answer_the_reference_as_a_store_grows(history, data) -> None:
+    """A store filled fact by fact (renews replacing each other as storage
+    does), its state asked, and candidates judged as JobReplica does."""
     job, fs = history
     key = job.job_id
     mine = [f for f in data.draw(st.permutations(fs)) if f.job_id == key]
-    with FactStore(None, lambda k, raw: F.decode(raw, key=k)) as store:
-        memo = DerivedStates(store, size_max=data.draw(st.sampled_from([1, 2, 64])), jobs_max=data.draw(st.sampled_from([1, 256])))
+    with _store(data.draw(st.sampled_from([1, 2, 64])), data.draw(st.sampled_from([1, 256]))) as store:
         for fact in mine:
-            assert memo.of([*store.get(key), fact]) == ref_derive([*store.get(key), fact])
+            assert store.state_of(key, [*store.get(key), fact]) == ref_derive([*store.get(key), fact])
             store.merge(key, [fact])
-            assert memo.local(key) == ref_derive(store.get(key))
+            assert store.state(key) == ref_derive(store.get(key))
 
 
-def test_memo_keeps_derivations_of_at_most_jobs_max_jobs() -> None:
+def test_store_keeps_the_derivations_of_at_most_derived_max_jobs() -> None:
     jobs = [make_submit(nonce=bytes([0x20 + i]) * 16) for i in range(5)]
-    with FactStore(None, lambda k, raw: F.decode(raw, key=k)) as store:
-        memo = DerivedStates(store, size_max=3, jobs_max=2)
+    deriver = JobDeriver(jobs_max=3)
+    with FactStore(None, lambda k, raw: F.decode(raw, key=k), deriver=deriver, derived_max=2) as store:
         for round_ in range(2):
             for job in jobs:
                 facts = [job, placement(job)] + [renew(WORKERS[0], job, 1, 1)] * round_
                 store.merge(job.job_id, facts)
-                assert memo.local(job.job_id) == ref_derive(store.get(job.job_id))
-                assert memo.statistics()["derived_jobs"] <= 2
-        assert memo.statistics()["cached"] <= 6
+                assert store.state(job.job_id) == ref_derive(store.get(job.job_id))
+                assert store.derived_statistics()["kept"] <= 2 and deriver.statistics()["jobs"] <= 3
+        for job in jobs:  # one let go is derived again when asked
+            assert store.state(job.job_id) == ref_derive(store.get(job.job_id))
+        assert store.derived_statistics()["kept"] <= 2
 
 
 def _last_error_and_closing_attempt() -> tuple[F.Fact, list[F.Fact], F.Fact]:
@@ -370,15 +375,14 @@ def test_the_last_attempts_sealed_error_is_decided_however_the_facts_arrive(data
     """The integration symptom that had the incremental derivation taken out
     (the closing attempt's "attempts exhausted" decided instead of attempt
     3's "boom"): with a quorum sealing attempt 3's error, derive_with and the
-    memo decide it in any arrival order and from any earlier set."""
+    store decide it in any arrival order and from any earlier set."""
     job, fs, last = _last_error_and_closing_attempt()
     order = data.draw(st.permutations(fs))
     d = None
-    with FactStore(None, lambda k, raw: F.decode(raw, key=k)) as store:
-        memo = DerivedStates(store, size_max=2, jobs_max=1)
+    with _store(derived_max=2, jobs_max=1) as store:
         for i, fact in enumerate(order):
             store.merge(job.job_id, [fact])
             d = L.derive_with(d, order[: i + 1])
-            assert d.state == memo.local(job.job_id) == ref_derive(order[: i + 1])
+            assert d.state == store.state(job.job_id) == ref_derive(order[: i + 1])
     state = d.state
     assert (state.status, state.attempts, state.error, state.decided) == (L.FAILED, 3, "boom", last)

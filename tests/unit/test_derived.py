@@ -1,5 +1,6 @@
-"""node/derived.py and FactStore.version: the memo of derived job states
-answers what lifecycle.derive answers, and sees every change of the store."""
+"""node/derived.py, FactStore.state and FactStore.version: the job states the
+store keeps up to date answer what lifecycle.derive answers, see every change
+of the store, and are bounded."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from hypothesis import strategies as st
 from workmesh.dht.storage import FactStore
 from workmesh.node import facts as F
 from workmesh.node import lifecycle as L
-from workmesh.node.derived import DerivedStates
+import pytest
+
+from workmesh.dht.storage import StorageError
+from workmesh.node.derived import JobDeriver
 from workmesh.node.replica import JobReplica
 from tests.unit.test_storage import KEY, POOL, W1, claim, validator
 
@@ -33,13 +37,14 @@ def test_version_changes_exactly_when_the_record_set_changes() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=12))
-def test_local_state_follows_every_merge(order: list[int]) -> None:
-    with FactStore(None, validator) as store:
-        memo = DerivedStates(store, size_max=2)
+def test_state_follows_every_merge(order: list[int]) -> None:
+    with FactStore(None, validator, deriver=JobDeriver(jobs_max=2), derived_max=2) as store:
         for i in order:
             store.merge(KEY, [POOL[i]])
-            assert memo.local(KEY) == L.derive(store.get(KEY))
-            assert memo.of(reversed(store.get(KEY))) == L.derive(store.get(KEY))
+            assert store.state(KEY) == L.derive(store.get(KEY))
+            assert store.state_of(KEY, reversed(store.get(KEY))) == L.derive(store.get(KEY))
+            candidate = [*store.get(KEY), POOL[(i + 1) % len(POOL)]]
+            assert store.state_of(KEY, candidate) == L.derive(candidate)
 
 
 def test_validate_memo_returns_the_decoded_fact_and_refuses_bad_bytes() -> None:
@@ -59,11 +64,26 @@ def test_validate_memo_returns_the_decoded_fact_and_refuses_bad_bytes() -> None:
             raise AssertionError("a corrupted fact was accepted")
 
 
-def test_a_key_the_store_never_held_is_not_memoised() -> None:
-    """Reads of random ids must not crowd real jobs out of the memo."""
-    store = FactStore(None, validator)
-    store.open()
-    memo = DerivedStates(store, size_max=4)
-    for i in range(100):
-        assert memo.local(i.to_bytes(20, "big")) is None
-    assert memo.statistics()["cached"] == 0
+def test_a_key_the_store_never_held_keeps_nothing() -> None:
+    """Reads of random ids must not crowd real jobs out of what is kept."""
+    with FactStore(None, validator, deriver=JobDeriver(), derived_max=4) as store:
+        for i in range(100):
+            assert store.state(i.to_bytes(20, "big")) is None
+        assert store.derived_statistics()["kept"] == 0
+
+
+def test_derived_states_are_bounded_and_go_with_their_keys() -> None:
+    with FactStore(None, validator, deriver=JobDeriver(), derived_max=1) as store:
+        store.merge(KEY, POOL[:2])
+        assert store.state(KEY) == L.derive(POOL[:2])
+        assert store.derived_statistics()["kept"] == 1
+        store.forget(KEY, at_ms=1)
+        assert store.state(KEY) is None
+        assert store.derived_statistics()["kept"] == 0
+
+
+def test_a_store_without_a_deriver_says_so() -> None:
+    with FactStore(None, validator) as store:
+        store.merge(KEY, POOL[:2])
+        with pytest.raises(StorageError):
+            store.state(KEY)
