@@ -54,6 +54,13 @@ def _check_items(items: list | tuple, level: int) -> None:
             raise EncodingError(f"type {kind.__name__} has no canonical encoding")
 
 
+def check_canonical_items(items: list | tuple, level: int = 0) -> None:
+    """Raise :class:`EncodingError` unless every item of ``items`` (a list at
+    nesting ``level``) has a canonical encoding: for a decoder that typed the
+    outer fields itself and holds an untyped list."""
+    _check_items(items, level)
+
+
 def canonical_pack(value: Any) -> bytes:
     """Encode ``value`` canonically; raise :class:`EncodingError` otherwise."""
     _check(value, 0)

@@ -11,7 +11,9 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from workmesh.crypto import domains
 from workmesh.crypto.canonical import canonical_pack
+from workmesh.dht import envelope as E
 from workmesh.node import facts as F
 from workmesh.node.errors import InvalidFact
 from tests.unit.strategies import REPLICAS, SUBMITTER, WORKERS, cancel, claim, lease, placement, quorum_result, renew
@@ -137,3 +139,96 @@ def test_non_canonical_encodings_of_a_valid_fact_get_the_same_answer() -> None:
         if at > 0:
             _same_answer(fact.raw[:at] + b"\xc5\x00\x14" + fact.raw[at + 2 :], JOB.job_id)
         _same_answer(fact.raw + b"\xc0", JOB.job_id)  # trailing bytes
+
+
+# --------------------------------------------------------------------------
+# Datagrams
+
+ALICE, BOB = REPLICAS[5], REPLICAS[6]
+
+
+def _datagrams() -> list[bytes]:
+    args = [JOB.job_id, [JOB.raw, claim(W, JOB, 1).raw]]
+    return [
+        E.seal(ALICE, E.REQUEST, b"\x01" * 16, 1_700_000_000_000, BOB.node_id, "store", args, BOB.public_key),
+        E.seal(ALICE, E.REPLY, b"\x02" * 16, 5, BOB.node_id, "find_value", [[JOB.raw]], BOB.public_key),
+        E.seal(ALICE, E.REQUEST, b"\x03" * 16, 7, b"", "ping", []),
+        E.seal(ALICE, E.REQUEST, b"\x04" * 16, 7, BOB.node_id, "find_node", [BOB.node_id, [1, [None, True]]]),
+    ]
+
+
+def _open_outcome(data: bytes):
+    try:
+        env = E.open_envelope(data, datagram_bytes_max=2048, identity=BOB)
+    except E.EnvelopeError as exc:
+        return ("refused", exc.reason)
+    return ("opened", env)
+
+
+def _same_opening(data: bytes) -> None:
+    typed = _open_outcome(data)
+    original = E._typed_fields
+    E._typed_fields = lambda _data: None
+    try:
+        checked = _open_outcome(data)
+    finally:
+        E._typed_fields = original
+    assert typed == checked
+
+
+def _resealed(fields: list, maced: bool) -> bytes:
+    if maced:
+        auth = ALICE.mac(BOB.public_key, domains.RPC, fields)
+    else:
+        auth = ALICE.sign(domains.RPC, fields)
+    return canonical_pack([*fields, auth])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_datagrams()), st.data())
+def test_a_datagram_with_fields_changed_and_authenticated_again_opens_the_same(data_: bytes, data) -> None:
+    fields = msgpack.unpackb(data_)[:8]
+    for i in data.draw(st.lists(st.integers(0, 7), min_size=1, max_size=2)):
+        fields[i] = data.draw(_near(fields[i]))
+    try:
+        raw = _resealed(fields, data.draw(st.booleans()))
+    except Exception:  # a float: not canonical, cannot be authenticated
+        raw = msgpack.packb([*fields, b"\x00" * 16], use_bin_type=True)
+    _same_opening(raw)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(_datagrams()), st.data())
+def test_a_datagram_with_a_changed_byte_opens_the_same(data_: bytes, data) -> None:
+    raw = bytearray(data_)
+    at = data.draw(st.integers(0, len(raw) - 1))
+    what = data.draw(st.sampled_from(["set", "insert", "delete"]))
+    byte = data.draw(st.integers(0, 255))
+    if what == "set":
+        raw[at] = byte
+    elif what == "insert":
+        raw.insert(at, byte)
+    else:
+        del raw[at]
+    _same_opening(bytes(raw))
+
+
+def test_valid_datagrams_open_and_non_canonical_ones_get_the_same_answer() -> None:
+    for data in _datagrams():
+        assert _open_outcome(data)[0] == "opened"
+        _same_opening(data + b"\xc0")
+        at = data.find(b"\xc4\x10")  # the msg id, a bin 8: the same bytes as a bin 16
+        _same_opening(data[:at] + b"\xc5\x00\x10" + data[at + 2 :])
+
+
+def test_args_without_a_canonical_encoding_are_refused_the_same_way() -> None:
+    deep: list = []
+    inner = deep
+    for _ in range(20):
+        inner.append([])
+        inner = inner[0]
+    fields = msgpack.unpackb(_datagrams()[0])[:8]
+    for args in ([1.5], [{"a": 1}], {"a": 1}, deep, [msgpack.ExtType(1, b"x")], [-(2**63)], [2**64 - 1], "x"):
+        fields[7] = args
+        for auth in (b"\x00" * 16, b"\x00" * 64):
+            _same_opening(msgpack.packb([*fields, auth], use_bin_type=True))
