@@ -96,7 +96,7 @@ def seal(
     # ([domain, *fields]) and the datagram ([*fields, auth]); both are 9-arrays.
     body = canonical_pack(fields)[1:]  # without the 8-array's one-byte header
     auth = identity.mac_bytes(peer_key, _ARRAY9 + _RPC_DOMAIN + body)
-    return _ARRAY9 + body + msgpack.packb(auth, use_bin_type=True)
+    return _ARRAY9 + body + _WIRE_ENCODER.encode(auth)
 
 
 class _Wire(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
