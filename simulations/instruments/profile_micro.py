@@ -13,8 +13,9 @@ verification), so a busy machine shows as a shift of everything.
 ``--against`` loads the decode path of another checkout (its
 ``crypto/canonical.py``, ``crypto/identity.py``, ``node/facts.py`` and
 ``dht/envelope.py``) into this process beside this one, and times each
-operation on both, alternating, ``--repeat`` times: it prints the median
-microseconds of each side and their ratio (this / other; below 1 is faster).
+operation on both, alternating, ``--repeat`` times: it prints the best
+microseconds of each side (the least disturbed by other load on the
+machine) and their ratio (this / other; below 1 is faster).
 Facts signed by either side are the same bytes, so both decode the same input.
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import shutil
 import sys
 import tempfile
@@ -133,14 +133,14 @@ def against(other: Path, rounds: int, repeat: int) -> int:
     ours_rows = decode_rows(canonical, identity, facts, envelope)
     their_rows = decode_rows(*(theirs[name] for name, _ in _DECODE_PATH))
     width = max(len(name) for name, _ in ours_rows)
-    print(f"this: {Path(_ROOT)}  other: {other}  (median of {repeat} alternating runs of {rounds} calls)")
+    print(f"this: {Path(_ROOT)}  other: {other}  (best of {repeat} alternating runs of {rounds} calls)")
     print(f"{'operation':{width}s}  {'this us':>8s}  {'other us':>8s}  ratio")
     for (name, ours), (_, their) in zip(ours_rows, their_rows, strict=True):
         a, b = [], []
         for _ in range(repeat):
             a.append(per_call_us(ours, rounds))
             b.append(per_call_us(their, rounds))
-        mine, other_us = statistics.median(a), statistics.median(b)
+        mine, other_us = min(a), min(b)
         print(f"{name:{width}s}  {mine:8.2f}  {other_us:8.2f}  {mine / other_us:5.2f}")
     return 0
 
