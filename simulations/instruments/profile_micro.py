@@ -116,6 +116,7 @@ def decode_rows(canonical, identity, facts, envelope) -> list[tuple[str, Callabl
          lambda: envelope.open_envelope(reply, datagram_bytes_max=60_000, identity=a)),
         ("open a signed ping (verify cached)", lambda: envelope.open_envelope(signed, datagram_bytes_max=60_000)),
         ("canonical_unpack of a datagram", lambda: canonical.canonical_unpack(datagram)),
+        ("derive a pair key (peer key converted before)", lambda: (b._pair_keys.clear(), b.pair_key(a.public_key))),
         ("sign a claim fact", lambda: F.sign(b, F.CLAIM, F.Claim(job, 1, 3))),
         ("seal a store request (MAC)", lambda: envelope.seal(a, envelope.REQUEST, bytes(16), 1, b.node_id, "store",
                                                              store_args, b.public_key)),
