@@ -319,7 +319,7 @@ _set_kind, _set_author, _set_body, _set_signature, _set_raw, _set_fact_id, _set_
 
 def _new_fact(kind: str, author: bytes, body: Body, signature: bytes, raw: bytes, fact_id: bytes,
               author_id: bytes) -> Fact:
-    """``Fact(...)``, for decoding: a frozen dataclass's ``__init__`` goes
+    """``Fact(...)``, for decode and sign: a frozen dataclass's ``__init__`` goes
     through ``object.__setattr__`` for each field, three times the cost of
     setting the slots directly."""
     fact = object.__new__(Fact)
@@ -376,7 +376,7 @@ def sign(identity: Identity, kind: str, body: Body) -> Fact:
     raw = canonical_pack([kind, identity.public_key, fields, signature])
     if len(raw) > FACT_BYTES_MAX:
         raise InvalidFact(f"{kind} fact of {len(raw)} bytes exceeds {FACT_BYTES_MAX}")
-    fact = Fact(kind, identity.public_key, body, signature, raw, fact_id_of(raw), identity.node_id)
+    fact = _new_fact(kind, identity.public_key, body, signature, raw, fact_id_of(raw), identity.node_id)
     _check_body(fact)
     return fact
 
