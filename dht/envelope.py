@@ -115,7 +115,7 @@ class _Wire(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=
 
 _WIRE_DECODER = msgspec.msgpack.Decoder(_Wire)
 _WIRE_ENCODER = msgspec.msgpack.Encoder()
-_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, EncodingError)
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, EncodingError, RecursionError)
 
 
 def _typed_fields(data: bytes) -> tuple | None:

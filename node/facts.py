@@ -575,7 +575,7 @@ _BODY_STRUCTS = {SUBMIT: Submit, CLAIM: Claim, RENEW: Renew, GRANT: Grant, RESUL
 _KIND_OF = {_fact_struct(kind, body): kind for kind, body in _BODY_STRUCTS.items()}
 _WIRE_DECODER = msgspec.msgpack.Decoder(Union[tuple(_KIND_OF)])  # noqa: UP007 (a runtime union of a tuple)
 _WIRE_ENCODER = msgspec.msgpack.Encoder()
-_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
 # The signed bytes are ``[domain, author, body]``; on the wire the same author
 # and body bytes sit between the kind and the signature (a bin 8: 2 header

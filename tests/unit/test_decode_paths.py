@@ -249,3 +249,15 @@ def test_datagrams_with_an_auth_of_any_length_open_the_same() -> None:
     fields = msgpack.unpackb(_datagrams()[0])[:8]
     for n in (0, 1, 15, 16, 17, 20, 32, 63, 64, 65, 100):
         _same_opening(canonical_pack([*fields, b"\x00" * n]))
+
+
+def test_deeply_nested_input_is_refused_not_raised() -> None:
+    fields = msgpack.unpackb(_datagrams()[0])[:8]
+    head = canonical_pack(fields[:7])[1:]
+    for depth in (17, 1000, 1500):
+        nested = b"\x91" * depth + b"\x90"
+        data = b"\x99" + head + nested + canonical_pack(b"\x00" * 16)
+        assert _open_outcome(data) == ("refused", "malformed")
+        _same_opening(data)
+        for fact in (b"\x94" + nested, b"\x94\xa5claim" + nested, b"\x94\xa6result\xc4\x20" + bytes(32) + nested):
+            _same_answer(fact)
