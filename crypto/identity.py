@@ -12,6 +12,7 @@ import hmac
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import nacl.bindings
 import nacl.exceptions
@@ -28,9 +29,39 @@ MAC_BYTES = 16
 PAIR_KEYS_MAX = 16384
 
 
+# What is derived from a public key is computed once per process: a node id is
+# asked for on every datagram and fact, and an X25519 conversion (about 100 us,
+# more than the X25519 itself) for every pair key, by every identity of a
+# process that runs many (the simulator). Bounded; emptied when full.
+_DERIVED_MAX = 16384
+_node_ids: dict[bytes, bytes] = {}
+_x25519_keys: dict[bytes, bytes] = {}
+
+
 def node_id_of(public_key: bytes) -> bytes:
     """The 160-bit node id that belongs to ``public_key``."""
-    return hashlib.blake2b(public_key, digest_size=NODE_ID_BYTES).digest()
+    node_id = _node_ids.get(public_key) if type(public_key) is bytes else None
+    if node_id is None:
+        node_id = hashlib.blake2b(public_key, digest_size=NODE_ID_BYTES).digest()
+        if type(public_key) is bytes and len(public_key) == PUBLIC_KEY_BYTES:
+            if len(_node_ids) >= _DERIVED_MAX:
+                _node_ids.clear()
+            _node_ids[public_key] = node_id
+    return node_id
+
+
+def _x25519_of(public_key: bytes) -> bytes:
+    """The X25519 public key of an Ed25519 one; raise :class:`BadSignature` if it has none."""
+    converted = _x25519_keys.get(public_key)
+    if converted is None:
+        try:
+            converted = bytes(nacl.signing.VerifyKey(public_key).to_curve25519_public_key())
+        except Exception:
+            raise BadSignature("not a usable Ed25519 public key") from None
+        if len(_x25519_keys) >= _DERIVED_MAX:
+            _x25519_keys.clear()
+        _x25519_keys[public_key] = converted
+    return converted
 
 
 def puzzle_bits(public_key: bytes) -> int:
@@ -113,7 +144,7 @@ class Identity:
         self.public_key: bytes = bytes(signing_key.verify_key)
         self.node_id: bytes = node_id_of(self.public_key)
         self._x25519 = bytes(signing_key.to_curve25519_private_key())
-        self._pair_keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self._pair_keys: OrderedDict[bytes, tuple[bytes, Any]] = OrderedDict()  # peer key: (pair key, keyed hash)
 
     @classmethod
     def generate(cls, puzzle: int = 0) -> Identity:
@@ -166,12 +197,16 @@ class Identity:
         identities for the cost of a hash, where a signature and its
         verification cost about 120 us per message. Cached per peer, bounded.
         """
-        key = self._pair_keys.get(peer_public_key)
-        if key is not None:
+        return self._pair(peer_public_key)[0]
+
+    def _pair(self, peer_public_key: bytes) -> tuple[bytes, Any]:
+        """The pair key and a BLAKE2b keyed with it, ready to copy (a keyed hash costs its key's setup once)."""
+        pair = self._pair_keys.get(peer_public_key)
+        if pair is not None:
             self._pair_keys.move_to_end(peer_public_key)
-            return key
+            return pair
+        peer = _x25519_of(peer_public_key)
         try:
-            peer = bytes(nacl.signing.VerifyKey(peer_public_key).to_curve25519_public_key())
             shared = nacl.bindings.crypto_scalarmult(self._x25519, peer)
         except Exception:
             raise BadSignature("not a usable Ed25519 public key") from None
@@ -179,10 +214,11 @@ class Identity:
             raise BadSignature("low-order public key")
         lo, hi = sorted((self.public_key, peer_public_key))
         key = hashlib.blake2b(shared + lo + hi, digest_size=32, person=b"workmesh-pair1").digest()
-        self._pair_keys[peer_public_key] = key
+        pair = (key, hashlib.blake2b(key=key, digest_size=MAC_BYTES))
+        self._pair_keys[peer_public_key] = pair
         if len(self._pair_keys) > PAIR_KEYS_MAX:
             self._pair_keys.popitem(last=False)
-        return key
+        return pair
 
     def knows_pair(self, peer_public_key: bytes) -> bool:
         """Is the pair key with this peer cached (a MAC check then costs a hash, not an X25519)?"""
@@ -195,7 +231,9 @@ class Identity:
     def mac_bytes(self, peer_public_key: bytes, message: bytes) -> bytes:
         """The pair's MAC of ``message``, already encoded (``signing_bytes`` or the same bytes)."""
         _ops["macs"] += 1
-        return hashlib.blake2b(message, key=self.pair_key(peer_public_key), digest_size=MAC_BYTES).digest()
+        h = self._pair(peer_public_key)[1].copy()
+        h.update(message)
+        return h.digest()
 
     def check_mac(self, peer_public_key: bytes, domain: str, fields: list | tuple, tag: bytes) -> None:
         """Raise :class:`BadSignature` unless ``tag`` is the pair's MAC of the (decoded) fields."""

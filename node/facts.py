@@ -50,10 +50,14 @@ quorum, attempt bounds) are in :func:`check_in_context`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
 
 from workmesh.contract import (  # noqa: F401 (re-exported: node code reads them as facts.X)
     ATTEMPTS_MAX,
@@ -68,7 +72,15 @@ from workmesh.contract import (  # noqa: F401 (re-exported: node code reads them
 from workmesh.crypto import domains
 from workmesh.crypto.canonical import canonical_pack, canonical_unpack
 from workmesh.crypto.errors import BadSignature, EncodingError
-from workmesh.crypto.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, node_id_of, verify
+from workmesh.crypto.identity import (
+    NODE_ID_BYTES,
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    Identity,
+    node_id_of,
+    verify,
+    verify_bytes,
+)
 from workmesh.node.errors import InvalidFact
 
 SUBMIT = "submit"
@@ -145,44 +157,59 @@ def placement_ids(subject: bytes) -> tuple[bytes, ...]:
     return tuple(subject[i : i + NODE_ID_BYTES] for i in range(0, len(subject), NODE_ID_BYTES))
 
 
-@dataclass(frozen=True, slots=True)
-class Submit:
-    job_type: str
-    payload_json: bytes
-    max_attempts: int
-    lease_ms: int
-    timeout_ms: int
-    replicas: int
-    quorum: int
-    nonce: bytes
-    created_ms: int
+# The bodies are msgspec structs: a fact's body decodes straight into one (in
+# C, with the bounds each field has on its own; see _decode_typed), and
+# building one costs a fifth of a frozen dataclass. Frozen, compared and
+# hashed by value as dataclasses would be. Their bounds apply to decoding only.
+_TS_MAX = 2**53  # largest ts_ms a fact may carry
+EPOCHS_MAX = 64  # replica-set changes one job may go through
+
+_JobId = Annotated[bytes, Meta(min_length=NODE_ID_BYTES, max_length=NODE_ID_BYTES)]
+_Ts = Annotated[int, Meta(ge=0, le=_TS_MAX)]
+_Attempt = Annotated[int, Meta(ge=1, le=ATTEMPTS_MAX + 1)]
+_Attempt0 = Annotated[int, Meta(ge=0, le=ATTEMPTS_MAX + 1)]
+_NodeIds = Annotated[bytes, Meta(min_length=1, max_length=NODE_ID_BYTES * REPLICAS_MAX)]
+_FactId = Annotated[bytes, Meta(min_length=FACT_ID_BYTES, max_length=FACT_ID_BYTES)]
+
+
+class _Body(Struct, array_like=True, forbid_unknown_fields=True, frozen=True, gc=False):
+    """A fact's body: encoded as the list of its fields, in order."""
+
+
+class Submit(_Body):
+    job_type: Annotated[str, Meta(min_length=1, max_length=TYPE_CHARS_MAX)]
+    payload_json: Annotated[bytes, Meta(max_length=PAYLOAD_BYTES_MAX)]
+    max_attempts: Annotated[int, Meta(ge=1, le=ATTEMPTS_MAX)]
+    lease_ms: Annotated[int, Meta(ge=LEASE_MS_MIN, le=LEASE_MS_MAX)]
+    timeout_ms: Annotated[int, Meta(ge=1, le=TIMEOUT_MS_MAX)]
+    replicas: Annotated[int, Meta(ge=1, le=REPLICAS_MAX)]
+    quorum: int  # a majority of replicas: checked with them
+    nonce: Annotated[bytes, Meta(min_length=NONCE_BYTES, max_length=NONCE_BYTES)]
+    created_ms: _Ts
 
     @property
     def payload(self) -> Any:
         return json.loads(self.payload_json)
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    job_id: bytes
-    attempt: int
-    ts_ms: int
+class Claim(_Body):
+    job_id: _JobId
+    attempt: _Attempt
+    ts_ms: _Ts
 
 
-@dataclass(frozen=True, slots=True)
-class Renew:
-    job_id: bytes
-    attempt: int
-    ts_ms: int
+class Renew(_Body):
+    job_id: _JobId
+    attempt: _Attempt
+    ts_ms: _Ts
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
-    job_id: bytes
-    action: str
-    attempt: int
-    subject: bytes
-    ts_ms: int
+class Grant(_Body):
+    job_id: _JobId
+    action: Literal["lease", "place"]
+    attempt: _Attempt0
+    subject: _NodeIds  # a worker's node id (lease), or the replicas' (place)
+    ts_ms: _Ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,38 +226,33 @@ class Result:
         return json.loads(self.data_json)
 
 
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    job_id: bytes
-    reason: str
-    ts_ms: int
+class Cancel(_Body):
+    job_id: _JobId
+    reason: Annotated[str, Meta(max_length=REASON_CHARS_MAX)]
+    ts_ms: _Ts
 
 
-@dataclass(frozen=True, slots=True)
-class BallotStep:
-    job_id: bytes
-    step: str
-    attempt: int
-    round: int
-    proposer: bytes
-    subject: bytes  # a result's or cancel's fact id, or b"" (a prepare; a promise that sealed nothing)
-    refs: tuple[bytes, ...]  # fact ids: a propose's promises, a promise's certificate votes
-    ts_ms: int
+class BallotStep(_Body):
+    job_id: _JobId
+    step: Literal["prepare", "promise", "propose", "vote", "seal"]
+    attempt: _Attempt0
+    round: Annotated[int, Meta(ge=0, le=ROUND_MAX)]
+    proposer: _JobId
+    subject: Annotated[bytes, Meta(max_length=FACT_ID_BYTES)]  # a result's or cancel's fact id, or b"" (a prepare; a promise that sealed nothing)
+    refs: Annotated[tuple[_FactId, ...], Meta(max_length=REPLICAS_MAX)]  # fact ids: a propose's promises, a promise's certificate votes
+    ts_ms: _Ts
 
     @property
     def ballot(self) -> tuple[int, int, bytes]:
         return (self.attempt, self.round, self.proposer)
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    job_id: bytes
-    epoch: int  # the epoch this replica set opens (the placement's is 0)
-    replicas: bytes  # node ids, concatenated
-    ts_ms: int
+class Config(_Body):
+    job_id: _JobId
+    epoch: Annotated[int, Meta(ge=1, le=EPOCHS_MAX)]  # the epoch this replica set opens (the placement's is 0)
+    replicas: _NodeIds  # node ids, concatenated
+    ts_ms: _Ts
 
-
-EPOCHS_MAX = 64  # replica-set changes one job may go through
 
 Body = Submit | Claim | Renew | Grant | Result | Cancel | BallotStep | Config
 
@@ -288,6 +310,30 @@ class Fact:
         return f"Fact({self.kind}, job={self.job_id.hex()[:8]}, attempt={self.attempt}, by={self.author_id.hex()[:8]})"
 
 
+_FACT_FIELDS = ("kind", "author", "body", "signature", "raw", "fact_id", "author_id", "_submit_job_id")
+assert tuple(f.name for f in dataclasses.fields(Fact)) == _FACT_FIELDS  # _new_fact sets each of them
+_set_kind, _set_author, _set_body, _set_signature, _set_raw, _set_fact_id, _set_author_id, _set_submit_job_id = (
+    getattr(Fact, name).__set__ for name in _FACT_FIELDS
+)
+
+
+def _new_fact(kind: str, author: bytes, body: Body, signature: bytes, raw: bytes, fact_id: bytes,
+              author_id: bytes) -> Fact:
+    """``Fact(...)``, for decode and sign: a frozen dataclass's ``__init__`` goes
+    through ``object.__setattr__`` for each field, three times the cost of
+    setting the slots directly."""
+    fact = object.__new__(Fact)
+    _set_kind(fact, kind)
+    _set_author(fact, author)
+    _set_body(fact, body)
+    _set_signature(fact, signature)
+    _set_raw(fact, raw)
+    _set_fact_id(fact, fact_id)
+    _set_author_id(fact, author_id)
+    _set_submit_job_id(fact, None)
+    return fact
+
+
 # --------------------------------------------------------------------------
 # Encoding
 
@@ -330,7 +376,7 @@ def sign(identity: Identity, kind: str, body: Body) -> Fact:
     raw = canonical_pack([kind, identity.public_key, fields, signature])
     if len(raw) > FACT_BYTES_MAX:
         raise InvalidFact(f"{kind} fact of {len(raw)} bytes exceeds {FACT_BYTES_MAX}")
-    fact = Fact(kind, identity.public_key, body, signature, raw, fact_id_of(raw), identity.node_id)
+    fact = _new_fact(kind, identity.public_key, body, signature, raw, fact_id_of(raw), identity.node_id)
     _check_body(fact)
     return fact
 
@@ -363,8 +409,8 @@ def _is_bytes(v: Any, n: int | None = None) -> bool:
 def _is_json(data: bytes, limit: int) -> bool:
     if not isinstance(data, bytes) or len(data) > limit:
         return False
-    try:
-        json.loads(data, parse_constant=_reject_constant)
+    try:  # json.loads(data, parse_constant=...), without building a decoder per call
+        _STRICT_JSON.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     return True
@@ -375,7 +421,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_TS_MAX = 2**53  # largest ts_ms a fact may carry
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _parse_body(kind: str, f: list) -> Body:
@@ -486,12 +532,155 @@ def _check_body(fact: Fact) -> None:
         _need(fact.body.proposer == fact.author_id, f"a {fact.body.step} is signed by its proposer")
 
 
+# --------------------------------------------------------------------------
+# The typed decoding path: the wire form as msgspec structs.
+#
+# Every bound a field has on its own is a type constraint, checked in C while
+# decoding; the rules that relate fields (a quorum is a majority, a placement
+# names distinct replicas, a ballot step's subject and refs) and JSON
+# validity stay in Python. The canonical-form rule holds because the decoded
+# value is encoded again and must give back the input's exact bytes (msgspec
+# encodes the canonical types as msgpack.packb does: shortest forms).
+
+_PublicKey = Annotated[bytes, Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]
+_Signature = Annotated[bytes, Meta(min_length=SIGNATURE_BYTES, max_length=SIGNATURE_BYTES)]
+
+
+class _Wire(Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class _ResultW(_Wire):  # its grants are facts, decoded one by one
+    job_id: _JobId
+    attempt: _Attempt
+    outcome: Literal["ok", "error"]
+    data_json: Annotated[bytes, Meta(max_length=RESULT_BYTES_MAX)]
+    grants: Annotated[list[bytes], Meta(min_length=1, max_length=REPLICAS_MAX)]
+    ts_ms: _Ts
+
+
+def _fact_struct(kind: str, body: type) -> type:
+    """``[kind, author, body, signature]`` as a struct tagged by its kind."""
+    return msgspec.defstruct(
+        f"_{kind.capitalize()}Fact",
+        [("author", _PublicKey), ("body", body), ("signature", _Signature)],
+        bases=(_Wire,),
+        tag_field="kind",
+        tag=kind,
+    )
+
+
+_BODY_STRUCTS = {SUBMIT: Submit, CLAIM: Claim, RENEW: Renew, GRANT: Grant, RESULT: _ResultW, CANCEL: Cancel,
+                 CONFIG: Config, BALLOT: BallotStep}
+_KIND_OF = {_fact_struct(kind, body): kind for kind, body in _BODY_STRUCTS.items()}
+_WIRE_DECODER = msgspec.msgpack.Decoder(Union[tuple(_KIND_OF)])  # noqa: UP007 (a runtime union of a tuple)
+_WIRE_ENCODER = msgspec.msgpack.Encoder()
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+
+# The signed bytes are ``[domain, author, body]``; on the wire the same author
+# and body bytes sit between the kind and the signature (a bin 8: 2 header
+# bytes), so they are sliced from the fact instead of being encoded again.
+_SIGNED_PREFIX = {kind: b"\x93" + canonical_pack(domain) for kind, domain in KINDS.items()}
+_AUTHORED_FROM = {kind: 1 + len(canonical_pack(kind)) for kind in KINDS}
+_SIGNATURE_TAIL = 2 + SIGNATURE_BYTES
+
+
+def _distinct_ids(ids: bytes) -> bool:
+    n = len(ids)
+    if n % NODE_ID_BYTES:
+        return False
+    return len({ids[i : i + NODE_ID_BYTES] for i in range(0, n, NODE_ID_BYTES)}) == n // NODE_ID_BYTES
+
+
+def _typed_body(kind: str, w: Any) -> Body | None:
+    """The body of a typed fact, or None where a rule across fields fails."""
+    if kind == CLAIM or kind == RENEW or kind == CANCEL:
+        return w
+    if kind == SUBMIT:
+        if not (w.replicas // 2 + 1 <= w.quorum <= w.replicas and _is_json(w.payload_json, PAYLOAD_BYTES_MAX)):
+            return None
+        return w
+    if kind == GRANT:
+        if w.action == PLACE:
+            if w.attempt != 0 or not _distinct_ids(w.subject):
+                return None
+        elif len(w.subject) != NODE_ID_BYTES:
+            return None
+        return w
+    if kind == RESULT:
+        if not _is_json(w.data_json, RESULT_BYTES_MAX):
+            return None
+        job_id = w.job_id
+        grants = tuple(decode(g, key=job_id) for g in w.grants)
+        return Result(job_id, w.attempt, w.outcome, w.data_json, grants, w.ts_ms)
+    if kind == CONFIG:
+        return w if _distinct_ids(w.replicas) else None
+    # a ballot step
+    step, subject, refs = w.step, w.subject, w.refs
+    if len(subject) not in (0, FACT_ID_BYTES) or len(set(refs)) != len(refs):
+        return None
+    if step == PREPARE:
+        ok = not subject and not refs
+    elif step == PROMISE:
+        ok = bool(subject) == bool(refs)
+    elif step == PROPOSE:
+        ok = bool(subject) and bool(refs)
+    else:  # vote, seal
+        ok = bool(subject) and not refs
+    return w if ok else None
+
+
+def _decode_typed(raw: bytes, key: bytes | None) -> Fact | None:
+    """:func:`decode` of a fact the wire structs accept; None sends it to the checked path.
+
+    What this accepts, the checked path accepts the same way; once the form is
+    right, it raises what the checked path would (a signature, a grant, the key).
+    """
+    try:
+        w = _WIRE_DECODER.decode(raw)
+    except _DECODE_ERRORS:
+        return None
+    if _WIRE_ENCODER.encode(w) != raw:  # the canonical-form rule
+        return None
+    kind = _KIND_OF[type(w)]
+    body = _typed_body(kind, w.body)
+    if body is None:
+        return None
+    author = w.author
+    signature = w.signature
+    message = _SIGNED_PREFIX[kind] + raw[_AUTHORED_FROM[kind] : len(raw) - _SIGNATURE_TAIL]
+    try:
+        verify_bytes(author, message, signature, KINDS[kind])
+    except BadSignature:
+        raise InvalidFact(f"{kind} signature does not verify") from None
+    fact = _new_fact(kind, author, body, signature, raw, fact_id_of(raw), node_id_of(author))
+    _check_body(fact)
+    if key is not None:
+        _need(fact.job_id == key, "fact is filed under another job's key")
+    return fact
+
+
 def decode(raw: bytes, *, key: bytes | None = None) -> Fact:
     """Decode and verify one fact; raise :class:`InvalidFact`.
 
     ``key`` is the DHT key the fact is filed under: a submit must hash to it,
     every other fact must name it as its job.
+
+    A well-formed fact takes the typed path (:func:`_decode_typed`: msgspec
+    decodes it into structs in C, which checks types, sizes and bounds); any
+    input that path does not accept goes through the field-by-field checks of
+    :func:`_decode_checked`, which accept exactly the same facts and name
+    what is wrong.
     """
+    if type(raw) is bytes and len(raw) <= FACT_BYTES_MAX:
+        fact = _decode_typed(raw, key)
+        if fact is not None:
+            return fact
+    return _decode_checked(raw, key)
+
+
+def _decode_checked(raw: bytes, key: bytes | None) -> Fact:
+    """:func:`decode`, one check at a time: the reference, and the path of every refusal."""
     _need(isinstance(raw, bytes), "a fact is bytes")
     _need(len(raw) <= FACT_BYTES_MAX, f"fact exceeds {FACT_BYTES_MAX} bytes")
     try:
