@@ -33,6 +33,7 @@ Every step calls the same pure functions the node runs (``ballots.on_*`` and
 from __future__ import annotations
 
 import argparse
+import struct
 import sys
 import time
 from collections import deque
@@ -237,6 +238,8 @@ class Model:
         mk = (pi, ai, id(proc.rs), id(st.accs[ai]), id(st.filed), grows, request)
         got = self._answers.get(mk)
         if got is None:
+            if len(self._answers) >= MEMO_MAX:
+                self._answers.clear()
             got = self._answers[mk] = self._answer(proc.rs, ai, st.accs[ai], request, filed)
         acc, answer, rs = got
         accs, seals, votes = st.accs, st.seals, st.votes
@@ -381,14 +384,19 @@ class Symmetry:
         self.reduce = reduce
         self.index = {rid: i for i, rid in enumerate(ids)}
         self._pool: dict = {}  # component -> its one object
+        self._serial: dict[int, int] = {}  # id(one object) -> its serial number
         self._info: dict[int, tuple] = {}  # id(component) -> per-replica signature parts
         self._renamed: dict[tuple, object] = {}  # (names, id(component)) -> renamed component
 
     def one(self, obj):
-        """The one object equal to ``obj`` (hash-consing)."""
+        """The one object equal to ``obj`` (hash-consing); each gets a serial number."""
         if obj is None:
             return None
-        return self._pool.setdefault(obj, obj)
+        got = self._pool.get(obj)
+        if got is None:
+            got = self._pool[obj] = obj
+            self._serial[id(obj)] = len(self._serial) + 1
+        return got
 
     def intern(self, st: State, parent: State | None) -> State:
         """``st`` with every component replaced by its one object (components
@@ -409,18 +417,17 @@ class Symmetry:
         filed = st.filed if st.filed is parent.filed else one(st.filed)
         return State(accs, st.down, st.crashes, procs, seals, votes, filed)
 
-    @staticmethod
-    def key(st: State) -> tuple:
-        """A hashable identity of an interned state: its components' ids."""
-        return (
-            tuple(map(id, st.accs)),
-            st.down,
-            st.crashes,
-            tuple((id(p.rs), p.tries, p.served) for p in st.procs),
-            id(st.seals),
-            id(st.votes),
-            id(st.filed),
-        )
+    def key(self, st: State) -> bytes:
+        """The identity of an interned state, packed small (the search keeps
+        one per state): its components' serial numbers, sets of replicas as bits."""
+        n = self._serial
+        fields = [n[id(a)] if a is not None else 0 for a in st.accs]
+        fields.append(sum(1 << i for i in st.down))
+        fields.append(st.crashes)
+        for p in st.procs:
+            fields += (n[id(p.rs)] if p.rs is not None else 0, p.tries, sum(1 << i for i in p.served))
+        fields += (n[id(st.seals)], n[id(st.votes)], n[id(st.filed)])
+        return struct.pack(f"{len(fields)}I", *fields)
 
     def canonical(self, st: State) -> State:
         if not self.reduce:
@@ -515,6 +522,8 @@ class Symmetry:
             k = (nk, id(comp))
             got = memo.get(k)
             if got is None:
+                if len(memo) >= MEMO_MAX:
+                    memo.clear()
                 got = memo[k] = self.one(make(comp))
             return got
 
@@ -589,7 +598,8 @@ class Report:
         )
 
 
-RAW_MAX = 20_000_000
+RAW_MAX = 5_000_000  # successors' keys remembered (a cache: forgetting only costs time)
+MEMO_MAX = 2_000_000  # entries per memo (answers, renamings, checks)
 
 
 def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
@@ -614,6 +624,8 @@ def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
         key = (tuple(map(id, st.accs)), id(st.seals), id(st.votes), id(st.filed))
         found = checked.get(key)
         if found is None:
+            if len(checked) >= MEMO_MAX:
+                checked.clear()
             try:
                 found = checked[key] = model.check(st)
             except Violation as exc:
@@ -670,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--states-max", type=int, default=None, help="stop each search at this many states")
     ap.add_argument("--only", type=int, nargs="*", help="run only these configurations (indexes from 0)")
     ap.add_argument("--progress", type=int, default=0, help="report every N states on stderr")
+    ap.add_argument("--depth-first", action="store_true", help="search depth first (a smaller frontier)")
     args = ap.parse_args(argv)
     total = 0
     for k, setup in enumerate(QUICK if args.quick else FULL):
@@ -677,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.states_max:
             setup = replace(setup, states_max=args.states_max)
+        if args.depth_first:
+            setup = replace(setup, depth_first=True)
         report = explore(setup, args.progress)
         total += report.states
         print(f"[{k}] {report.line()}", flush=True)
