@@ -90,6 +90,21 @@ def _near(value):
     return st.one_of(near, _values())
 
 
+def _change_one_byte(raw: bytes, data: st.DataObject) -> bytes:
+    """``raw`` with one byte set to another value, inserted or deleted."""
+    out = bytearray(raw)
+    at = data.draw(st.integers(0, len(out) - 1))
+    what = data.draw(st.sampled_from(["set", "insert", "delete"]))
+    byte = data.draw(st.integers(0, 255))
+    if what == "set":
+        out[at] = byte
+    elif what == "insert":
+        out.insert(at, byte)
+    else:
+        del out[at]
+    return bytes(out)
+
+
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(_facts()), st.data())
 def test_fields_changed_and_signed_again_get_the_same_answer(fact: F.Fact, data: st.DataObject) -> None:
@@ -109,17 +124,7 @@ def test_fields_changed_and_signed_again_get_the_same_answer(fact: F.Fact, data:
 @settings(max_examples=200)
 @given(st.sampled_from(_facts()), st.data())
 def test_a_changed_byte_gets_the_same_answer(fact: F.Fact, data: st.DataObject) -> None:
-    raw = bytearray(fact.raw)
-    at = data.draw(st.integers(0, len(raw) - 1))
-    what = data.draw(st.sampled_from(["set", "insert", "delete"]))
-    byte = data.draw(st.integers(0, 255))
-    if what == "set":
-        raw[at] = byte
-    elif what == "insert":
-        raw.insert(at, byte)
-    else:
-        del raw[at]
-    _same_answer(bytes(raw), JOB.job_id)
+    _same_answer(_change_one_byte(fact.raw, data), JOB.job_id)
 
 
 @settings(max_examples=100)
@@ -200,17 +205,7 @@ def test_a_datagram_with_fields_changed_and_authenticated_again_opens_the_same(d
 @settings(max_examples=150)
 @given(st.sampled_from(_datagrams()), st.data())
 def test_a_datagram_with_a_changed_byte_opens_the_same(data_: bytes, data) -> None:
-    raw = bytearray(data_)
-    at = data.draw(st.integers(0, len(raw) - 1))
-    what = data.draw(st.sampled_from(["set", "insert", "delete"]))
-    byte = data.draw(st.integers(0, 255))
-    if what == "set":
-        raw[at] = byte
-    elif what == "insert":
-        raw.insert(at, byte)
-    else:
-        del raw[at]
-    _same_opening(bytes(raw))
+    _same_opening(_change_one_byte(data_, data))
 
 
 def test_valid_datagrams_open_and_non_canonical_ones_get_the_same_answer() -> None:
