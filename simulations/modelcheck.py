@@ -28,6 +28,12 @@ Every step calls the same pure functions the node runs (``ballots.on_*`` and
 
     python -m simulations.modelcheck            # the configurations of docs/guarantees.md
     python -m simulations.modelcheck --quick    # the CI-sized ones of tests/unit/test_modelcheck.py
+    python -m simulations.modelcheck --only 3 4 --depth-first --progress 1000000
+
+The search is exact: one state per renaming of the honest replicas
+(:class:`Symmetry`), round fields no later step reads merged
+(:func:`_live_part`), components hash-consed and states kept as packed
+serial numbers.
 """
 
 from __future__ import annotations
@@ -674,6 +680,7 @@ FULL = [  # the configurations of docs/guarantees.md, smallest first
     Setup(replicas=3, attempts=3, tries=((W1, 2), (W2, 1))),
     Setup(replicas=3, attempts=3, tries=((W1, 1), (W2, 1), (CX, 1)), jump=True),
     Setup(replicas=5, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1))),
+    Setup(replicas=3, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1))),
 ]
 
 
