@@ -123,7 +123,12 @@ class Contacts:
     def on_sender(self, env: Envelope, addr: tuple[str, int]) -> None:
         """A verified request came from ``env``'s sender at ``addr`` (see :func:`new_sender_rule`)."""
         known = self.router.get(env.sender_id)
-        rule = new_sender_rule(known and known.addr, addr, self.protocol.is_proven(addr, env.sender_id))
+        # A node without the API token proves its address too (protocol.py), but it is never
+        # a contact: only a sender that may act is admitted on its proof; others are pinged,
+        # and their unauthorized reply keeps them out, as before.
+        may_act = self.protocol.token is None or env.authorized
+        proven = may_act and self.protocol.is_proven(addr, env.sender_id)
+        rule = new_sender_rule(known and known.addr, addr, proven)
         if rule == ADMIT:
             self.stats["senders_admitted_proven"] += 1
             self.admit(sender_contact(env, addr))
