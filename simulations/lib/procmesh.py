@@ -136,13 +136,28 @@ class ProcNode:
                 raise RuntimeError(f"node {self.index} exited with {self.proc.returncode}; see {self.log_path}")
             try:
                 code, doc = http("GET", f"{self.url}/status", timeout_s=2)
-                if code == 200:
+                # Only this node counts: another process may hold the port it was given.
+                if code == 200 and doc.get("p2p") == self.p2p:
                     self.node_id = doc["node_id"]
                     return
             except OSError:
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"node {self.index} not ready after {timeout_s} s; see {self.log_path}")
+
+    def start_ready(self, bootstrap: list[str], timeout_s: float = 20.0, tries: int = 3) -> None:
+        """Start and wait until ready. The ports were free when chosen, not
+        reserved: when another process took one meanwhile (the node exits with
+        "address already in use"), start again on new ports."""
+        for attempt in range(tries):
+            self.start(bootstrap)
+            try:
+                self.wait_ready(timeout_s)
+                return
+            except RuntimeError:
+                if attempt == tries - 1 or "address already in use" not in self.log_path.read_text(errors="replace"):
+                    raise
+                self.p2p_port, self.api_port = _free_pair()
 
     @property
     def alive(self) -> bool:
@@ -181,12 +196,17 @@ class ProcMesh:
 
     def start(self, timeout_s: float = 30.0) -> ProcMesh:
         first = self.nodes[0]
-        first.start([])
-        first.wait_ready(timeout_s)
+        first.start_ready([], timeout_s)
         for node in self.nodes[1:]:
             node.start([first.p2p])
         for node in self.nodes[1:]:
-            node.wait_ready(timeout_s)
+            try:
+                node.wait_ready(timeout_s)
+            except RuntimeError:
+                if "address already in use" not in node.log_path.read_text(errors="replace"):
+                    raise
+                node.p2p_port, node.api_port = _free_pair()
+                node.start_ready([first.p2p], timeout_s)
         self.wait_peers(timeout_s)
         return self
 
