@@ -88,6 +88,10 @@ async def read_job(dht: DHTServer, job_id: bytes) -> JobRead:
         # placed during a partition read as not found). This search waits
         # for every answer.
         unanswered = [i for i in asked if i not in fetched.answered_ids]
+        # At most WIDER_READ * r record requests per read in all: a replica
+        # asked again takes the place of the farthest wider node.
+        budget = WIDER_READ * dht.config.replicas - len(asked) - len(unanswered)
+        wider_ids = wider_ids[: max(0, budget)]
         wide = await dht.fetch(job_id, also=[*unanswered, *wider_ids], until_found=True, skip=fetched.answered_ids)
         facts, wider = wide
         state = store.state_of(job_id, facts)
