@@ -653,11 +653,7 @@ def _decode_typed(raw: bytes, key: bytes | None) -> Fact | None:
         verify_bytes(author, message, signature, KINDS[kind])
     except BadSignature:
         raise InvalidFact(f"{kind} signature does not verify") from None
-    fact = _new_fact(kind, author, body, signature, raw, fact_id_of(raw), node_id_of(author))
-    _check_body(fact)
-    if key is not None:
-        _need(fact.job_id == key, "fact is filed under another job's key")
-    return fact
+    return _checked_in_place(_new_fact(kind, author, body, signature, raw, fact_id_of(raw), node_id_of(author)), key)
 
 
 def decode(raw: bytes, *, key: bytes | None = None) -> Fact:
@@ -698,7 +694,11 @@ def _decode_checked(raw: bytes, key: bytes | None) -> Fact:
         verify(KINDS[kind], author, [author, fields], signature, checked=True)
     except BadSignature:
         raise InvalidFact(f"{kind} signature does not verify") from None
-    fact = Fact(kind, author, body, signature, raw, fact_id_of(raw), node_id_of(author))
+    return _checked_in_place(Fact(kind, author, body, signature, raw, fact_id_of(raw), node_id_of(author)), key)
+
+
+def _checked_in_place(fact: Fact, key: bytes | None) -> Fact:
+    """The checks both decode paths end with: the body's own rules, and the key it is filed under."""
     _check_body(fact)
     if key is not None:
         _need(fact.job_id == key, "fact is filed under another job's key")
