@@ -18,6 +18,7 @@ import pytest
 
 from workmesh.crypto.canonical import canonical_unpack
 from workmesh.crypto.identity import Identity
+from workmesh.crypto.tokenauth import TOKEN_MARK, TOKEN_PREFIX_BYTES
 from workmesh.dht.envelope import REPLY, REQUEST, Envelope, EnvelopeError, open_envelope, seal
 from workmesh.dht.routing import Contact
 from workmesh.node import facts as F
@@ -277,7 +278,14 @@ DATAGRAMS = {
     "random bytes": (lambda p, n: os.urandom(300), "malformed"),
     "truncated msgpack": (lambda p, n: _job_b_store(p, n)[:-20], "malformed"),
     "trailing bytes": (lambda p, n: _job_b_store(p, n) + b"\x00", "malformed"),
-    "oversized garbage": (lambda p, n: os.urandom(n.config.dht.datagram_bytes_max + 1), "oversized"),
+    # Larger than the largest datagram a node sends (a body at the bound behind a token tag),
+    # so it is oversized whatever its first byte is: random bytes start with the token mark
+    # one time in 256, and a body at the bound plus one would then be merely malformed.
+    "oversized garbage": (lambda p, n: os.urandom(n.config.dht.datagram_bytes_max + TOKEN_PREFIX_BYTES + 1), "oversized"),
+    "oversized garbage behind a token mark": (
+        lambda p, n: bytes([TOKEN_MARK]) + os.urandom(n.config.dht.datagram_bytes_max + TOKEN_PREFIX_BYTES),
+        "oversized",
+    ),
     "oversized signed envelope": (
         lambda p, n: p.envelope(n, "store", [JOB_B[0].job_id, [b"x" * n.config.dht.datagram_bytes_max]]),
         "oversized",
