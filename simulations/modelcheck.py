@@ -248,6 +248,8 @@ class Model:
                 self._answers.clear()
             got = self._answers[mk] = self._answer(proc.rs, ai, st.accs[ai], request, filed)
         acc, answer, rs = got
+        if answer is None:
+            return  # a refusal: see _answer
         accs, seals, votes = st.accs, st.seals, st.votes
         if acc is not None:
             accs = _put(accs, ai, acc)
@@ -277,8 +279,15 @@ class Model:
             acc, answer = self._on_propose(acc, request, filed)
         else:
             acc, answer = self._on_certificate(acc, request)
-        promised = acc.promised if isinstance(answer, Refusal) and acc is not None else None
-        new_rs, _ = R.step(rs, self.cfg, R.Reply(rid, answer, promised))
+        if isinstance(answer, Refusal):
+            # A refusal changes neither the replica nor any fact: it only tells
+            # the round, which may give up (the same as a proposer that stops,
+            # which is always possible), and a replica that refused a request
+            # refuses it again (what it promised and voted only grows). So
+            # the states where a round learned a refusal are simulated by
+            # those where it did not: the search does not deliver refusals.
+            return acc, None, rs
+        new_rs, _ = R.step(rs, self.cfg, R.Reply(rid, answer, None))
         return self.one(acc), answer, self.one(_live_part(new_rs))
 
     def _on_propose(self, acc: Acceptor, request: Proposal, filed: frozenset[bytes]):
@@ -384,7 +393,7 @@ class Symmetry:
     tuple of its components' ids, and what is derived from a component (its
     signature, its renamings) is computed once per component, not per state."""
 
-    def __init__(self, ids: tuple[bytes, ...], liar: int | None, reduce: bool = True) -> None:
+    def __init__(self, ids: tuple[bytes, ...], liar: int | None, procs: int, reduce: bool = True) -> None:
         self.ids = ids
         self.honest = tuple(i for i in range(len(ids)) if i != liar)
         self.reduce = reduce
@@ -393,6 +402,8 @@ class Symmetry:
         self._serial: dict[int, int] = {}  # id(one object) -> its serial number
         self._info: dict[int, tuple] = {}  # id(component) -> per-replica signature parts
         self._renamed: dict[tuple, object] = {}  # (names, id(component)) -> renamed component
+        self._procs: dict[tuple, Proc] = {}  # (id(round), tries, served) -> its one Proc
+        self._pack = struct.Struct(f"{len(ids) + 2 + procs + 3}I").pack
 
     def one(self, obj):
         """The one object equal to ``obj`` (hash-consing); each gets a serial number."""
@@ -404,20 +415,30 @@ class Symmetry:
             self._serial[id(obj)] = len(self._serial) + 1
         return got
 
+    def proc(self, rs: R.RoundState | None, tries: int, served: frozenset[int]) -> Proc:
+        """The one :class:`Proc` of an interned round, its tries and whom it served
+        (pooled by the round's identity: a round's own hash walks all its sets)."""
+        k = (id(rs), tries, served)
+        got = self._procs.get(k)
+        if got is None:
+            got = self._procs[k] = Proc(rs, tries, served)
+            self._serial[id(got)] = len(self._serial) + 1
+        return got
+
     def intern(self, st: State, parent: State | None) -> State:
         """``st`` with every component replaced by its one object (components
         shared with ``parent`` are already)."""
         one = self.one
         if parent is None:
             accs = tuple(map(one, st.accs))
-            procs = tuple(Proc(one(p.rs), p.tries, p.served) for p in st.procs)
+            procs = tuple(self.proc(one(p.rs), p.tries, p.served) for p in st.procs)
             return State(accs, st.down, st.crashes, procs, one(st.seals), one(st.votes), one(st.filed))
         accs = st.accs
         if accs is not parent.accs:
             accs = tuple(a if a is b else one(a) for a, b in zip(accs, parent.accs))
         procs = st.procs
         if procs is not parent.procs:
-            procs = tuple(p if p is q else Proc(one(p.rs), p.tries, p.served) for p, q in zip(procs, parent.procs))
+            procs = tuple(p if p is q else self.proc(one(p.rs), p.tries, p.served) for p, q in zip(procs, parent.procs))
         seals = st.seals if st.seals is parent.seals else one(st.seals)
         votes = st.votes if st.votes is parent.votes else one(st.votes)
         filed = st.filed if st.filed is parent.filed else one(st.filed)
@@ -425,15 +446,20 @@ class Symmetry:
 
     def key(self, st: State) -> bytes:
         """The identity of an interned state, packed small (the search keeps
-        one per state): its components' serial numbers, sets of replicas as bits."""
+        one per state): its components' serial numbers, its crashed replicas as bits."""
         n = self._serial
-        fields = [n[id(a)] if a is not None else 0 for a in st.accs]
-        fields.append(sum(1 << i for i in st.down))
-        fields.append(st.crashes)
-        for p in st.procs:
-            fields += (n[id(p.rs)] if p.rs is not None else 0, p.tries, sum(1 << i for i in p.served))
-        fields += (n[id(st.seals)], n[id(st.votes)], n[id(st.filed)])
-        return struct.pack(f"{len(fields)}I", *fields)
+        down = 0
+        for i in st.down:
+            down |= 1 << i
+        return self._pack(
+            *[n[id(a)] if a is not None else 0 for a in st.accs],
+            down,
+            st.crashes,
+            *[n[id(p)] for p in st.procs],
+            n[id(st.seals)],
+            n[id(st.votes)],
+            n[id(st.filed)],
+        )
 
     def canonical(self, st: State) -> State:
         if not self.reduce:
@@ -555,7 +581,7 @@ class Symmetry:
                         refused=ids(r.refused),
                     ),
                 )
-            procs.append(Proc(rs, proc.tries, frozenset(perm.get(i, i) for i in proc.served)))
+            procs.append(self.proc(rs, proc.tries, frozenset(perm.get(i, i) for i in proc.served)))
         return State(
             tuple(accs),
             frozenset(perm.get(i, i) for i in st.down),
@@ -612,7 +638,7 @@ def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
     """Every reachable state (one per symmetry class), breadth first, or depth
     first with ``depth_first``; raises Violation naming the depth it was found at."""
     model = Model(setup)
-    sym = Symmetry(model.ids, model.liar, reduce=setup.symmetry)
+    sym = Symmetry(model.ids, model.liar, len(setup.tries), reduce=setup.symmetry)
     model.one = sym.one
     t0 = time.monotonic()
     first = sym.intern(model.initial(), None)
@@ -645,14 +671,15 @@ def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
         split_states += split
         for nxt in model.successors(st):
             nxt = sym.intern(nxt, st)
+            k = sym.key(nxt)
             if setup.symmetry:
-                k = sym.key(nxt)
                 if k in raw:
                     continue  # met before: its representative is known
                 if len(raw) < RAW_MAX:
                     raw.add(k)
-                nxt = sym.canonical(nxt)
-            k = sym.key(nxt)
+                rep = sym.canonical(nxt)
+                if rep is not nxt:
+                    nxt, k = rep, sym.key(rep)
             if k not in seen:
                 if len(seen) >= setup.states_max:
                     complete = False

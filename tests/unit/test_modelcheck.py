@@ -40,7 +40,7 @@ def test_the_symmetry_reduction_reaches_every_class_of_states():
     import itertools
 
     setup = M.Setup(replicas=3, attempts=1, tries=((M.W1, 1),), equivocate=True, crash="loss")
-    sym = M.Symmetry(setup.ids, None)
+    sym = M.Symmetry(setup.ids, None, len(setup.tries))
 
     def orbit(st):
         renamings = set()
