@@ -166,16 +166,8 @@ class Model:
             rs = proc.rs
             if rs is None or rs.phase.over:
                 continue
-            for ai in range(len(self.ids)):
-                if ai in st.down or (st.accs[ai] is None and ai != self.liar):
-                    continue
-                for request in self._requests(st, self.names[pi], rs):
-                    if ai in proc.served and not (
-                        isinstance(request, Proposal)
-                        and request.subject != rs.subject
-                        and Vote(self.ids[ai], rs.ballot, request.subject) not in st.votes
-                    ):
-                        continue  # handled already (the other subject of an equivocator may follow)
+            for ai, request in self._asks(st, pi):
+                if ai not in st.down:
                     yield from self._deliver(st, pi, ai, request)
         if st.crashes:
             for ai, acc in enumerate(st.accs):
@@ -233,7 +225,9 @@ class Model:
         ):
             yield replace(request, subject=result_of(rs.ballot.attempt, W1, "b"))
 
-    def _deliver(self, st: State, pi: int, ai: int, request):
+    def _got(self, st: State, pi: int, ai: int, request):
+        """(filed after it, and the replica's new state, its answer (None: a
+        refusal) and the round's new state) for delivering ``request``."""
         proc = st.procs[pi]
         filed = st.filed
         grows = isinstance(request, Proposal) and KINDS[self.names[pi]] == "worker" and request.subject not in filed
@@ -247,7 +241,45 @@ class Model:
             if len(self._answers) >= MEMO_MAX:
                 self._answers.clear()
             got = self._answers[mk] = self._answer(proc.rs, ai, st.accs[ai], request, filed)
-        acc, answer, rs = got
+        return filed, got
+
+    def settle(self, st: State) -> State:
+        """``st`` with every round that can no longer change anything ended
+        (a bisimulation: see ``_answer``). Such a round has no replica left
+        that would answer its request with anything but a refusal, and a
+        refusal is for good (what a replica promised and voted only grows; a
+        lost replica never answers), so it is stuck for ever: it is merged
+        with the ended round at its ballot (which others still learn)."""
+        procs = st.procs
+        for pi, proc in enumerate(procs):
+            rs = proc.rs
+            if rs is None or rs.phase.over:
+                continue
+            if any(self._got(st, pi, ai, request)[1][1] is not None for ai, request in self._asks(st, pi)):
+                continue
+            procs = _put(procs, pi, Proc(R.RoundState(rs.ballot, R.Phase.GAVE_UP, None), proc.tries, frozenset()))
+        return st if procs is st.procs else replace(st, procs=procs)
+
+    def _asks(self, st: State, pi: int):
+        """The (replica, request) deliveries open to proposer ``pi``'s round,
+        the replicas now down included (they come back with their state)."""
+        proc = st.procs[pi]
+        rs = proc.rs
+        for ai in range(len(self.ids)):
+            if st.accs[ai] is None and ai != self.liar:
+                continue
+            for request in self._requests(st, self.names[pi], rs):
+                if ai in proc.served and not (
+                    isinstance(request, Proposal)
+                    and request.subject != rs.subject
+                    and Vote(self.ids[ai], rs.ballot, request.subject) not in st.votes
+                ):
+                    continue  # handled already (the other subject of an equivocator may follow)
+                yield ai, request
+
+    def _deliver(self, st: State, pi: int, ai: int, request):
+        proc = st.procs[pi]
+        filed, (acc, answer, rs) = self._got(st, pi, ai, request)
         if answer is None:
             return  # a refusal: see _answer
         accs, seals, votes = st.accs, st.seals, st.votes
@@ -671,6 +703,9 @@ def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
         split_states += split
         for nxt in model.successors(st):
             nxt = sym.intern(nxt, st)
+            settled = model.settle(nxt)
+            if settled is not nxt:
+                nxt = sym.intern(settled, nxt)
             k = sym.key(nxt)
             if setup.symmetry:
                 if k in raw:
