@@ -30,10 +30,14 @@ Every step calls the same pure functions the node runs (``ballots.on_*`` and
     python -m simulations.modelcheck --quick    # the CI-sized ones of tests/unit/test_modelcheck.py
     python -m simulations.modelcheck --only 3 4 --depth-first --progress 1000000
 
-The search is exact: one state per renaming of the honest replicas
-(:class:`Symmetry`), round fields no later step reads merged
-(:func:`_live_part`), components hash-consed and states kept as packed
-serial numbers.
+The search is exact for what it checks (the replicas, the facts and the
+decisions): one state per renaming of the honest replicas
+(:class:`Symmetry`); round fields no later step reads merged
+(:func:`_live_part`); refusals left undelivered (a refusal changes no
+replica and no fact, and a round that learns one could as well have been
+abandoned: ``Model._answer``); a round no replica can answer but with a
+refusal ended (``Model.settle``); components hash-consed and states kept
+as packed serial numbers.
 """
 
 from __future__ import annotations
