@@ -82,6 +82,8 @@ class Setup:
     broken: str = ""  # a rule to break on purpose ("vote_twice", "ignore_promise"): the check must fail
     symmetry: bool = True  # explore one state per permutation class of the honest replicas
     jump: bool = False  # a worker may claim any attempt from the highest known up (one that was away)
+    refusals: bool = False  # deliver refusals too (the reductions' test compares both ways)
+    settle: bool = True  # end a round that no replica can answer but with a refusal (Model.settle)
 
     @property
     def cfg(self) -> Config:
@@ -250,7 +252,8 @@ class Model:
     def settle(self, st: State) -> State:
         """``st`` with every round that can no longer change anything ended
         (a bisimulation: see ``_answer``). Such a round has no replica left
-        that would answer its request with anything but a refusal, and a
+        that would answer its request with anything but a refusal (and no
+        result of its own left to file), and a
         refusal is for good (what a replica promised and voted only grows; a
         lost replica never answers), so it is stuck for ever: it is merged
         with the ended round at its ballot (which others still learn)."""
@@ -259,10 +262,15 @@ class Model:
             rs = proc.rs
             if rs is None or rs.phase.over:
                 continue
-            if any(self._got(st, pi, ai, request)[1][1] is not None for ai, request in self._asks(st, pi)):
+            if any(self._changes(st, pi, ai, request) for ai, request in self._asks(st, pi)):
                 continue
             procs = _put(procs, pi, Proc(R.RoundState(rs.ballot, R.Phase.GAVE_UP, None), proc.tries, frozenset()))
         return st if procs is st.procs else replace(st, procs=procs)
+
+    def _changes(self, st: State, pi: int, ai: int, request) -> bool:
+        """Would this delivery change anything (an answer, or a result filed)?"""
+        filed, (_, answer, _) = self._got(st, pi, ai, request)
+        return answer is not None or filed is not st.filed
 
     def _asks(self, st: State, pi: int):
         """The (replica, request) deliveries open to proposer ``pi``'s round,
@@ -284,8 +292,10 @@ class Model:
     def _deliver(self, st: State, pi: int, ai: int, request):
         proc = st.procs[pi]
         filed, (acc, answer, rs) = self._got(st, pi, ai, request)
-        if answer is None:
-            return  # a refusal: see _answer
+        if answer is None:  # a refusal: see _answer
+            if filed is not st.filed:
+                yield replace(st, filed=filed)  # the handler ran: the result exists, refused or not
+            return
         accs, seals, votes = st.accs, st.seals, st.votes
         if acc is not None:
             accs = _put(accs, ai, acc)
@@ -315,7 +325,7 @@ class Model:
             acc, answer = self._on_propose(acc, request, filed)
         else:
             acc, answer = self._on_certificate(acc, request)
-        if isinstance(answer, Refusal):
+        if isinstance(answer, Refusal) and not self.s.refusals:
             # A refusal changes neither the replica nor any fact: it only tells
             # the round, which may give up (the same as a proposer that stops,
             # which is always possible), and a replica that refused a request
@@ -323,7 +333,8 @@ class Model:
             # the states where a round learned a refusal are simulated by
             # those where it did not: the search does not deliver refusals.
             return acc, None, rs
-        new_rs, _ = R.step(rs, self.cfg, R.Reply(rid, answer, None))
+        promised = acc.promised if isinstance(answer, Refusal) and acc is not None else None
+        new_rs, _ = R.step(rs, self.cfg, R.Reply(rid, answer, promised))
         return self.one(acc), answer, self.one(_live_part(new_rs))
 
     def _on_propose(self, acc: Acceptor, request: Proposal, filed: frozenset[bytes]):
@@ -707,9 +718,10 @@ def explore(setup: Setup, progress: int = 0, visit=None) -> Report:
         split_states += split
         for nxt in model.successors(st):
             nxt = sym.intern(nxt, st)
-            settled = model.settle(nxt)
-            if settled is not nxt:
-                nxt = sym.intern(settled, nxt)
+            if setup.settle:
+                settled = model.settle(nxt)
+                if settled is not nxt:
+                    nxt = sym.intern(settled, nxt)
             k = sym.key(nxt)
             if setup.symmetry:
                 if k in raw:

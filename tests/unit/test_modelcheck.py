@@ -56,3 +56,30 @@ def test_the_symmetry_reduction_reaches_every_class_of_states():
     assert M.explore(setup, visit=reduced.append).complete
     assert len(reduced) < len(full) / 3  # it does reduce
     assert {orbit(st) for st in reduced} == {orbit(st) for st in full}
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        M.Setup(replicas=3, attempts=1, tries=((M.W1, 1), (M.CX, 1))),
+        M.Setup(replicas=3, attempts=1, tries=((M.W1, 1),), equivocate=True, crash="loss"),
+        M.Setup(replicas=3, attempts=2, tries=((M.W1, 1), (M.W2, 1)), crash="restart"),
+        M.Setup(replicas=4, byzantine=1, attempts=1, tries=((M.W1, 1),), equivocate=True, liar=True),
+    ],
+    ids=lambda s: s.label(),
+)
+def test_leaving_refusals_undelivered_and_ending_stuck_rounds_reaches_every_replica_state(setup):
+    """The two reductions that change what a round holds (no refusals
+    delivered; a round only refusals can answer ended) must reach exactly
+    the replica states, facts and decisions the plain search reaches."""
+
+    def part(st):
+        return (st.accs, st.down, st.crashes, st.seals, st.votes, st.filed)
+
+    plain: set = set()
+    reduced: set = set()
+    full = M.explore(M.replace(setup, symmetry=False, refusals=True, settle=False), visit=lambda st: plain.add(part(st)))
+    less = M.explore(M.replace(setup, symmetry=False), visit=lambda st: reduced.add(part(st)))
+    assert full.complete and less.complete
+    assert less.states < full.states  # it does reduce
+    assert reduced == plain
