@@ -9,7 +9,9 @@ This replaces ``rpcudp``. Differences that matter:
   by message id *and* the address asked *and* the key of the node asked;
 * messages to one address in one event-loop turn leave in as few datagrams as
   the datagram bound allows (``dht/coalesce.py``): a lone message as it is,
-  more in a bundle; the receiver takes each message of a bundle through the
+  more in a bundle, and only to an address that has answered us (so an
+  unproven, perhaps spoofed, address never gets a datagram larger than any
+  message, as the anti-amplification guard wants); the receiver takes each message of a bundle through the
   path of a lone datagram (rate limits, envelope, replay guard, the
   anti-amplification guard), so a bundle buys nothing its messages would not;
 * replies and requests are bounded in size, requests in flight are bounded,
@@ -372,6 +374,14 @@ class RPCProtocol(asyncio.DatagramProtocol):
             self._flush_handle = None
         outbox, self._outbox = self._outbox, {}
         for addr, messages in outbox.items():
+            if len(messages) > 1 and not self._proven.has_address(addr):
+                # Anti-amplification, datagram by datagram: an address that never answered us
+                # (perhaps a spoofed source) gets nothing larger than what it sent, so one
+                # datagram per message, as it would have without coalescing.
+                self.counters["unproven_not_coalesced"] += 1
+                for data in messages:
+                    self._transmit(data, addr)
+                continue
             for data in pack(messages, self.config.datagram_bytes_max, BUNDLE_MESSAGES_MAX):
                 if is_bundle(data):
                     self.counters["bundles_out"] += 1

@@ -76,6 +76,7 @@ def test_requests_to_one_peer_in_one_turn_leave_in_one_datagram_and_a_lone_one_a
     async def run():
         p, transport = protocol(rpc_timeout_s=0.05)
         peer = Identity.generate()
+        p._proven.add(PEER_ADDR, peer.node_id)  # it answered us before
         asks = [asyncio.ensure_future(p.request(PEER_ADDR, "ping", [], expect_id=peer.node_id, peer_key=peer.public_key))
                 for _ in range(10)]
         other = asyncio.ensure_future(p.request(("203.0.113.6", 4000), "ping", [], expect_id=None))
@@ -108,6 +109,7 @@ def test_each_request_of_a_bundle_is_answered_and_the_replies_share_a_datagram()
     async def run():
         p, transport = protocol()
         peer = Identity.generate()
+        p._proven.add(PEER_ADDR, peer.node_id)
         requests = [request_to(p, peer) for _ in range(6)]
         p.datagram_received(bundle(requests), PEER_ADDR)
         await settle(lambda: len(messages_of(transport.sent)) == 6)
@@ -119,6 +121,22 @@ def test_each_request_of_a_bundle_is_answered_and_the_replies_share_a_datagram()
     assert all(r.kind == REPLY for r in replies)
     assert {r.msg_id for r in replies} == {open_envelope(q, datagram_bytes_max=65_536, identity=p.identity).msg_id for q in requests}
     assert (p.counters["datagrams_in"], p.counters["bundles_in"], p.counters["messages_in"]) == (1, 1, 6)
+
+
+def test_an_address_that_never_answered_gets_one_datagram_per_message():
+    """Anti-amplification datagram by datagram: a spoofed source gets nothing larger than it sent."""
+    async def run():
+        p, transport = protocol()
+        stranger = Identity.generate()
+        requests = [request_to(p, stranger) for _ in range(4)]
+        p.datagram_received(bundle(requests), PEER_ADDR)
+        await settle(lambda: len(transport.sent) >= 4)
+        return p, transport, requests
+
+    p, transport, requests = asyncio.run(run())
+    assert not any(is_bundle(d) for d, _ in transport.sent)
+    assert all(len(d) <= min(map(len, requests)) for d, _ in transport.sent)
+    assert p.counters["unproven_not_coalesced"] >= 1
 
 
 def test_each_message_of_a_bundle_draws_on_the_source_bucket():
