@@ -11,9 +11,10 @@ This replaces ``rpcudp``. Differences that matter:
   the datagram bound allows (``dht/coalesce.py``): a lone message as it is,
   more in a bundle, and only to an address that has answered us (so an
   unproven, perhaps spoofed, address never gets a datagram larger than any
-  message, as the anti-amplification guard wants); the receiver takes each message of a bundle through the
-  path of a lone datagram (rate limits, envelope, replay guard, the
-  anti-amplification guard), so a bundle buys nothing its messages would not;
+  message, as the anti-amplification guard wants); the receiver takes each
+  message of a bundle through the path of a lone datagram (rate limits,
+  envelope, replay guard, the anti-amplification guard), so a bundle buys
+  nothing its messages would not;
 * replies and requests are bounded in size, requests in flight are bounded,
   and every task is tracked and reaped (rpcudp drops its ``ensure_future``s);
 * anything malformed, oversized, unsigned, wrongly signed, stale, replayed or
