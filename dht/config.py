@@ -24,6 +24,10 @@ class DHTConfig:
     evict_after_failures: int = 3
     # Largest datagram we send or accept (loopback UDP carries 65,507).
     datagram_bytes_max: int = 60_000
+    # Coalescing (dht/coalesce.py): the messages sent to one address in one
+    # event-loop turn leave together, in as few datagrams as datagram_bytes_max
+    # allows (a lone message as before). Off: one datagram per message, sent at once.
+    coalesce: bool = True
     # Signed envelopes older or newer than this (sender clock vs ours) are dropped.
     replay_window_s: float = 60.0
     # Message ids remembered for replay detection.

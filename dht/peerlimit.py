@@ -103,16 +103,28 @@ class ProvenAddresses:
     def __init__(self, size_max: int) -> None:
         self.size_max = size_max
         self._pairs: OrderedDict[tuple[tuple[str, int], bytes], None] = OrderedDict()
+        self._per_address: dict[tuple[str, int], int] = {}  # proven pairs at each address
 
     def add(self, addr: tuple[str, int], node_id: bytes) -> None:
         key = (addr, node_id)
+        if key not in self._pairs:
+            self._per_address[addr] = self._per_address.get(addr, 0) + 1
         self._pairs[key] = None
         self._pairs.move_to_end(key)
         if len(self._pairs) > self.size_max:
-            self._pairs.popitem(last=False)
+            (old_addr, _), _ = self._pairs.popitem(last=False)
+            left = self._per_address[old_addr] - 1
+            if left:
+                self._per_address[old_addr] = left
+            else:
+                del self._per_address[old_addr]
 
     def __contains__(self, pair: tuple[tuple[str, int], bytes]) -> bool:
         return pair in self._pairs
+
+    def has_address(self, addr: tuple[str, int]) -> bool:
+        """Has some node answered a request of ours sent to ``addr``?"""
+        return addr in self._per_address
 
     def __len__(self) -> int:
         return len(self._pairs)

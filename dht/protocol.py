@@ -5,8 +5,16 @@ This replaces ``rpcudp``. Differences that matter:
 * only methods registered by name are callable from the network (rpcudp
   exposes every ``rpc_*`` attribute and turns any missing attribute into an
   outgoing call);
-* every datagram is a signed envelope (``dht/envelope.py``); a reply is matched
+* every message is a signed envelope (``dht/envelope.py``); a reply is matched
   by message id *and* the address asked *and* the key of the node asked;
+* messages to one address in one event-loop turn leave in as few datagrams as
+  the datagram bound allows (``dht/coalesce.py``): a lone message as it is,
+  more in a bundle, and only to an address that has answered us (so an
+  unproven, perhaps spoofed, address never gets a datagram larger than any
+  message, as the anti-amplification guard wants); the receiver takes each
+  message of a bundle through the path of a lone datagram (rate limits,
+  envelope, replay guard, the anti-amplification guard), so a bundle buys
+  nothing its messages would not;
 * replies and requests are bounded in size, requests in flight are bounded,
   and every task is tracked and reaped (rpcudp drops its ``ensure_future``s);
 * anything malformed, oversized, unsigned, wrongly signed, stale, replayed or
@@ -38,6 +46,8 @@ from typing import Any, Protocol
 from workmesh.crypto.identity import Identity, puzzle_bits
 from workmesh.crypto.meshkey import MeshKeyring
 from workmesh.crypto.tokenauth import TokenTagger, split
+from workmesh.dht.coalesce import BUNDLE_MESSAGES_MAX, BundleError, is_bundle, pack
+from workmesh.dht.coalesce import split as split_bundle
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.envelope import MSG_ID_BYTES, REPLY, REQUEST, Envelope, EnvelopeError, ReplayGuard, open_envelope, seal
 from workmesh.dht.peerlimit import Offenders, PeerBuckets, ProvenAddresses, SourceKeys
@@ -114,6 +124,9 @@ class RPCProtocol(asyncio.DatagramProtocol):
         self._proving: dict[tuple[tuple[str, int], bytes], asyncio.Future] = {}
         self._proof_pings: set[bytes] = set()  # msg ids of pings that only prove an address
         self._puzzle = config.identity_puzzle_bits
+        # Messages sent this loop turn, per address, and the flush that sends them.
+        self._outbox: dict[tuple[str, int], list[bytes]] = {}
+        self._flush_handle: asyncio.Handle | None = None
 
     # -- asyncio.DatagramProtocol ----------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -139,14 +152,45 @@ class RPCProtocol(asyncio.DatagramProtocol):
             return
         data, tagged = split(data)
         authorized = tagged is not None and self.token is not None and self.token.check(tagged) is not None
-        if not self._answers_us(data, addr):
-            if self._peer_buckets is not None and not self._peer_buckets.allow(source, now):
-                self.dropped["rate_limited"] += 1
+        if not is_bundle(data):
+            self._message_received(data, addr, source, prefix, authorized, now)
+            return
+        try:
+            messages = split_bundle(data, self.config.datagram_bytes_max, BUNDLE_MESSAGES_MAX)
+        except BundleError as exc:
+            if self._rate_allows(source, prefix, now):  # a bad bundle draws on the buckets as garbage does
+                self.dropped[exc.reason] += 1
+            return
+        except Exception as exc:  # a decoder bug must not take the node down
+            self.dropped["decoder_error"] += 1
+            self._on_error("decode", exc)
+            return
+        self.counters["bundles_in"] += 1
+        # The tags covered the whole bundle: each message is as authenticated as a lone one.
+        for i, message in enumerate(messages):
+            if i and self._offenders.is_shut_out(source, now):  # shut out by an earlier message
+                self.dropped["shut_out"] += len(messages) - i
                 return
-            if self._prefix_buckets is not None and prefix is not None:
-                if not self._prefix_buckets.allow(prefix, now):
-                    self.dropped["prefix_rate_limited"] += 1
-                    return
+            self._message_received(message, addr, source, prefix, authorized, now)
+
+    def _rate_allows(self, source: Any, prefix: str | None, now: float) -> bool:
+        """Take one token of the source's and the prefix's buckets; False (and counted) if either is empty."""
+        if self._peer_buckets is not None and not self._peer_buckets.allow(source, now):
+            self.dropped["rate_limited"] += 1
+            return False
+        if self._prefix_buckets is not None and prefix is not None:
+            if not self._prefix_buckets.allow(prefix, now):
+                self.dropped["prefix_rate_limited"] += 1
+                return False
+        return True
+
+    def _message_received(
+        self, data: bytes, addr: tuple[str, int], source: Any, prefix: str | None, authorized: bool, now: float
+    ) -> None:
+        """One message (a lone datagram, or one of a bundle), its tags checked: limits, envelope, dispatch."""
+        self.counters["messages_in"] += 1
+        if not self._answers_us(data, addr) and not self._rate_allows(source, prefix, now):
+            return
         try:
             env = open_envelope(
                 data,
@@ -304,6 +348,48 @@ class RPCProtocol(asyncio.DatagramProtocol):
 
     # -- outgoing ---------------------------------------------------------
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Queue one message for ``addr``; what one loop turn queued leaves in one flush."""
+        if self.transport is None:
+            return
+        self.counters["messages_out"] += 1
+        if not self.config.coalesce:
+            self._transmit(data, addr)
+            return
+        pending = self._outbox.get(addr)
+        if pending is None:
+            self._outbox[addr] = [data]
+        else:
+            pending.append(data)
+        if self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop turn to wait for
+                self.flush()
+                return
+            self._flush_handle = loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send what is queued: per address, as few datagrams as the bound allows."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        outbox, self._outbox = self._outbox, {}
+        for addr, messages in outbox.items():
+            if len(messages) > 1 and not self._proven.has_address(addr):
+                # Anti-amplification, datagram by datagram: an address that never answered us
+                # (perhaps a spoofed source) gets nothing larger than what it sent, so one
+                # datagram per message, as it would have without coalescing.
+                self.counters["unproven_not_coalesced"] += 1
+                for data in messages:
+                    self._transmit(data, addr)
+                continue
+            for data in pack(messages, self.config.datagram_bytes_max, BUNDLE_MESSAGES_MAX):
+                if is_bundle(data):
+                    self.counters["bundles_out"] += 1
+                self._transmit(data, addr)
+
+    def _transmit(self, data: bytes, addr: tuple[str, int]) -> None:
+        """One datagram: tagged, sealed by the mesh key, sent."""
         if self.transport is None:
             return
         self.counters["datagrams_out"] += 1
@@ -381,6 +467,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
                 future.cancel()
         self._outstanding.clear()
         self._to_pair.clear()
+        self.flush()  # replies already made still leave
         if self.transport is not None:
             self.transport.close()
             self.transport = None

@@ -7,7 +7,8 @@ when the answers reveal a placement it had not asked, it asks those too.
 When nobody knows the job, it asks the 2r closest nodes it knows and has not
 asked yet (from the same lookup and its routing table) before it answers
 "not found"; at most once per ``REVIVE_ON_MISS_EVERY_S`` it first pings
-contacts it evicted (the far side of a partition that just healed).
+contacts it evicted (the far side of a partition that just healed), and the
+reads that miss while those pings are out wait for them too.
 
 What a read of an id nobody knows costs, then: one lookup and at most 2r
 record requests (r, then the r next closest), plus, once per
@@ -25,6 +26,7 @@ it and a node that dropped it says so (or this node did), the read says
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 
 from workmesh.dht.routing import target_node
@@ -39,6 +41,9 @@ WIDER_READ = placement.WIDER
 
 # When each node's reads last revived evicted contacts (monotonic s).
 _revived_at: weakref.WeakKeyDictionary[DHTServer, float] = weakref.WeakKeyDictionary()
+# The revival in flight on each node: a read that misses meanwhile waits for it
+# rather than answering "not found" from the table the revival is mending.
+_reviving: weakref.WeakKeyDictionary[DHTServer, asyncio.Future] = weakref.WeakKeyDictionary()
 
 
 class JobRead(tuple):
@@ -77,10 +82,9 @@ async def read_job(dht: DHTServer, job_id: bytes) -> JobRead:
         # same lookup and its routing table (no second lookup).
         closest = await dht.replicas_for(job_id)  # what the read just looked up (cached)
         asked = {c.id for c in closest} | set(placed)
-        if dht.has_dormant() and _may_revive(dht):
-            # Before that, try the contacts we evicted: after a partition they
-            # may be the other half (they rejoin the routing table).
-            await dht.revive(REVIVE_ON_MISS)
+        # Before that, try the contacts we evicted: after a partition they
+        # may be the other half (they rejoin the routing table).
+        await _revive_on_miss(dht)
         wider_ids = [i for i in _wider(dht, job_id, closest) if i not in asked]
         # Ask again the first ones that had not answered: the read returned
         # once a majority had answered, and an empty majority may answer
@@ -117,6 +121,17 @@ def _wider(dht: DHTServer, job_id: bytes, closest: list) -> list[bytes]:
     known.update((c.id, c) for c in closest)
     ranked = sorted(known.values(), key=target.distance_to)
     return [c.id for c in ranked[: WIDER_READ * dht.config.replicas]]
+
+
+async def _revive_on_miss(dht: DHTServer) -> None:
+    """Wait for the revival in flight, or start one if one is due (``_may_revive``)."""
+    pending = _reviving.get(dht)
+    if pending is None:
+        if not (dht.has_dormant() and _may_revive(dht)):
+            return
+        pending = _reviving[dht] = dht.protocol.spawn(dht.revive(REVIVE_ON_MISS), "revive_on_miss")
+        pending.add_done_callback(lambda _: _reviving.pop(dht, None))
+    await asyncio.shield(pending)
 
 
 def _may_revive(dht: DHTServer) -> bool:

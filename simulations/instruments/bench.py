@@ -144,7 +144,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
 
 
 COST_COLUMNS = (("signatures", "sign"), ("verifications", "verify"), ("verify_cache_hits", "cached"),
-                ("macs", "macs"), ("datagrams_out", "datagrams"), ("bytes_out", "bytes"),
+                ("macs", "macs"), ("messages_out", "messages"), ("datagrams_out", "datagrams"), ("bytes_out", "bytes"),
                 ("store_added", "facts stored"), ("store_writes", "sqlite commits"),
                 ("reannounced", "reannounced"), ("timeouts", "rpc timeouts"))
 
@@ -309,7 +309,7 @@ def start_redis(launcher: Launcher, workdir: Path, deadline_s: float = 10.0) -> 
 WORKMESH_TYPES = {"noop": "echo", "sha256": "sha256"}
 # /status counters that make up a job's cost: (section, names).
 COST_COUNTERS = {"crypto": ("signatures", "verifications", "verify_cache_hits", "macs"),
-                 "dht": ("datagrams_out", "bytes_out", "store_added", "store_writes", "timeouts"),
+                 "dht": ("messages_out", "datagrams_out", "bytes_out", "store_added", "store_writes", "timeouts"),
                  "gossip": ("reannounced",)}
 TERMINAL = {"done", "failed", "cancelled"}
 PEER_KEYS = ("peers", "peer_count", "known_peers", "contacts", "routing_table_size")

@@ -19,6 +19,8 @@ import pytest
 from workmesh.crypto.canonical import canonical_unpack
 from workmesh.crypto.identity import Identity
 from workmesh.crypto.tokenauth import TOKEN_MARK, TOKEN_PREFIX_BYTES
+from workmesh.dht.coalesce import BUNDLE_MESSAGES_MAX, BundleError, bundle, is_bundle
+from workmesh.dht.coalesce import split as split_bundle
 from workmesh.dht.envelope import REPLY, REQUEST, Envelope, EnvelopeError, open_envelope, seal
 from workmesh.dht.routing import Contact
 from workmesh.node import facts as F
@@ -45,6 +47,7 @@ class RawPeer:
         self.requests_seen: list[Envelope] = []
         self.reply_as: Identity | None = None  # sign replies with another identity
         self.mesh = None  # a crypto.meshkey.MeshKeyring: speak in a private mesh
+        self.datagrams_in = 0
         self._waiting: dict[bytes, asyncio.Future] = {}
         self._task: asyncio.Task | None = None
 
@@ -95,23 +98,32 @@ class RawPeer:
             data, addr = await loop.sock_recvfrom(self.sock, 65536)
             if self.mesh is not None and (data := self.mesh.open(data)) is None:
                 continue
-            try:
-                env = open_envelope(data, datagram_bytes_max=65536, identity=self.identity)
-            except EnvelopeError:
+            self.datagrams_in += 1
+            try:  # a node coalesces what it sends in one turn (dht/coalesce.py)
+                messages = split_bundle(data, 65536) if is_bundle(data) else [data]
+            except BundleError:
                 continue
-            if env.kind == REPLY:
-                future = self._waiting.get(env.msg_id)
-                if future is not None and not future.done():
-                    future.set_result(env)
-                continue
-            self.requests_seen.append(env)
-            handler = self.handlers.get(env.method)
-            if handler is None:
-                continue
-            signer = self.reply_as or self.identity
-            reply = seal(signer, REPLY, env.msg_id, int(time.time() * 1000), env.sender_id, env.method,
-                         handler(env.args), env.sender_key)
-            self.sock.sendto(self.mesh.seal(reply) if self.mesh is not None else reply, addr)
+            for message in messages:
+                self._handle(message, addr)
+
+    def _handle(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            env = open_envelope(data, datagram_bytes_max=65536, identity=self.identity)
+        except EnvelopeError:
+            return
+        if env.kind == REPLY:
+            future = self._waiting.get(env.msg_id)
+            if future is not None and not future.done():
+                future.set_result(env)
+            return
+        self.requests_seen.append(env)
+        handler = self.handlers.get(env.method)
+        if handler is None:
+            return
+        signer = self.reply_as or self.identity
+        reply = seal(signer, REPLY, env.msg_id, int(time.time() * 1000), env.sender_id, env.method,
+                     handler(env.args), env.sender_key)
+        self.sock.sendto(self.mesh.seal(reply) if self.mesh is not None else reply, addr)
 
 
 def make_job(author: Identity, n: int) -> tuple[F.Fact, F.Fact]:
@@ -275,7 +287,8 @@ DATAGRAMS = {
     # name: (build(peer, node) -> bytes, drop reason)
     "ts_ms ten minutes old": (lambda p, n: _job_b_store(p, n, ts_ms=int(time.time() * 1000) - 600_000), "stale"),
     "ts_ms ten minutes ahead": (lambda p, n: _job_b_store(p, n, ts_ms=int(time.time() * 1000) + 600_000), "stale"),
-    "random bytes": (lambda p, n: os.urandom(300), "malformed"),
+    # Never the bundle mark (nor the token mark, behind which it could sit) in front.
+    "random bytes": (lambda p, n: b"\x00" + os.urandom(299), "malformed"),
     "truncated msgpack": (lambda p, n: _job_b_store(p, n)[:-20], "malformed"),
     "trailing bytes": (lambda p, n: _job_b_store(p, n) + b"\x00", "malformed"),
     # Larger than the largest datagram a node sends (a body at the bound behind a token tag),
@@ -299,6 +312,29 @@ DATAGRAMS = {
     ),
     "reply nobody asked for": (lambda p, n: p.envelope(n, "ping", [], kind=REPLY), "unexpected_reply"),
     "method nobody registered": (lambda p, n: p.envelope(n, "rpc_store", [JOB_B[0].job_id, [JOB_B[0].raw]]), "unknown_method"),
+    # Coalesced datagrams (dht/coalesce.py): a bad frame is dropped whole, before any of it acts.
+    "truncated bundle": (lambda p, n: bundle([p.envelope(n, "ping", []), _job_b_store(p, n)])[:-20], "bad_bundle"),
+    "bundle with trailing bytes": (lambda p, n: bundle([p.envelope(n, "ping", []), _job_b_store(p, n)]) + b"\x00", "bad_bundle"),
+    "bundle holding garbage": (lambda p, n: bundle([_job_b_store(p, n), os.urandom(200)]), "bad_bundle"),
+    "bundle inside a bundle": (
+        lambda p, n: bundle([p.envelope(n, "ping", []), bundle([_job_b_store(p, n), p.envelope(n, "ping", [])])]),
+        "nested_bundle",
+    ),
+    "bundle of more messages than the bound": (
+        lambda p, n: bundle([_job_b_store(p, n)] + [p.envelope(n, "ping", []) for _ in range(BUNDLE_MESSAGES_MAX)]),
+        "bundle_count",
+    ),
+    "bundle of one message": (lambda p, n: bundle([_job_b_store(p, n)]), "bundle_count"),
+    "oversized bundle": (
+        lambda p, n: bundle([_job_b_store(p, n), b"\x99" + os.urandom(n.config.dht.datagram_bytes_max)]),
+        "oversized",
+    ),
+    # A good frame: each message is judged alone, as a lone datagram would be.
+    "stale store in a bundle": (
+        lambda p, n: bundle([p.envelope(n, "ping", []), _job_b_store(p, n, ts_ms=int(time.time() * 1000) - 600_000)]),
+        "stale",
+    ),
+    "tampered store in a bundle": (lambda p, n: bundle([p.envelope(n, "ping", []), _flip_last_byte(_job_b_store(p, n))]), "bad_signature"),
 }
 
 

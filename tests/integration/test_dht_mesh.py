@@ -206,6 +206,31 @@ async def test_every_key_reads_back_complete_and_cancelled_from_every_node(mesh)
     print(f"\n{len(got)} reads in {elapsed:.2f} s")
 
 
+async def test_requests_to_one_peer_in_one_turn_share_datagrams_and_each_is_answered(mesh):
+    """Coalescing over loopback UDP (dht/coalesce.py): what one node asks another in one
+    event-loop turn leaves in a few datagrams, every request is answered, and the
+    answers, made in one turn too, come back coalesced."""
+    a, b = mesh["nodes"][1], mesh["nodes"][2]
+    # Each answers the other once: coalescing is only to an address that answered (anti-amplification).
+    assert await a.dht.ping(b.dht.address) is not None and await b.dht.ping(a.dht.address) is not None
+    names = ("messages_out", "datagrams_out", "bundles_out", "bundles_in")
+    sent_before = {n: a.dht.protocol.counters[n] for n in names}
+    got_before = {n: b.dht.protocol.counters[n] for n in names}
+    asks = 60
+    replies = await asyncio.gather(*(
+        a.dht.protocol.request(b.dht.address, "ping", [], expect_id=b.identity.node_id, peer_key=b.identity.public_key)
+        for _ in range(asks)
+    ))
+    assert all(r is not None and r.sender_id == b.identity.node_id for r in replies)
+    sent = {n: a.dht.protocol.counters[n] - sent_before[n] for n in names}
+    got = {n: b.dht.protocol.counters[n] - got_before[n] for n in names}
+    # Other traffic of the mesh may share the counters: bounds, not exact figures.
+    assert sent["messages_out"] >= asks and sent["datagrams_out"] <= sent["messages_out"] - asks + 2, sent
+    assert sent["bundles_out"] >= 1 and got["bundles_in"] >= 1, (sent, got)
+    assert got["bundles_out"] >= 1 and got["datagrams_out"] < asks, got
+    print(f"\n{asks} pings in {sent['datagrams_out']} datagrams, answered in {got['datagrams_out']}")
+
+
 async def test_late_joiner_receives_every_key_it_is_now_a_replica_of(mesh):
     nodes, jobs = mesh["nodes"], mesh["jobs"]
     late = start_node(mesh["base"] / "late", 5000, mesh["log"])

@@ -47,7 +47,8 @@ async def test_strangers_with_another_key_or_none_never_become_peers(nodes):
     assert dropped(a, "not_member") >= 2
     # ...and the members do not understand each other's strangers either way round.
     assert await a.dht.ping(keyless.dht.address) is None
-    assert dropped(keyless, "malformed") + dropped(keyless, "bad_version") >= 1
+    # (The mesh tag's first byte is random: one time in 256 it is a bundle's mark.)
+    assert sum(dropped(keyless, r) for r in ("malformed", "bad_version", "bad_bundle", "bundle_count")) >= 1
 
 
 async def test_a_raw_peer_is_answered_only_with_the_mesh_key(nodes):

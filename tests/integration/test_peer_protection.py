@@ -113,7 +113,7 @@ async def test_without_a_rate_every_datagram_is_decoded(nodes):
     node = await nodes(peer_datagrams_per_s=0.0)
     async with RawPeer() as flooder:
         for _ in range(300):
-            flooder.send(os.urandom(120), node)
+            flooder.send(b"\x00" + os.urandom(119), node)  # never a bundle's mark: malformed, every one
         await wait_for(lambda: dropped(node, "malformed") >= 300)
         assert dropped(node, "rate_limited") == 0
 

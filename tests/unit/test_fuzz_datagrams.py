@@ -24,6 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from workmesh.dht.coalesce import BundleError, bundle, is_bundle
+from workmesh.dht.coalesce import split as split_bundle
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.envelope import REPLY, REQUEST, seal
 from workmesh.node.config import NodeConfig
@@ -127,16 +129,27 @@ def harness(tmp_path_factory):
     h.close()
 
 
+def _messages(h: Harness, data: bytes) -> int:
+    """How many messages the node must account for: each of a bundle that splits, else the datagram."""
+    if not is_bundle(data):
+        return 1
+    try:
+        return len(split_bundle(data, h.node.config.dht.datagram_bytes_max))
+    except BundleError:
+        return 1
+
+
 def _accounted_once(h: Harness, data: bytes) -> tuple[int, int, int]:
     delta = h.feed(data)
-    assert sum(delta) == 1, f"datagram accounted {delta} (dropped, requests, replies)"
+    assert sum(delta) == _messages(h, data), f"datagram accounted {delta} (dropped, requests, replies)"
     return delta
 
 
 @FUZZ_SETTINGS
 @given(data=st.binary(max_size=2048))
 def test_arbitrary_bytes_are_dropped_and_counted(harness, data):
-    assert _accounted_once(harness, data) == (1, 0, 0)
+    delta = _accounted_once(harness, data)
+    assert delta[1:] == (0, 0)
 
 
 # Valid envelopes of every method, request and reply, signed and MAC'd.
@@ -182,6 +195,29 @@ def test_mutated_envelopes_are_dropped_or_served_never_raise(harness):
     run()
     harness.settle()
     assert seen["dropped"] > 0
+    harness.assert_still_serving()
+
+
+def test_bundles_of_mutated_envelopes_account_for_each_message_never_raise(harness):
+    """Coalesced datagrams (dht/coalesce.py): each message of a bundle is accounted
+    as a lone datagram would be, and a frame that does not split is dropped once."""
+    _HARNESS_FOR_STRATEGY[:] = [harness]
+    seen = {"split": 0, "refused": 0}
+
+    @FUZZ_SETTINGS
+    @given(items=st.lists(mutated_envelopes(), min_size=2, max_size=5), cut=st.integers(0, 40), flip=st.integers(0, 300))
+    def run(items, cut, flip):
+        data = bytearray(bundle(items))
+        if cut:  # sometimes truncated
+            del data[len(data) - cut:]
+        if flip < len(data) and flip % 3 == 0:  # sometimes a byte of the frame flipped
+            data[flip] ^= 0x5A
+        _accounted_once(harness, bytes(data))
+        seen["split" if _messages(harness, bytes(data)) > 1 else "refused"] += 1
+
+    run()
+    harness.settle()
+    assert seen["split"] > 0 and seen["refused"] > 0
     harness.assert_still_serving()
 
 

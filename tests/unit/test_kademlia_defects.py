@@ -26,6 +26,8 @@ from rpcudp.protocol import RPCProtocol as LibRPCProtocol
 
 from workmesh.crypto.identity import Identity, node_id_of
 from workmesh.dht.config import DHTConfig
+from workmesh.dht.coalesce import is_bundle
+from workmesh.dht.coalesce import split as split_bundle
 from workmesh.dht.envelope import REPLY, REQUEST, Envelope, open_envelope, seal
 from workmesh.dht.routing import Contact, WorkmeshRoutingTable
 from workmesh.dht.server import AcceptAll, DHTServer
@@ -65,7 +67,9 @@ class FakeTransport:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
 
     def sendto(self, data: bytes, addr) -> None:
-        self.sent.append((data, addr))
+        # One entry per message: a coalesced datagram (dht/coalesce.py) is split as its receiver would.
+        for message in split_bundle(data, 65536) if is_bundle(data) else [data]:
+            self.sent.append((message, addr))
 
     def close(self) -> None:
         pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workmesh.dht.peerlimit import Offenders, PeerBuckets, prefix_of, source_of
+from workmesh.dht.peerlimit import Offenders, PeerBuckets, ProvenAddresses, prefix_of, source_of
 
 
 def test_a_source_is_its_ip_so_rotating_ports_escapes_nothing():
@@ -49,3 +49,16 @@ def test_offenders_memory_is_bounded():
         off.charge(i, 0.0)
         off.charge(i, 0.0)
     assert len(off) <= 50
+
+
+def test_an_address_stays_proven_while_some_pair_at_it_is_remembered():
+    proven = ProvenAddresses(size_max=2)
+    a, b = ("10.0.0.1", 1), ("10.0.0.2", 1)
+    proven.add(a, b"x")
+    proven.add(a, b"y")
+    assert proven.has_address(a) and not proven.has_address(b)
+    proven.add(a, b"x")  # seen again: the most recent, "y" is the oldest now
+    proven.add(b, b"z")  # "y" forgotten, "x" still proves a
+    assert proven.has_address(a) and proven.has_address(b) and (a, b"y") not in proven
+    proven.add(b, b"w")  # "x" forgotten: nothing at a is remembered
+    assert not proven.has_address(a) and proven.has_address(b)

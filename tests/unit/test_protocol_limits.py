@@ -7,6 +7,7 @@ import asyncio
 import os
 
 from workmesh.crypto.identity import Identity
+from workmesh.dht.coalesce import is_bundle
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.protocol import RPCProtocol
 
@@ -27,7 +28,9 @@ def protocol(**config) -> RPCProtocol:
 
 
 def junk() -> bytes:
-    return os.urandom(100)  # reaches the decoder only if the limits let it
+    # Reaches the decoder only if the limits let it; never the bundle mark, so it is refused as malformed.
+    data = os.urandom(100)
+    return b"\x00" + data[1:] if is_bundle(data) else data
 
 
 def test_rotating_source_ports_does_not_escape_the_per_address_bucket():
