@@ -759,6 +759,13 @@ FULL = [  # the configurations of docs/guarantees.md, smallest first
     Setup(replicas=3, attempts=3, tries=((W1, 1), (W2, 1), (CX, 1)), jump=True),
     Setup(replicas=5, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1))),
     Setup(replicas=3, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1))),
+    # the products of the Show of issue 13: two workers, a cancel, attempts up to 3, crashes
+    Setup(replicas=3, attempts=3, tries=((W1, 1), (W2, 1), (CX, 1)), jump=True, crash="restart"),
+    Setup(replicas=3, attempts=3, tries=((W1, 1), (W2, 1), (CX, 1)), jump=True, crash="loss"),
+    Setup(replicas=5, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1)), crash="restart", crashes=2),
+    Setup(replicas=5, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1)), crash="loss", crashes=2),
+    Setup(replicas=4, byzantine=1, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1)), liar=True, equivocate=True),
+    Setup(replicas=5, attempts=3, tries=((W1, 1), (W2, 1), (CX, 1)), jump=True),
 ]
 
 
