@@ -100,6 +100,9 @@ class RPCProtocol(asyncio.DatagramProtocol):
         # proof of the pair's address may wait for, found without scanning every request.
         self._to_pair: dict[tuple[tuple[str, int], bytes], asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
+        # Requests being served: what the in-flight bound counts (not this node's
+        # own background tasks: pings, probes, repairs, lookups).
+        self._serving = 0
         self.transport: Transport | None = None
         self.dropped: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -266,11 +269,15 @@ class RPCProtocol(asyncio.DatagramProtocol):
             self.dropped["unauthorized"] += 1
             self.counters[f"unauthorized_{env.method}"] += 1
             return
-        if len(self._tasks) >= self.config.inflight_requests_max:
+        if self._serving >= self.config.inflight_requests_max:
             self.dropped["overloaded"] += 1
             return
         self.counters["requests_in"] += 1
-        self.spawn(self._serve(env, addr, size), "serve")
+        self._serving += 1
+        self.spawn(self._serve(env, addr, size), "serve").add_done_callback(self._served)
+
+    def _served(self, _task: asyncio.Task) -> None:
+        self._serving -= 1
 
     async def _serve(self, env: Envelope, addr: tuple[str, int], size: int) -> None:
         reply_args = await self._on_request(env, addr)
@@ -480,6 +487,7 @@ class RPCProtocol(asyncio.DatagramProtocol):
         stats["mesh_keys"] = len(self.mesh.keys) if self.mesh is not None else 0
         stats["token_auth"] = int(self.token is not None)
         stats["sources_shut_out_now"] = len(self._offenders)
-        stats["inflight_requests"] = len(self._tasks)
+        stats["inflight_requests"] = self._serving
+        stats["tasks"] = len(self._tasks)
         stats["outstanding_requests"] = len(self._outstanding)
         return stats

@@ -70,3 +70,35 @@ def test_a_shut_out_source_costs_no_decode_whatever_its_port():
 
     dropped, counters = asyncio.run(run())
     assert dropped["bad_signature"] == 4 and dropped["shut_out"] == 6 and counters["sources_shut_out"] == 1
+
+
+def test_the_in_flight_bound_counts_requests_being_served_not_the_nodes_own_tasks():
+    """Issue 15 item 7: a node busy with its own pings, probes and lookups still
+    serves up to ``inflight_requests_max`` requests, and refuses the next one."""
+    from workmesh.dht.envelope import REQUEST, seal
+
+    async def run():
+        hold = asyncio.Event()
+
+        async def on_request(env, addr):
+            await hold.wait()
+            return None
+
+        me = Identity.generate()
+        p = RPCProtocol(me, DHTConfig(inflight_requests_max=2), Clock(), lambda: os.urandom(16), on_request, lambda *a: None)
+        own = [p.spawn(asyncio.sleep(60), "probe") for _ in range(5)]
+        peer = Identity.generate()
+        for _ in range(3):
+            data = seal(peer, REQUEST, os.urandom(16), Clock().wall_ms(), me.node_id, "ping", [], me.public_key)
+            p.datagram_received(data, ("127.0.0.1", 4000))
+        await asyncio.sleep(0)
+        stats = p.statistics()
+        hold.set()
+        for task in own:
+            task.cancel()
+        await asyncio.gather(*own, return_exceptions=True)
+        return p.counters["requests_in"], p.dropped["overloaded"], stats
+
+    served, overloaded, stats = asyncio.run(run())
+    assert (served, overloaded) == (2, 1)
+    assert stats["inflight_requests"] == 2 and stats["tasks"] == 7
