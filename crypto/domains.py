@@ -13,5 +13,8 @@ RESULT = "workmesh/result/v1"
 CANCEL = "workmesh/cancel/v1"
 BALLOT = "workmesh/ballot/v1"
 CONFIG = "workmesh/config/v1"
+# Record format v2: one signature over the Merkle root of the facts one
+# author signed together (node/facts.py); the kinds above are in the facts.
+BATCH = "workmesh/batch/v2"
 
-ALL = frozenset({RPC, SUBMIT, CLAIM, RENEW, GRANT, RESULT, CANCEL, BALLOT, CONFIG})
+ALL = frozenset({RPC, SUBMIT, CLAIM, RENEW, GRANT, RESULT, CANCEL, BALLOT, CONFIG, BATCH})
