@@ -16,10 +16,16 @@ policy, the consensus rounds) keeps ``facts.sign``: a batch of one.
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 
 from workmesh.crypto.identity import Identity
 from workmesh.node import facts as F
+
+
+# A benchmark's A/B switch: WORKMESH_SIGN_BATCH=0 signs every fact alone (a
+# batch of one each, the cost of the per-fact signatures before format v2).
+BATCHING = os.environ.get("WORKMESH_SIGN_BATCH", "1") != "0"
 
 
 class TurnSigner:
@@ -47,6 +53,8 @@ class TurnSigner:
     async def sign(self, kind: str, body: F.Body) -> F.Fact:
         """``body`` signed as a fact of ``kind``, in this turn's batch; raise :class:`InvalidFact`."""
         prepared = F.prepare(self.identity, kind, body)
+        if not BATCHING:
+            return F.sign_prepared(self.identity, [prepared])[0]
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop (tests, the simulator): what the old one left is moot
             for _, stale in self._queue:
