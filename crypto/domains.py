@@ -5,6 +5,9 @@ A new format gets a new tag (``/v2``), never a reinterpretation of an old one.
 """
 
 RPC = "workmesh/rpc/v1"
+# Record format v1 signed each fact under its kind's tag. Retired by v2 (a
+# fact's kind is in the content a batch signature covers, BATCH below); the
+# names stay so that no tag is ever given another meaning.
 SUBMIT = "workmesh/submit/v1"
 CLAIM = "workmesh/claim/v1"
 RENEW = "workmesh/renew/v1"

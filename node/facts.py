@@ -166,7 +166,7 @@ def job_id_of(submit_raw: bytes) -> bytes:
 
 # A keyed submission (node/keyed.py) is signed by an owner key derived from an
 # Idempotency-Key; its nonce starts with the owner's mark, and its job id is
-# the owner's, not the hash of its bytes: the same key is the same job on every node.
+# the owner's, not the hash of its fact id: the same key is the same job on every node.
 KEYED_MARK_BYTES = 8
 
 
