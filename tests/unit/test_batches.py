@@ -92,7 +92,13 @@ def test_any_changed_byte_of_a_batched_fact_is_refused(n: int, data: st.DataObje
     fact = data.draw(st.sampled_from(_batch(n)))
     raw = bytearray(fact.raw)
     at = data.draw(st.integers(0, len(raw) - 1))
-    raw[at] = data.draw(st.integers(0, 255).filter(lambda b: b != raw[at]))
+    what = data.draw(st.sampled_from(["set", "insert", "delete"]))
+    if what == "set":
+        raw[at] = data.draw(st.integers(0, 255).filter(lambda b: b != raw[at]))
+    elif what == "insert":
+        raw.insert(at, data.draw(st.integers(0, 255)))
+    else:
+        del raw[at]
     with pytest.raises(InvalidFact):
         F.decode(bytes(raw), key=JOB.job_id)
 
