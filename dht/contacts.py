@@ -423,16 +423,18 @@ class Contacts:
         return revived
 
     async def _revive(self, count: int) -> int:
-        revived = 0
+        """Ping up to ``count`` evicted contacts together (a round costs one
+        round trip timeout, not one per contact that stays silent)."""
+        asked = []
         for contact in list(self._dormant.values())[:count]:
-            if contact.id not in self._dormant:
-                continue
             self._dormant.move_to_end(contact.id)  # the next round tries others
             if self.router.get(contact.id) is not None:
                 self._dormant.pop(contact.id, None)
                 continue
-            back = await self.ping(contact.addr)
-            if back is not None and back.id == contact.id:
-                self._dormant.pop(contact.id, None)
+            asked.append(contact)
+        answers = await asyncio.gather(*(self.ping(c.addr) for c in asked))
+        revived = 0
+        for contact, back in zip(asked, answers):
+            if back is not None and back.id == contact.id and self._dormant.pop(contact.id, None) is not None:
                 revived += 1
         return revived
