@@ -278,7 +278,7 @@ class Contacts:
                 return
             if not self.bootstrap_addrs and not self._dormant:
                 return
-            self._rejoin = asyncio.ensure_future(self._rejoin_now())
+            self._rejoin = self.protocol.spawn(self._rejoin_now(), "rejoin_before_lookup")
         rejoin = self._rejoin
         try:
             await asyncio.shield(rejoin)
