@@ -45,6 +45,13 @@ def remember(cache: OrderedDict, key: Any, value: Any, size_max: int) -> None:
 
 KNOWN, ADMIT, VERIFY = "known", "admit", "verify"
 
+# Pings of a bootstrap address before it counts as unreachable: one lost
+# datagram (everyday at 5-20% loss) must not leave a joining node alone.
+BOOTSTRAP_PING_TRIES = 3
+# An empty table asks the bootstrap addresses again before a lookup, at most
+# once per this (callers in between share the attempt or go on without it).
+REJOIN_MIN_INTERVAL_S = 1.0
+
 
 def new_sender_rule(known_addr: tuple[str, int] | None, addr: tuple[str, int], proven: bool) -> str:
     """What a request from a sender makes of it, given the address the routing
@@ -103,6 +110,11 @@ class Contacts:
         self._answered: OrderedDict[bytes, float] = OrderedDict()
         self.answered_max = 10_000
         self._revive_lock = asyncio.Lock()
+        # Where this node joined (``DHTServer.bootstrap``): asked again when
+        # the routing table is empty, before a lookup would ask nobody.
+        self.bootstrap_addrs: tuple[tuple[str, int], ...] = ()
+        self._rejoin: asyncio.Future | None = None
+        self._rejoined_at = float("-inf")
         self.replica_cache_ttl_s = 5.0
         self.lookups: deque[LookupResult] = deque(maxlen=1000)
 
@@ -176,8 +188,13 @@ class Contacts:
     async def ping_contact(self, contact: Contact) -> bool:
         return await self.call(contact, "ping", []) is not None
 
-    async def ping(self, addr: tuple[str, int]) -> Contact | None:
-        env = await self.protocol.request(addr, "ping", [], expect_id=None)
+    async def ping(self, addr: tuple[str, int], *, tries: int = 1) -> Contact | None:
+        """Ping an address (``tries`` times at most, one after the other's
+        timeout: a lost datagram is everyday on a lossy link); its contact, proved."""
+        for _ in range(max(1, tries)):
+            env = await self.protocol.request(addr, "ping", [], expect_id=None)
+            if env is not None:
+                break
         if env is None or env.method == "error":
             return None
         contact = Contact(env.sender_id, addr[0], addr[1], env.sender_key)
@@ -242,12 +259,56 @@ class Contacts:
         the k closest answered, to fill the table's nearest buckets."""
         return await self.lookup(self.identity.node_id, seeds, want=self.config.k)
 
+    # ------------------------------------------------------- an empty table
+    async def rejoin_if_alone(self) -> None:
+        """Before a lookup from an empty routing table (it would ask nobody):
+        ping the bootstrap addresses and the evicted contacts again, and look
+        this node up through those that answer.
+
+        A join whose datagrams were all lost (or a table that lost every
+        contact later) leaves a node alone: its reads then answer "not found"
+        and its placements name itself alone, although the mesh is there.
+        Concurrent callers share one attempt; after one, the next waits
+        ``REJOIN_MIN_INTERVAL_S`` (a node that is truly alone does not pay a
+        round of pings per read)."""
+        if len(self.router):
+            return
+        if self._rejoin is None:
+            if self.clock.monotonic() - self._rejoined_at < REJOIN_MIN_INTERVAL_S:
+                return
+            if not self.bootstrap_addrs and not self._dormant:
+                return
+            self._rejoin = self.protocol.spawn(self._rejoin_now(), "rejoin_before_lookup")
+        rejoin = self._rejoin
+        try:
+            await asyncio.shield(rejoin)
+        except asyncio.CancelledError:
+            if not rejoin.done():
+                raise
+        except Exception:  # the table stays empty; the caller goes on with what it knows
+            pass
+
+    async def _rejoin_now(self) -> None:
+        try:
+            self.stats["rejoins_before_lookup"] = self.stats.get("rejoins_before_lookup", 0) + 1
+            await asyncio.gather(*(self.ping(addr, tries=BOOTSTRAP_PING_TRIES) for addr in self.bootstrap_addrs))
+            if not len(self.router) and self._dormant:
+                await self.revive(self.config.k)
+            seeds = self.router.contacts()
+            if seeds:
+                self._replica_cache.clear()
+                await self.lookup_self(seeds)
+        finally:
+            self._rejoin = None
+            self._rejoined_at = self.clock.monotonic()
+
     # ---------------------------------------------------------- replica sets
     async def replicas_for(self, key: bytes, *, count: int | None = None, fresh: bool = False) -> list[Contact]:
         """The ``count`` (default r) closest nodes to ``key``, this node included
         when it is one. ``count`` may exceed r (a wider read, a placement's
         candidates), up to k."""
         count = min(count or self.config.replicas, self.config.k)
+        await self.rejoin_if_alone()
         now = self.clock.monotonic()
         cached = self._replica_cache.get(key)
         if cached is not None and not fresh and now - cached[0] < self.replica_cache_ttl_s and len(cached[1]) >= count:
@@ -275,6 +336,9 @@ class Contacts:
         or, for ids it lacks, from a lookup of each id. Ids nobody knows are
         left out."""
         out: list[Contact] = []
+        ids = list(ids)
+        if any(i != self.node.id for i in ids):
+            await self.rejoin_if_alone()
         now = self.clock.monotonic()
         for node_id in ids:
             if node_id == self.node.id:
@@ -359,16 +423,18 @@ class Contacts:
         return revived
 
     async def _revive(self, count: int) -> int:
-        revived = 0
+        """Ping up to ``count`` evicted contacts together (a round costs one
+        round trip timeout, not one per contact that stays silent)."""
+        asked = []
         for contact in list(self._dormant.values())[:count]:
-            if contact.id not in self._dormant:
-                continue
             self._dormant.move_to_end(contact.id)  # the next round tries others
             if self.router.get(contact.id) is not None:
                 self._dormant.pop(contact.id, None)
                 continue
-            back = await self.ping(contact.addr)
-            if back is not None and back.id == contact.id:
-                self._dormant.pop(contact.id, None)
+            asked.append(contact)
+        answers = await asyncio.gather(*(self.ping(c.addr) for c in asked))
+        revived = 0
+        for contact, back in zip(asked, answers):
+            if back is not None and back.id == contact.id and self._dormant.pop(contact.id, None) is not None:
                 revived += 1
         return revived

@@ -43,7 +43,7 @@ import structlog
 
 from workmesh.crypto.identity import Identity
 from workmesh.dht.config import DHTConfig
-from workmesh.dht.contacts import Contacts
+from workmesh.dht.contacts import BOOTSTRAP_PING_TRIES, Contacts
 from workmesh.dht.contract import (  # noqa: F401 (re-exported: their old home)
     REFUSED_BUDGET,
     REFUSED_DISK,
@@ -114,6 +114,7 @@ class DHTServer:
             "republished_records": 0,
             "lookups": 0,
             "contacts_revived": 0,
+            "rejoins_before_lookup": 0,
             "find_node_replies": 0,
             "find_records_pages": 0,
             "reads_incomplete": 0,
@@ -161,8 +162,18 @@ class DHTServer:
         self._loops = self.upkeep.start(self.protocol.spawn)
 
     async def bootstrap(self, addrs: Iterable[tuple[str, int]]) -> int:
-        """Ping the given addresses, then look ourselves up. Returns contacts known."""
-        found = await asyncio.gather(*(self.ping(addr) for addr in addrs))
+        """Ping the given addresses, then look ourselves up. Returns contacts known.
+
+        The addresses are remembered: a routing table that empties (a lossy
+        join, every contact lost) asks them again before a lookup would ask
+        nobody (``Contacts.rejoin_if_alone``); with none given, an empty table
+        asks the remembered ones."""
+        addrs = list(addrs)
+        if addrs:
+            self.contacts.bootstrap_addrs = tuple(addrs)
+        elif not len(self.router):
+            addrs = list(self.contacts.bootstrap_addrs)
+        found = await asyncio.gather(*(self.contacts.ping(addr, tries=BOOTSTRAP_PING_TRIES) for addr in addrs))
         seeds = [c for c in found if c is not None] + self.router.contacts()
         if seeds:
             await self.contacts.lookup_self(seeds)

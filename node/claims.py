@@ -25,6 +25,7 @@ from workmesh.node import lifecycle, rounds
 from workmesh.node.ballots import Refusal, refusal_code
 from workmesh.node.proposer import RoundDriver
 from workmesh.node.reads import read_job
+from workmesh.node.signer import TurnSigner
 
 RENEW_DATES_MAX = 4096  # (job, attempt) pairs whose last renew date a worker remembers
 CLAIM_RESENDS = 2  # times a claim is sent again to replicas that did not answer
@@ -79,6 +80,7 @@ class Claims:
         self, identity: Identity, dht: DHTServer, *, wall_ms: Callable[[], int], counters: dict[str, int]
     ) -> None:
         self.identity = identity
+        self.signer = TurnSigner.of(identity)  # claims, renews and results of one turn share a signature
         self.dht = dht
         self.wall_ms = wall_ms
         self.counters = counters
@@ -124,7 +126,7 @@ class Claims:
             if f.kind == F.GRANT and f.body.action == F.LEASE and (f.attempt, f.body.subject) == (state.lease_attempt, state.lease_worker)
         ]
         self.counters["claims"] += 1
-        claim = F.sign(self.identity, F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
+        claim = await self.signer.sign(F.CLAIM, F.Claim(job_id, attempt, self.wall_ms()))
         own_grant = lambda produced: self._lease_grants(produced, job_id, attempt, state.replicas)  # noqa: E731
         fresh = list(first) if placed is not None else []
         # A claim in the placing write is uncontested: once a quorum stored
@@ -174,7 +176,15 @@ class Claims:
         return attempt, grants
 
     def renewal(self, state: lifecycle.JobState, attempt: int) -> F.Fact:
-        """A signed renew of this worker's lease on ``attempt``, dated now, or
+        """A signed renew of this worker's lease on ``attempt`` (a batch of one): see :meth:`renew_body`."""
+        return F.sign(self.identity, F.RENEW, self.renew_body(state, attempt))
+
+    async def signed_renewal(self, state: lifecycle.JobState, attempt: int) -> F.Fact:
+        """:meth:`renewal`, signed in this turn's batch."""
+        return await self.signer.sign(F.RENEW, self.renew_body(state, attempt))
+
+    def renew_body(self, state: lifecycle.JobState, attempt: int) -> F.Renew:
+        """A renew of this worker's lease on ``attempt``, dated now, or
         one millisecond after the previous one if the wall clock stepped back:
         replicas keep one renew per (worker, attempt), the newest by date, and
         refuse one dated at or before it (it would not extend the lease)."""
@@ -184,7 +194,7 @@ class Claims:
         self._renew_ts.move_to_end(key)
         while len(self._renew_ts) > RENEW_DATES_MAX:
             self._renew_ts.popitem(last=False)
-        return F.sign(self.identity, F.RENEW, F.Renew(state.job_id, attempt, min(ts, F._TS_MAX)))
+        return F.Renew(state.job_id, attempt, min(ts, F._TS_MAX))
 
     async def _confirm(
         self, state: lifecycle.JobState, attempt: int, grants: list[F.Fact], shown: set[bytes] = frozenset()
@@ -200,7 +210,7 @@ class Claims:
         a quorum, the proof only has to reach the local store: no datagram."""
         spec: F.Submit = state.submit.body
         me = self.identity.node_id
-        renew = self.renewal(state, attempt)
+        renew = await self.signed_renewal(state, attempt)
         holding = {g.author_id for g in grants}
         confirmed: set[bytes] = set(shown) & holding
         for _ in range(1 + CLAIM_RESENDS):
@@ -291,8 +301,8 @@ class Claims:
             kind, data_json = F.ERROR, F.canonical_json({"error": f"result is not JSON: {exc}"})
         if len(data_json) > F.RESULT_BYTES_MAX:
             kind, data_json = F.ERROR, F.canonical_json({"error": "result exceeds the size limit"})
-        result = F.sign(
-            self.identity, F.RESULT, F.Result(state.job_id, attempt, kind, data_json, tuple(grants), self.wall_ms())
+        result = await self.signer.sign(
+            F.RESULT, F.Result(state.job_id, attempt, kind, data_json, tuple(grants), self.wall_ms())
         )
         self.counters["results_ok" if kind == F.OK else "results_error"] += 1
         final = kind == F.OK or attempt >= spec.max_attempts or F.is_permanent_error(kind, data_json)

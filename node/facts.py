@@ -36,11 +36,20 @@ config    proposer     [job_id, epoch, replicas, ts_ms]: a new replica set
                         job's consensus (node/consensus.py, replica repair)
 ========  ===========  ====================================================
 
-On the wire a fact is ``canonical_pack([kind, author_public_key, body,
-signature])``; the signature covers ``[domain(kind), author_public_key, body]``.
-The fact id is the BLAKE2b-256 of those exact bytes (the encoding is
-canonical, so a fact has one byte form). The job id is the BLAKE2b-160 of the
-submit fact: it proves the spec, and it is the DHT key of the job.
+Record format v2 (docs/protocol.md, "Record format"). A fact's content is
+``canonical_pack([kind, author_public_key, body])``; its fact id is the
+BLAKE2b-256 (personalised ``wm-fact-v2``) of the content, so it does not
+depend on how the fact was signed. An author signs the facts of one batch
+(those it emits in one event-loop turn, node/signer.py) with one Ed25519
+signature over ``[BATCH domain, author, root, count]``, where ``root`` is the
+Merkle root (crypto/merkle.py) of the batch's fact ids in order. On the wire a
+fact is ``canonical_pack([kind, author_public_key, body, [signature, index,
+count, siblings]])``: its content and the proof that it is leaf ``index`` of
+the ``count`` leaves the signature covers. A fact alone is a batch of one (no
+siblings). A replica verifies a batch's signature once: the second fact of a
+batch costs the hashes of its proof (the verified signatures are cached). The
+job id is the BLAKE2b-160 (personalised ``wm-job-v2``) of the submission's
+fact id: it proves the spec, and it is the DHT key of the job.
 
 :func:`decode` checks everything a fact can prove on its own (form, sizes,
 signature, the key it is filed under, embedded grants). Checks that need the
@@ -69,7 +78,7 @@ from workmesh.contract import (  # noqa: F401 (re-exported: node code reads them
     TIMEOUT_MS_MAX,
     TYPE_CHARS_MAX,
 )
-from workmesh.crypto import domains
+from workmesh.crypto import domains, merkle
 from workmesh.crypto.canonical import canonical_pack, canonical_unpack
 from workmesh.crypto.errors import BadSignature, EncodingError
 from workmesh.crypto.identity import (
@@ -77,8 +86,8 @@ from workmesh.crypto.identity import (
     PUBLIC_KEY_BYTES,
     SIGNATURE_BYTES,
     Identity,
+    count_facts,
     node_id_of,
-    verify,
     verify_bytes,
 )
 from workmesh.node.errors import InvalidFact
@@ -122,19 +131,42 @@ FACT_BYTES_MAX = 16384
 NONCE_BYTES = 16
 REPLICAS_MAX = 16
 FACT_ID_BYTES = 32
+# A batch: at most this many facts under one signature, so a proof has at
+# most PROOF_SIBLINGS_MAX siblings (34 bytes each on the wire).
+BATCH_FACTS_MAX = 256
+PROOF_SIBLINGS_MAX = 8
+assert merkle.proof_length(BATCH_FACTS_MAX - 1, BATCH_FACTS_MAX) == PROOF_SIBLINGS_MAX
+_FACT_PERSON = b"wm-fact-v2"
+_JOB_PERSON = b"wm-job-v2"
+
+
+def content_id(content: bytes) -> bytes:
+    """The fact id of a fact's content, ``canonical_pack([kind, author, body])``: a Merkle leaf."""
+    return hashlib.blake2b(content, digest_size=FACT_ID_BYTES, person=_FACT_PERSON).digest()
 
 
 def fact_id_of(raw: bytes) -> bytes:
-    return hashlib.blake2b(raw, digest_size=FACT_ID_BYTES).digest()
+    """The fact id of a fact's bytes (its content's hash: the proof is not part of it)."""
+    try:
+        value = canonical_unpack(raw, max_len=FACT_BYTES_MAX)
+    except EncodingError as exc:
+        raise InvalidFact(str(exc)) from None
+    _need(isinstance(value, list) and len(value) == 4, "a fact is [kind, author, body, proof]")
+    return content_id(canonical_pack(value[:3]))
+
+
+def job_id_from(submit_fact_id: bytes) -> bytes:
+    """The job id of the submission whose fact id is ``submit_fact_id``."""
+    return hashlib.blake2b(submit_fact_id, digest_size=NODE_ID_BYTES, person=_JOB_PERSON).digest()
 
 
 def job_id_of(submit_raw: bytes) -> bytes:
-    return hashlib.blake2b(submit_raw, digest_size=NODE_ID_BYTES).digest()
+    return job_id_from(fact_id_of(submit_raw))
 
 
 # A keyed submission (node/keyed.py) is signed by an owner key derived from an
 # Idempotency-Key; its nonce starts with the owner's mark, and its job id is
-# the owner's, not the hash of its bytes: the same key is the same job on every node.
+# the owner's, not the hash of its fact id: the same key is the same job on every node.
 KEYED_MARK_BYTES = 8
 
 
@@ -291,7 +323,7 @@ class Fact:
         if self.kind == SUBMIT:
             known = self._submit_job_id
             if known is None:  # two hashes; asked dozens of times per job
-                known = keyed_job_id(self.author) if is_keyed(self.author, self.body) else job_id_of(self.raw)
+                known = keyed_job_id(self.author) if is_keyed(self.author, self.body) else job_id_from(self.fact_id)
                 object.__setattr__(self, "_submit_job_id", known)
             return known
         return self.body.job_id
@@ -369,16 +401,70 @@ def is_permanent_error(outcome: str, data_json: bytes) -> bool:
     return isinstance(data, dict) and data.get("permanent") is True
 
 
+def _uint_bytes(value: int) -> int:
+    """The length of a non-negative int in canonical msgpack."""
+    return 1 if value < 128 else 2 if value < 256 else 3 if value < 65536 else 5
+
+
+def _proof_bytes(index: int, count: int, siblings: int) -> int:
+    """The length of ``canonical_pack([signature, index, count, siblings])`` (siblings < 16)."""
+    return 1 + 2 + SIGNATURE_BYTES + _uint_bytes(index) + _uint_bytes(count) + 1 + siblings * (2 + FACT_ID_BYTES)
+
+
+_PROOF_BYTES_MAX = _proof_bytes(BATCH_FACTS_MAX - 1, BATCH_FACTS_MAX, PROOF_SIBLINGS_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class Unsigned:
+    """A fact ready to be signed in a batch: its content and fact id are known."""
+
+    kind: str
+    body: Body
+    content: bytes  # canonical_pack([kind, author, fields])
+    fact_id: bytes
+
+
+def prepare(identity: Identity, kind: str, body: Body) -> Unsigned:
+    """Check ``body`` as a fact of ``kind`` by ``identity``, ready for :func:`sign_batch`;
+    raise :class:`InvalidFact`. A prepared fact fits any batch's proof."""
+    if kind not in KINDS:
+        raise InvalidFact(f"unknown fact kind {kind!r}")
+    content = canonical_pack([kind, identity.public_key, _body_fields(kind, body)])
+    if len(content) + _PROOF_BYTES_MAX > FACT_BYTES_MAX:
+        raise InvalidFact(f"{kind} fact of {len(content) + _PROOF_BYTES_MAX} bytes exceeds {FACT_BYTES_MAX}")
+    fact_id = content_id(content)
+    if kind == RESULT or kind == BALLOT:  # the kinds with rules across fields (_check_body)
+        _check_body(_new_fact(kind, identity.public_key, body, b"", b"", fact_id, identity.node_id))
+    return Unsigned(kind, body, content, fact_id)
+
+
+def sign_prepared(identity: Identity, batch: list[Unsigned] | tuple[Unsigned, ...]) -> list[Fact]:
+    """Sign ``batch`` (1..BATCH_FACTS_MAX prepared facts) with one signature: the facts, in order."""
+    count = len(batch)
+    if not 1 <= count <= BATCH_FACTS_MAX:
+        raise ValueError(f"a batch has 1..{BATCH_FACTS_MAX} facts, not {count}")
+    author = identity.public_key
+    if count == 1:
+        root, proofs = batch[0].fact_id, [[]]
+    else:
+        root, proofs = merkle.build([u.fact_id for u in batch])
+    signature = identity.sign(domains.BATCH, [author, root, count])
+    count_facts(signed=count)
+    out = []
+    for index, (u, siblings) in enumerate(zip(batch, proofs)):
+        raw = b"\x94" + u.content[1:] + _WIRE_ENCODER.encode((signature, index, count, siblings))
+        out.append(_new_fact(u.kind, author, u.body, signature, raw, u.fact_id, identity.node_id))
+    return out
+
+
+def sign_batch(identity: Identity, items: list[tuple[str, Body]]) -> list[Fact]:
+    """Sign the facts ``items`` (``(kind, body)`` pairs) as one batch: one signature."""
+    return sign_prepared(identity, [prepare(identity, kind, body) for kind, body in items])
+
+
 def sign(identity: Identity, kind: str, body: Body) -> Fact:
-    """Sign ``body`` as a fact of ``kind`` by ``identity``; checks the result."""
-    fields = _body_fields(kind, body)
-    signature = identity.sign(KINDS[kind], [identity.public_key, fields])
-    raw = canonical_pack([kind, identity.public_key, fields, signature])
-    if len(raw) > FACT_BYTES_MAX:
-        raise InvalidFact(f"{kind} fact of {len(raw)} bytes exceeds {FACT_BYTES_MAX}")
-    fact = _new_fact(kind, identity.public_key, body, signature, raw, fact_id_of(raw), identity.node_id)
-    _check_body(fact)
-    return fact
+    """Sign ``body`` as a fact of ``kind`` by ``identity`` alone (a batch of one); checks it."""
+    return sign_prepared(identity, [prepare(identity, kind, body)])[0]
 
 
 def canonical_json(value: Any) -> bytes:
@@ -559,11 +645,20 @@ class _ResultW(_Wire):  # its grants are facts, decoded one by one
     ts_ms: _Ts
 
 
+class _Proof(_Wire):
+    """``[signature, index, count, siblings]``: the fact is leaf ``index`` of the batch the signature covers."""
+
+    signature: _Signature
+    index: Annotated[int, Meta(ge=0, le=BATCH_FACTS_MAX - 1)]  # below count: checked with the root
+    count: Annotated[int, Meta(ge=1, le=BATCH_FACTS_MAX)]
+    siblings: Annotated[list[_FactId], Meta(max_length=PROOF_SIBLINGS_MAX)]
+
+
 def _fact_struct(kind: str, body: type) -> type:
-    """``[kind, author, body, signature]`` as a struct tagged by its kind."""
+    """``[kind, author, body, proof]`` as a struct tagged by its kind."""
     return msgspec.defstruct(
         f"_{kind.capitalize()}Fact",
-        [("author", _PublicKey), ("body", body), ("signature", _Signature)],
+        [("author", _PublicKey), ("body", body), ("proof", _Proof)],
         bases=(_Wire,),
         tag_field="kind",
         tag=kind,
@@ -577,12 +672,22 @@ _WIRE_DECODER = msgspec.msgpack.Decoder(Union[tuple(_KIND_OF)])  # noqa: UP007 (
 _WIRE_ENCODER = msgspec.msgpack.Encoder()
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
-# The signed bytes are ``[domain, author, body]``; on the wire the same author
-# and body bytes sit between the kind and the signature (a bin 8: 2 header
-# bytes), so they are sliced from the fact instead of being encoded again.
-_SIGNED_PREFIX = {kind: b"\x93" + canonical_pack(domain) for kind, domain in KINDS.items()}
-_AUTHORED_FROM = {kind: 1 + len(canonical_pack(kind)) for kind in KINDS}
-_SIGNATURE_TAIL = 2 + SIGNATURE_BYTES
+
+
+def _batch_root(fact_id: bytes, index: int, count: int, siblings: list[bytes]) -> bytes | None:
+    """The root a fact's proof leads to (itself in a batch of one), or None if the proof has the wrong shape."""
+    if count == 1:
+        return fact_id if index == 0 and not siblings else None
+    return merkle.root_of(fact_id, index, count, siblings)
+
+
+def _verify_batch(kind: str, author: bytes, root: bytes, count: int, signature: bytes) -> None:
+    """Check the batch signature; the cache in verify_bytes makes the second fact of a batch free."""
+    count_facts(verified=1)
+    try:
+        verify_bytes(author, _WIRE_ENCODER.encode((domains.BATCH, author, root, count)), signature, domains.BATCH)
+    except BadSignature:
+        raise InvalidFact(f"{kind} signature does not verify") from None
 
 
 def _distinct_ids(ids: bytes) -> bool:
@@ -647,13 +752,15 @@ def _decode_typed(raw: bytes, key: bytes | None) -> Fact | None:
     if body is None:
         return None
     author = w.author
-    signature = w.signature
-    message = _SIGNED_PREFIX[kind] + raw[_AUTHORED_FROM[kind] : len(raw) - _SIGNATURE_TAIL]
-    try:
-        verify_bytes(author, message, signature, KINDS[kind])
-    except BadSignature:
-        raise InvalidFact(f"{kind} signature does not verify") from None
-    return _checked_in_place(_new_fact(kind, author, body, signature, raw, fact_id_of(raw), node_id_of(author)), key)
+    proof = w.proof
+    index, count, siblings = proof.index, proof.count, proof.siblings
+    # The content ``[kind, author, body]`` is the fact's bytes without its proof (a 3-list, not a 4-list).
+    fact_id = content_id(b"\x93" + raw[1 : len(raw) - _proof_bytes(index, count, len(siblings))])
+    root = _batch_root(fact_id, index, count, siblings)
+    if root is None:
+        return None
+    _verify_batch(kind, author, root, count, proof.signature)
+    return _checked_in_place(_new_fact(kind, author, body, proof.signature, raw, fact_id, node_id_of(author)), key)
 
 
 def decode(raw: bytes, *, key: bytes | None = None) -> Fact:
@@ -683,18 +790,25 @@ def _decode_checked(raw: bytes, key: bytes | None) -> Fact:
         outer = canonical_unpack(raw, max_len=FACT_BYTES_MAX)
     except EncodingError as exc:
         raise InvalidFact(str(exc)) from None
-    _need(isinstance(outer, list) and len(outer) == 4, "a fact is [kind, author, body, signature]")
-    kind, author, fields, signature = outer
+    _need(isinstance(outer, list) and len(outer) == 4, "a fact is [kind, author, body, proof]")
+    kind, author, fields, proof = outer
     _need(isinstance(kind, str) and kind in KINDS, f"unknown fact kind {kind!r}")
     _need(_is_bytes(author, PUBLIC_KEY_BYTES), "bad author key")
+    _need(isinstance(proof, list) and len(proof) == 4, "a proof is [signature, index, count, siblings]")
+    signature, index, count, siblings = proof
     _need(_is_bytes(signature, SIGNATURE_BYTES), "bad signature field")
+    _need(_is_int(index, 0, BATCH_FACTS_MAX - 1), "batch index out of range")
+    _need(_is_int(count, 1, BATCH_FACTS_MAX), "batch count out of range")
+    _need(isinstance(siblings, list) and len(siblings) <= PROOF_SIBLINGS_MAX, "too many proof siblings")
+    _need(all(_is_bytes(h, FACT_ID_BYTES) for h in siblings), "a proof sibling is a 32-byte hash")
     _need(isinstance(fields, list), "body is a list")
     body = _parse_body(kind, fields)
-    try:
-        verify(KINDS[kind], author, [author, fields], signature, checked=True)
-    except BadSignature:
-        raise InvalidFact(f"{kind} signature does not verify") from None
-    return _checked_in_place(Fact(kind, author, body, signature, raw, fact_id_of(raw), node_id_of(author)), key)
+    _need(index < count, "batch index beyond its count")
+    fact_id = content_id(canonical_pack([kind, author, fields]))
+    root = _batch_root(fact_id, index, count, siblings)
+    _need(root is not None, "the proof's siblings do not fit its index and count")
+    _verify_batch(kind, author, root, count, signature)
+    return _checked_in_place(Fact(kind, author, body, signature, raw, fact_id, node_id_of(author)), key)
 
 
 def _checked_in_place(fact: Fact, key: bytes | None) -> Fact:

@@ -31,6 +31,7 @@ from workmesh.node.errors import (
 from workmesh.node.jobindex import JobIndex
 from workmesh.node.proposer import RoundDriver
 from workmesh.node.reads import WIDER_READ, read_job
+from workmesh.node.signer import TurnSigner
 from workmesh.node.watch import JobWatch
 
 # Long-polls re-read the job's replicas with backoff (node/watch.py), one read
@@ -236,7 +237,7 @@ class JobOperations:
             else:
                 try:
                     body = F.Submit(job_type, payload_json, max_attempts, lease_ms, timeout_ms, replicas, quorum, nonce, created_ms)
-                    submit = F.sign(signer, F.SUBMIT, body)
+                    submit = await self._sign(signer, F.SUBMIT, body)
                 except F.InvalidFact as exc:
                     raise ValidationFailed(str(exc)) from None
             replicas, quorum = submit.body.replicas, submit.body.quorum
@@ -258,7 +259,7 @@ class JobOperations:
             self.counters["submit_quorum_missed"] += 1
             raise QuorumUnavailable(f"only {len(ids)} nodes reachable; the job needs {replicas}. Retry later.")
         ids = ids[:replicas]
-        place = F.sign(signer, F.GRANT, F.Grant(submit.job_id, F.PLACE, 0, b"".join(ids), created_ms))
+        place = await self._sign(signer, F.GRANT, F.Grant(submit.job_id, F.PLACE, 0, b"".join(ids), created_ms))
         if idempotency_key is not None:
             self.owners.remember(submit.job_id, seed)
         # With a worker slot free here, the store that places the job also
@@ -430,6 +431,13 @@ class JobOperations:
         state = await self.read_state(job_id)
         return list(state.facts)
 
+    async def _sign(self, signer: Identity, kind: str, body: F.Body) -> F.Fact:
+        """A fact signed by ``signer``: in this turn's batch when it is the node's
+        own identity, alone when it is a keyed job's owner (a key of its own)."""
+        if signer is self.identity:
+            return await TurnSigner.of(signer).sign(kind, body)
+        return F.sign(signer, kind, body)
+
     def _submitter(self, state: lifecycle.JobState) -> Identity | None:
         """The identity that signed the job's submission, if this node holds it:
         its own, or the owner of a keyed job it accepted."""
@@ -440,7 +448,7 @@ class JobOperations:
     async def cancel_as_submitter(self, state: lifecycle.JobState, reason: str, signer: Identity | None = None) -> JobView:
         spec: F.Submit = state.submit.body
         signer = signer or self.identity
-        cancel = F.sign(signer, F.CANCEL, F.Cancel(state.job_id, reason[: F.REASON_CHARS_MAX], self.wall_ms()))
+        cancel = await self._sign(signer, F.CANCEL, F.Cancel(state.job_id, reason[: F.REASON_CHARS_MAX], self.wall_ms()))
         self.counters["cancels"] += 1
         # Send the submission along: a replica that lost it can still judge the cancel.
         batch = [state.submit, *([state.placement] if state.placement else []), cancel]

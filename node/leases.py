@@ -185,16 +185,27 @@ def current_grant(state: JobState, me: bytes) -> tuple[int, bytes] | None:
 def confirmed(state: JobState, attempt: int) -> bool:
     """True when ``attempt`` provably ran or may run: a quorum of the job's
     replicas granted it to one worker (the worker shows those grants to the
-    replicas before it starts its handler), or a result for it exists."""
-    signers: dict[bytes, set[bytes]] = {}
+    replicas before it starts its handler), or a result for it exists.
+
+    Only each replica's current grant of the attempt counts (its newest, as
+    :func:`current_grant`): a grant it superseded (rule 4) was never part of a
+    quorum that ran, since a replica holding a worker's quorum of grants does
+    not grant the attempt again, and the worker confirms its quorum with the
+    granting replicas before it runs."""
+    newest: dict[bytes, tuple[int, bytes]] = {}  # replica -> (ts_ms, worker) of its newest grant
     for f in state.facts:
         if f.attempt != attempt:
             continue
         if f.kind == F.RESULT:
             return True
         if f.kind == F.GRANT and f.body.action == F.LEASE:
-            signers.setdefault(f.body.subject, set()).add(f.author_id)
-    return any(len(who) >= state.spec.quorum for who in signers.values())
+            rank = (f.body.ts_ms, f.body.subject)
+            if f.author_id not in newest or rank > newest[f.author_id]:
+                newest[f.author_id] = rank
+    signers: dict[bytes, int] = {}
+    for _ts, worker in newest.values():
+        signers[worker] = signers.get(worker, 0) + 1
+    return any(n >= state.spec.quorum for n in signers.values())
 
 
 def _attempt_over(state: JobState, m: int, obs: Observations, now: float, rules: LeaseRules) -> str | None:

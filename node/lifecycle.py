@@ -184,7 +184,9 @@ class Derivation:
 
     Once the submission and the placement are chosen, whether a fact is valid
     depends only on the fact, them and (for renews) the other renews of its
-    slot, and every tally below only grows when a fact is admitted; a renew
+    slot, and every tally below only grows when a fact is admitted, or keeps
+    the newest of its kind (a replica's lease grants of one attempt, a
+    slot's renews: a function of the set, whatever the order); a renew
     that loses its slot leaves behind one of the same attempt. So admitting
     the new facts into a copy gives what admitting all of them gives. A new
     submission or placement may change those choices: it is derived afresh.
@@ -193,7 +195,7 @@ class Derivation:
 
     __slots__ = (
         "job_id", "seen", "submit", "submit_job_id", "placement", "replica_ids", "replicas", "valid", "epochs",
-        "renew_slots", "leases", "seals", "result_attempts", "last_error", "last_error_message", "highest",
+        "renew_slots", "leases", "lease_newest", "seals", "result_attempts", "last_error", "last_error_message", "highest",
         "keyed", "facts", "added", "dropped", "state", "fresh",
     )  # fmt: skip
 
@@ -209,6 +211,8 @@ class Derivation:
         self.valid: dict[bytes, Fact] = {}  # fact id -> valid fact (incl. grants carried by results)
         self.renew_slots: dict[bytes, Fact] = {}  # slot -> the renew holding it
         self.leases: dict[tuple[int, bytes], frozenset[bytes]] = {}  # (attempt, worker) -> granting replicas
+        # (attempt, replica) -> (ts_ms, worker) of that replica's newest grant of the attempt: only it counts
+        self.lease_newest: dict[tuple[int, bytes], tuple[int, bytes]] = {}
         self.seals: dict[tuple, frozenset[bytes]] = {}  # (attempt, round, proposer, subject) -> sealing replicas
         self.result_attempts: frozenset[int] = frozenset()
         self.last_error: Fact | None = None  # the error result with the highest (attempt, fact id)
@@ -227,7 +231,7 @@ class Derivation:
         d.submit, d.submit_job_id, d.placement = self.submit, self.submit_job_id, self.placement
         d.replica_ids, d.replicas, d.epochs = self.replica_ids, self.replicas, self.epochs
         d.valid, d.renew_slots = self.valid.copy(), self.renew_slots.copy()
-        d.leases, d.seals = self.leases.copy(), self.seals.copy()
+        d.leases, d.lease_newest, d.seals = self.leases.copy(), self.lease_newest.copy(), self.seals.copy()
         d.result_attempts, d.highest = self.result_attempts, self.highest
         d.last_error, d.last_error_message = self.last_error, self.last_error_message
         d.keyed, d.facts = self.keyed, self.facts  # replaced, not changed, by _finish
@@ -236,6 +240,34 @@ class Derivation:
     def _members(self, ballot: tuple) -> frozenset[bytes] | tuple[bytes, ...]:
         """The replicas whose grants and steps count at ``ballot``."""
         return self.replicas if len(self.epochs) < 2 else members_at(self.epochs, ballot)
+
+    def _tally_lease(self, attempt: int, replica: bytes, ts_ms: int, worker: bytes) -> None:
+        """Count ``replica``'s grant of ``attempt`` to ``worker`` if it is the
+        replica's newest grant of that attempt (by ``ts_ms``, then worker id,
+        as :func:`node.leases.current_grant`), taking back its older one.
+
+        A replica grants an attempt that never ran again to another worker
+        once the first grant went stale (a split vote): the newer grant
+        supersedes the older, which it refuses to send again. Counting both
+        let a worker's superseded grant and a later grant from another
+        replica make a "quorum" no replica ever held at once: the attempt
+        read as confirmed, nobody ran it, and once its lease went stale the
+        job went on to the next attempt (the simulator: a fail job whose
+        third attempt never ran closed on the closing attempt)."""
+        rank = (ts_ms, worker)
+        old = self.lease_newest.get((attempt, replica))
+        if old is not None and old >= rank:
+            return
+        self.lease_newest[(attempt, replica)] = rank
+        if old is not None and old[1] != worker:
+            was = (attempt, old[1])
+            left = self.leases[was] - {replica}
+            if left:
+                self.leases[was] = left
+            else:
+                del self.leases[was]
+        key = (attempt, worker)
+        self.leases[key] = self.leases.get(key, frozenset()) | {replica}
 
     def _admit(self, fact: Fact) -> None:
         """Add ``fact`` to the valid facts if it counts: the rules of
@@ -260,8 +292,7 @@ class Derivation:
             if F.context_error(submit, fact, self.submit_job_id) is not None:
                 return
             if action == F.LEASE:
-                key = (body.attempt, body.subject)
-                self.leases[key] = self.leases.get(key, frozenset()) | {fact.author_id}
+                self._tally_lease(body.attempt, fact.author_id, body.ts_ms, body.subject)
         elif kind == F.CONFIG:
             if F.context_error(submit, fact, self.submit_job_id) is not None:
                 return

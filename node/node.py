@@ -43,6 +43,7 @@ from workmesh.node.repairs import Repairs
 from workmesh.node.replica import JobReplica
 from workmesh.node.retention import Retention
 from workmesh.node.samples import SAMPLE_HANDLERS
+from workmesh.node.signer import TurnSigner
 from workmesh.node.tasks import TaskSet
 from workmesh.node.watch import JobWatch
 from workmesh.node.worker import RunCpu, WorkerPool
@@ -534,7 +535,7 @@ class Node:
             "waits": self.watch.statistics(),
             "tasks": self.tasks.statistics(),
             "derive_cache": self._derive_statistics(),
-            "crypto": verify_statistics(),
+            "crypto": {**verify_statistics(), **{f"signer_{k}": v for k, v in TurnSigner.of(self.identity).stats.items()}},
             "blobs": self.blobs.statistics(),
         }
 

@@ -6,16 +6,23 @@ read asks the closest nodes plus the placement replicas this node knows of;
 when the answers reveal a placement it had not asked, it asks those too.
 When nobody knows the job, it asks the 2r closest nodes it knows and has not
 asked yet (from the same lookup and its routing table) before it answers
-"not found"; at most once per ``REVIVE_ON_MISS_EVERY_S`` it first pings
-contacts it evicted (the far side of a partition that just healed), and the
-reads that miss while those pings are out wait for them too.
+"not found"; when it evicted contacts, it first waits for a round of pings
+of them that began after it missed (the far side of a partition that just
+healed: they rejoin the table, and the wider search reaches them).
 
 What a read of an id nobody knows costs, then: one lookup and at most 2r
-record requests (r, then the r next closest), plus, once per
-``REVIVE_ON_MISS_EVERY_S`` on the whole node, ``REVIVE_ON_MISS`` pings (and,
-when one of them answers, the lookups that renew this node's view). A flood
-of random ids cannot make a node ask more per read, nor stall reads behind
-rounds of pings.
+record requests (r, then the r next closest), plus a share of one round of
+``REVIVE_ON_MISS`` pings (and, when one of them answers, the lookups that
+renew this node's view). Reads that miss together share one round, and a
+node runs one round at a time, so a flood of random ids costs at most
+``REVIVE_ON_MISS`` pings per round trip timeout, and a read waits behind at
+most the round in flight and its own (pings of one round go out together).
+
+A round that began before the read missed does not count: a node whose
+reads missed during a partition pinged its evicted contacts then, in vain,
+and a read right after the heal must ping them again (the simulator found
+it answering "not found" for a job two nodes across the healed split held,
+because a round 4 s earlier had used up a once-per-5-s allowance).
 
 Every reply is whole: a replica's answer counts only when the reader got all
 of its pages (``DHTServer.read_all``), so a state is never derived from part
@@ -34,16 +41,26 @@ from workmesh.dht.server import DHTServer
 from workmesh.node import lifecycle, placement
 
 REVIVE_ON_MISS = 8  # evicted contacts pinged before a read answers "not found"
-REVIVE_ON_MISS_EVERY_S = 5.0  # ...at most once per this, however many reads miss
 # A read that found nothing asks this many times r closest nodes once more:
 # as many as a placement chooses its replicas among (node/placement.py).
 WIDER_READ = placement.WIDER
 
-# When each node's reads last revived evicted contacts (monotonic s).
-_revived_at: weakref.WeakKeyDictionary[DHTServer, float] = weakref.WeakKeyDictionary()
-# The revival in flight on each node: a read that misses meanwhile waits for it
-# rather than answering "not found" from the table the revival is mending.
-_reviving: weakref.WeakKeyDictionary[DHTServer, asyncio.Future] = weakref.WeakKeyDictionary()
+
+
+class _Revivals:
+    """One node's rounds of pings of evicted contacts for reads that missed:
+    one at a time (``lock``), numbered as they start (``started``) and end
+    (``ended``)."""
+
+    __slots__ = ("lock", "started", "ended")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.started = 0
+        self.ended = 0
+
+
+_revivals: weakref.WeakKeyDictionary[DHTServer, _Revivals] = weakref.WeakKeyDictionary()
 
 
 class JobRead(tuple):
@@ -82,9 +99,10 @@ async def read_job(dht: DHTServer, job_id: bytes) -> JobRead:
         # same lookup and its routing table (no second lookup).
         closest = await dht.replicas_for(job_id)  # what the read just looked up (cached)
         asked = {c.id for c in closest} | set(placed)
-        # Before that, try the contacts we evicted: after a partition they
-        # may be the other half (they rejoin the routing table).
-        await _revive_on_miss(dht)
+        if dht.has_dormant():
+            # Before that, try the contacts we evicted: after a partition they
+            # may be the other half (they rejoin the routing table).
+            await _revive_after_miss(dht)
         wider_ids = [i for i in _wider(dht, job_id, closest) if i not in asked]
         # Ask again the first ones that had not answered: the read returned
         # once a majority had answered, and an empty majority may answer
@@ -123,24 +141,23 @@ def _wider(dht: DHTServer, job_id: bytes, closest: list) -> list[bytes]:
     return [c.id for c in ranked[: WIDER_READ * dht.config.replicas]]
 
 
-async def _revive_on_miss(dht: DHTServer) -> None:
-    """Wait for the revival in flight, or start one if one is due (``_may_revive``)."""
-    pending = _reviving.get(dht)
-    if pending is None:
-        if not (dht.has_dormant() and _may_revive(dht)):
-            return
-        pending = _reviving[dht] = dht.protocol.spawn(dht.revive(REVIVE_ON_MISS), "revive_on_miss")
-        pending.add_done_callback(lambda _: _reviving.pop(dht, None))
-    await asyncio.shield(pending)
-
-
-def _may_revive(dht: DHTServer) -> bool:
-    """At most one revival per ``REVIVE_ON_MISS_EVERY_S`` from reads that missed."""
-    now = dht.clock.monotonic()
-    if now - _revived_at.get(dht, float("-inf")) < REVIVE_ON_MISS_EVERY_S:
-        return False
-    _revived_at[dht] = now
-    return True
+async def _revive_after_miss(dht: DHTServer) -> None:
+    """Wait for a round of pings of evicted contacts that began after this
+    read missed: join the next round, or run it. Reads that miss while a
+    round is in flight share the one after it (that round's pings may have
+    gone out before a partition healed)."""
+    revivals = _revivals.get(dht)
+    if revivals is None:
+        revivals = _revivals[dht] = _Revivals()
+    wanted = revivals.started + 1  # the first round to start from now on
+    async with revivals.lock:
+        if revivals.ended >= wanted:
+            return  # another read ran such a round while this one waited
+        revivals.started += 1
+        try:
+            await dht.revive(REVIVE_ON_MISS)
+        finally:
+            revivals.ended = revivals.started
 
 
 def _keep_up(dht: DHTServer, job_id: bytes, facts: list) -> None:

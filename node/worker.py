@@ -412,7 +412,7 @@ class WorkerPool:
             await asyncio.sleep(interval)
             if work.done():
                 return
-            renew = self.claims.renewal(state, attempt)
+            renew = await self.claims.signed_renewal(state, attempt)
             outcome = await self.dht.store(state.job_id, [renew], targets=list(state.replicas), quorum=spec.quorum)
             self.counters["renewals"] += 1
             if outcome.stored_on < spec.quorum and not work.done():

@@ -143,7 +143,8 @@ def format_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-COST_COLUMNS = (("signatures", "sign"), ("verifications", "verify"), ("verify_cache_hits", "cached"),
+COST_COLUMNS = (("signatures", "sign"), ("facts_signed", "facts signed"), ("verifications", "verify"),
+                ("facts_verified", "facts verified"), ("verify_cache_hits", "cached"),
                 ("macs", "macs"), ("messages_out", "messages"), ("datagrams_out", "datagrams"), ("bytes_out", "bytes"),
                 ("store_added", "facts stored"), ("store_writes", "sqlite commits"),
                 ("reannounced", "reannounced"), ("timeouts", "rpc timeouts"))
@@ -308,7 +309,7 @@ def start_redis(launcher: Launcher, workdir: Path, deadline_s: float = 10.0) -> 
 
 WORKMESH_TYPES = {"noop": "echo", "sha256": "sha256"}
 # /status counters that make up a job's cost: (section, names).
-COST_COUNTERS = {"crypto": ("signatures", "verifications", "verify_cache_hits", "macs"),
+COST_COUNTERS = {"crypto": ("signatures", "facts_signed", "verifications", "facts_verified", "verify_cache_hits", "macs"),
                  "dht": ("messages_out", "datagrams_out", "bytes_out", "store_added", "store_writes", "timeouts"),
                  "gossip": ("reannounced",)}
 TERMINAL = {"done", "failed", "cancelled"}

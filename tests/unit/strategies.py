@@ -11,6 +11,8 @@ from functools import lru_cache
 
 from hypothesis import strategies as st
 
+from workmesh.crypto import domains
+from workmesh.crypto.canonical import canonical_pack
 from workmesh.crypto.identity import Identity
 from workmesh.node import facts as F
 from workmesh.node.facts import Fact
@@ -19,6 +21,22 @@ REPLICAS = tuple(Identity.from_seed(bytes([1 + i]) * 32) for i in range(7))
 WORKERS = tuple(Identity.from_seed(bytes([100 + i]) * 32) for i in range(4))
 SUBMITTER = Identity.from_seed(b"\x50" * 32)
 STRANGER = Identity.from_seed(b"\x51" * 32)
+
+
+def signed_raw(identity: Identity, kind: str, fields: list, *, signed_kind: str | None = None,
+               author: bytes | None = None) -> bytes:
+    """A fact's bytes, a batch of one, signed by ``identity`` without ``facts.sign``'s checks:
+    the signature covers the content ``[signed_kind (default kind), author, fields]``."""
+    author = identity.public_key if author is None else author
+    fact_id = F.content_id(canonical_pack([signed_kind or kind, author, fields]))
+    signature = identity.sign(domains.BATCH, [author, fact_id, 1])
+    return canonical_pack([kind, author, fields, [signature, 0, 1, []]])
+
+
+def flip_signature_bit(raw: bytes) -> bytes:
+    """A lone fact's bytes with a bit of its signature flipped: still canonical msgpack.
+    Its proof ``[signature, 0, 1, []]`` ends the fact: the signature's last byte is the 4th from the end."""
+    return raw[:-4] + bytes([raw[-4] ^ 0x01]) + raw[-3:]
 
 
 @lru_cache(maxsize=None)

@@ -3,6 +3,7 @@
 import base64
 
 from tests.unit.strategies import REPLICAS, SUBMITTER, WORKERS, claim, placement, quorum_result, seal, submit
+from tests.unit.strategies import flip_signature_bit
 from workmesh.api.audit import annotate, replica_summary
 from workmesh.node import facts as F
 
@@ -45,9 +46,8 @@ def test_a_done_job_reads_as_a_timeline_with_roles_signers_and_replicas():
 def test_a_tampered_fact_fails_its_check_and_counts_for_nothing():
     job = submit(replicas=3, quorum=2)
     grant = quorum_result(job, WORKERS[1], 1).body.grants[0]
-    raw = bytearray(grant.raw)
-    raw[-1] ^= 1  # flip a bit of the signature
-    timeline = annotate([entry(job), entry(grant, bytes(raw)), {"kind": "claim", "raw_b64": "%%"}], job.job_id)
+    raw = flip_signature_bit(grant.raw)
+    timeline = annotate([entry(job), entry(grant, raw), {"kind": "claim", "raw_b64": "%%"}], job.job_id)
     bad = [row for row in timeline if not row["signature_ok"]]
     assert len(bad) == 2 and all(row["check"] for row in bad)
     assert "signature" in next(r for r in bad if r["kind"] == "grant")["check"]

@@ -17,7 +17,7 @@ from workmesh.dht import envelope as E
 from workmesh.node import facts as F
 from workmesh.node.errors import InvalidFact
 from tests.unit.strategies import REPLICAS, SUBMITTER, WORKERS, cancel, claim, lease, placement, quorum_result, renew
-from tests.unit.strategies import seal, submit, vote
+from tests.unit.strategies import seal, signed_raw, submit, vote
 
 JOB = submit()
 W = WORKERS[0]
@@ -113,12 +113,40 @@ def test_fields_changed_and_signed_again_get_the_same_answer(fact: F.Fact, data:
         fields[i] = data.draw(_near(fields[i]))
     signer = next(x for x in (*REPLICAS, *WORKERS, SUBMITTER) if x.public_key == fact.author)
     try:
-        signature = signer.sign(F.KINDS[fact.kind], [signer.public_key, fields])
+        raw = signed_raw(signer, fact.kind, fields)
     except Exception:  # a float: not canonical, cannot be signed
-        raw = msgpack.packb([fact.kind, fact.author, fields, fact.signature], use_bin_type=True)
-    else:
-        raw = canonical_pack([fact.kind, fact.author, fields, signature])
+        raw = msgpack.packb([fact.kind, fact.author, fields, [fact.signature, 0, 1, []]], use_bin_type=True)
     _same_answer(raw, data.draw(st.sampled_from([None, JOB.job_id])))
+
+
+def _batch() -> list[F.Fact]:
+    """Facts of several kinds, signed together by one replica."""
+    r = REPLICAS[0]
+    items = [(F.CLAIM, F.Claim(JOB.job_id, 1, i)) for i in range(5)]
+    items.append((F.GRANT, F.Grant(JOB.job_id, F.LEASE, 1, W.node_id, 3)))
+    items.append((F.BALLOT, F.BallotStep(JOB.job_id, F.VOTE, 1, 0, W.node_id, b"\x0a" * 32, (), 5)))
+    return F.sign_batch(r, items)
+
+
+_PROOF_VALUES = st.one_of(
+    st.integers(-2, 300), st.sampled_from([[], [b"\x01" * 32], [b"\x01" * 32] * 9, [b"\x01" * 31], b"", None]),
+    st.binary(min_size=63, max_size=65), st.lists(st.binary(min_size=32, max_size=32), max_size=4),
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_batch()), st.data())
+def test_proofs_changed_get_the_same_answer(fact: F.Fact, data: st.DataObject) -> None:
+    kind, author, fields, proof = msgpack.unpackb(fact.raw)
+    for i in data.draw(st.lists(st.integers(0, 3), min_size=1, max_size=2)):
+        proof[i] = data.draw(_PROOF_VALUES)
+    _same_answer(canonical_pack([kind, author, fields, proof]), JOB.job_id)
+
+
+@settings(max_examples=100)
+@given(st.sampled_from(_batch()), st.data())
+def test_a_changed_byte_of_a_batched_fact_gets_the_same_answer(fact: F.Fact, data: st.DataObject) -> None:
+    _same_answer(_change_one_byte(fact.raw, data), JOB.job_id)
 
 
 @settings(max_examples=200)
@@ -236,8 +264,7 @@ def test_ballot_steps_with_the_wrong_subject_or_refs_get_the_same_answer() -> No
         for subject in (b"", one, b"\x0a" * 31):
             for refs in ([], [two], [two, two], [one, two]):
                 fields = [JOB.job_id, step, 1, 2, proposer.node_id, subject, refs, 5]
-                signature = proposer.sign(F.KINDS[F.BALLOT], [proposer.public_key, fields])
-                _same_answer(canonical_pack([F.BALLOT, proposer.public_key, fields, signature]), JOB.job_id)
+                _same_answer(signed_raw(proposer, F.BALLOT, fields), JOB.job_id)
 
 
 def test_datagrams_with_an_auth_of_any_length_open_the_same() -> None:

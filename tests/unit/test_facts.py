@@ -48,7 +48,7 @@ def test_job_id_is_the_hash_of_the_submission() -> None:
 @given(st.sampled_from(every_kind()), st.integers(0, 64 * 8 - 1))
 def test_flipped_signature_bit_is_refused(fact: F.Fact, bit: int) -> None:
     raw = bytearray(fact.raw)
-    raw[len(raw) - 64 + bit // 8] ^= 1 << (bit % 8)  # the signature is the last field
+    raw[len(raw) - 3 - 64 + bit // 8] ^= 1 << (bit % 8)  # a lone fact ends with [signature, 0, 1, []]
     with pytest.raises(InvalidFact):
         F.decode(bytes(raw))
 
@@ -78,7 +78,8 @@ def test_an_int_encoded_wider_than_needed_is_refused() -> None:
     c = claim(W, JOB, 1, ts_ms=7)
     wide_attempt = b"\xcf" + (1).to_bytes(8, "big")  # uint64 form of 1; canonical is 0x01
     body = b"\x93" + msgpack.packb(JOB.job_id) + wide_attempt + msgpack.packb(7)
-    raw = b"\x94" + msgpack.packb(F.CLAIM) + msgpack.packb(c.author) + body + msgpack.packb(c.signature)
+    proof = msgpack.packb([c.signature, 0, 1, []])
+    raw = b"\x94" + msgpack.packb(F.CLAIM) + msgpack.packb(c.author) + body + proof
     assert msgpack.unpackb(raw) == msgpack.unpackb(c.raw)  # same value, same signature, other bytes
     with pytest.raises(InvalidFact, match="canonical"):
         F.decode(raw)
@@ -125,23 +126,23 @@ canonical_values = st.recursive(
 )
 def test_well_formed_but_unsigned_facts_are_refused(kind, author, body, signature) -> None:
     with pytest.raises(InvalidFact):
-        F.decode(canonical_pack([kind, author, body, signature]))
+        F.decode(canonical_pack([kind, author, body, [signature, 0, 1, []]]))
 
 
 def test_a_list_where_the_kind_belongs_is_refused() -> None:
     with pytest.raises(InvalidFact):
-        F.decode(canonical_pack([[1], SUBMITTER.public_key, [], b"s" * 64]))
+        F.decode(canonical_pack([[1], SUBMITTER.public_key, [], [b"s" * 64, 0, 1, []]]))
 
 
 def test_a_deeply_nested_payload_is_refused() -> None:
     payload = b"[" * 3000 + b"]" * 3000
     body = ["echo", payload, 1, 1000, 1000, 1, 1, b"\x00" * 16, 0]
     with pytest.raises(InvalidFact):
-        F.decode(canonical_pack([F.SUBMIT, SUBMITTER.public_key, body, b"s" * 64]))
+        F.decode(canonical_pack([F.SUBMIT, SUBMITTER.public_key, body, [b"s" * 64, 0, 1, []]]))
 
 
 def test_oversized_input_is_refused() -> None:
-    big = canonical_pack([F.CLAIM, W.public_key, [JOB.job_id, 1, 1], b"s" * 64, b"x" * F.FACT_BYTES_MAX])
+    big = canonical_pack([F.CLAIM, W.public_key, [JOB.job_id, 1, 1], [b"s" * 64, 0, 1, [b"x" * F.FACT_BYTES_MAX]]])
     assert len(big) > F.FACT_BYTES_MAX
     with pytest.raises(InvalidFact, match="exceeds"):
         F.decode(big)
@@ -155,15 +156,15 @@ def test_signing_an_oversized_fact_is_refused() -> None:
 
 def test_a_signature_by_another_key_is_refused() -> None:
     c = claim(W, JOB, 1)
-    forged = canonical_pack([F.CLAIM, STRANGER.public_key, [JOB.job_id, 1, 1], c.signature])
+    forged = canonical_pack([F.CLAIM, STRANGER.public_key, [JOB.job_id, 1, 1], [c.signature, 0, 1, []]])
     with pytest.raises(InvalidFact, match="signature"):
         F.decode(forged)
 
 
 def test_a_signature_for_another_kind_is_refused() -> None:
-    """A renew signature does not make a claim: domain tags differ."""
+    """A renew signature does not make a claim: the kind is part of the signed content."""
     r = renew(W, JOB, 1, 1)
-    replay = canonical_pack([F.CLAIM, W.public_key, [JOB.job_id, 1, 1], r.signature])
+    replay = canonical_pack([F.CLAIM, W.public_key, [JOB.job_id, 1, 1], [r.signature, 0, 1, []]])
     with pytest.raises(InvalidFact, match="signature"):
         F.decode(replay)
 

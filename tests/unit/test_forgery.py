@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from workmesh.crypto.canonical import canonical_pack, canonical_unpack
+from workmesh.crypto.canonical import canonical_unpack
 from workmesh.crypto.identity import Identity
 from workmesh.node import facts as F
 from workmesh.node import lifecycle
@@ -27,6 +27,7 @@ from workmesh.node.facts import Fact
 from workmesh.node.leases import LeaseRules
 from workmesh.node.replica import JobReplica
 from tests.unit.strategies import REPLICAS, STRANGER, SUBMITTER, WORKERS, cancel, claim, lease, placement, renew, result, seal, submit
+from tests.unit.strategies import flip_signature_bit, signed_raw
 
 JOB = submit(max_attempts=2, replicas=3, quorum=2, lease_ms=1000)
 OTHER = submit(max_attempts=2, replicas=3, quorum=2, lease_ms=1000, nonce=b"\x07" * 16)
@@ -120,14 +121,8 @@ def assert_ignored_by_derive(store: Store, facts: list[Fact], support: list[Fact
 
 
 def raw_fact(identity: Identity, kind: str, fields: list, *, domain_kind: str | None = None, author: bytes | None = None) -> bytes:
-    """A fact's bytes signed as ``domain_kind`` (default ``kind``) without ``facts.sign``'s checks."""
-    author = identity.public_key if author is None else author
-    signature = identity.sign(F.KINDS[domain_kind or kind], [author, fields])
-    return canonical_pack([kind, author, fields, signature])
-
-
-def flip_signature_bit(raw: bytes) -> bytes:
-    return raw[:-1] + bytes([raw[-1] ^ 0x01])  # the signature is the last field: still canonical msgpack
+    """A fact's bytes signed as a ``domain_kind`` (default ``kind``) without ``facts.sign``'s checks."""
+    return signed_raw(identity, kind, fields, signed_kind=domain_kind, author=author)
 
 
 def swap_author(fact: Fact, other: Identity) -> bytes:
@@ -194,7 +189,7 @@ def test_facts_of_another_job_are_refused_counted_and_ignored(store):
 
 @pytest.mark.parametrize(("signed_as", "relabelled"), [("claim", "renew"), ("renew", "claim")])
 def test_a_signature_cannot_be_reused_for_another_kind(store, signed_as, relabelled):
-    """A claim and a renew have the same fields; the signature domain tells them apart."""
+    """A claim and a renew have the same fields; the kind is in the signed content, which tells them apart."""
     fields = [KEY, 1, 9]
     raw = raw_fact(W0, relabelled, fields, domain_kind=signed_as)
     with pytest.raises(InvalidFact, match="signature does not verify"):

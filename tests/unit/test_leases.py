@@ -212,6 +212,53 @@ def test_a_split_vote_goes_stale_although_each_holder_keeps_asking() -> None:
     assert current_grant(r.state, r.me) == (1, W1.node_id)
 
 
+def test_a_superseded_grant_and_a_later_one_from_another_replica_are_no_quorum() -> None:
+    """A split vote on attempt 1, then another one once it went stale: this
+    replica's first grant went to W0, its second to W2; replica B's first
+    went to W1, its second to W0. W0 holds two grants of attempt 1, but never
+    two current ones at once (this replica refuses to give it its grant
+    again): nobody won attempt 1 and nobody runs it. Counting the superseded
+    grant read attempt 1 as confirmed for W0, so once its lease went stale
+    the job moved on to attempt 2, one attempt short (the simulator: a fail
+    job closed on the closing attempt, its third attempt never run)."""
+    r = Replica()
+    b = REPLICAS[1]
+    assert granted(r.claim(W0, 1, confirm=False))
+    r.add(lease(b, JOB, 1, W1, ts_ms=1))
+    r.now = STALE + 0.01
+    assert granted(r.claim(W2, 1, ts=2_000, confirm=False))  # supersedes the grant to W0
+    r.add(lease(b, JOB, 1, W0, ts_ms=2_001))  # B's newer grant (its grant to W1 went stale)
+    state = r.state
+    assert (state.lease_attempt, state.lease_worker) == (0, None)
+    assert not leases.confirmed(state, 1)
+    assert state.status == L.PENDING
+    assert "superseded" in r.claim(W0, 1)
+    r.now = 2 * STALE + 0.02
+    assert "more than one above" in r.claim(W1, 2)  # attempt 1 never ran: no attempt is burned
+    assert granted(r.claim(W1, 1, ts=4_000, confirm=False))
+
+
+def test_a_replicas_newest_grant_counts_whatever_order_the_grants_arrive_in() -> None:
+    """B and C each granted attempt 1 to ``low`` first, then to ``high``: only
+    ``high`` holds a quorum (counting superseded grants, both did, and the
+    lower worker id won the tie)."""
+    b, c = REPLICAS[1], REPLICAS[2]
+    low, high = sorted((W0, W1), key=lambda w: w.node_id)
+    grants = [lease(b, JOB, 1, low, ts_ms=5), lease(b, JOB, 1, high, ts_ms=9), lease(c, JOB, 1, high, ts_ms=7), lease(c, JOB, 1, low, ts_ms=3)]
+    base = [JOB, PLACE]
+    for order in (grants, grants[::-1], grants[1:] + grants[:1]):
+        state = L.derive([*base, *order])
+        assert (state.lease_attempt, state.lease_worker) == (1, high.node_id)
+        assert leases.confirmed(state, 1)
+        # the same set admitted one fact at a time (incremental derivation)
+        d = L.derivation(base)
+        seen = list(base)
+        for g in order:
+            seen.append(g)
+            d = L.derive_with(d, seen)
+        assert (d.state.lease_attempt, d.state.lease_worker) == (1, high.node_id)
+
+
 def test_other_workers_claims_do_not_keep_a_dead_holder_alive() -> None:
     r = Replica()
     r.claim(W0, 1)
@@ -240,7 +287,7 @@ def test_error_result_waits_for_the_retry_backoff() -> None:
     backoff = RULES.backoff_s(JOB.job_id, 1)
     r.now = 0.2 + backoff - 0.001
     assert "backoff" in r.claim(W1, 2)
-    r.now = 0.2 + backoff
+    r.now = 0.2 + backoff + 1e-9  # (0.2 + b) - 0.2 may fall an ulp short of b
     assert granted(r.claim(W1, 2))
 
 

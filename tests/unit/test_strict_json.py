@@ -24,12 +24,10 @@ def test_a_result_holding_nan_or_infinity_fails_validation(bad):
 
 
 def _sign_raw_result(data_json: bytes) -> bytes:
-    from workmesh.crypto import domains
-    from workmesh.crypto.canonical import canonical_pack
+    from tests.unit.strategies import signed_raw
 
     body = [JOB.job_id, 1, F.OK, data_json, [lease(REPLICAS[0], JOB, 1, W0).raw], 5]
-    signature = W0.sign(domains.RESULT, [W0.public_key, body])
-    return canonical_pack([F.RESULT, W0.public_key, body, signature])
+    return signed_raw(W0, F.RESULT, body)
 
 
 def test_a_valid_result_signed_by_hand_decodes():
