@@ -746,6 +746,7 @@ QUICK = [  # complete searches of a few seconds each (tests/unit/test_modelcheck
     Setup(replicas=3, attempts=1, tries=((W1, 1),), equivocate=True, crash="restart"),
     Setup(replicas=4, byzantine=1, attempts=1, tries=((W1, 1),), equivocate=True, liar=True),
     Setup(replicas=5, attempts=1, tries=((W1, 1), (CX, 1))),
+    Setup(replicas=3, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1))),
 ]
 
 FULL = [  # the configurations of docs/guarantees.md, smallest first

@@ -61,9 +61,9 @@ def test_the_symmetry_reduction_reaches_every_class_of_states():
 @pytest.mark.parametrize(
     "setup",
     [
-        M.Setup(replicas=3, attempts=1, tries=((M.W1, 1), (M.CX, 1))),
+        M.Setup(replicas=3, attempts=1, tries=((M.W1, 1), (M.CX, 1)), crash="restart"),
         M.Setup(replicas=3, attempts=1, tries=((M.W1, 1),), equivocate=True, crash="loss"),
-        M.Setup(replicas=3, attempts=2, tries=((M.W1, 1), (M.W2, 1)), crash="restart"),
+        M.Setup(replicas=3, attempts=2, tries=((M.W1, 1), (M.W2, 1))),
         M.Setup(replicas=4, byzantine=1, attempts=1, tries=((M.W1, 1),), equivocate=True, liar=True),
     ],
     ids=lambda s: s.label(),
