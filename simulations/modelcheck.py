@@ -767,6 +767,7 @@ FULL = [  # the configurations of docs/guarantees.md, smallest first
     Setup(replicas=5, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1)), crash="loss", crashes=2),
     Setup(replicas=4, byzantine=1, attempts=1, tries=((W1, 1), (W2, 1), (CX, 1)), liar=True, equivocate=True),
     Setup(replicas=5, attempts=3, tries=((W1, 1), (W2, 1), (CX, 1)), jump=True),
+    Setup(replicas=5, attempts=3, tries=((W1, 2), (W2, 1))),
 ]
 
 
