@@ -253,8 +253,7 @@ class Model:
         """``st`` with every round that can no longer change anything ended
         (a bisimulation: see ``_answer``). Such a round has no replica left
         that would answer its request with anything but a refusal (and no
-        result of its own left to file), and a
-        refusal is for good (what a replica promised and voted only grows; a
+        result of its own left to file), and a refusal is for good (what a replica promised and voted only grows; a
         lost replica never answers), so it is stuck for ever: it is merged
         with the ended round at its ballot (which others still learn)."""
         procs = st.procs
@@ -264,7 +263,7 @@ class Model:
                 continue
             if any(self._changes(st, pi, ai, request) for ai, request in self._asks(st, pi)):
                 continue
-            procs = _put(procs, pi, Proc(R.RoundState(rs.ballot, R.Phase.GAVE_UP, None), proc.tries, frozenset()))
+            procs = _put(procs, pi, Proc(_ended(rs), proc.tries, frozenset()))
         return st if procs is st.procs else replace(st, procs=procs)
 
     def _changes(self, st: State, pi: int, ai: int, request) -> bool:
@@ -640,6 +639,11 @@ class Symmetry:
         )
 
 
+def _ended(rs: R.RoundState) -> R.RoundState:
+    """The one form of every ended round at ``rs``'s ballot: only the ballot is read later."""
+    return R.RoundState(rs.ballot, R.Phase.GAVE_UP, None)
+
+
 def _live_part(rs: R.RoundState) -> R.RoundState:
     """``rs`` without what no later step reads (a bisimulation, so it is sound
     to merge states that differ only there): an ended round is only its
@@ -648,7 +652,7 @@ def _live_part(rs: R.RoundState) -> R.RoundState:
     ``obliged`` are."""
     phase = rs.phase
     if phase.over:
-        return R.RoundState(rs.ballot, R.Phase.GAVE_UP, None)
+        return _ended(rs)
     if phase == R.Phase.PREPARE:
         return rs if rs.higher is None else replace(rs, higher=None)
     if phase == R.Phase.VOTE:
