@@ -33,8 +33,11 @@ class NodeConfig:
     max_attempts: int = 3
     job_timeout_s: float = 300.0
     # Gossip: peers each announcement goes to, and hops it travels at most.
+    # Two hops reach at most fanout + fanout**2 = 20 nodes whatever the mesh's
+    # size: a pending job needs one free worker to hear of it, not every node
+    # (four hops flooded up to 340, and per-job reads grew with the mesh).
     gossip_fanout: int = 4
-    gossip_ttl: int = 4
+    gossip_ttl: int = 2
     gossip_seen_max: int = 100_000
     # A new job is placed on the closest nodes that answer (node/placement.py):
     # a candidate that answered one of our requests this recently (and none

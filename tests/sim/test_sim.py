@@ -256,3 +256,22 @@ def test_jobs_survive_replicas_leaving_for_good_one_at_a_time(seed):
     _check(figures)
     assert figures["crashed"] == 3
     assert figures["node_totals"]["repairs_repairs_decided"] >= 1
+
+
+def test_an_announcement_reaches_a_bounded_number_of_nodes_whatever_the_mesh_size():
+    """Issue 15, item 8: per-job work must not grow with the mesh. A
+    re-announcement (here: the retries of fail jobs) used to flood up to
+    fanout + fanout**2 + ... + fanout**4 nodes (340), so at 200 nodes every
+    pending job was read by about every node: 20.7 offers and 33.3 fetches per
+    job against 5.7 and 3.4 at 50 nodes. Now it reaches the fan-out's
+    best-ranked contacts and one random hop beyond them."""
+    from workmesh.node.config import NodeConfig
+
+    fanout = NodeConfig().gossip_fanout
+    figures = simulate(
+        Params(scenario="steady", nodes=80, jobs=10, seed=1, job_mix="fail", liveness_deadline_s=60.0)
+    )
+    _check(figures)
+    totals = figures["node_totals"]
+    assert totals["gossip_announced"] >= 10  # every retry is announced
+    assert totals["gossip_received"] <= totals["gossip_announced"] * (fanout + fanout * fanout)
