@@ -108,6 +108,10 @@ class Run:
         self.reads: dict[str, int] = {}
         self._live_version = -1
         self._live_ids: list[tuple[int, SimNode]] = []
+        # The nodes' counters when the load began and when the audit began: the
+        # work of the jobs (and the upkeep meanwhile), without boot or audit.
+        self.boot_totals: dict[str, int] = {}
+        self.run_totals: dict[str, int] = {}
 
     # -- hooks --------------------------------------------------------------
     def _on_lookup(self, sim: SimNode, key: bytes, result: Any) -> None:
@@ -296,6 +300,7 @@ class Run:
             self.lookups.enabled = True
             self.phase = "load"
             self.load_started = self.loop.time()
+            self.boot_totals = self.mesh.totals()
             self.mark("load")
             await asyncio.gather(self.load(), SCENARIOS[p.scenario](self))
             await asyncio.gather(*self._joins)
@@ -306,6 +311,7 @@ class Run:
             healed_at = self.loop.time()
             lost, destroyed = await self.liveness()
             self.phase = "audit"
+            self.run_totals = self.mesh.totals()
             self.lookups.enabled = False
             decided_s = self.loop.time() - healed_at
             records = verify_stores(self.mesh.live(), self.invariants)

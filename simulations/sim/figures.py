@@ -85,7 +85,27 @@ def run_figures(run: Run, lost: list[str], destroyed: list[str], available: floa
         "bytes_per_node_s_p95": round(percentile(per_node_bps, 95, 0.0), 1),
         "network": dict(run.network.counters),
         "node_totals": run.mesh.totals(),
+        "load_per_job": load_per_job(run.boot_totals, run.run_totals, len(run.accepted)),
         "states_observed": inv.states_seen,
         "series": run.series,
         "marks": [[round(t, 3), label] for t, label in run.marks],
     }
+
+
+# What the load phase cost per accepted job (from the load's start to the
+# audit's: the jobs, their retries and the upkeep meanwhile; boot and audit
+# excluded), the figures issue 15 compares across mesh sizes.
+LOAD_PER_JOB = {
+    "datagrams": "rpc_datagrams_out",
+    "bytes": "rpc_bytes_out",
+    "offers": "worker_offers",
+    "fetches": "dht_fetches",
+    "lookups": "dht_lookups",
+    "announcements_received": "gossip_received",
+    "reannounces": "node_reannounced",
+}
+
+
+def load_per_job(before: dict[str, int], after: dict[str, int], jobs: int) -> dict[str, float]:
+    n = max(1, jobs)
+    return {name: round((after.get(key, 0) - before.get(key, 0)) / n, 1) for name, key in LOAD_PER_JOB.items()}

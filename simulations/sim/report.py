@@ -28,6 +28,7 @@ SUMMARY_ROWS = (
     ("bytes per node per s mean / p95", lambda f: f"{f['bytes_per_node_s_mean']:.0f} / {f['bytes_per_node_s_p95']:.0f}"),
     ("datagrams sent / lost / partitioned", lambda f: f"{f['network'].get('sent', 0)} / {f['network'].get('dropped_loss', 0)} / {f['network'].get('dropped_partition', 0)}"),
     ("per job: offers / claims / fetches / reannounces", lambda f: _per_job(f, "worker_offers", "worker_claims", "dht_fetches", "node_reannounced")),
+    ("load per job: datagrams / KB / lookups", lambda f: _load(f)),
     ("virtual time (s)", lambda f: f["virtual_s"]),
     ("wall time (s) / cpu (s)", lambda f: f"{f.get('wall_s', '?')} / {f.get('cpu_s', '?')}"),
     ("peak memory (MiB)", lambda f: f.get("peak_rss_mib", "?")),
@@ -38,6 +39,11 @@ SUMMARY_ROWS = (
 def _by_side(figures: dict[str, Any]) -> str:
     sides = figures.get("submits_by_side", {})
     return " / ".join(f"{sides[s]['accepted']} ({sides[s]['refused']})" for s in ("majority", "minority") if s in sides)
+
+
+def _load(figures: dict[str, Any]) -> str:
+    per = figures.get("load_per_job") or {}
+    return f"{per.get('datagrams', 0):.1f} / {per.get('bytes', 0) / 1000:.1f} / {per.get('lookups', 0):.1f}"
 
 
 def _per_job(figures: dict[str, Any], *names: str) -> str:
