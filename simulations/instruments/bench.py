@@ -348,8 +348,11 @@ class WorkmeshDriver:
 
     requires = ("aiohttp",)
 
-    def __init__(self, nodes: int, launcher: Launcher, workdir: Path, slots: int, in_flight: int = 64) -> None:
+    def __init__(
+        self, nodes: int, launcher: Launcher, workdir: Path, slots: int, in_flight: int = 64, batch: int = 1
+    ) -> None:
         self._nodes, self._launcher, self._workdir = nodes, launcher, workdir
+        self._batch = batch
         self.slots = split_slots(slots, nodes)
         self._in_flight = in_flight
         self._urls: list[str] = []
@@ -422,6 +425,17 @@ class WorkmeshDriver:
                 raise _JobFailed(f"submit answered {resp.status}: {(await resp.text())[:80]}")
             return await resp.json()
 
+    async def _submit_many(self, http: Any, url: str, kind: str, indices: range) -> list[dict[str, Any]]:
+        """Submit jobs ``indices`` in one ``POST /jobs`` (a JSON array); one entry per job, in order."""
+        body = [{"type": WORKMESH_TYPES[kind], "payload": bb.job_payload(kind, i)} for i in indices]
+        async with http.post(f"{url}/jobs", json=body) as resp:
+            if resp.status != 202:
+                raise _JobFailed(f"batch submit answered {resp.status}: {(await resp.text())[:80]}")
+            entries = await resp.json()
+        if not isinstance(entries, list) or len(entries) != len(indices):
+            raise _JobFailed("batch submit answered no entry per job")
+        return entries
+
     async def _result(self, http: Any, url: str, job_id: str, end: float) -> dict[str, Any]:
         """Long-poll ``GET /jobs/{id}?wait=`` until the job is terminal or ``end`` passes."""
         while (remaining := end - time.monotonic()) > 0:
@@ -471,6 +485,28 @@ class WorkmeshDriver:
             ids: list[str | None] = [None] * count
             todo = iter(range(count))
 
+            async def batch_submitter() -> None:
+                for first in todo:
+                    if first % self._batch:
+                        continue  # the batch that holds this index is sent from its first index
+                    chunk = range(first, min(count, first + self._batch))
+                    if time.monotonic() >= end:
+                        failures["not submitted by the deadline"] += len(chunk)
+                        continue
+                    try:
+                        entries = await self._submit_many(http, self._urls[first // self._batch % len(self._urls)], kind, chunk)
+                    except _JobFailed as exc:
+                        failures[str(exc)] += len(chunk)
+                        continue
+                    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                        failures[f"submit {type(exc).__name__}"] += len(chunk)
+                        continue
+                    for i, entry in zip(chunk, entries, strict=True):
+                        if isinstance(entry, dict) and "id" in entry:
+                            ids[i] = entry["id"]
+                        else:
+                            failures[f"batch item refused: {str(entry)[:60]}"] += 1
+
             async def submitter() -> None:
                 for i in todo:
                     if time.monotonic() >= end:
@@ -491,12 +527,12 @@ class WorkmeshDriver:
                         except _JobFailed as exc:
                             failures[str(exc)] += 1
 
-            for worker in (submitter, collector):
+            for worker in (batch_submitter if self._batch > 1 else submitter, collector):
                 todo = iter(range(count))
                 async with asyncio.TaskGroup() as group:
                     for _ in range(self._in_flight):
                         group.create_task(worker())
-                if worker is submitter:
+                if worker is not collector:
                     enqueue_s = time.monotonic() - started
         lost = sum(failures.values())
         return bb.DrainOutcome(count - lost, lost, enqueue_s, dict(failures.most_common(3)))
@@ -541,6 +577,7 @@ class Settings:
     latency_timeout_s: float
     slots: int
     kinds: tuple[str, ...] = tuple(bb.JOB_KINDS)
+    batch: int = 1  # workmesh drains: jobs per POST /jobs (an array when above 1)
 
 
 def _warm_up(driver: Any, procs: list[Proc]) -> None:
@@ -596,7 +633,8 @@ def _start(system: str, cfg: Settings, launcher: Launcher, workdir: Path) -> tup
         procs.append(redis)
         driver = (bb.CeleryDriver if system == "celery" else bb.DramatiqDriver)(url, launcher.spawn)
     elif nodes := mesh_size(system):
-        driver = WorkmeshDriver(nodes, launcher, Path(tempfile.mkdtemp(prefix=system, dir=workdir)), cfg.slots)
+        driver = WorkmeshDriver(nodes, launcher, Path(tempfile.mkdtemp(prefix=system, dir=workdir)), cfg.slots,
+                                batch=cfg.batch)
     else:
         raise bb.BaselineUnavailable(f"unknown system (choose from {', '.join(ALL_SYSTEMS)})")
     try:
@@ -652,6 +690,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kinds", default=",".join(bb.JOB_KINDS), help="comma-separated job kinds (noop, sha256)")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS), help="comma-separated list")
     parser.add_argument("--drain-timeout-s", type=float, default=None, help="bound on one drain (default 300)")
+    parser.add_argument("--batch", type=int, default=1, choices=range(1, 101), metavar="1..100",
+                        help="workmesh drains submit this many jobs per POST /jobs (a JSON array above 1)")
     parser.add_argument("--slots-per-core", type=int, default=2, help="workmesh worker slots per core")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and node data dirs")
     args = parser.parse_args(argv)
@@ -676,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     cfg = Settings(args.jobs, args.latency_samples, args.drain_timeout_s,
                    latency_timeout_s=max(30.0, 2.0 * args.latency_samples), slots=args.slots_per_core * cores,
-                   kinds=args.kinds)
+                   kinds=args.kinds, batch=args.batch)
     signal.signal(signal.SIGTERM, _interrupt)
     machine = machine_info(cores)
     workdir = Path(tempfile.mkdtemp(prefix="workmesh-bench-"))
