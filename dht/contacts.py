@@ -145,7 +145,11 @@ class Contacts:
             self.stats["senders_admitted_proven"] += 1
             self.admit(sender_contact(env, addr))
         elif rule == VERIFY:
-            self.verify_later(sender_contact(env, addr))
+            contact = sender_contact(env, addr)
+            if self.router.wants(contact):
+                self.verify_later(contact)
+            else:
+                self.stats["senders_not_needed"] += 1
 
     def _newly_met(self, node_id: bytes) -> bool:
         """True unless we met this peer within a republish interval (an evicted,

@@ -101,6 +101,21 @@ class WorkmeshRoutingTable(RoutingTable):
         # The k smallest without sorting the whole table (a heap of k).
         return heapq.nsmallest(k, candidates, key=lambda c: c.long_id ^ target)
 
+    def wants(self, node: Contact, spares: int = 2) -> bool:
+        """Would a new contact be used: its bucket has room, can split, or
+        holds fewer than ``spares`` replacements? A sender the table would only
+        file as one more spare is not worth proving with a ping (in a large
+        mesh most senders fall in full far buckets)."""
+        if node.id in self.get_bucket(node).nodes:
+            return True
+        bucket = self.get_bucket(node)
+        if len(bucket) < self.ksize or len(bucket.replacement_nodes) < spares:
+            return True
+        return bucket.has_in_range(self.node) or bucket.depth() % 5 != 0
+
+    def get_bucket(self, node: Node) -> KBucket:
+        return self.buckets[self.get_bucket_for(node)]
+
     # -- updates ----------------------------------------------------------
     def add_contact(self, node: Contact) -> None:
         """Add or refresh a contact that has proved its key and address."""

@@ -121,6 +121,7 @@ class DHTServer:
             "budget_refusals": 0,
             "commit_failures_seen": 0,
             "verifications_skipped": 0,
+            "senders_not_needed": 0,
             "senders_admitted_proven": 0,
         }
         self.protocol = RPCProtocol(

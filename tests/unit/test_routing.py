@@ -135,6 +135,25 @@ def test_an_evicted_contact_is_replaced_from_the_replacement_list():
     assert len(router) == 2 and router.get(far[2]) is not None
 
 
+def test_a_sender_is_worth_proving_only_if_the_table_would_use_it():
+    """Issue 15, item 8: every new sender used to be pinged back, and in a large
+    mesh most fall in full far buckets that only file them as one more spare.
+    A bucket that is full, cannot split and holds two spares wants no more."""
+    own = b"\x00" * 20
+    router, _ = table(own, k=2)
+    far = [bytes([first]) + os.urandom(19) for first in (0x80, 0x84)]
+    for node_id in far:
+        router.add_contact(contact(node_id))
+    newcomer = contact(bytes([0x81]) + os.urandom(19))
+    assert router.wants(newcomer)  # no spare yet
+    router.add_contact(contact(bytes([0x82]) + os.urandom(19)))
+    assert router.wants(newcomer)  # one spare
+    router.add_contact(contact(bytes([0x83]) + os.urandom(19)))
+    assert not router.wants(newcomer)  # full, unsplittable, two spares
+    assert router.wants(router.get(far[0]))  # a member (perhaps at a new address) is always worth it
+    assert router.wants(contact(b"\x00" * 19 + b"\x07"))  # our own bucket splits
+
+
 def test_contacts_per_prefix_are_limited_per_bucket():
     router, _ = table(os.urandom(20), contacts_per_prefix_max=2)
     for i in range(3):
