@@ -109,7 +109,9 @@ async def test_long_polls_on_a_non_replica_share_reads_and_back_off(tmp_path):
 async def test_a_read_of_an_unknown_id_costs_one_lookup_and_at_most_2r_record_requests(tmp_path):
     async with mesh(tmp_path) as nodes:
         reader = nodes[3]
-        await asyncio.sleep(0.3)  # let the joins' own lookups settle
+        # The joins' own lookups must be over before the reads are counted.
+        await wait_for(lambda: all(n.dht.protocol.statistics()["outstanding_requests"] == 0 for n in nodes),
+                       10.0, "the joins' requests answered")
         stats = reader.dht.stats
         proto = reader.dht.protocol.counters
         ids = [os.urandom(20) for _ in range(30)]
