@@ -35,6 +35,7 @@ from typing import Any, TextIO
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.routing import target_node
 from workmesh.node import lifecycle
+from workmesh.node.ballots import quorum_size
 from workmesh.node.config import NodeConfig
 from workmesh.node.errors import QuorumUnavailable
 from workmesh.node.reads import read_job
@@ -111,6 +112,7 @@ class Run:
         # The nodes' counters when the load began and when the audit began: the
         # work of the jobs (and the upkeep meanwhile), without boot or audit.
         self.boot_totals: dict[str, int] = {}
+        self.quorum_gone: list[str] = []  # undecided jobs whose replica set lost its majority for good
         self.run_totals: dict[str, int] = {}
 
     # -- hooks --------------------------------------------------------------
@@ -260,12 +262,26 @@ class Run:
                 return [], []
             await asyncio.sleep(1.0)
         lost, destroyed = [], []
+        live_ids = {s.node.identity.node_id for s in self.mesh.live()}
         for job_id in self.accepted:
             if job_id in self.invariants.decided:
                 continue
             holders = [s for s in self.mesh.live() if s.node.store.has(job_id)]
             (lost if holders else destroyed).append(job_id.hex())
+            if self._quorum_gone(job_id, holders, live_ids):
+                self.quorum_gone.append(job_id.hex())
         return lost, destroyed
+
+    @staticmethod
+    def _quorum_gone(job_id: bytes, holders: list[SimNode], live_ids: set[bytes]) -> bool:
+        """Did a majority of the job's (current) replica set stop for good? Then
+        no protocol may decide it (docs/guarantees.md, assumptions): the run
+        went beyond the fault model, and the figures say so beside the loss."""
+        states = [st for st in (h.node.store.state(job_id) for h in holders) if st is not None and st.replicas]
+        if not states:
+            return False
+        replicas = max(states, key=lambda st: st.epoch).replicas  # the newest set any holder knows
+        return sum(1 for r in replicas if r in live_ids) < quorum_size(len(replicas))
 
     async def availability(self) -> float:
         """Fraction of accepted jobs a random live node reads back, decided as the mesh decided them."""

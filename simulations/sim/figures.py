@@ -59,6 +59,9 @@ def run_figures(run: Run, lost: list[str], destroyed: list[str], available: floa
         "jobs_closed_by_closing_attempt": len(inv.closed),
         "jobs_lost": len(lost),
         "jobs_destroyed": len(destroyed),
+        # Of the lost: jobs whose replica set lost a majority for good, beyond the fault model.
+        "jobs_lost_quorum_gone": len(run.quorum_gone),
+        "quorum_gone_job_ids": run.quorum_gone[:20],
         "lost_job_ids": lost[:20],
         "destroyed_job_ids": destroyed[:20],
         "decided_within_s_after_heal": round(decided_s, 3),

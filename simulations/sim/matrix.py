@@ -39,7 +39,8 @@ def failures(f: dict) -> list[str]:
     """Why one run's figures fail the promises (empty: it kept them)."""
     why = []
     if f["jobs_lost"] or f["jobs_destroyed"]:
-        why.append(f"lost {f['jobs_lost']} destroyed {f['jobs_destroyed']}")
+        why.append(f"lost {f['jobs_lost']} destroyed {f['jobs_destroyed']}"
+                   + (f" ({f['jobs_lost_quorum_gone']} lost a majority of replicas)" if f.get("jobs_lost_quorum_gone") else ""))
     if f["invariant_violations"]:
         why.append(f"violations {f['violations_by_kind']}")
     if f["node_errors"]:

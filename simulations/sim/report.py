@@ -15,7 +15,8 @@ SUMMARY_ROWS = (
     ("client errors", lambda f: f["client_errors"]),
     ("while split: majority / minority side accepted (503)", lambda f: _by_side(f)),
     ("jobs by status", lambda f: ", ".join(f"{k} {v}" for k, v in sorted(f["jobs_by_status"].items()))),
-    ("lost / destroyed jobs", lambda f: f"{f['jobs_lost']} / {f['jobs_destroyed']}"),
+    ("lost / destroyed jobs", lambda f: f"{f['jobs_lost']} / {f['jobs_destroyed']}"
+     + (f" ({f['jobs_lost_quorum_gone']} lost a majority of replicas for good)" if f.get("jobs_lost_quorum_gone") else "")),
     ("latency mean / p95 / max (s)", lambda f: f"{f['latency_s_mean']} / {f['latency_s_p95']} / {f['latency_s_max']}"),
     ("executions", lambda f: f["executions"]),
     ("duplicate executions (jobs)", lambda f: f"{f['duplicate_execution_jobs']} (overlapping {f['duplicate_overlapping']}, after crash {f['duplicate_after_crash']})"),
