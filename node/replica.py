@@ -231,7 +231,7 @@ class JobReplica:
                 # A result is kept (the audit trail) even without our vote; a
                 # proposal we do not vote for is not.
                 return [], None if fact.kind == F.RESULT else refusal_text(answer)
-            vote = F.sign(self.identity, F.BALLOT, answer)
+            vote = self._sign_once(known, F.BALLOT, answer)
             if not again:
                 self.counters["votes_issued"] += 1
             produced.append(vote)
@@ -250,13 +250,13 @@ class JobReplica:
                 return [], refusal_text(answer)
             if not again:
                 self.counters["promises_issued"] += 1
-            return [F.sign(self.identity, F.BALLOT, answer)], None
+            return [self._sign_once(known, F.BALLOT, answer)], None
         elif step != F.VOTE:
             return [], None  # promises and seals of other replicas: stored
         seal = consensus.on_votes(state, me)
         if seal is not None:
-            signed = F.sign(self.identity, F.BALLOT, seal)
-            if signed.fact_id not in {f.fact_id for f in known}:
+            signed = self._sign_once(known, F.BALLOT, seal)
+            if all(f is not signed for f in known):
                 self.counters["seals_issued"] += 1
             produced.append(signed)
         return produced, None
@@ -277,11 +277,15 @@ class JobReplica:
         ]
 
     def _sign_once(self, known: list[F.Fact], kind: str, body: Any) -> F.Fact:
-        """Our signed fact for ``body``; the same one we signed before if any."""
+        """Our signed fact for ``body``: the one we signed before if we hold it
+        (a replica asked again, or handed the same result twice, answers with
+        the very same vote or seal), else a new signature. Format v2's fact id
+        is the hash of the unsigned content, so equal content is equal id."""
+        prepared = F.prepare(self.identity, kind, body)
         for f in known:
-            if f.kind == kind and f.author_id == self.identity.node_id and f.body == body:
+            if f.fact_id == prepared.fact_id:
                 return f
-        return F.sign(self.identity, kind, body)
+        return F.sign_prepared(self.identity, [prepared])[0]
 
     def worth_repairing(self, fact: F.Fact) -> bool:
         """Read repair copies what decides a job (submission, results, cancels,

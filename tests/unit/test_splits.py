@@ -110,3 +110,22 @@ def test_a_worker_filing_two_results_to_different_replicas_is_decided_one_way():
     other = RoundDriver(REPLICAS[3], mesh.store, lambda: 1_767_225_600_000)
     second = asyncio.run(other.recover(mesh.state()))
     assert second.subject == out.subject
+
+
+def test_a_replica_handed_a_result_again_answers_with_the_vote_it_signed_without_signing_again():
+    """Issue 15: a replica re-signed its vote (and seal) each time a result or a
+    vote reached it again, 6.1 votes and 4.3 seals signed per job at r = 3
+    where 3 and 3 are the floor. Equal content is an equal v2 fact id, so the
+    replica hands back the fact it holds: the same bytes, no new signature."""
+    from workmesh.crypto.identity import verify_statistics
+
+    mesh, grants = _leased()
+    ok = result(W, JOB, 1, grants, F.OK)
+    replica = REPLICAS[0].node_id
+    first = asyncio.run(mesh.store(KEY, [ok], targets=[replica])).produced
+    votes = [f for f in first if f.kind == F.BALLOT and f.body.step == F.VOTE]
+    assert len(votes) == 1
+    signed = verify_statistics()["facts_signed"]
+    again = asyncio.run(mesh.store(KEY, [ok], targets=[replica])).produced
+    assert [f.raw for f in again if f.kind == F.BALLOT and f.body.step == F.VOTE] == [votes[0].raw]
+    assert verify_statistics()["facts_signed"] == signed
