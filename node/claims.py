@@ -210,7 +210,7 @@ class Claims:
         a quorum, the proof only has to reach the local store: no datagram."""
         spec: F.Submit = state.submit.body
         me = self.identity.node_id
-        renew = await self.signed_renewal(state, attempt)
+        renew: F.Fact | None = None  # signed only if some replica must be shown the proof
         holding = {g.author_id for g in grants}
         confirmed: set[bytes] = set(shown) & holding
         for _ in range(1 + CLAIM_RESENDS):
@@ -219,6 +219,7 @@ class Claims:
                 ask = [me]
             if not ask:
                 break
+            renew = renew or await self.signed_renewal(state, attempt)
             needed = max(1, min(len(ask), spec.quorum - len(confirmed)))
             outcome = await self.dht.store(state.job_id, [*grants, renew], targets=ask, quorum=needed)
             confirmed |= outcome.stored_ids
