@@ -113,7 +113,10 @@ def test_smoke_bench_prints_every_column_and_skips_what_is_not_installed(tmp_pat
         assert any(line.startswith(row["system"]) and row["kind"] in line for line in lines)
         if row["system"] == "workmesh3" or not _missing(row["system"]):  # must have run in full
             assert row["jobs_done"] == 20 and row["jobs_wrong"] == 0, row
-            assert row["drain_jobs_per_s"] > 0 and row["cpu_ms_per_job"] > 0 and row["peak_rss_mib"] > 0, row
+            assert row["drain_jobs_per_s"] > 0 and row["peak_rss_mib"] > 0, row
+            # CPU is read in clock ticks (10 ms): 20 of Dramatiq's no-op jobs
+            # (about 0.5 ms each) may take less than one. A mesh takes many.
+            assert row["cpu_ms_per_job"] >= 0 and (row["cpu_ms_per_job"] > 0 or row["system"] != "workmesh3"), row
             assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"], row
         else:  # not installed: skipped, and the reason says what is missing
             assert row["note"].startswith("skipped:") and "missing" in row["note"], row
