@@ -109,7 +109,12 @@ async def test_when_the_reader_leaves_another_waiter_reads():
     first = asyncio.create_task(waiter())
     await started.wait()
     second = asyncio.create_task(waiter())
-    await asyncio.sleep(0.01)
+
+    async def joined() -> None:  # the second waiter is in, waiting on the read in flight
+        while watch.counters["waits"] < 2:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(joined(), 5)
     first.cancel()
     assert await asyncio.wait_for(second, 5) == "done"
     assert calls == 2 and len(watch) == 0
