@@ -159,7 +159,10 @@ async def test_many_keys_behind_one_address_earn_one_verification_ping_at_a_time
             signer = Identity.generate()
             peer.send(peer.envelope(node, "find_node", [os.urandom(20)], signer=signer, mac=False), node)
         await wait_for(lambda: node.dht.protocol.counters.get("requests_in", 0) >= 50)
-        await asyncio.sleep(0.3)  # pings would be on their way by now (the RPC timeout is 1 s)
+        # Every sender judged (49 skipped) and the one verification ping sent;
+        # no other can follow before that ping times out (1 s) and frees the address.
+        await wait_for(lambda: node.dht.stats["verifications_skipped"] >= 49
+                       and node.dht.protocol.counters.get("requests_out", 0) >= 1)
         # (each ping is MAC'd for its signer's key, so the peer cannot read them: count what the node sent)
         pings = node.dht.protocol.counters.get("requests_out", 0)
         print(f"50 new keys from one address: {pings} verification pings, "
