@@ -218,6 +218,11 @@ class WorkerPool:
         task = self._spawn(self._attempt(job_id, offer, placed), "attempt")
         self._active[job_id] = task
         task.add_done_callback(lambda t, j=job_id: self._done(j, t))
+        if placed is not None:
+            # A task cancelled before its first step (the node stopping, a
+            # crash in the simulator) never runs _attempt's ``finally``: the
+            # submitter awaiting ``placed`` would wait for ever.
+            task.add_done_callback(lambda _t, p=placed: p.done() or p.set_result(None))
 
     def _next_due(self, now: float) -> tuple[bytes | None, float | None]:
         """The offer to claim next: the oldest due one this worker ranks first

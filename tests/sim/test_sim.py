@@ -299,3 +299,18 @@ def test_a_job_whose_replica_majority_stopped_for_good_is_reported_beyond_the_fa
     repaired = ids[2:7]
     assert Run._quorum_gone(job, [holder(placed), holder(repaired, epoch=1)], set(ids[3:])) is False
     assert Run._quorum_gone(job, [], set()) is False  # nobody holds it: destroyed, not this
+
+
+def test_a_submission_on_a_node_that_crashes_mid_claim_is_answered(tmp_path):
+    """cancelrace, seed 64, 10% loss: the node that crashes took a submission
+    and claimed it in the same store; the crash cancelled the claim before it
+    ran, and the submission waited for ever, so the run's load phase never
+    ended (virtual time ran past 70,000 s). Now it is answered (here 503: the
+    crashed node reaches no replica) and the run ends."""
+    figures = _run_cli(
+        tmp_path, "s64", "--scenario", "cancelrace", "--nodes", "6", "--jobs", "20", "--seed", "64",
+        "--deadline-s", "60", "--loss", "0.1",
+    )
+    assert figures["jobs_submitted"] == 20
+    assert figures["jobs_accepted"] + figures["jobs_rejected_503"] + figures["client_errors"] == 20
+    assert figures["jobs_lost"] == 0 and figures["invariant_violations"] == 0

@@ -6,6 +6,7 @@ same order, all of them would claim the same job and all but one would lose.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from types import SimpleNamespace
 
@@ -88,3 +89,20 @@ def test_a_reannounced_job_waits_for_the_replicas_to_settle_even_for_the_best_ra
     fresh = next(j for j in jobs if j not in (best, second) and rendezvous.rank(j, me.node_id, peers) == 0)
     pool.offer(fresh, "echo", first=("submission", "placement"))  # what a first announcement carries
     assert pool._next_due(now[0]) == (fresh, None)
+
+
+async def test_a_claim_with_the_submission_cancelled_before_it_ran_still_answers_the_submitter():
+    """An attempt task cancelled before its first step (the node stopping; in
+    the simulator, a crash) never ran the code that tells the submitter what
+    its placing store achieved: the submission waited for ever (cancelrace,
+    seed 64, 10% loss: the run's load phase never ended). It is told "nothing
+    stored" and places the job itself."""
+    from tests.unit.strategies import placement, submit
+
+    now = [100.0]
+    pool = _pool(Identity.generate(), [], now)
+    job = submit()
+    placed = pool.take_fresh(job, placement(job))
+    assert placed is not None
+    pool.stop()  # cancels the attempt before it ever ran
+    assert await asyncio.wait_for(placed, 5) is None
