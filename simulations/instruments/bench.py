@@ -1,7 +1,7 @@
 """workmesh against Celery and Dramatiq on one machine: same jobs, one run, one table.
 
     python simulations/instruments/bench.py [--jobs N] [--quick] [--json out.json]
-                                [--systems celery,dramatiq,workmesh3,workmesh5]
+                                [--systems celery,dramatiq,workmesh3,workmesh5] [--batch N]
 
 Why it is built this way:
 * Every system runs as real subprocesses (Redis, Celery's prefork worker,
