@@ -106,10 +106,8 @@ class WorkmeshRoutingTable(RoutingTable):
         holds fewer than ``spares`` replacements? A sender the table would only
         file as one more spare is not worth proving with a ping (in a large
         mesh most senders fall in full far buckets)."""
-        if node.id in self.get_bucket(node).nodes:
-            return True
         bucket = self.get_bucket(node)
-        if len(bucket) < self.ksize or len(bucket.replacement_nodes) < spares:
+        if node.id in bucket.nodes or len(bucket) < self.ksize or len(bucket.replacement_nodes) < spares:
             return True
         return bucket.has_in_range(self.node) or bucket.depth() % 5 != 0
 
