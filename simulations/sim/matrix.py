@@ -51,10 +51,11 @@ def failures(f: dict) -> list[str]:
 
 
 def replay_command(scenario: str, seed: int, args: argparse.Namespace) -> str:
-    extra = f" --loss {args.loss}" if scenario == "loss" else ""
+    # Exactly the arguments run_one gave the run (--loss too: it is a parameter
+    # of every run, and a replay without it is another run).
     return (
         f"python simulations/sim/run.py --scenario {scenario} --nodes {args.nodes} --jobs {args.jobs} "
-        f"--seed {seed} --deadline-s {args.deadline_s:g}{extra} --trace trace.txt"
+        f"--seed {seed} --deadline-s {args.deadline_s:g} --loss {args.loss:g} --trace trace.txt"
     )
 
 

@@ -314,3 +314,17 @@ def test_a_submission_on_a_node_that_crashes_mid_claim_is_answered(tmp_path):
     assert figures["jobs_submitted"] == 20
     assert figures["jobs_accepted"] + figures["jobs_rejected_503"] + figures["client_errors"] == 20
     assert figures["jobs_lost"] == 0 and figures["invariant_violations"] == 0
+
+
+def test_a_matrix_failure_replays_with_the_arguments_it_ran_with():
+    """The matrix runs every scenario with its --loss, but printed --loss only
+    in the replay of the `loss` scenario: cancelrace seed 64 (which hung) did
+    not replay from the command the matrix printed."""
+    import argparse
+
+    from simulations.sim.matrix import replay_command
+
+    args = argparse.Namespace(nodes=6, jobs=20, deadline_s=60.0, loss=0.1)
+    command = replay_command("cancelrace", 64, args).split()
+    assert command[command.index("--loss") + 1] == "0.1"
+    assert command[command.index("--seed") + 1] == "64"
