@@ -219,9 +219,10 @@ class WorkerPool:
         self._active[job_id] = task
         task.add_done_callback(lambda t, j=job_id: self._done(j, t))
         if placed is not None:
-            # A task cancelled before its first step (the node stopping, a
-            # crash in the simulator) never runs _attempt's ``finally``: the
-            # submitter awaiting ``placed`` would wait for ever.
+            # However the attempt ends, even cancelled before its first step
+            # (the node stopping, a crash in the simulator), the submitter
+            # awaiting ``placed`` is answered: unless the claim's store said
+            # otherwise, nothing was stored and it places the job itself.
             task.add_done_callback(lambda _t, p=placed: p.done() or p.set_result(None))
 
     def _next_due(self, now: float) -> tuple[bytes | None, float | None]:
@@ -293,8 +294,6 @@ class WorkerPool:
             await self._claim_and_run(job_id, offer, release, placed)
         finally:
             release()
-            if placed is not None and not placed.done():
-                placed.set_result(None)  # nothing stored: the submitter places the job itself
 
     async def _claim_and_run(
         self, job_id: bytes, offer: _Offer, release: Callable[[], None], placed: asyncio.Future | None = None
