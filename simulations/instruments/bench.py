@@ -486,9 +486,7 @@ class WorkmeshDriver:
             todo = iter(range(count))
 
             async def batch_submitter() -> None:
-                for first in todo:
-                    if first % self._batch:
-                        continue  # the batch that holds this index is sent from its first index
+                for first in todo:  # each batch's first index
                     chunk = range(first, min(count, first + self._batch))
                     if time.monotonic() >= end:
                         failures["not submitted by the deadline"] += len(chunk)
@@ -528,7 +526,7 @@ class WorkmeshDriver:
                             failures[str(exc)] += 1
 
             for worker in (batch_submitter if self._batch > 1 else submitter, collector):
-                todo = iter(range(count))
+                todo = iter(range(0, count, self._batch) if worker is batch_submitter else range(count))
                 async with asyncio.TaskGroup() as group:
                     for _ in range(self._in_flight):
                         group.create_task(worker())
