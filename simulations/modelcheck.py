@@ -253,9 +253,10 @@ class Model:
         """``st`` with every round that can no longer change anything ended
         (a bisimulation: see ``_answer``). Such a round has no replica left
         that would answer its request with anything but a refusal (and no
-        result of its own left to file), and a refusal is for good (what a replica promised and voted only grows; a
-        lost replica never answers), so it is stuck for ever: it is merged
-        with the ended round at its ballot (which others still learn)."""
+        result of its own left to file), and a refusal is for good (what a
+        replica promised and voted only grows; a lost replica never answers),
+        so it is stuck for ever: it is merged with the ended round at its
+        ballot (which others still learn)."""
         procs = st.procs
         for pi, proc in enumerate(procs):
             rs = proc.rs
