@@ -83,8 +83,7 @@ class WorkmeshRoutingTable(RoutingTable):
         return [c for bucket in self.buckets for c in bucket.nodes.values()]
 
     def get(self, node_id: bytes) -> Contact | None:
-        bucket = self.buckets[self.get_bucket_for(Node(node_id))]
-        return bucket.nodes.get(node_id)
+        return self.get_bucket(Node(node_id)).nodes.get(node_id)
 
     def __len__(self) -> int:
         return sum(len(b) for b in self.buckets)
