@@ -26,6 +26,7 @@ Either way:
 
 from __future__ import annotations
 
+import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -247,25 +248,34 @@ class ReplayGuard:
         return None
 
 
-def check_contact(entry: Any) -> tuple[bytes, str, int, bytes] | None:
-    """A contact learned from a third party: ``[node_id, ip, port, public_key]``.
+CONTACT_V4_BYTES = PUBLIC_KEY_BYTES + 4 + 2
+CONTACT_V6_BYTES = PUBLIC_KEY_BYTES + 16 + 2
 
-    Returned only when the id really is the hash of the key, so a peer cannot
-    point us at an id it made up.
-    """
-    if not isinstance(entry, list) or len(entry) != 4:
+
+def pack_contact(public_key: bytes, ip: str, port: int) -> bytes | None:
+    """A contact as a ``find_node`` reply names it: ``public_key || ip || port``
+    (the packed IPv4 or IPv6 address, the port in two bytes, big-endian);
+    38 or 50 bytes. The node id is not sent: it is the hash of the key, so
+    the receiver derives it and no peer can pair a key with an id it made
+    up. None for an address that has no packed form here (a host name, an
+    IPv6 address with a scope: meaningless to another host)."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
+    except (OSError, ValueError):
         return None
-    node_id, ip, port, key = entry
-    if not (
-        isinstance(node_id, bytes)
-        and isinstance(ip, str)
-        and 0 < len(ip) <= 64
-        and isinstance(port, int)
-        and not isinstance(port, bool)
-        and 0 < port < 65536
-        and isinstance(key, bytes)
-        and len(key) == PUBLIC_KEY_BYTES
-        and node_id_of(key) == node_id
-    ):
+    if not 0 < port < 65536:
         return None
-    return node_id, ip, port, key
+    return public_key + packed + port.to_bytes(2, "big")
+
+
+def check_contact(entry: Any) -> tuple[bytes, str, int, bytes] | None:
+    """A contact learned from a third party (:func:`pack_contact`'s bytes):
+    ``(node_id, ip, port, public_key)``, the id derived from the key; None for
+    anything else (a wrong length, port 0)."""
+    if type(entry) is not bytes or len(entry) not in (CONTACT_V4_BYTES, CONTACT_V6_BYTES):
+        return None
+    key, addr, port = entry[:PUBLIC_KEY_BYTES], entry[PUBLIC_KEY_BYTES:-2], int.from_bytes(entry[-2:], "big")
+    if port == 0:
+        return None
+    ip = socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+    return node_id_of(key), ip, port, key

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from kademlia.node import Node
 from kademlia.routing import KBucket, RoutingTable
 
+from workmesh.dht.envelope import pack_contact
+
 
 class Contact(Node):
     """A peer: id, address, and the public key whose hash the id is."""
@@ -37,8 +39,13 @@ class Contact(Node):
     def addr(self) -> tuple[str, int]:
         return (self.ip, self.port)
 
-    def to_wire(self) -> list:
-        return [self.id, self.ip, self.port, self.public_key]
+    def to_wire(self) -> bytes | None:
+        """This contact as a ``find_node`` reply names it (``envelope.pack_contact``),
+        packed once per address; None for an address with no packed form."""
+        cached = getattr(self, "_wire", None)
+        if cached is None or cached[0] != (self.ip, self.port):
+            cached = self._wire = ((self.ip, self.port), pack_contact(self.public_key, self.ip, self.port))
+        return cached[1]
 
     def __repr__(self) -> str:
         return f"Contact({self.id.hex()[:8]}@{self.ip}:{self.port})"

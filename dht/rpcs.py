@@ -109,7 +109,7 @@ class RPCHandlers:
         sender = sender_contact(env, addr)
         k = self.contacts.config.k if count is None else min(count, self.contacts.config.k)
         neighbours = self.contacts.router.find_neighbors(target_node(key), k=k, exclude=sender)
-        return [c.to_wire() for c in neighbours]
+        return [w for w in (c.to_wire() for c in neighbours) if w is not None]
 
     async def rpc_find_records(self, env: Envelope, addr) -> list | None:
         # Serve what is on disk: a grant or seal written this turn goes out

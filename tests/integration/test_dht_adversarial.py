@@ -21,7 +21,7 @@ from workmesh.crypto.identity import Identity
 from workmesh.crypto.tokenauth import TOKEN_MARK, TOKEN_PREFIX_BYTES
 from workmesh.dht.coalesce import BUNDLE_MESSAGES_MAX, BundleError, bundle, is_bundle
 from workmesh.dht.coalesce import split as split_bundle
-from workmesh.dht.envelope import REPLY, REQUEST, Envelope, EnvelopeError, open_envelope, seal
+from workmesh.dht.envelope import REPLY, REQUEST, Envelope, EnvelopeError, open_envelope, pack_contact, seal
 from workmesh.dht.routing import Contact
 from workmesh.node import facts as F
 from workmesh.node.config import NodeConfig
@@ -235,19 +235,20 @@ async def test_a_batch_with_one_forgery_stores_nothing(node, peer):
 # --------------------------------------------------------------------------- third-party contacts
 
 
-async def test_contacts_whose_id_is_not_their_keys_hash_are_rejected(node, peer):
+async def test_third_party_contacts_get_the_id_of_their_key_and_malformed_ones_are_rejected(node, peer):
     liar, honest = Identity.generate(), Identity.generate()
     forged_ids = [
         os.urandom(20),  # an id made up for a real key
         node.identity.node_id[:-1] + bytes([node.identity.node_id[-1] ^ 1]),  # an id next to the victim's
     ]
+    packed = pack_contact(liar.public_key, "127.0.0.1", 9)
     reply_entries = [
-        [forged_ids[0], "127.0.0.1", 9, liar.public_key],
+        [forged_ids[0], "127.0.0.1", 9, liar.public_key],  # the old list form, with an id: no longer read
         [forged_ids[1], "127.0.0.1", 9, liar.public_key],
-        [honest.node_id, "127.0.0.1", 9, liar.public_key],  # someone else's id
-        [liar.node_id, "127.0.0.1", 0, liar.public_key],  # port 0
-        [liar.node_id, "127.0.0.1", 9],  # short entry
-        [honest.node_id, "127.0.0.1", 9, honest.public_key],  # well-formed: kept
+        packed[:-2] + b"\x00\x00",  # port 0
+        packed[:-1],  # short entry
+        forged_ids[1] + packed,  # an id in front: a wrong length
+        pack_contact(honest.public_key, "127.0.0.1", 9),  # well-formed: kept, under its key's id
     ]
     peer.handlers["find_node"] = lambda args: reply_entries
     before, count = snapshot(node), node.dht.stats["third_party_contacts_rejected"]

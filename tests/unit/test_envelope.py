@@ -22,6 +22,7 @@ from workmesh.dht.envelope import (
     EnvelopeError,
     ReplayGuard,
     check_contact,
+    pack_contact,
     open_envelope,
     seal,
 )
@@ -231,22 +232,29 @@ def test_replay_guard_matches_a_model_while_memory_suffices(events):
 # --------------------------------------------------------------------------- third-party contacts
 
 
-def test_check_contact_accepts_only_ids_that_hash_from_their_key():
-    good = [BOB.node_id, "127.0.0.1", 4000, BOB.public_key]
-    assert check_contact(good) == (BOB.node_id, "127.0.0.1", 4000, BOB.public_key)
+def test_a_contact_packs_to_38_or_50_bytes_and_its_id_comes_from_its_key():
+    v4 = pack_contact(BOB.public_key, "127.0.0.1", 4000)
+    v6 = pack_contact(BOB.public_key, "::1", 65535)
+    assert (len(v4), len(v6)) == (38, 50)  # the old list form was about 70 bytes a contact
+    assert check_contact(v4) == (BOB.node_id, "127.0.0.1", 4000, BOB.public_key)
+    assert check_contact(v6) == (BOB.node_id, "::1", 65535, BOB.public_key)
+    # No id travels: a peer cannot name a made-up id for a real key.
+    assert node_id_of(check_contact(v4)[3]) == check_contact(v4)[0]
+
+
+def test_an_address_without_a_packed_form_is_not_named():
+    for ip, port in [("localhost", 4000), ("fe80::1%eth0", 4000), ("", 4000), ("127.0.0.1", 0), ("127.0.0.1", 65536)]:
+        assert pack_contact(BOB.public_key, ip, port) is None, (ip, port)
+
+
+def test_check_contact_refuses_anything_but_a_packed_contact():
+    good = pack_contact(BOB.public_key, "127.0.0.1", 4000)
     bad = [
-        [ALICE.node_id, "127.0.0.1", 4000, BOB.public_key],  # someone else's id
-        [BOB.node_id[:-1] + b"\x00", "127.0.0.1", 4000, BOB.public_key],
-        [BOB.node_id, "127.0.0.1", 0, BOB.public_key],
-        [BOB.node_id, "127.0.0.1", 65536, BOB.public_key],
-        [BOB.node_id, "127.0.0.1", True, BOB.public_key],
-        [BOB.node_id, "", 4000, BOB.public_key],
-        [BOB.node_id, "1" * 65, 4000, BOB.public_key],
-        [BOB.node_id, b"127.0.0.1", 4000, BOB.public_key],
-        [BOB.node_id, "127.0.0.1", 4000, BOB.public_key[:-1]],
-        [BOB.node_id, "127.0.0.1", 4000],
-        [BOB.node_id, "127.0.0.1", 4000, BOB.public_key, b""],
-        (BOB.node_id, "127.0.0.1", 4000, BOB.public_key),  # only lists come off the wire
+        good[:-1],
+        good + b"\x00",
+        good[:-2] + b"\x00\x00",  # port 0
+        bytearray(good),  # only bytes come off the wire
+        [BOB.node_id, "127.0.0.1", 4000, BOB.public_key],  # the old list form
         None,
         "contact",
     ]
@@ -261,7 +269,7 @@ def test_check_contact_never_raises_and_never_accepts_a_made_up_id(entry):
         assert node_id_of(checked[3]) == checked[0]
 
 
-@given(st.binary(min_size=20, max_size=20), st.integers(1, 65535))
-def test_check_contact_refuses_every_other_id_for_a_real_key(node_id, port):
-    expected = (node_id, "10.0.0.1", port, ALICE.public_key) if node_id == ALICE.node_id else None
-    assert check_contact([node_id, "10.0.0.1", port, ALICE.public_key]) == expected
+@given(st.binary(min_size=32, max_size=32), st.ip_addresses(), st.integers(1, 65535))
+def test_a_packed_contact_reads_back_as_it_was(key, ip, port):
+    entry = pack_contact(key, str(ip), port)
+    assert check_contact(entry) == (node_id_of(key), str(ip), port, key)
