@@ -121,10 +121,13 @@ async def read_job(dht: DHTServer, job_id: bytes) -> JobRead:
         if state is None and wide.gone:
             return JobRead(None, answered, True)
     if state is not None and state.replicas and not placed:
-        more, extra = await dht.fetch(job_id, also=state.replicas)
-        facts = [*facts, *more]
+        # The placed replicas may not be the closest: ask those not heard
+        # yet. One that answered already is not asked again (its answer is
+        # in ``facts``; a second full copy of the job cost a reply each).
+        more = await dht.fetch(job_id, also=state.replicas, skip=fetched.answered_ids)
+        facts = [*facts, *more[0]]
         state = store.state_of(job_id, facts)
-        answered = max(answered, extra)
+        answered = max(answered, len(fetched.answered_ids | more.answered_ids))
     if state is not None and local is not None:
         _keep_up(dht, job_id, facts)
     return JobRead(state, answered)

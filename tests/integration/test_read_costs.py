@@ -126,3 +126,29 @@ async def test_a_read_of_an_unknown_id_costs_one_lookup_and_at_most_2r_record_re
               f"{requests:.2f} DHT requests in all (r={R}, k={K}, {NODES} nodes)")
         assert lookups <= 1.0, lookups
         assert R <= records <= 2 * R, records
+
+
+async def test_a_read_by_a_node_that_does_not_hold_the_job_asks_each_node_once(tmp_path):
+    """Issue 15: a reader without the job read the closest nodes, then the
+    placed replicas, and the second read asked the same nodes again (each
+    answered with the whole job twice: half the bytes of a churn run's
+    ``find_records`` replies)."""
+    async with mesh(tmp_path) as nodes:
+        view = await nodes[0].submit("echo", {"x": 3})  # no worker anywhere: it stays pending
+        job_id = bytes.fromhex(view.id)
+        placed = set((await nodes[0].jobs.read_state(job_id)).replicas)
+        readers = [n for n in nodes if n.identity.node_id not in placed and n is not nodes[0]]
+        await wait_for(lambda: all(n.dht.protocol.statistics()["outstanding_requests"] == 0 for n in nodes),
+                       10.0, "the submission's requests answered")
+        for reader in readers:
+            assert reader.dht.records.state(job_id) is None  # it does not hold the job
+            stats = reader.dht.stats
+            records, pages = stats.get("record_requests", 0), sum(n.dht.stats["find_records_pages"] for n in nodes)
+            state = await reader.jobs.read_state(job_id)
+            assert state.status == "pending" and set(state.replicas) == placed
+            asked = stats.get("record_requests", 0) - records
+            served = sum(n.dht.stats["find_records_pages"] for n in nodes) - pages
+            # The r closest it found, plus any placed replica not among them: each once.
+            assert asked <= 2 * R and served <= asked, (asked, served)
+            closest = {c.id for c in await reader.dht.replicas_for(job_id)}
+            assert asked <= len(closest | placed), (asked, closest, placed)
