@@ -210,7 +210,7 @@ class Claims:
         a quorum, the proof only has to reach the local store: no datagram."""
         spec: F.Submit = state.submit.body
         me = self.identity.node_id
-        renew: F.Fact | None = None  # signed only if some replica must be shown the proof
+        renew: F.Fact | None = None  # signed only if another replica must be shown the proof
         holding = {g.author_id for g in grants}
         confirmed: set[bytes] = set(shown) & holding
         for _ in range(1 + CLAIM_RESENDS):
@@ -219,9 +219,15 @@ class Claims:
                 ask = [me]
             if not ask:
                 break
-            renew = renew or await self.signed_renewal(state, attempt)
             needed = max(1, min(len(ask), spec.quorum - len(confirmed)))
-            outcome = await self.dht.store(state.job_id, [*grants, renew], targets=ask, quorum=needed)
+            if ask == [me]:
+                # Only this node's own replica: the grants are the proof, and
+                # it saw its own grant a moment ago, which keeps the lease
+                # live there as a renew would. No renew to sign or store.
+                outcome = await self.dht.store(state.job_id, grants, targets=ask, quorum=1)
+            else:
+                renew = renew or await self.signed_renewal(state, attempt)
+                outcome = await self.dht.store(state.job_id, [*grants, renew], targets=ask, quorum=needed)
             confirmed |= outcome.stored_ids
             if len(confirmed) >= spec.quorum or len(confirmed) + len(ask) - len(outcome.stored_ids) < spec.quorum:
                 break

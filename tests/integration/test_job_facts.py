@@ -1,0 +1,56 @@
+"""Which facts a job leaves on its replicas, on a real mesh (in-process nodes,
+real UDP and SQLite): none that nothing reads.
+
+A job accepted by a node with a free worker slot is claimed in the write that
+places it; when the replicas that granted the lease make a quorum with this
+node's own, the proof of the lease (the grants) only has to reach the local
+store. That store once also got a signed first renew: a signature and a fact
+per job that no one needed, since the local replica had seen its own grant a
+moment before (issue 15, item 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from workmesh.dht.config import DHTConfig
+from workmesh.node import facts as F
+from workmesh.node.config import NodeConfig
+from workmesh.node.node import Node
+
+
+async def _until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not met before the deadline"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_job_run_by_its_accepting_replica_leaves_no_renew_and_runs_once(tmp_path):
+    nodes: list[Node] = []
+    try:
+        for i in range(3):  # r = 3: every node is a replica of every job
+            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=1 if i == 0 else 0,
+                                   dht=DHTConfig(replicas=3, quorum=2)))
+            await node.start()
+            nodes.append(node)
+        for node in nodes[1:]:
+            await node.join([nodes[0].dht.address])
+        await _until(lambda: all(len(n.dht.router) == 2 for n in nodes), 15.0, "every node knows the others")
+        for i in range(5):
+            view = await nodes[0].submit("echo", {"i": i})
+            job_id = bytes.fromhex(view.id)
+            done = await nodes[0].get(job_id, wait_s=30.0)
+            assert (done.status, done.result) == ("done", {"i": i})
+            await _until(lambda: all(n.store.state(job_id) is not None and n.store.state(job_id).status == "done"
+                                     for n in nodes), 15.0, "every replica holds the decision")
+            for node in nodes:
+                facts = node.store.state(job_id).facts
+                kinds = [f.kind for f in facts]
+                assert F.RENEW not in kinds, (node.identity.node_id.hex()[:8], kinds)
+                assert [f.attempt for f in facts if f.kind == F.CLAIM] == [1]  # claimed once, by node 0
+        assert nodes[0].workers.counters["executions"] == 5
+    finally:
+        for node in nodes:
+            await node.stop()
