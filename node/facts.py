@@ -457,6 +457,26 @@ def sign_prepared(identity: Identity, batch: list[Unsigned] | tuple[Unsigned, ..
     return out
 
 
+def provisional(identity: Identity, unsigned: Unsigned) -> Fact:
+    """``unsigned`` as a fact with no signature yet (empty ``signature`` and
+    ``raw``): it stands in for the fact while its author decides what else to
+    sign with it, and :func:`sign_in_place` signs it before anyone else sees
+    it. Its content, kind, author and fact id are final."""
+    return _new_fact(unsigned.kind, identity.public_key, unsigned.body, b"", b"", unsigned.fact_id, identity.node_id)
+
+
+def sign_in_place(identity: Identity, pending: list[tuple[Unsigned, Fact]]) -> None:
+    """Sign the :func:`provisional` facts of ``pending`` (each with the
+    prepared fact it was made from) as batches of up to ``BATCH_FACTS_MAX``:
+    one signature a batch, set on the very objects, so every reference
+    already handed out (a derivation, a list of answers) holds the signed fact."""
+    for start in range(0, len(pending), BATCH_FACTS_MAX):
+        chunk = pending[start : start + BATCH_FACTS_MAX]
+        for (_, fact), signed in zip(chunk, sign_prepared(identity, [u for u, _ in chunk])):
+            _set_signature(fact, signed.signature)
+            _set_raw(fact, signed.raw)
+
+
 def sign_batch(identity: Identity, items: list[tuple[str, Body]]) -> list[Fact]:
     """Sign the facts ``items`` (``(kind, body)`` pairs) as one batch: one signature."""
     return sign_prepared(identity, [prepare(identity, kind, body) for kind, body in items])

@@ -63,6 +63,8 @@ class JobReplica:
         self._state_of = state_of or (lambda job_id, facts: lifecycle.derive(facts))
         # Time stamps against our clock, the job's timeout on renews (node/admission.py).
         self.checks = AdmissionChecks()
+        # Facts this admission signs, signed together when it ends (admit).
+        self._pending: list[tuple[F.Unsigned, F.Fact]] = []
         self.counters: dict[str, int] = {
             "grants_issued": 0,
             "claims_refused": 0,
@@ -104,6 +106,18 @@ class JobReplica:
         return obs
 
     def admit(self, key: bytes, incoming: list[F.Fact], existing: list[F.Fact], sender_id: bytes) -> Admission:
+        """Judge ``incoming`` against ``existing``: what to accept, what this
+        replica signs in answer, what it refuses. Everything it signs in one
+        admission (a vote and the seal it makes possible, a grant per claim)
+        shares one signature, set before this returns (:meth:`_sign_once`)."""
+        try:
+            return self._admit(key, incoming, existing, sender_id)
+        finally:
+            pending, self._pending = self._pending, []
+            if pending:
+                F.sign_in_place(self.identity, pending)
+
+    def _admit(self, key: bytes, incoming: list[F.Fact], existing: list[F.Fact], sender_id: bytes) -> Admission:
         out = Admission()
         me = self.identity.node_id
         known = {f.fact_id: f for f in existing}
@@ -285,7 +299,14 @@ class JobReplica:
         for f in known:
             if f.fact_id == prepared.fact_id:
                 return f
-        return F.sign_prepared(self.identity, [prepared])[0]
+        for u, f in self._pending:  # made earlier in this admission
+            if u.fact_id == prepared.fact_id:
+                return f
+        # Signed when the admission ends, with whatever else it signs: the
+        # content (and so the fact id) is final now, which is all judging needs.
+        fact = F.provisional(self.identity, prepared)
+        self._pending.append((prepared, fact))
+        return fact
 
     def worth_repairing(self, fact: F.Fact) -> bool:
         """Read repair copies what decides a job (submission, results, cancels,

@@ -129,3 +129,28 @@ def test_a_replica_handed_a_result_again_answers_with_the_vote_it_signed_without
     again = asyncio.run(mesh.store(KEY, [ok], targets=[replica])).produced
     assert [f.raw for f in again if f.kind == F.BALLOT and f.body.step == F.VOTE] == [votes[0].raw]
     assert verify_statistics()["facts_signed"] == signed
+
+
+def test_what_one_admission_signs_shares_one_signature_and_each_fact_still_verifies_alone():
+    """Issue 15, item 1: a replica handed a result that completes a certificate
+    answers with its vote and its seal; it signed each alone (two signatures,
+    and two verifications at every node that reads them). Now what one
+    admission signs is one batch: one signature, each fact with its proof."""
+    from workmesh.crypto.identity import verify_statistics
+
+    mesh, grants = _leased()
+    ok = result(W, JOB, 1, grants, F.OK)
+    mesh.deliver([ok], REPLICAS[:2])  # two votes: one short of the quorum of 3
+    votes = [f for f in mesh.everything() if f.kind == F.BALLOT and f.body.step == F.VOTE]
+    third = REPLICAS[2].node_id
+    before = verify_statistics()["signatures"]
+    answer = asyncio.run(mesh.store(KEY, [ok, *votes], targets=[third])).produced
+    mine = {f.body.step: f for f in answer if f.kind == F.BALLOT and f.author_id == third}
+    assert set(mine) == {F.VOTE, F.SEAL}  # its vote makes the certificate, so it seals at once
+    assert verify_statistics()["signatures"] - before == 1
+    assert mine[F.VOTE].signature == mine[F.SEAL].signature
+    for fact in mine.values():  # each decodes and verifies alone, from its own bytes
+        again = F.decode(fact.raw, key=KEY)
+        assert (again.fact_id, again.kind, again.body) == (fact.fact_id, fact.kind, fact.body)
+    # What the store holds is what was answered: the signed facts, no stand-in left unsigned.
+    assert all(f.raw and f.signature for f in mesh.everything())
