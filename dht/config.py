@@ -80,7 +80,7 @@ class DHTConfig:
     # token holders: a node without the token is answered (it may route) but
     # never becomes a contact, a replica, or a source of facts.
     token_keys: tuple[bytes, ...] = field(default=(), repr=False)
-    acting_methods: frozenset[str] = frozenset({"store", "sync", "announce", "cancel_job"})
+    acting_methods: frozenset[str] = frozenset({"store", "store_many", "sync", "announce", "cancel_job"})
     # Cheap rejection (dht/peerlimit.py). Datagrams per second from one /24
     # (IPv4) or /48 (IPv6) prefix, on top of the per-address bucket (loopback
     # is exempt: a loopback mesh is one machine); 0 = no prefix limit.

@@ -33,6 +33,10 @@ REFUSED_BUDGET = "storage budget exhausted"
 REFUSED_GONE = "gone: retention passed"
 REFUSED_DISK = "not stored: the commit to disk failed"
 
+# Keys in one ``store_many`` request: the replies (the replica's grants, votes
+# and seals for each key) must fit one datagram too.
+STORE_MANY_KEYS_MAX = 8
+
 
 @runtime_checkable
 class Record(Protocol):

@@ -24,13 +24,24 @@ quorum of them with :mod:`dht.quorum`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from workmesh.dht.commit import StorageError
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.contacts import Contacts
-from workmesh.dht.contract import REFUSED_BUDGET, REFUSED_DISK, REFUSED_GONE, Fetched, Record, RecordPolicy, StoreOutcome
+from workmesh.dht.contract import (
+    REFUSED_BUDGET,
+    REFUSED_DISK,
+    REFUSED_GONE,
+    STORE_MANY_KEYS_MAX,
+    Admission,
+    Fetched,
+    Record,
+    RecordPolicy,
+    StoreOutcome,
+)
 from workmesh.dht.protocol import RPCProtocol
 from workmesh.dht.quorum import call_once, gather, gather_quorum, store_outcome
 from workmesh.dht.routing import Contact
@@ -42,6 +53,24 @@ from workmesh.dht.rpcs import digest_ids
 PAGES_PER_READ_MAX = 300
 # Pings sent at once to each contact a probe asks (DHTServer.probe).
 PROBE_PINGS = 2
+
+# What the replica side of a store answers: (stored all, refusals, produced).
+Ingested = tuple[bool, list[tuple[int, str]], list[Record]]
+
+
+def _store_groups(items: list[tuple[bytes, list[bytes], asyncio.Future]], limit: int) -> list[list]:
+    """``items`` (key, raws, future) cut into ``store_many`` requests, in
+    order: at most STORE_MANY_KEYS_MAX keys and ``limit`` bytes of records each."""
+    groups: list[list] = [[]]
+    size = 0
+    for item in items:
+        cost = sum(len(r) + 8 for r in item[1]) + 32
+        if groups[-1] and (len(groups[-1]) >= STORE_MANY_KEYS_MAX or size + cost > limit):
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += cost
+    return groups
 
 
 def _chunks(raws: list[bytes], limit: int) -> list[list[bytes]]:
@@ -78,6 +107,9 @@ class Replication:
         # After a quorum of replicas answered, wait for the rest as long again
         # as the quorum took, at most this long (see dht.quorum.gather_quorum).
         self.quorum_grace_s = 0.05
+        # Stores to one replica in one event-loop turn, sent as one request
+        # (store_many) when there are several: contact id -> (contact, items).
+        self._store_queue: dict[bytes, tuple[Contact, list[tuple[bytes, list[bytes], asyncio.Future]]]] = {}
 
     # ---------------------------------------------------------------- store
     async def store(
@@ -157,7 +189,7 @@ class Replication:
                 return True, ok, refused, produced
             ok_all, refused_all, produced_all = True, [], []
             for chunk in _chunks(raws, self.config.datagram_bytes_max - 2000):
-                reply = await self.contacts.call(contact, "store", [key, chunk])
+                reply = await self._send_store(contact, key, chunk)
                 if reply is None or len(reply) != 3:
                     return False, False, [], []
                 ok, refused, produced_raw = reply
@@ -178,6 +210,45 @@ class Replication:
             None if on_quorum is None else lambda so_far: on_quorum(store_outcome(replicas, so_far, missing)),
         )
         return store_outcome(replicas, answers, missing)
+
+    def _send_store(self, contact: Contact, key: bytes, raws: list[bytes]) -> asyncio.Future:
+        """Store ``raws`` under ``key`` on ``contact``: its reply (``[ok, refused,
+        produced]``), None when it gave none. The stores queued for one
+        contact in one event-loop turn leave together at the end of the turn,
+        as one ``store_many`` request when there are several: the replica
+        judges them in one go, signs its answers to all of them with one
+        signature, and answers once (one quorum write for many jobs)."""
+        future = asyncio.get_running_loop().create_future()
+        if not self._store_queue:
+            asyncio.get_running_loop().call_soon(self._flush_stores)
+        queued = self._store_queue.get(contact.id)
+        if queued is None:
+            queued = self._store_queue[contact.id] = (contact, [])
+        queued[1].append((key, raws, future))
+        return future
+
+    def _flush_stores(self) -> None:
+        queue, self._store_queue = self._store_queue, {}
+        for contact, items in queue.values():
+            for group in _store_groups(items, self.config.datagram_bytes_max - 2000):
+                self.protocol.spawn(self._store_group(contact, group), "store")
+
+    async def _store_group(self, contact: Contact, group: list[tuple[bytes, list[bytes], asyncio.Future]]) -> None:
+        replies: list = [None] * len(group)
+        try:
+            if len(group) == 1:
+                key, raws, _ = group[0]
+                replies = [await self.contacts.call(contact, "store", [key, raws])]
+            else:
+                self.stats["store_many_sent"] += 1
+                self.stats["store_many_keys"] += len(group)
+                reply = await self.contacts.call(contact, "store_many", [[key, raws] for key, raws, _ in group])
+                if isinstance(reply, list) and len(reply) == len(group):
+                    replies = reply
+        finally:  # every waiter hears, also when this task is cancelled (the node stopping)
+            for (_, _, future), reply in zip(group, replies):
+                if not future.done():
+                    future.set_result(reply if isinstance(reply, list) else None)
 
     # ---------------------------------------------------------------- fetch
     async def fetch(
@@ -367,28 +438,74 @@ class Replication:
                 bad.append((i, str(exc)[:80]))
         return records, bad
 
-    def store_local(self, key: bytes, raws: list, sender_id: bytes) -> tuple[bool, list[tuple[int, str]], list[Record]]:
+    def store_local(self, key: bytes, raws: list, sender_id: bytes) -> Ingested:
         records, bad = self.decode_all(key, raws)
         if bad:
             return False, bad, []
         return self.ingest(key, records, sender_id)
 
-    def ingest(self, key: bytes, records: list[Record], sender_id: bytes) -> tuple[bool, list[tuple[int, str]], list[Record]]:
+    def store_local_many(self, items: list[tuple[bytes, list]], sender_id: bytes) -> list[Ingested]:
+        """:meth:`store_local` for each ``(key, raws)`` of a ``store_many``, in
+        order: a key with a record that does not decode is refused alone."""
+        out: list[Ingested | None] = []
+        good: list[tuple[bytes, list[Record]]] = []
+        for key, raws in items:
+            records, bad = self.decode_all(key, raws)
+            if bad:
+                out.append((False, bad, []))
+            else:
+                out.append(None)
+                good.append((key, records))
+        done = iter(self.ingest_many(good, sender_id))
+        return [o if o is not None else next(done) for o in out]
+
+    def ingest(self, key: bytes, records: list[Record], sender_id: bytes) -> Ingested:
         """Admit verified records into local storage (replica side of a store).
 
         Budgets come before promises: a batch that would not fit the store is
         refused before the policy judges it, and what the policy accepts and
         produces (grants, seals) is stored all or nothing. A replica never
         answers with a grant or a seal it did not store."""
+        judged = self._judge(key, records, sender_id)
+        return judged if isinstance(judged, tuple) else self._keep(key, records, judged)
+
+    def ingest_many(self, items: list[tuple[bytes, list[Record]]], sender_id: bytes) -> list[Ingested]:
+        """:meth:`ingest` for several keys (one ``store_many`` request): the
+        policy judges them all, signs what it produces for all of them with
+        one signature (``one_signature``, when it offers it), and only then
+        is anything stored. A key that comes twice is judged after the first
+        one's products are stored (it must see them): a new batch starts."""
+        out: list[Ingested] = []
+        start = 0
+        while start < len(items):
+            seen: set[bytes] = set()
+            end = start
+            while end < len(items) and items[end][0] not in seen:
+                seen.add(items[end][0])
+                end += 1
+            batch = items[start:end]
+            together = getattr(self.policy, "one_signature", None)
+            with together() if together is not None else contextlib.nullcontext():
+                judged = [self._judge(key, records, sender_id) for key, records in batch]
+            # Signed now: store, in order.
+            out.extend(j if isinstance(j, tuple) else self._keep(key, records, j) for (key, records), j in zip(batch, judged))
+            start = end
+        return out
+
+    def _judge(self, key: bytes, records: list[Record], sender_id: bytes) -> Admission | Ingested:
+        """The policy's admission of ``records``, or the refusal of all of them."""
         if self.records.is_gone(key):
             self.stats["records_refused"] += len(records)
             return False, [(i, REFUSED_GONE) for i in range(len(records))], []
         if not self.records.fits(key, records):
             self.stats["budget_refusals"] += 1
             return False, [(i, REFUSED_BUDGET) for i in range(len(records))], []
-        existing = self.records.get(key)
-        admission = self.policy.admit(key, records, existing, sender_id)
+        admission = self.policy.admit(key, records, self.records.get(key), sender_id)
         self.stats["records_refused"] += len(admission.refused)
+        return admission
+
+    def _keep(self, key: bytes, records: list[Record], admission: Admission) -> Ingested:
+        """Store what ``admission`` accepted and produced, all or nothing."""
         new = self.records.merge_all(key, [*admission.accept, *admission.produced])
         if new is None:
             # What the policy accepted and signed would not fit after all (its

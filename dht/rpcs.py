@@ -12,6 +12,8 @@ serves the DHT's own methods:
   is on disk);
 * ``store [key, raws]`` -> ``[ok, refusals, produced]``, answered once the
   records are on disk;
+* ``store_many [[key, raws], ...]`` -> one such answer per key: the stores
+  one peer sends this node in one event-loop turn;
 * ``sync [key, digest(, cursor)]`` -> one page of the record ids we hold.
 
 More methods (gossip) are added with :meth:`register`. Admitting records
@@ -26,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from workmesh.dht.contacts import Contacts, sender_contact
-from workmesh.dht.contract import REFUSED_DISK
+from workmesh.dht.contract import REFUSED_DISK, STORE_MANY_KEYS_MAX
 from workmesh.dht.envelope import Envelope
 from workmesh.dht.protocol import RPCProtocol
 from workmesh.dht.routing import target_node
@@ -69,6 +71,7 @@ class RPCHandlers:
             "find_node": self.rpc_find_node,
             "find_records": self.rpc_find_records,
             "store": self.rpc_store,
+            "store_many": self.rpc_store_many,
             "sync": self.rpc_sync,
         }
 
@@ -151,6 +154,24 @@ class RPCHandlers:
         if not await self.replication.durable(mark):
             return [False, [[i, REFUSED_DISK] for i in range(len(raws))], []]
         return [ok, [list(r) for r in refused], [r.raw for r in produced]]
+
+    async def rpc_store_many(self, env: Envelope, addr) -> list:
+        """``[[key, records], ...]`` (1..STORE_MANY_KEYS_MAX) -> one ``store``
+        answer per key, in order: the stores a peer sent this node in one
+        turn, judged together (one signature for what this replica produces
+        for all of them) and answered once everything is on disk."""
+        items = env.args
+        if not 1 <= len(items) <= STORE_MANY_KEYS_MAX or not all(
+            isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes) and len(item[0]) == 20
+            and isinstance(item[1], list)
+            for item in items
+        ):
+            raise ValueError(f"store_many needs 1..{STORE_MANY_KEYS_MAX} [key, records] pairs")
+        mark = self.records.write_mark()
+        outcomes = self.replication.store_local_many([(key, raws) for key, raws in items], env.sender_id)
+        if not await self.replication.durable(mark):
+            return [[False, [[i, REFUSED_DISK] for i in range(len(raws))], []] for _, raws in items]
+        return [[ok, [list(r) for r in refused], [r.raw for r in produced]] for ok, refused, produced in outcomes]
 
     def rpc_sync(self, env: Envelope, addr) -> list:
         """``[key, digest]`` or ``[key, digest, cursor]`` -> ``[same, ids, next]``:

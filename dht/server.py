@@ -103,6 +103,8 @@ class DHTServer:
         self.stats: dict[str, int] = {
             "stores": 0,
             "store_quorum_missed": 0,
+            "store_many_sent": 0,  # requests that carried several keys' stores to one replica
+            "store_many_keys": 0,  # the keys they carried
             "fetches": 0,
             "record_requests": 0,
             "repairs_sent": 0,

@@ -11,7 +11,8 @@ holder) live here, in memory, per job, bounded.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from workmesh.crypto.identity import Identity
@@ -65,6 +66,7 @@ class JobReplica:
         self.checks = AdmissionChecks()
         # Facts this admission signs, signed together when it ends (admit).
         self._pending: list[tuple[F.Unsigned, F.Fact]] = []
+        self._signing_later = 0  # inside one_signature()
         self.counters: dict[str, int] = {
             "grants_issued": 0,
             "claims_refused": 0,
@@ -113,9 +115,27 @@ class JobReplica:
         try:
             return self._admit(key, incoming, existing, sender_id)
         finally:
-            pending, self._pending = self._pending, []
-            if pending:
-                F.sign_in_place(self.identity, pending)
+            if not self._signing_later:
+                self._sign_pending()
+
+    @contextmanager
+    def one_signature(self) -> Iterator[None]:
+        """Admissions inside share one signature, set when the block ends.
+        Their products are stand-ins until then (right content and fact id,
+        no signature): the block must store nothing they produce, and hand
+        nothing out, before it ends (``Replication.ingest_many``)."""
+        self._signing_later += 1
+        try:
+            yield
+        finally:
+            self._signing_later -= 1
+            if not self._signing_later:
+                self._sign_pending()
+
+    def _sign_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            F.sign_in_place(self.identity, pending)
 
     def _admit(self, key: bytes, incoming: list[F.Fact], existing: list[F.Fact], sender_id: bytes) -> Admission:
         out = Admission()

@@ -103,6 +103,10 @@ async def test_an_attacker_without_the_token_or_mesh_key_can_do_nothing(mesh):
         injected = await asyncio.gather(*(ask(n, "store", [submit.job_id, [submit.raw, place.raw]]) for n in nodes))
         assert all(a is None for a in injected)
         attempts += len(nodes)
+        # ...or several keys at once (store_many is an acting method too)
+        both = [[submit.job_id, [submit.raw, place.raw]], [job_id, [claim.raw]]]
+        assert all(a is None for a in await asyncio.gather(*(ask(n, "store_many", both) for n in nodes)))
+        attempts += len(nodes)
         announced = await asyncio.gather(
             *(ask(n, "announce", [submit.job_id, "echo", 3, os.urandom(8), [submit.raw, place.raw]]) for n in nodes)
         )
@@ -118,6 +122,7 @@ async def test_an_attacker_without_the_token_or_mesh_key_can_do_nothing(mesh):
         if mode == "open":
             stats = submitter.dht.protocol.counters
             assert stats["unauthorized_cancel_job"] == 1 and stats["unauthorized_store"] >= 4
+            assert stats["unauthorized_store_many"] == 1
     after = await submitter.jobs.read_state(job_id)
     assert after.status == lifecycle.PENDING and after.worker is None
     # The operator (through the REST path, token checked there) still can cancel.

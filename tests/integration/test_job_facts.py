@@ -54,3 +54,41 @@ async def test_a_job_run_by_its_accepting_replica_leaves_no_renew_and_runs_once(
     finally:
         for node in nodes:
             await node.stop()
+
+
+async def test_stores_to_one_replica_in_one_turn_go_as_one_request_and_its_answers_share_a_signature(tmp_path):
+    """Issue 15, items 1 and 5: the stores a node sends one replica in one
+    event-loop turn (a batch submission's jobs, a drain's rounds) leave as
+    one ``store_many`` request; the replica judges them together, signs what
+    it answers to all of them with one signature, and answers each key."""
+    nodes: list[Node] = []
+    try:
+        for i in range(3):
+            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=0, dht=DHTConfig(replicas=3, quorum=2)))
+            await node.start()
+            nodes.append(node)
+        for node in nodes[1:]:
+            await node.join([nodes[0].dht.address])
+        await _until(lambda: all(len(n.dht.router) == 2 for n in nodes), 15.0, "every node knows the others")
+        a, b = nodes[0], nodes[1]
+        jobs = [bytes.fromhex((await a.submit("echo", {"i": i})).id) for i in range(4)]
+        sent, keys = a.dht.stats["store_many_sent"], a.dht.stats["store_many_keys"]
+        claims = [F.sign(a.identity, F.CLAIM, F.Claim(job_id, 1, int(time.time() * 1000))) for job_id in jobs]
+        outcomes = await asyncio.gather(*(a.dht.store(c.job_id, [c], targets=[b.identity.node_id], quorum=1)
+                                          for c in claims))
+        assert a.dht.stats["store_many_sent"] - sent == 1 and a.dht.stats["store_many_keys"] - keys == len(jobs)
+        grants = []
+        for claim, outcome in zip(claims, outcomes):
+            assert outcome.stored_on == 1, outcome  # each key answered on its own
+            (grant,) = [g for g in outcome.produced if g.kind == F.GRANT and g.body.action == F.LEASE]
+            assert (grant.job_id, grant.body.subject, grant.author_id) == (claim.job_id, a.identity.node_id,
+                                                                           b.identity.node_id)
+            again = F.decode(grant.raw, key=claim.job_id)  # each verifies alone, with its proof
+            assert again.fact_id == grant.fact_id
+            grants.append(grant)
+        assert len({g.signature for g in grants}) == 1  # one signature for the replica's four answers
+        for claim, grant in zip(claims, grants):  # and the replica stored what it answered
+            assert grant in b.store.state(claim.job_id).facts
+    finally:
+        for node in nodes:
+            await node.stop()

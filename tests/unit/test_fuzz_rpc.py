@@ -30,6 +30,7 @@ VALID_ARGS = {
     "find_node": [os.urandom(20)],
     "find_records": [JOB_A[0].job_id, b""],
     "store": [JOB_A[0].job_id, [JOB_A[0].raw]],
+    "store_many": [[JOB_A[0].job_id, [JOB_A[0].raw]], [JOB_B[0].job_id, [JOB_B[0].raw]]],
     "sync": [JOB_A[0].job_id, b"\x00" * 16],
     "cancel_job": [JOB_B[0].job_id, "fuzz"],
     "announce": [JOB_A[0].job_id, "echo", 2, b"\x01" * 8, [JOB_A[0].raw]],
