@@ -12,48 +12,50 @@ moment before (issue 15, item 6).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
+from tests.integration.test_read_costs import wait_for
 from workmesh.dht.config import DHTConfig
 from workmesh.node import facts as F
 from workmesh.node.config import NodeConfig
 from workmesh.node.node import Node
 
 
-async def _until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not met before the deadline"
-        await asyncio.sleep(0.02)
-
-
-async def test_a_job_run_by_its_accepting_replica_leaves_no_renew_and_runs_once(tmp_path):
+@contextlib.asynccontextmanager
+async def three_replicas(tmp_path, workers_on_first: int):
+    """Three in-process nodes that know each other; r = 3, so each is a replica of every job."""
     nodes: list[Node] = []
     try:
-        for i in range(3):  # r = 3: every node is a replica of every job
-            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=1 if i == 0 else 0,
-                                   dht=DHTConfig(replicas=3, quorum=2)))
+        for i in range(3):
+            workers = workers_on_first if i == 0 else 0
+            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=workers, dht=DHTConfig(replicas=3, quorum=2)))
             await node.start()
             nodes.append(node)
         for node in nodes[1:]:
             await node.join([nodes[0].dht.address])
-        await _until(lambda: all(len(n.dht.router) == 2 for n in nodes), 15.0, "every node knows the others")
+        await wait_for(lambda: all(len(n.dht.router) == 2 for n in nodes), 15.0, "every node knows the others")
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+async def test_a_job_run_by_its_accepting_replica_leaves_no_renew_and_runs_once(tmp_path):
+    async with three_replicas(tmp_path, workers_on_first=1) as nodes:
         for i in range(5):
             view = await nodes[0].submit("echo", {"i": i})
             job_id = bytes.fromhex(view.id)
             done = await nodes[0].get(job_id, wait_s=30.0)
             assert (done.status, done.result) == ("done", {"i": i})
-            await _until(lambda: all(n.store.state(job_id) is not None and n.store.state(job_id).status == "done"
-                                     for n in nodes), 15.0, "every replica holds the decision")
+            await wait_for(lambda: all(n.store.state(job_id) is not None and n.store.state(job_id).status == "done"
+                                       for n in nodes), 15.0, "every replica holds the decision")
             for node in nodes:
                 facts = node.store.state(job_id).facts
                 kinds = [f.kind for f in facts]
                 assert F.RENEW not in kinds, (node.identity.node_id.hex()[:8], kinds)
                 assert [f.attempt for f in facts if f.kind == F.CLAIM] == [1]  # claimed once, by node 0
         assert nodes[0].workers.counters["executions"] == 5
-    finally:
-        for node in nodes:
-            await node.stop()
 
 
 async def test_stores_to_one_replica_in_one_turn_go_as_one_request_and_its_answers_share_a_signature(tmp_path):
@@ -61,15 +63,7 @@ async def test_stores_to_one_replica_in_one_turn_go_as_one_request_and_its_answe
     event-loop turn (a batch submission's jobs, a drain's rounds) leave as
     one ``store_many`` request; the replica judges them together, signs what
     it answers to all of them with one signature, and answers each key."""
-    nodes: list[Node] = []
-    try:
-        for i in range(3):
-            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=0, dht=DHTConfig(replicas=3, quorum=2)))
-            await node.start()
-            nodes.append(node)
-        for node in nodes[1:]:
-            await node.join([nodes[0].dht.address])
-        await _until(lambda: all(len(n.dht.router) == 2 for n in nodes), 15.0, "every node knows the others")
+    async with three_replicas(tmp_path, workers_on_first=0) as nodes:
         a, b = nodes[0], nodes[1]
         jobs = [bytes.fromhex((await a.submit("echo", {"i": i})).id) for i in range(4)]
         sent, keys = a.dht.stats["store_many_sent"], a.dht.stats["store_many_keys"]
@@ -89,6 +83,3 @@ async def test_stores_to_one_replica_in_one_turn_go_as_one_request_and_its_answe
         assert len({g.signature for g in grants}) == 1  # one signature for the replica's four answers
         for claim, grant in zip(claims, grants):  # and the replica stored what it answered
             assert grant in b.store.state(claim.job_id).facts
-    finally:
-        for node in nodes:
-            await node.stop()
