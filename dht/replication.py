@@ -13,9 +13,10 @@ and the replica's side of a write.
 * ``sync_to(contact, key)``: send a replica only the records it lacks
   (hand-off and republish);
 * ``probe(contacts)``: which of them answer a ping now;
-* ``ingest``: the replica side, admitting verified records into the local
-  store under its budgets and the injected :class:`RecordPolicy`, and
-  ``durable``: waiting for them to be on disk before answering.
+* ``ingest``, ``store_local`` and ``durable``: the replica side, which
+  :class:`dht.ingest.LocalWrites` does (admitting verified records into the
+  local store under its budgets and the injected :class:`RecordPolicy`, and
+  waiting for them to be on disk before answering).
 
 It reaches replicas through :class:`dht.contacts.Contacts` and waits for a
 quorum of them with :mod:`dht.quorum`.
@@ -24,24 +25,14 @@ quorum of them with :mod:`dht.quorum`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from workmesh.dht.commit import StorageError
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.contacts import Contacts
-from workmesh.dht.contract import (
-    REFUSED_BUDGET,
-    REFUSED_DISK,
-    REFUSED_GONE,
-    STORE_MANY_KEYS_MAX,
-    Admission,
-    Fetched,
-    Record,
-    RecordPolicy,
-    StoreOutcome,
-)
+from workmesh.dht.contract import REFUSED_DISK, STORE_MANY_KEYS_MAX, Fetched, Record, RecordPolicy, StoreOutcome
+from workmesh.dht.ingest import Ingested, LocalWrites
 from workmesh.dht.protocol import RPCProtocol
 from workmesh.dht.quorum import call_once, gather, gather_quorum, store_outcome
 from workmesh.dht.routing import Contact
@@ -53,10 +44,6 @@ from workmesh.dht.rpcs import digest_ids
 PAGES_PER_READ_MAX = 300
 # Pings sent at once to each contact a probe asks (DHTServer.probe).
 PROBE_PINGS = 2
-
-# What the replica side of a store answers: (stored all, refusals, produced).
-Ingested = tuple[bool, list[tuple[int, str]], list[Record]]
-
 
 def _store_groups(items: list[tuple[bytes, list[bytes], asyncio.Future]], limit: int) -> list[list]:
     """``items`` (key, raws, future) cut into ``store_many`` requests, in
@@ -107,6 +94,7 @@ class Replication:
         # After a quorum of replicas answered, wait for the rest as long again
         # as the quorum took, at most this long (see dht.quorum.gather_quorum).
         self.quorum_grace_s = 0.05
+        self.local = LocalWrites(records, policy, stats, log)
         # Stores to one replica in one event-loop turn, sent as one request
         # (store_many) when there are several: contact id -> (contact, items).
         self._store_queue: dict[bytes, tuple[Contact, list[tuple[bytes, list[bytes], asyncio.Future]]]] = {}
@@ -412,108 +400,18 @@ class Replication:
         )
         return {i for i, ok in answers.items() if ok}
 
-    # ---------------------------------------------------------- replica side
+    # ---------------------------------------------------------- replica side (dht/ingest.py)
     async def durable(self, since: int | None = None) -> bool:
-        """Wait until every write so far is on disk (the store's group commit);
-        False if that commit failed (or one that undid a write made after the
-        ``since`` mark). Every answer that reports a store (an ack, a grant,
-        a seal) waits for this first."""
-        try:
-            await self.records.durable(since)
-        except Exception as exc:  # StorageError: the disk refused the commit
-            self.stats["commit_failures_seen"] += 1
-            self.log.warning("store_commit_failed", error=str(exc))
-            return False
-        return True
+        return await self.local.durable(since)
 
     def decode_all(self, key: bytes, raws: list) -> tuple[list[Record], list[tuple[int, str]]]:
-        records, bad = [], []
-        for i, raw in enumerate(raws):
-            try:
-                if not isinstance(raw, bytes):
-                    raise ValueError("a record is bytes")
-                records.append(self.policy.validate(key, raw))
-            except Exception as exc:
-                self.stats["records_invalid"] += 1
-                bad.append((i, str(exc)[:80]))
-        return records, bad
+        return self.local.decode_all(key, raws)
 
     def store_local(self, key: bytes, raws: list, sender_id: bytes) -> Ingested:
-        records, bad = self.decode_all(key, raws)
-        if bad:
-            return False, bad, []
-        return self.ingest(key, records, sender_id)
+        return self.local.store_local(key, raws, sender_id)
 
     def store_local_many(self, items: list[tuple[bytes, list]], sender_id: bytes) -> list[Ingested]:
-        """:meth:`store_local` for each ``(key, raws)`` of a ``store_many``, in
-        order: a key with a record that does not decode is refused alone."""
-        out: list[Ingested | None] = []
-        good: list[tuple[bytes, list[Record]]] = []
-        for key, raws in items:
-            records, bad = self.decode_all(key, raws)
-            if bad:
-                out.append((False, bad, []))
-            else:
-                out.append(None)
-                good.append((key, records))
-        done = iter(self.ingest_many(good, sender_id))
-        return [o if o is not None else next(done) for o in out]
+        return self.local.store_local_many(items, sender_id)
 
     def ingest(self, key: bytes, records: list[Record], sender_id: bytes) -> Ingested:
-        """Admit verified records into local storage (replica side of a store).
-
-        Budgets come before promises: a batch that would not fit the store is
-        refused before the policy judges it, and what the policy accepts and
-        produces (grants, seals) is stored all or nothing. A replica never
-        answers with a grant or a seal it did not store."""
-        judged = self._judge(key, records, sender_id)
-        return judged if isinstance(judged, tuple) else self._keep(key, records, judged)
-
-    def ingest_many(self, items: list[tuple[bytes, list[Record]]], sender_id: bytes) -> list[Ingested]:
-        """:meth:`ingest` for several keys (one ``store_many`` request): the
-        policy judges them all, signs what it produces for all of them with
-        one signature (``one_signature``, when it offers it), and only then
-        is anything stored. A key that comes twice is judged after the first
-        one's products are stored (it must see them): a new batch starts."""
-        out: list[Ingested] = []
-        start = 0
-        while start < len(items):
-            seen: set[bytes] = set()
-            end = start
-            while end < len(items) and items[end][0] not in seen:
-                seen.add(items[end][0])
-                end += 1
-            batch = items[start:end]
-            together = getattr(self.policy, "one_signature", None)
-            with together() if together is not None else contextlib.nullcontext():
-                judged = [self._judge(key, records, sender_id) for key, records in batch]
-            # Signed now: store, in order.
-            out.extend(j if isinstance(j, tuple) else self._keep(key, records, j) for (key, records), j in zip(batch, judged))
-            start = end
-        return out
-
-    def _judge(self, key: bytes, records: list[Record], sender_id: bytes) -> Admission | Ingested:
-        """The policy's admission of ``records``, or the refusal of all of them."""
-        if self.records.is_gone(key):
-            self.stats["records_refused"] += len(records)
-            return False, [(i, REFUSED_GONE) for i in range(len(records))], []
-        if not self.records.fits(key, records):
-            self.stats["budget_refusals"] += 1
-            return False, [(i, REFUSED_BUDGET) for i in range(len(records))], []
-        admission = self.policy.admit(key, records, self.records.get(key), sender_id)
-        self.stats["records_refused"] += len(admission.refused)
-        return admission
-
-    def _keep(self, key: bytes, records: list[Record], admission: Admission) -> Ingested:
-        """Store what ``admission`` accepted and produced, all or nothing."""
-        new = self.records.merge_all(key, [*admission.accept, *admission.produced])
-        if new is None:
-            # What the policy accepted and signed would not fit after all (its
-            # products are larger than the batch): refuse, hand out nothing.
-            self.stats["budget_refusals"] += 1
-            return False, [(i, REFUSED_BUDGET) for i in range(len(records))], []
-        if new:
-            self.policy.stored(key, new)
-        held = self.records.record_ids(key)
-        ok = not admission.refused and all(r.record_id in held or r.slot is not None for r in admission.accept)
-        return ok, admission.refused, admission.produced
+        return self.local.ingest(key, records, sender_id)
