@@ -89,7 +89,9 @@ class RecordPolicy(Protocol):
     def stored(self, key: bytes, new: list[Record]) -> None: ...
 
     # Optional: ``worth_repairing(record) -> bool`` limits read repair to durable records;
-    # ``holders(records) -> ids``: nodes that must hold the key besides its r closest.
+    # ``holders(records) -> ids``: nodes that must hold the key besides its r closest;
+    # ``one_signature()``: a context in which admissions sign what they produce
+    # together, when it ends (``dht/ingest.py`` judges a ``store_many`` in one).
 
 
 class Derived(Protocol):
