@@ -123,7 +123,7 @@ class JobReplica:
         """Admissions inside share one signature, set when the block ends.
         Their products are stand-ins until then (right content and fact id,
         no signature): the block must store nothing they produce, and hand
-        nothing out, before it ends (``Replication.ingest_many``)."""
+        nothing out, before it ends (``dht.ingest.LocalWrites.ingest_many``)."""
         self._signing_later += 1
         try:
             yield
