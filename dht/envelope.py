@@ -128,6 +128,14 @@ _WIRE_ENCODER = msgspec.msgpack.Encoder()
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, EncodingError, RecursionError)
 
 
+def _target_fits(target: bytes, auth: bytes) -> bool:
+    """A MAC'd envelope names its recipient by a hint of TARGET_HINT_BYTES;
+    a signed one by the whole id, or not at all (a first ping)."""
+    if len(auth) == MAC_BYTES:
+        return len(target) == TARGET_HINT_BYTES
+    return len(auth) == SIGNATURE_BYTES and len(target) in (0, NODE_ID_BYTES)
+
+
 def _typed_fields(data: bytes) -> tuple | None:
     """The nine fields of a well-formed datagram, or None (then the checked path tells what is wrong).
 
@@ -144,8 +152,7 @@ def _typed_fields(data: bytes) -> tuple | None:
     if (
         w.version != VERSION
         or w.kind not in (REQUEST, REPLY)
-        or len(w.target) != (TARGET_HINT_BYTES if len(w.auth) == MAC_BYTES else 0 if not w.target else NODE_ID_BYTES)
-        or len(w.auth) not in (SIGNATURE_BYTES, MAC_BYTES)
+        or not _target_fits(w.target, w.auth)
         or _WIRE_ENCODER.encode(w) != data
     ):
         return None
@@ -173,13 +180,11 @@ def _checked_fields(data: bytes, datagram_bytes_max: int) -> tuple:
         or isinstance(ts_ms, bool)
         or ts_ms < 0
         or not isinstance(target, bytes)
-        or len(target) not in (0, TARGET_HINT_BYTES, NODE_ID_BYTES)
         or not isinstance(method, str)
         or len(method) > METHOD_CHARS_MAX
         or not isinstance(args, list)
         or not isinstance(signature, bytes)
-        or len(signature) not in (SIGNATURE_BYTES, MAC_BYTES)
-        or (len(signature) == MAC_BYTES) != (len(target) == TARGET_HINT_BYTES)
+        or not _target_fits(target, signature)
     ):
         raise EnvelopeError("malformed")
     return outer

@@ -53,15 +53,10 @@ class LocalWrites:
                 bad.append((i, str(exc)[:80]))
         return records, bad
 
-    def store_local(self, key: bytes, raws: list, sender_id: bytes) -> Ingested:
-        records, bad = self.decode_all(key, raws)
-        if bad:
-            return False, bad, []
-        return self.ingest(key, records, sender_id)
-
-    def store_local_many(self, items: list[tuple[bytes, list]], sender_id: bytes) -> list[Ingested]:
-        """:meth:`store_local` for each ``(key, raws)`` of a ``store_many``, in
-        order: a key with a record that does not decode is refused alone."""
+    def store_local(self, items: list[tuple[bytes, list]], sender_id: bytes) -> list[Ingested]:
+        """The records of a ``store`` or ``store_many`` (``(key, raws)`` pairs),
+        decoded, verified and ingested; each key's answer, in order. A key
+        with a record that does not decode is refused alone."""
         out: list[Ingested | None] = []
         good: list[tuple[bytes, list[Record]]] = []
         for key, raws in items:

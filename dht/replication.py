@@ -13,7 +13,7 @@ and the replica's side of a write.
 * ``sync_to(contact, key)``: send a replica only the records it lacks
   (hand-off and republish);
 * ``probe(contacts)``: which of them answer a ping now;
-* ``ingest``, ``store_local`` and ``durable``: the replica side, which
+* ``ingest`` and ``durable``: the replica side, which
   :class:`dht.ingest.LocalWrites` does (admitting verified records into the
   local store under its budgets and the injected :class:`RecordPolicy`, and
   waiting for them to be on disk before answering).
@@ -45,31 +45,31 @@ PAGES_PER_READ_MAX = 300
 # Pings sent at once to each contact a probe asks (DHTServer.probe).
 PROBE_PINGS = 2
 
-def _store_groups(items: list[tuple[bytes, list[bytes], asyncio.Future]], limit: int) -> list[list]:
-    """``items`` (key, raws, future) cut into ``store_many`` requests, in
-    order: at most STORE_MANY_KEYS_MAX keys and ``limit`` bytes of records each."""
-    groups: list[list] = [[]]
+
+def _groups(items: list, cost: Callable[[Any], int], limit: int, count_max: int = 0) -> list[list]:
+    """``items`` cut, in order, into groups of at most ``limit`` in ``cost``
+    (and ``count_max`` items, when given); an item larger than ``limit`` goes alone."""
+    out: list[list] = [[]]
     size = 0
     for item in items:
-        cost = sum(len(r) + 8 for r in item[1]) + 32
-        if groups[-1] and (len(groups[-1]) >= STORE_MANY_KEYS_MAX or size + cost > limit):
-            groups.append([])
+        c = cost(item)
+        if out[-1] and (size + c > limit or len(out[-1]) == count_max):
+            out.append([])
             size = 0
-        groups[-1].append(item)
-        size += cost
-    return groups
+        out[-1].append(item)
+        size += c
+    return out
 
 
 def _chunks(raws: list[bytes], limit: int) -> list[list[bytes]]:
-    out: list[list[bytes]] = [[]]
-    size = 0
-    for raw in raws:
-        if out[-1] and size + len(raw) + 8 > limit:
-            out.append([])
-            size = 0
-        out[-1].append(raw)
-        size += len(raw) + 8
-    return out
+    """Records cut into store requests within ``limit`` bytes."""
+    return _groups(raws, lambda raw: len(raw) + 8, limit)
+
+
+def _store_groups(items: list[tuple[bytes, list[bytes], asyncio.Future]], limit: int) -> list[list]:
+    """``items`` (key, raws, future) cut into ``store_many`` requests, in
+    order: at most STORE_MANY_KEYS_MAX keys and ``limit`` bytes of records each."""
+    return _groups(items, lambda item: sum(len(r) + 8 for r in item[1]) + 32, limit, STORE_MANY_KEYS_MAX)
 
 
 class Replication:
@@ -206,9 +206,10 @@ class Replication:
         as one ``store_many`` request when there are several: the replica
         judges them in one go, signs its answers to all of them with one
         signature, and answers once (one quorum write for many jobs)."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         if not self._store_queue:
-            asyncio.get_running_loop().call_soon(self._flush_stores)
+            loop.call_soon(self._flush_stores)
         queued = self._store_queue.get(contact.id)
         if queued is None:
             queued = self._store_queue[contact.id] = (contact, [])
@@ -406,12 +407,6 @@ class Replication:
 
     def decode_all(self, key: bytes, raws: list) -> tuple[list[Record], list[tuple[int, str]]]:
         return self.local.decode_all(key, raws)
-
-    def store_local(self, key: bytes, raws: list, sender_id: bytes) -> Ingested:
-        return self.local.store_local(key, raws, sender_id)
-
-    def store_local_many(self, items: list[tuple[bytes, list]], sender_id: bytes) -> list[Ingested]:
-        return self.local.store_local_many(items, sender_id)
 
     def ingest(self, key: bytes, records: list[Record], sender_id: bytes) -> Ingested:
         return self.local.ingest(key, records, sender_id)

@@ -40,12 +40,9 @@ class Contact(Node):
         return (self.ip, self.port)
 
     def to_wire(self) -> bytes | None:
-        """This contact as a ``find_node`` reply names it (``envelope.pack_contact``),
-        packed once per address; None for an address with no packed form."""
-        cached = getattr(self, "_wire", None)
-        if cached is None or cached[0] != (self.ip, self.port):
-            cached = self._wire = ((self.ip, self.port), pack_contact(self.public_key, self.ip, self.port))
-        return cached[1]
+        """This contact as a ``find_node`` reply names it (``envelope.pack_contact``);
+        None for an address with no packed form."""
+        return pack_contact(self.public_key, self.ip, self.port)
 
     def __repr__(self) -> str:
         return f"Contact({self.id.hex()[:8]}@{self.ip}:{self.port})"

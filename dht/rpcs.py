@@ -56,7 +56,7 @@ class RPCHandlers:
         protocol: RPCProtocol,
         contacts: Contacts,
         records: Any,  # dht.storage.FactStore
-        replication: Any,  # dht.replication.Replication: store_local, durable
+        replication: Any,  # dht.replication.Replication: durable, and local (the replica side)
         stats: dict[str, int],
         log: Any,
     ) -> None:
@@ -149,11 +149,7 @@ class RPCHandlers:
         key, raws = env.args
         if not isinstance(key, bytes) or len(key) != 20 or not isinstance(raws, list):
             raise ValueError("store needs a key and a list of records")
-        mark = self.records.write_mark()
-        ok, refused, produced = self.replication.store_local(key, raws, env.sender_id)
-        if not await self.replication.durable(mark):
-            return [False, [[i, REFUSED_DISK] for i in range(len(raws))], []]
-        return [ok, [list(r) for r in refused], [r.raw for r in produced]]
+        return (await self._store([(key, raws)], env.sender_id))[0]
 
     async def rpc_store_many(self, env: Envelope, addr) -> list:
         """``[[key, records], ...]`` (1..STORE_MANY_KEYS_MAX) -> one ``store``
@@ -167,8 +163,13 @@ class RPCHandlers:
             for item in items
         ):
             raise ValueError(f"store_many needs 1..{STORE_MANY_KEYS_MAX} [key, records] pairs")
+        return await self._store([(key, raws) for key, raws in items], env.sender_id)
+
+    async def _store(self, items: list[tuple[bytes, list]], sender_id: bytes) -> list[list]:
+        """The replica side of ``store`` and ``store_many``: each key's
+        ``[ok, refusals, produced]``, once what it stored is on disk."""
         mark = self.records.write_mark()
-        outcomes = self.replication.store_local_many([(key, raws) for key, raws in items], env.sender_id)
+        outcomes = self.replication.local.store_local(items, sender_id)
         if not await self.replication.durable(mark):
             return [[False, [[i, REFUSED_DISK] for i in range(len(raws))], []] for _, raws in items]
         return [[ok, [list(r) for r in refused], [r.raw for r in produced]] for ok, refused, produced in outcomes]

@@ -125,7 +125,8 @@ async def read_job(dht: DHTServer, job_id: bytes) -> JobRead:
         # yet. One that answered already is not asked again (its answer is
         # in ``facts``; a second full copy of the job cost a reply each).
         more = await dht.fetch(job_id, also=state.replicas, skip=fetched.answered_ids)
-        facts = [*facts, *more[0]]
+        more_facts, _ = more
+        facts = [*facts, *more_facts]
         state = store.state_of(job_id, facts)
         answered = max(answered, len(fetched.answered_ids | more.answered_ids))
     if state is not None and local is not None:
