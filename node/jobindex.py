@@ -32,11 +32,18 @@ UNSETTLED_MAX = 10_000  # own jobs whose state this node still reads again (olde
 
 
 class JobIndex:
-    def __init__(self, size_max: int, reannounce_first_s: float, reannounce_max_s: float) -> None:
+    def __init__(
+        self, size_max: int, reannounce_first_s: float, reannounce_max_s: float, rank_step_s: float = 0.0
+    ) -> None:
         self._jobs: OrderedDict[bytes, Summary] = OrderedDict()
         self._size_max = size_max
         self._first_s = reannounce_first_s
         self._max_s = reannounce_max_s
+        # A lease deadline (a stale holder, a retry's backoff) is the same
+        # moment on every replica: each waits this long per rank after it, so
+        # the first replica's re-announcement draws one claim and the claim,
+        # stored on the others, moves their due time before they speak.
+        self._rank_step_s = rank_step_s
         self._due: list[tuple[float, bytes]] = []
         self._next_due: dict[bytes, float] = {}
         self._delay: dict[bytes, float] = {}
@@ -47,8 +54,12 @@ class JobIndex:
         self._unsettled: OrderedDict[bytes, None] = OrderedDict()
 
     def update(self, state: lifecycle.JobState, now: float, lease_deadline: float | None, rank: int = 0) -> str | None:
-        """Record the job's new state; the previous status if it changed, else None."""
+        """Record the job's new state; the previous status if it changed, else None.
+
+        ``rank``: this node's position among the job's replicas (0 speaks first)."""
         job_id = state.job_id
+        if lease_deadline is not None:
+            lease_deadline += rank * self._rank_step_s
         old = self._jobs.get(job_id)
         spec = state.submit.body
         self._jobs[job_id] = Summary(job_id, spec.job_type, state.status, spec.created_ms, state)

@@ -141,7 +141,9 @@ class Node:
             new_msg_id=lambda: self.rng.randbytes(16),
             logger=self.log,
         )
-        self.index = JobIndex(config.job_index_max, config.reannounce_first_s, config.reannounce_max_s)
+        self.index = JobIndex(
+            config.job_index_max, config.reannounce_first_s, config.reannounce_max_s, config.reannounce_rank_step_s
+        )
         self.workers = WorkerPool(
             self.identity,
             self.dht,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from workmesh.node import facts as F
 from workmesh.node import lifecycle as L
 from workmesh.node.jobindex import JobIndex
 from workmesh.node.leases import LeaseRules, Observations, lease_deadline, observe
-from tests.unit.strategies import REPLICAS, WORKERS, claim, lease, placement, submit
+from tests.unit.strategies import REPLICAS, WORKERS, claim, lease, placement, quorum_result, submit
 
 RULES = LeaseRules()
 FIRST_S = 10.0
@@ -31,10 +32,54 @@ def test_a_job_first_seen_with_its_claim_granted_is_due_when_that_lease_goes_sta
     assert deadline is not None and deadline < FIRST_S
 
     index = JobIndex(100, FIRST_S, 60.0)
-    index.update(state, 0.0, deadline, rank=1)
+    index.update(state, 0.0, deadline, rank=0)
 
     assert _due_ids(index, deadline - 0.01) == []
     assert _due_ids(index, deadline) == [job.job_id]
+
+
+def test_replicas_re_announce_a_retry_one_rank_step_apart_and_a_claim_in_between_silences_the_rest():
+    """After an error result every replica's retry time is the same moment
+    (the error plus the backoff). Were they all to re-announce it then, each
+    announcement would reach its own set of workers and each of those would
+    read the job: five replicas, five crowds of readers for one claim (the
+    simulator's 200-node run: 25 re-announcements for 5 retried jobs). Each
+    replica waits its rank's step instead; the first one's announcement draws
+    the claim, and the claim, stored on the others, makes the job running with
+    a new lease before their turn comes."""
+    me, worker, other = REPLICAS[0], WORKERS[0], WORKERS[1]
+    job = submit(max_attempts=3, replicas=3, quorum=2, lease_ms=1000)
+    granted = [job, placement(job), claim(worker, job, 1, 1)] + [lease(r, job, 1, worker) for r in REPLICAS[:3]]
+    failed = granted + [quorum_result(job, worker, 1, outcome=F.ERROR)]
+    state = L.derive(failed)
+    assert state.status == L.PENDING  # to be retried
+    obs = Observations()
+    observe(obs, granted, me.node_id, 0.0)
+    observe(obs, failed, me.node_id, 1.0)
+    retry_at = lease_deadline(state, me.node_id, obs, RULES)
+    assert retry_at is not None
+
+    step = 1.0
+    due_at = {}
+    for rank in range(3):
+        index = JobIndex(100, FIRST_S, 60.0, rank_step_s=step)
+        index.update(state, 1.0, retry_at, rank=rank)
+        assert _due_ids(index, retry_at + rank * step - 0.01) == []
+        assert _due_ids(index, retry_at + rank * step) == [job.job_id]
+        due_at[rank] = retry_at + rank * step
+    assert sorted(due_at.values()) == [due_at[0], due_at[1], due_at[2]] and len(set(due_at.values())) == 3
+
+    # The second replica: between its retry time and its turn, the claim of
+    # attempt 2 (drawn by the first replica's announcement) is stored here.
+    index = JobIndex(100, FIRST_S, 60.0, rank_step_s=step)
+    index.update(state, 1.0, retry_at, rank=1)
+    claimed = failed + [claim(other, job, 2, 1)] + [lease(r, job, 2, other) for r in REPLICAS[:3]]
+    running = L.derive(claimed)
+    observe(obs, claimed, me.node_id, retry_at + 0.2)
+    new_deadline = lease_deadline(running, me.node_id, obs, RULES)
+    assert new_deadline is not None and new_deadline > retry_at + step
+    index.update(running, retry_at + 0.2, new_deadline, rank=1)
+    assert _due_ids(index, retry_at + step) == []  # silenced: nothing to re-announce
 
 
 def test_an_unclaimed_job_is_due_after_the_first_re_announcement_delay_by_rank():
