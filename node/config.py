@@ -35,7 +35,8 @@ class NodeConfig:
     # Gossip: peers each announcement goes to, and hops it travels at most.
     # Two hops reach at most fanout + fanout**2 = 20 nodes whatever the mesh's
     # size: a pending job needs one free worker to hear of it, not every node
-    # (four hops flooded up to 340, and per-job reads grew with the mesh).
+    # (four hops flooded up to 340, and per-job reads grew with the mesh); a
+    # receiver with a free slot for the job keeps it and does not forward it.
     gossip_fanout: int = 4
     gossip_ttl: int = 2
     gossip_seen_max: int = 100_000

@@ -3,8 +3,13 @@
 An announcement is ``[job_id, job_type, ttl, nonce, first]``. The accepting
 node sends it to the ``fanout`` contacts that rank best for the job
 (rendezvous), so the workers that should claim first hear first; each receiver
-that has not seen ``(job_id, nonce)`` before hands it to its workers and, in a
-mesh larger than the fan-out, forwards it to random contacts with ``ttl - 1``.
+that has not seen ``(job_id, nonce)`` before hands it to its workers and,
+unless one of them has a free slot for it (it will claim the job, or read it
+and find it claimed), forwards it to random contacts with ``ttl - 1`` in a mesh
+larger than the fan-out. An idle mesh so hears an announcement on ``fanout``
+nodes, a busy one on up to ``fanout + fanout**2``: the work an announcement
+causes (mostly the reads of the workers that hear it) follows what it takes
+to find a free worker, not the size of the mesh.
 A first announcement carries the signed submission and its placement
 (``first``), so the best-ranked worker can claim attempt 1 without reading the
 job first (it verifies both signatures and that the submission hashes to the
@@ -43,7 +48,7 @@ class Gossip:
     def __init__(
         self,
         dht: DHTServer,
-        on_announce: Callable[[bytes, str, tuple[F.Fact, ...]], None],
+        on_announce: Callable[[bytes, str, tuple[F.Fact, ...]], bool],
         *,
         fanout: int,
         ttl: int,
@@ -63,7 +68,7 @@ class Gossip:
         self._taken = PeerBuckets(TAKEN_PER_SENDER_PER_S, int(2 * TAKEN_PER_SENDER_PER_S), SENDERS_MAX)
         self._forwarded = PeerBuckets(FORWARDED_PER_SENDER_PER_S, int(2 * FORWARDED_PER_SENDER_PER_S), SENDERS_MAX)
         self.counters = {
-            "announced": 0, "received": 0, "duplicates": 0, "forwarded": 0, "malformed": 0,
+            "announced": 0, "received": 0, "duplicates": 0, "forwarded": 0, "served_here": 0, "malformed": 0,
             "sender_over_rate": 0, "forward_over_rate": 0,
         }
         dht.register("announce", self._rpc_announce)
@@ -130,8 +135,12 @@ class Gossip:
         if not self._taken.allow(env.sender_id, now):
             self.counters["sender_over_rate"] += 1
             return [False]
-        self._on_announce(job_id, job_type, first)
-        if ttl > 1 and len(self.dht.router) > self.fanout and not self._forwarded.allow(env.sender_id, now):
+        if self._on_announce(job_id, job_type, first):
+            # A worker here with a free slot will claim it (or read it and
+            # find it claimed): the announcement found what it was sent for,
+            # and sending it on would only have more workers read the job.
+            self.counters["served_here"] += 1
+        elif ttl > 1 and len(self.dht.router) > self.fanout and not self._forwarded.allow(env.sender_id, now):
             self.counters["forward_over_rate"] += 1
         elif ttl > 1 and len(self.dht.router) > self.fanout:
             # In a mesh no larger than the fan-out the sender reached everyone.

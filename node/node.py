@@ -363,11 +363,14 @@ class Node:
 
     def _replica_rank(self, key: bytes, state: lifecycle.JobState) -> int:
         """Our position among the job's replicas: 0 speaks first. A placed job
-        ranks by its placement (a node that only stores it speaks last);
+        ranks by its placement (a node that only stores it speaks last), less
+        the lease holder: when its lease goes stale it is most likely the node
+        that died, and the next replica must not wait a rank step for it;
         otherwise by the routing table."""
         me = self.identity.node_id
         if state.replicas:
-            return state.replicas.index(me) if me in state.replicas else len(state.replicas)
+            order = [r for r in state.replicas if r != state.lease_worker]
+            return order.index(me) if me in order else len(order)
         target = target_node(key)
         mine = self.dht.node.distance_to(target)
         others = self.dht.router.find_neighbors(target, k=self.config.replicas)

@@ -160,10 +160,15 @@ class WorkerPool:
     # -- offers -------------------------------------------------------------
     def offer(
         self, job_id: bytes, job_type: str, first: tuple[F.Fact, ...] = (), *, delay_s: float | None = None
-    ) -> None:
-        """A job that may be runnable. Cheap; the claim decides."""
-        if self.slots <= 0 or self.registry.get(job_type) is None or job_id in self._active:
-            return
+    ) -> bool:
+        """A job that may be runnable. Cheap; the claim decides. True when this
+        pool serves it: it runs the job's type and has a slot free for it now
+        (or runs the job already); gossip forwards only what no slot here takes."""
+        if self.slots <= 0 or self.registry.get(job_type) is None:
+            return False
+        if job_id in self._active:
+            return True
+        serving = self._executing < self.slots
         best = False
         if delay_s is None:
             peers = [c.id for c in self.dht.router.contacts()]
@@ -176,7 +181,7 @@ class WorkerPool:
         not_before = self.monotonic() + delay_s
         current = self._runnable.get(job_id)
         if current is not None and current.not_before <= not_before:
-            return
+            return serving
         self.counters["offers"] += 1
         self._runnable[job_id] = _Offer(job_type, not_before, first, best)
         if best:
@@ -188,6 +193,7 @@ class WorkerPool:
             self._best.pop(dropped, None)
             self.counters["offers_dropped"] += 1
         self._wakeup.set()
+        return serving
 
     def _take(self, job_id: bytes) -> _Offer:
         self._best.pop(job_id, None)

@@ -106,3 +106,19 @@ async def test_a_claim_with_the_submission_cancelled_before_it_ran_still_answers
     assert placed is not None
     pool.stop()  # cancels the attempt before it ever ran
     assert await asyncio.wait_for(placed, 5) is None
+
+
+def test_an_offer_says_whether_a_free_slot_here_serves_it_so_gossip_forwards_only_the_rest():
+    """Gossip forwards an announcement only when no slot here will take it
+    (node/gossip.py): the pool answers True for a job type it runs while a
+    slot is free, False when every slot is busy or it has no handler."""
+    me = Identity.generate()
+    now = [100.0]
+    pool = _pool(me, [], now)
+    jobs = [hashlib.blake2b(b"job%d" % i, digest_size=20).digest() for i in range(3)]
+    assert pool.offer(jobs[0], "echo") is True
+    assert pool.offer(jobs[0], "echo") is True  # heard again: still served here
+    assert pool.offer(jobs[1], "no-such-type") is False
+    pool._executing = pool.slots  # every slot running an attempt
+    assert pool.offer(jobs[2], "echo") is False
+    assert jobs[2] in pool._runnable  # still queued for when a slot frees
