@@ -58,6 +58,10 @@ class LeaseRules:
     rate_tolerance: float = 0.02  # clocks may run this much faster or slower
     backoff_base_s: float = 0.5  # retry delay after the first error
     backoff_cap_s: float = 30.0  # retry delay never exceeds this (before jitter)
+    # A split vote seen whole (see unwinnable) is re-announced this long after
+    # this replica's grant instead of a whole lease later: long enough for a
+    # worker that just got a re-grant to gather its quorum first.
+    split_retry_s: float = 1.0
 
     def stale_after_s(self, lease_ms: int) -> float:
         """Silence after which a holder counts as gone: lease*(1+rate_tolerance)+margin."""
@@ -182,6 +186,30 @@ def current_grant(state: JobState, me: bytes) -> tuple[int, bytes] | None:
     return m, newest.body.subject
 
 
+def _newest_grants(state: JobState, attempt: int) -> dict[bytes, bytes] | None:
+    """Each granting replica's current grant of ``attempt``: replica -> worker
+    (its newest grant, as :func:`current_grant`); None when a result of the
+    attempt exists."""
+    newest: dict[bytes, tuple[int, bytes]] = {}  # replica -> (ts_ms, worker) of its newest grant
+    for f in state.facts:
+        if f.attempt != attempt:
+            continue
+        if f.kind == F.RESULT:
+            return None
+        if f.kind == F.GRANT and f.body.action == F.LEASE:
+            rank = (f.body.ts_ms, f.body.subject)
+            if f.author_id not in newest or rank > newest[f.author_id]:
+                newest[f.author_id] = rank
+    return {replica: worker for replica, (_ts, worker) in newest.items()}
+
+
+def _tally(grants: Iterable[bytes]) -> dict[bytes, int]:
+    counts: dict[bytes, int] = {}
+    for worker in grants:
+        counts[worker] = counts.get(worker, 0) + 1
+    return counts
+
+
 def confirmed(state: JobState, attempt: int) -> bool:
     """True when ``attempt`` provably ran or may run: a quorum of the job's
     replicas granted it to one worker (the worker shows those grants to the
@@ -192,20 +220,32 @@ def confirmed(state: JobState, attempt: int) -> bool:
     quorum that ran, since a replica holding a worker's quorum of grants does
     not grant the attempt again, and the worker confirms its quorum with the
     granting replicas before it runs."""
-    newest: dict[bytes, tuple[int, bytes]] = {}  # replica -> (ts_ms, worker) of its newest grant
-    for f in state.facts:
-        if f.attempt != attempt:
-            continue
-        if f.kind == F.RESULT:
-            return True
-        if f.kind == F.GRANT and f.body.action == F.LEASE:
-            rank = (f.body.ts_ms, f.body.subject)
-            if f.author_id not in newest or rank > newest[f.author_id]:
-                newest[f.author_id] = rank
-    signers: dict[bytes, int] = {}
-    for _ts, worker in newest.values():
-        signers[worker] = signers.get(worker, 0) + 1
-    return any(n >= state.spec.quorum for n in signers.values())
+    newest = _newest_grants(state, attempt)
+    if newest is None:
+        return True
+    return any(n >= state.spec.quorum for n in _tally(newest.values()).values())
+
+
+def unwinnable(state: JobState, attempt: int) -> bool:
+    """True for a split vote seen whole: the facts hold a current grant of
+    ``attempt`` from enough of the job's replicas that no worker can reach a
+    quorum of them, even with every replica yet to grant (r = 3: three grants
+    to three workers; r = 5: say 2, 2 and 1). As things stand nobody can win
+    the attempt, so waiting for the grants to go stale (a whole lease) only
+    delays the job; rule 4 grants it again at once instead.
+
+    Safe for the reason rule 4 is (module docstring): a worker runs an
+    attempt only after a quorum of replicas, each holding it as its current
+    grant, stored its quorum of grants, and a replica that re-grants has moved
+    its current grant away, so no two workers can both confirm."""
+    newest = _newest_grants(state, attempt)
+    if not newest:
+        return False
+    counts = _tally(w for r, w in newest.items() if r in state.replicas)
+    if not counts:
+        return False
+    missing = sum(1 for r in state.replicas if r not in newest)
+    return all(n + missing < state.spec.quorum for n in counts.values())
 
 
 def _attempt_over(state: JobState, m: int, obs: Observations, now: float, rules: LeaseRules) -> str | None:
@@ -275,6 +315,9 @@ def decide_claim(
         # Our grant of m never became a confirmed lease (the claim won only a
         # minority, or its worker vanished before showing a quorum): once it
         # is stale, m goes to the next worker, so lost claims burn no attempt.
+        # A split vote seen whole cannot be won by anyone: m goes at once.
+        if unwinnable(state, m):
+            return _grant(state, claim, obs, now, me)
         return _attempt_over(state, m, obs, now, rules) or _grant(state, claim, obs, now, me)
     if n <= m:
         return refusal_text(Refusal.PROMISED_HIGHER, f"attempt {n} is not above granted attempt {m}")
@@ -345,7 +388,8 @@ def lease_deadline(state: JobState, me: bytes, obs: Observations, rules: LeaseRu
 
     That is when its holder goes stale or, after an error result, when the
     retry backoff ends: the shell re-announces the job then so a worker
-    claims the next attempt. None when there is no grant, the job is decided,
+    claims the next attempt. A split vote seen whole (:func:`unwinnable`)
+    is due ``split_retry_s`` after this replica's grant. None when there is no grant, the job is decided,
     the attempt ended for good (ok result, closing attempt), this replica
     sealed a cancel, or ``obs`` never observed the grant (call :func:`observe`).
     """
@@ -362,4 +406,6 @@ def lease_deadline(state: JobState, me: bytes, obs: Observations, rules: LeaseRu
         return obs.error_seen[m] + rules.backoff_s(state.job_id, m)
     if m not in obs.holder_seen:
         return None
+    if not confirmed(state, m) and unwinnable(state, m):
+        return obs.holder_seen[m] + min(rules.split_retry_s, rules.stale_after_s(state.spec.lease_ms))
     return obs.holder_seen[m] + rules.stale_after_s(state.spec.lease_ms)

@@ -634,13 +634,13 @@ class Model:
     def advance(self) -> None:
         self.t += self.draw(st.floats(0, 1.6 * self.lease_s))
 
-    def claim(self) -> None:
+    def claim(self, local: bool = False) -> None:
         w = self.draw(st.integers(0, len(self.workers) - 1))
         known = max((f.attempt for f in self.everything if f.kind in (F.GRANT, F.RESULT)), default=0)
         n = self.draw(st.sampled_from(sorted({known + 1, max(known, 1), known + 2, 1})))
         c = F.sign(self.workers[w], F.CLAIM, F.Claim(self.job.job_id, n, self.next_ts()))
         self.everything.add(c)
-        for rep in self.subset():
+        for rep in [self.draw(st.sampled_from(self.replicas))] if local else self.subset():
             rep.receive([c], self.t)
             out = decide_claim(rep.state(), c, rep.me, rep.obs, rep.now(self.t), RULES)
             if isinstance(out, str):
@@ -650,6 +650,12 @@ class Model:
             self.accepted.setdefault((n, w), {})[self.replicas.index(rep)] = self.t
             if self.draw(st.sampled_from([True, True, False])):  # the reply may be lost
                 self.received.setdefault((n, w), set()).add(g)
+
+    def claim_local(self) -> None:
+        """A claim that reached one replica first (its own node's, which
+        grants at once): several of these make split votes, and a gossip of
+        them shows a replica the split whole (rule 4's ``unwinnable``)."""
+        self.claim(local=True)
 
     def renew(self) -> None:
         if not self.holding():
@@ -783,13 +789,29 @@ class Model:
 @given(st.data())
 def test_model_run_keeps_leases_exclusive_and_decisions_unique(data) -> None:
     model = Model(data)
-    actions = [model.claim] * 3 + [model.confirm] * 2 + [model.renew, model.post_result, model.advance, model.gossip] * 2
+    actions = [model.claim] * 3 + [model.claim_local] * 2 + [model.confirm] * 2 + [model.renew, model.post_result, model.advance, model.gossip] * 2
     actions += [model.restart, model.recover] + [model.cancel] * data.draw(st.sampled_from([0, 0, 0, 1]), label="cancels")
     for _ in range(data.draw(st.integers(10, 60), label="steps")):
         data.draw(st.sampled_from(actions), label="action")()
         model.check()
     event(f"ended {L.derive(model.everything).status}")
     event(f"late results: {bool(model.late)}")
+
+
+@settings(max_examples=250, deadline=None)
+@given(st.data())
+def test_model_run_with_split_votes_seen_whole_keeps_leases_exclusive(data) -> None:
+    """The same model, weighted towards claims that reach one replica first
+    and gossip between replicas: split votes that a replica sees whole, which
+    rule 4 grants again at once (``unwinnable``) instead of after a lease."""
+    model = Model(data)
+    actions = [model.claim_local] * 6 + [model.gossip] * 4 + [model.claim, model.confirm, model.confirm]
+    actions += [model.renew, model.post_result, model.advance, model.restart]
+    for _ in range(data.draw(st.integers(10, 60), label="steps")):
+        data.draw(st.sampled_from(actions), label="action")()
+        model.check()
+    splits = [rep for rep in model.replicas if any(leases.unwinnable(rep.state(), n) for n in (1, 2, 3))]
+    event(f"a replica saw a split vote whole: {bool(splits)}")
 
 
 def test_a_stale_minority_grant_for_a_later_attempt_is_resolved_by_a_recovery_round() -> None:
@@ -849,3 +871,46 @@ def test_after_a_restart_the_newer_grant_of_a_regranted_attempt_stays_current() 
     observe(r.obs, r.store, r.me, r.now)
     assert current_grant(r.state, r.me) == (1, W0.node_id)
     assert not accept_renew(r.state, renew(W1, JOB, 1, 1000), r.me, r.obs, r.now)
+
+
+def test_a_split_vote_seen_whole_is_granted_again_at_once_and_due_soon() -> None:
+    """Three workers claimed attempt 1 at once, and each replica granted it to
+    its own node's worker first (r = 3, quorum 2): nobody can win, and the job
+    waited a whole lease (10 s in the bench's batch drains) for the grants to
+    go stale. A replica that holds the three grants re-grants the attempt to
+    the next claimer at once, and the job is due for re-announcement
+    ``split_retry_s`` after its grant instead of a lease later."""
+    b, c = REPLICAS[1], REPLICAS[2]
+    r = Replica()
+    assert granted(r.claim(W0, 1, confirm=False))
+    r.add(lease(b, JOB, 1, W1), lease(c, JOB, 1, W2))
+    state = r.state
+    assert not leases.confirmed(state, 1) and leases.unwinnable(state, 1)
+    assert lease_deadline(state, r.me, r.obs, RULES) == RULES.split_retry_s  # not STALE (1.27 s here)
+    r.now = 0.01  # long before the grant to W0 goes stale
+    g = r.claim(W1, 1, ts=10, confirm=False)
+    assert granted(g) and current_grant(r.state, r.me) == (1, W1.node_id)
+    # W1 now holds two current grants (this replica's and B's): a quorum
+    assert leases.confirmed(r.state, 1) and not leases.unwinnable(r.state, 1)
+    assert "superseded" in r.claim(W0, 1)
+
+
+def test_a_split_that_a_replica_yet_to_grant_could_still_break_waits_for_the_lease() -> None:
+    """Grants to W0 here and W1 at B, and C has not granted: C's grant would
+    give one of them a quorum, so the attempt is winnable and rule 4 waits
+    for staleness as before. At r = 5, quorum 3, grants 2-2-1 are a whole
+    split; 2-2 with one replica silent are not."""
+    b = REPLICAS[1]
+    r = Replica()
+    assert granted(r.claim(W0, 1, confirm=False))
+    r.add(lease(b, JOB, 1, W1))
+    assert not leases.unwinnable(r.state, 1)
+    r.now = 0.01
+    assert "live" in r.claim(W2, 1, confirm=False)
+    job5 = submit(max_attempts=2, replicas=5, quorum=3, lease_ms=1000)
+    base = [job5, placement(job5, REPLICAS[:5])]
+    two_two = [lease(REPLICAS[0], job5, 1, W0), lease(REPLICAS[1], job5, 1, W0),
+               lease(REPLICAS[2], job5, 1, W1), lease(REPLICAS[3], job5, 1, W1)]
+    assert not leases.unwinnable(L.derive([*base, *two_two]), 1)
+    assert leases.unwinnable(L.derive([*base, *two_two, lease(REPLICAS[4], job5, 1, W2)]), 1)
+    assert not leases.unwinnable(L.derive([*base, *two_two, lease(REPLICAS[4], job5, 1, W1)]), 1)  # W1 won
