@@ -21,7 +21,7 @@ from workmesh.crypto.identity import Identity
 from workmesh.dht.quorum import StoreOutcome
 from workmesh.dht.server import DHTServer
 from workmesh.node import facts as F
-from workmesh.node import lifecycle, rounds
+from workmesh.node import leases, lifecycle, rounds
 from workmesh.node.ballots import Refusal, refusal_code
 from workmesh.node.proposer import RoundDriver
 from workmesh.node.reads import read_job
@@ -223,8 +223,17 @@ class Claims:
             if ask == [me]:
                 # Only this node's own replica: the grants are the proof, and
                 # it saw its own grant a moment ago, which keeps the lease
-                # live there as a renew would. No renew to sign or store.
+                # live there as a renew would. No renew to sign or store. But
+                # as a renew would be, it is judged: the proof counts here
+                # only while this replica's current grant of the attempt is
+                # still ours. It may have moved on in that moment (a split
+                # vote seen whole is granted again at once, node/leases.py),
+                # and the new holder may be confirming elsewhere already.
                 outcome = await self.dht.store(state.job_id, grants, targets=ask, quorum=1)
+                local = self.dht.records.state(state.job_id)
+                if local is None or leases.current_grant(local, me) != (attempt, me):
+                    self.counters["confirms_moved_on"] = self.counters.get("confirms_moved_on", 0) + 1  # unit tests pass {}
+                    break
             else:
                 renew = renew or await self.signed_renewal(state, attempt)
                 outcome = await self.dht.store(state.job_id, [*grants, renew], targets=ask, quorum=needed)

@@ -133,6 +133,7 @@ class WorkerPool:
             "renewals": 0,
             "results_refiled": 0,
             "confirms_lost": 0,
+            "confirms_moved_on": 0,
             "claims_with_submit": 0,
             "thread_runs": 0,
             "timeouts": 0,

@@ -83,3 +83,26 @@ async def test_stores_to_one_replica_in_one_turn_go_as_one_request_and_its_answe
         assert len({g.signature for g in grants}) == 1  # one signature for the replica's four answers
         for claim, grant in zip(claims, grants):  # and the replica stored what it answered
             assert grant in b.store.state(claim.job_id).facts
+
+
+async def test_three_workers_that_split_attempt_1_three_ways_leave_one_winner_at_once(tmp_path):
+    """Three workers claim attempt 1 of one job in the same turn; each node's
+    own replica grants its own worker first (r = 3, quorum 2): a split vote
+    nobody can win. It stalled the job for a whole lease until the grants went
+    stale (10 s in the bench's batch drains). Now a replica that holds the
+    three grants gives the attempt again at once to the next one to ask (the
+    claims ask again within a second), and exactly one worker wins: a second
+    winner would run the attempt twice."""
+    async with three_replicas(tmp_path, workers_on_first=0) as nodes:
+        job_id = bytes.fromhex((await nodes[0].submit("echo", {"split": 1})).id)
+        await wait_for(lambda: all(n.store.state(job_id) is not None for n in nodes), 10.0, "every replica holds the job")
+        states = [n.store.state(job_id) for n in nodes]
+        assert all(s.highest_attempt == 0 for s in states)
+        started = time.monotonic()
+        won = await asyncio.gather(*(n.workers.claims.claim(s, (), n.log) for n, s in zip(nodes, states)))
+        took = time.monotonic() - started
+        winners = [w for w in won if w is not None]
+        assert len(winners) == 1, won
+        assert winners[0][0] == 1 and took < 2.0, (winners, took)
+        merged = {f.fact_id: f for n in nodes for f in n.store.state(job_id).facts}
+        assert sum(1 for f in merged.values() if f.kind == F.CLAIM and f.attempt == 1) == 3  # the race did happen

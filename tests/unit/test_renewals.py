@@ -132,3 +132,48 @@ def test_no_second_grant_while_the_holder_renews_through_a_wall_clock_step(step_
         other = r.send([claim(WORKERS[2], JOB, 2, ts_ms=worker_clock.wall)])
         assert [refusal_code(why) for _, why in other.refused] == [Refusal.LEASE_LIVE]
     assert r.replica.counters["grants_issued"] == 1
+
+
+class _LocalStore:
+    """The one thing ``Claims._confirm`` asks of the mesh when only its own
+    replica must be shown the proof: store there, and the local state."""
+
+    def __init__(self, held: list[F.Fact], me: bytes) -> None:
+        self.held, self.me = list(held), me
+        self.records = self
+
+    async def store(self, key, facts, targets, quorum, **_kw):
+        from types import SimpleNamespace
+
+        assert targets == [self.me]
+        self.held.extend(f for f in facts if f not in self.held)
+        return SimpleNamespace(stored_ids=frozenset({self.me}), produced=[], refusals={})
+
+    def state(self, key):
+        return lifecycle.derive(self.held)
+
+
+async def test_a_local_proof_does_not_confirm_a_grant_this_replica_has_moved_on_from():
+    """Three workers raced for attempt 1 (r = 3, quorum 2), each replica
+    granting its own node's worker first; the split, seen whole, is granted
+    again at once. This node's replica moved its grant to W1 while its own
+    worker W0 got B's re-grant, with B holding W0's old grant from here as the
+    other half of a quorum ("shown"). Confirming with only the local store, W0
+    counted here and ran, while W1 ran with this replica's new grant and C's:
+    attempt 1 run twice (the bench's batch drains, results from two workers).
+    The local proof now counts only while the local grant is still W0's."""
+    me_ident, b_ident, c_ident, w2 = WORKERS[0], REPLICAS[1], REPLICAS[2], WORKERS[2]
+    job = submit(max_attempts=2, replicas=3, quorum=2, lease_ms=1000)
+    place = placement(job, (me_ident, b_ident, c_ident))
+    mine_old = lease(me_ident, job, 1, me_ident, ts_ms=10)
+    mine_new = lease(me_ident, job, 1, WORKERS[1], ts_ms=11)  # this replica moved on
+    from_b = lease(b_ident, job, 1, me_ident, ts_ms=12)
+    held = [job, place, claim(me_ident, job, 1, 10), mine_old, mine_new, lease(c_ident, job, 1, w2, ts_ms=9)]
+    claims = Claims(me_ident, dht=_LocalStore(held, me_ident.node_id), wall_ms=lambda: EPOCH_MS, counters={})  # type: ignore[arg-type]
+    state = lifecycle.derive([job, place])
+    assert not await claims._confirm(state, 1, [mine_old, from_b], shown={b_ident.node_id})
+    assert claims.counters["confirms_moved_on"] >= 1
+
+    # The same proof while the local grant is still W0's confirms, with no datagram.
+    claims = Claims(me_ident, dht=_LocalStore(held[:4], me_ident.node_id), wall_ms=lambda: EPOCH_MS, counters={})  # type: ignore[arg-type]
+    assert await claims._confirm(state, 1, [mine_old, from_b], shown={b_ident.node_id})
