@@ -378,7 +378,7 @@ class WorkmeshDriver:
             data_dir.mkdir(parents=True, exist_ok=True)
             argv = command + ["start", "--host", "127.0.0.1", "--p2p-port", str(p2p), "--api-port", str(api),
                               "--data-dir", str(data_dir), "--workers", str(workers),
-                              "--log-level", "warning"] + bootstrap
+                              "--log-level", os.environ.get("WM_BENCH_LOG", "warning")] + bootstrap
             procs.append(self._launcher.spawn(f"node{i}", argv, dict(os.environ)))
             self._urls.append(f"http://127.0.0.1:{api}")
             if i == 0:  # the others bootstrap from node 0, so it must be up first
