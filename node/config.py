@@ -53,11 +53,11 @@ class NodeConfig:
     # among the job's replicas, so one replica speaks first), doubling up to the max.
     reannounce_first_s: float = 10.0
     reannounce_max_s: float = 30.0
-    # A job due at a lease deadline (a stale holder, a retry after an error)
-    # is due at the same moment on every replica; each re-announces it this
-    # long per rank after that, so one replica speaks and one claim follows
-    # (more than a re-announced claim's settle time plus a few rank steps,
-    # node/rendezvous.py).
+    # A pending job due at a lease deadline (a retry after an error, a split
+    # vote) is due at the same moment on every replica; each re-announces it
+    # this long per rank after that, so one replica speaks and one claim
+    # follows (more than a re-announced claim's settle time plus a few rank
+    # steps, node/rendezvous.py). A running job's stale holder is not staggered.
     reannounce_rank_step_s: float = 1.0
     # An undecided job's replicas run a recovery round after this long (0: a
     # lease and its margin, node/deciding.py).

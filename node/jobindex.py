@@ -39,10 +39,14 @@ class JobIndex:
         self._size_max = size_max
         self._first_s = reannounce_first_s
         self._max_s = reannounce_max_s
-        # A lease deadline (a stale holder, a retry's backoff) is the same
-        # moment on every replica: each waits this long per rank after it, so
-        # the first replica's re-announcement draws one claim and the claim,
-        # stored on the others, moves their due time before they speak.
+        # The deadline of a pending job (a retry's backoff after an error, a
+        # split vote, a first grant never confirmed) is the same moment on
+        # every replica: each waits this long per rank after it, so the first
+        # replica's re-announcement draws one claim and the claim, stored on
+        # the others, moves their due time before they speak. A running job's
+        # stale holder is not staggered: each replica judges it on its own
+        # clock from the renews it got, which may lag by a renew period, and
+        # a takeover must not wait for the replica that judges it last.
         self._rank_step_s = rank_step_s
         self._due: list[tuple[float, bytes]] = []
         self._next_due: dict[bytes, float] = {}
@@ -56,9 +60,10 @@ class JobIndex:
     def update(self, state: lifecycle.JobState, now: float, lease_deadline: float | None, rank: int = 0) -> str | None:
         """Record the job's new state; the previous status if it changed, else None.
 
-        ``rank``: this node's position among the job's replicas (0 speaks first)."""
+        ``rank``: this node's position among the job's replicas (0 speaks
+        first); it staggers the lease deadline of a pending job."""
         job_id = state.job_id
-        if lease_deadline is not None:
+        if lease_deadline is not None and state.status == lifecycle.PENDING:
             lease_deadline += rank * self._rank_step_s
         old = self._jobs.get(job_id)
         spec = state.submit.body

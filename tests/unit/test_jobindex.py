@@ -110,3 +110,22 @@ def test_a_job_this_node_accepted_is_listed_and_counted_but_never_due():
     assert index.unsettled(me.node_id, 10) == [job.job_id]  # unfinished: read it again
     replica = REPLICAS[0]
     assert index.unsettled(replica.node_id, 10) == []  # a replica hears of every change itself
+
+
+def test_a_running_jobs_stale_holder_is_not_staggered_by_rank():
+    """Each replica judges a running holder stale on its own clock, from the
+    renews it got, which may lag another replica's by a renew period. If the
+    replica that judges it first is ranked below one that judges it later,
+    a rank step made the takeover wait for the later one (the killed-worker
+    test: 5.45 s after the kill against a bound of 5): a running job's lease
+    deadline is taken as it is, at every rank."""
+    worker = WORKERS[0]
+    job = submit(max_attempts=2, replicas=3, quorum=2, lease_ms=1000)
+    facts = [job, placement(job), claim(worker, job, 1, 1)] + [lease(r, job, 1, worker) for r in REPLICAS[:3]]
+    state = L.derive(facts)
+    assert state.status == L.RUNNING
+    for rank in range(3):
+        index = JobIndex(100, FIRST_S, 60.0, rank_step_s=1.0)
+        index.update(state, 0.0, 2.5, rank=rank)
+        assert _due_ids(index, 2.49) == []
+        assert _due_ids(index, 2.5) == [job.job_id]
