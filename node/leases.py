@@ -210,6 +210,21 @@ def _tally(grants: Iterable[bytes]) -> dict[bytes, int]:
     return counts
 
 
+def standing(state: JobState, attempt: int) -> tuple[bool, bool]:
+    """``(confirmed, unwinnable)`` of ``attempt``, from one pass over the
+    job's facts (rule 4 and :func:`lease_deadline` ask both)."""
+    newest = _newest_grants(state, attempt)
+    if newest is None:
+        return True, False
+    quorum = state.spec.quorum
+    ran = any(n >= quorum for n in _tally(newest.values()).values())
+    counts = _tally(w for r, w in newest.items() if r in state.replicas)
+    if not counts:
+        return ran, False
+    missing = sum(1 for r in state.replicas if r not in newest)
+    return ran, all(n + missing < quorum for n in counts.values())
+
+
 def confirmed(state: JobState, attempt: int) -> bool:
     """True when ``attempt`` provably ran or may run: a quorum of the job's
     replicas granted it to one worker (the worker shows those grants to the
@@ -220,10 +235,7 @@ def confirmed(state: JobState, attempt: int) -> bool:
     quorum that ran, since a replica holding a worker's quorum of grants does
     not grant the attempt again, and the worker confirms its quorum with the
     granting replicas before it runs."""
-    newest = _newest_grants(state, attempt)
-    if newest is None:
-        return True
-    return any(n >= state.spec.quorum for n in _tally(newest.values()).values())
+    return standing(state, attempt)[0]
 
 
 def unwinnable(state: JobState, attempt: int) -> bool:
@@ -238,14 +250,7 @@ def unwinnable(state: JobState, attempt: int) -> bool:
     attempt only after a quorum of replicas, each holding it as its current
     grant, stored its quorum of grants, and a replica that re-grants has moved
     its current grant away, so no two workers can both confirm."""
-    newest = _newest_grants(state, attempt)
-    if not newest:
-        return False
-    counts = _tally(w for r, w in newest.items() if r in state.replicas)
-    if not counts:
-        return False
-    missing = sum(1 for r in state.replicas if r not in newest)
-    return all(n + missing < state.spec.quorum for n in counts.values())
+    return standing(state, attempt)[1]
 
 
 def _attempt_over(state: JobState, m: int, obs: Observations, now: float, rules: LeaseRules) -> str | None:
@@ -311,14 +316,17 @@ def decide_claim(
             # A holder of a minority asking again gets the same grant, but its
             # asking does not extend it (see observe): a split vote goes stale.
             return g.body
-    if n == m and not confirmed(state, m):  # rule 4, an attempt that never ran
-        # Our grant of m never became a confirmed lease (the claim won only a
-        # minority, or its worker vanished before showing a quorum): once it
-        # is stale, m goes to the next worker, so lost claims burn no attempt.
-        # A split vote seen whole cannot be won by anyone: m goes at once.
-        if unwinnable(state, m):
-            return _grant(state, claim, obs, now, me)
-        return _attempt_over(state, m, obs, now, rules) or _grant(state, claim, obs, now, me)
+    if n == m:
+        ran, split = standing(state, m)
+        if not ran:  # rule 4, an attempt that never ran
+            # Our grant of m never became a confirmed lease (the claim won only
+            # a minority, or its worker vanished before showing a quorum): once
+            # it is stale, m goes to the next worker, so lost claims burn no
+            # attempt. A split vote seen whole cannot be won by anyone: m goes
+            # at once.
+            if split:
+                return _grant(state, claim, obs, now, me)
+            return _attempt_over(state, m, obs, now, rules) or _grant(state, claim, obs, now, me)
     if n <= m:
         return refusal_text(Refusal.PROMISED_HIGHER, f"attempt {n} is not above granted attempt {m}")
     # Only confirmed attempts count: the next attempt is one above the
@@ -406,6 +414,7 @@ def lease_deadline(state: JobState, me: bytes, obs: Observations, rules: LeaseRu
         return obs.error_seen[m] + rules.backoff_s(state.job_id, m)
     if m not in obs.holder_seen:
         return None
-    if not confirmed(state, m) and unwinnable(state, m):
+    ran, split = standing(state, m)
+    if split and not ran:
         return obs.holder_seen[m] + min(rules.split_retry_s, rules.stale_after_s(state.spec.lease_ms))
     return obs.holder_seen[m] + rules.stale_after_s(state.spec.lease_ms)

@@ -10,6 +10,8 @@ first one's renews are accepted.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from workmesh.node import facts as F
@@ -169,11 +171,11 @@ async def test_a_local_proof_does_not_confirm_a_grant_this_replica_has_moved_on_
     mine_new = lease(me_ident, job, 1, WORKERS[1], ts_ms=11)  # this replica moved on
     from_b = lease(b_ident, job, 1, me_ident, ts_ms=12)
     held = [job, place, claim(me_ident, job, 1, 10), mine_old, mine_new, lease(c_ident, job, 1, w2, ts_ms=9)]
-    claims = Claims(me_ident, dht=_LocalStore(held, me_ident.node_id), wall_ms=lambda: EPOCH_MS, counters={})  # type: ignore[arg-type]
+    claims = Claims(me_ident, dht=_LocalStore(held, me_ident.node_id), wall_ms=lambda: EPOCH_MS, counters=Counter())  # type: ignore[arg-type]
     state = lifecycle.derive([job, place])
     assert not await claims._confirm(state, 1, [mine_old, from_b], shown={b_ident.node_id})
     assert claims.counters["confirms_moved_on"] >= 1
 
     # The same proof while the local grant is still W0's confirms, with no datagram.
-    claims = Claims(me_ident, dht=_LocalStore(held[:4], me_ident.node_id), wall_ms=lambda: EPOCH_MS, counters={})  # type: ignore[arg-type]
+    claims = Claims(me_ident, dht=_LocalStore(held[:4], me_ident.node_id), wall_ms=lambda: EPOCH_MS, counters=Counter())  # type: ignore[arg-type]
     assert await claims._confirm(state, 1, [mine_old, from_b], shown={b_ident.node_id})
