@@ -74,9 +74,21 @@ def bind_udp(host: str, port: int, advertise_host: str | None = None) -> Callabl
     return bind
 
 
-def process_pool_runner(slots: int) -> tuple[RunCpu, Callable[[], None]]:
-    """CPU handlers run in a process pool, off the event loop."""
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=max(1, slots))
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def process_pool_runner(slots: int, cores: int | None = None) -> tuple[RunCpu, Callable[[], None]]:
+    """CPU handlers run in a process pool, off the event loop: one process per
+    slot, but never more than the usable cores. CPU-bound work gains nothing
+    from more processes than cores, and each forked process holds ~40 MiB
+    (with fork, the pool starts all its processes at the first CPU job)."""
+    workers = max(1, min(slots, usable_cores() if cores is None else cores))
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers)
 
     async def run(fn, payload, ctx):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, payload, ctx)
