@@ -690,7 +690,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--drain-timeout-s", type=float, default=None, help="bound on one drain (default 300)")
     parser.add_argument("--batch", type=int, default=1, choices=range(1, 101), metavar="1..100",
                         help="workmesh drains submit this many jobs per POST /jobs (a JSON array above 1)")
-    parser.add_argument("--slots-per-core", type=int, default=2, help="workmesh worker slots per core")
+    parser.add_argument("--slots-per-core", type=int, default=8,
+                        help="workmesh worker slots per core (8: as many in all as Dramatiq's threads)")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and node data dirs")
     args = parser.parse_args(argv)
     args.jobs = args.jobs or (20 if args.smoke else 200 if args.quick else 10_000)

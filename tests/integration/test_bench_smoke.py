@@ -45,7 +45,7 @@ def test_percentile_is_nearest_rank():
     assert bench.percentile([], 50) is None
 
 
-def test_mesh_slots_add_up_to_two_per_core():
+def test_mesh_slots_are_split_over_the_nodes_and_add_up():
     bench = _load_bench()
     assert bench.split_slots(4, 3) == [2, 1, 1]
     assert bench.split_slots(4, 5) == [1, 1, 1, 1, 0]
