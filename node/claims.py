@@ -224,14 +224,9 @@ class Claims:
                 # Only this node's own replica: the grants are the proof, and
                 # it saw its own grant a moment ago, which keeps the lease
                 # live there as a renew would. No renew to sign or store. But
-                # as a renew would be, it is judged: the proof counts here
-                # only while this replica's current grant of the attempt is
-                # still ours. It may have moved on in that moment (a split
-                # vote seen whole is granted again at once, node/leases.py),
-                # and the new holder may be confirming elsewhere already.
+                # as a renew would be, it is judged (leases.proves_here).
                 outcome = await self.dht.store(state.job_id, grants, targets=ask, quorum=1)
-                local = self.dht.records.state(state.job_id)
-                if local is None or leases.current_grant(local, me) != (attempt, me):
+                if not leases.proves_here(self.dht.records.state(state.job_id), me, attempt, me):
                     self.counters["confirms_moved_on"] += 1
                     break
             else:

@@ -186,6 +186,16 @@ def current_grant(state: JobState, me: bytes) -> tuple[int, bytes] | None:
     return m, newest.body.subject
 
 
+def proves_here(state: JobState | None, me: bytes, attempt: int, worker: bytes) -> bool:
+    """May replica ``me``, whose store is ``state``, count as holding the
+    proof of ``worker``'s lease on ``attempt`` when shown only its grants?
+    Only while its current grant is still that one: a renew would be judged
+    the same way (:func:`accept_renew`). In the moment between its grant and
+    the proof it may have granted the attempt again (a split vote seen whole,
+    rule 4), and the new holder may be confirming elsewhere already."""
+    return state is not None and current_grant(state, me) == (attempt, worker)
+
+
 def _newest_grants(state: JobState, attempt: int) -> dict[bytes, bytes] | None:
     """Each granting replica's current grant of ``attempt``: replica -> worker
     (its newest grant, as :func:`current_grant`); None when a result of the

@@ -568,9 +568,9 @@ class SimReplica:
 class Model:
     """Global time ``t``; each replica's clock runs at its own rate (ratios within 2%)."""
 
-    def __init__(self, data) -> None:
+    def __init__(self, data, configs=CONFIGS) -> None:
         self.data = data
-        r, self.q = data.draw(CONFIGS, label="replicas, quorum")
+        r, self.q = data.draw(configs, label="replicas, quorum")
         self.max_attempts = data.draw(st.integers(1, 3), label="max_attempts")
         lease_ms = data.draw(st.sampled_from([500, 1000, 3000]), label="lease_ms")
         self.lease_s = lease_ms / 1000
@@ -584,6 +584,8 @@ class Model:
         self.t = 0.0
         self.ts = 0
         self.received: dict[tuple[int, int], set[Fact]] = {}  # (attempt, worker) -> grants it got
+        self.shown: dict[tuple[int, int], set[bytes]] = {}  # -> replicas shown the proof at the claim
+        self.own_first: dict[tuple[int, int], tuple[Fact, Fact, SimReplica]] = {}  # -> claim, own grant, own replica
         self.confirmed: set[tuple[int, int]] = set()  # showed a quorum of grants to a quorum: may run
         self.accepted: dict[tuple[int, int], dict[int, float]] = {}  # -> replica -> last grant/renew time
         self.finished: set[tuple[int, int]] = set()
@@ -650,6 +652,73 @@ class Model:
             self.accepted.setdefault((n, w), {})[self.replicas.index(rep)] = self.t
             if self.draw(st.sampled_from([True, True, False])):  # the reply may be lost
                 self.received.setdefault((n, w), set()).add(g)
+
+    def claim_own_first(self) -> None:
+        """A claim as ``Claims._store_own_first`` makes it (r = 3, quorum 2):
+        the worker's own node's replica grants first, and its grant goes with
+        the claim to the others; one that grants too holds a quorum of grants
+        at once, so it is "shown" the proof already (``Claims._holding_quorum``)."""
+        if self.q != 2 or len(self.replicas) != 3:
+            return self.claim(local=True)
+        w = self.draw(st.integers(0, len(self.workers) - 1))
+        local = self.replicas[w % len(self.replicas)]
+        known = max((f.attempt for f in self.everything if f.kind in (F.GRANT, F.RESULT)), default=0)
+        n = self.draw(st.sampled_from(sorted({known + 1, max(known, 1)})))
+        c = F.sign(self.workers[w], F.CLAIM, F.Claim(self.job.job_id, n, self.next_ts()))
+        self.everything.add(c)
+        local.receive([c], self.t)
+        out = decide_claim(local.state(), c, local.me, local.obs, local.now(self.t), RULES)
+        if isinstance(out, str):
+            return
+        own = self.sign(local, out)
+        local.receive([own], self.t)
+        self.accepted.setdefault((n, w), {})[self.replicas.index(local)] = self.t
+        self.received.setdefault((n, w), set()).add(own)
+        self.own_first[(n, w)] = (c, own, local)
+        self._ask_others(n, w)
+
+    def claim_again(self) -> None:
+        """``Claims.claim``'s resends: the same claim and the same own grant
+        go again to the replicas that did not grant (a lost datagram, a
+        replica whose clock had not yet seen the old lease go stale); its own
+        replica is not asked again, and may have moved on meanwhile."""
+        if not self.own_first:
+            return
+        n, w = self.draw(st.sampled_from(sorted(self.own_first)))
+        self._ask_others(n, w)
+
+    def _ask_others(self, n: int, w: int) -> None:
+        c, own, local = self.own_first[(n, w)]
+        for rep in self.subset():
+            if rep is local:
+                continue
+            rep.receive([c, own], self.t)
+            out = decide_claim(rep.state(), c, rep.me, rep.obs, rep.now(self.t), RULES)
+            if isinstance(out, str):
+                continue
+            g = self.sign(rep, out)
+            rep.receive([g], self.t)
+            self.accepted[(n, w)][self.replicas.index(rep)] = self.t
+            if self.draw(st.sampled_from([True, True, False])):  # the reply may be lost
+                self.received[(n, w)].add(g)
+                self.shown.setdefault((n, w), set()).add(rep.me)
+
+    def confirm_local(self) -> None:
+        """``Claims._confirm``'s shortcut: when the replicas shown the proof
+        at the claim and the worker's own replica make a quorum, the grants go
+        only to its own replica, which counts while ``leases.proves_here``."""
+        ready = sorted(k for k in self.shown if len(self.received.get(k, ())) >= self.q and k not in self.confirmed)
+        if not ready:
+            return
+        n, w = self.draw(st.sampled_from(ready))
+        local = self.replicas[w % len(self.replicas)]
+        holding = {g.author_id for g in self.received[(n, w)]}
+        shown = self.shown[(n, w)] & holding
+        if local.me not in holding or len(shown) + 1 < self.q:
+            return
+        local.receive(sorted(self.received[(n, w)], key=lambda g: g.fact_id), self.t)
+        if leases.proves_here(local.state(), local.me, n, self.workers[w].node_id):
+            self.confirmed.add((n, w))
 
     def claim_local(self) -> None:
         """A claim that reached one replica first (its own node's, which
@@ -914,3 +983,23 @@ def test_a_split_that_a_replica_yet_to_grant_could_still_break_waits_for_the_lea
     assert not leases.unwinnable(L.derive([*base, *two_two]), 1)
     assert leases.unwinnable(L.derive([*base, *two_two, lease(REPLICAS[4], job5, 1, W2)]), 1)
     assert not leases.unwinnable(L.derive([*base, *two_two, lease(REPLICAS[4], job5, 1, W1)]), 1)  # W1 won
+
+
+def _own_first_run(data) -> Model:
+    model = Model(data, st.just((3, 2)))  # the shortcut's configuration: r = 3, quorum 2
+    actions = [model.claim_own_first, model.claim_again, model.confirm_local, model.claim_local, model.gossip] * 4
+    actions += [model.confirm, model.renew, model.post_result, model.advance, model.restart]
+    for _ in range(data.draw(st.integers(10, 60), label="steps")):
+        data.draw(st.sampled_from(actions), label="action")()
+        model.check()
+    return model
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.data())
+def test_model_run_with_claims_confirmed_by_the_local_proof_keeps_leases_exclusive(data) -> None:
+    """The same model with the worker's own replica granting first and the
+    lease confirmed by showing the grants to that replica alone (round 7's
+    shortcut), among split votes that rule 4 grants again at once."""
+    model = _own_first_run(data)
+    event(f"confirmed by the local proof: {bool(model.confirmed)}")
