@@ -523,6 +523,17 @@ class FactStore:
         """Call ``listener(event)`` after each commit returned (a seam for tests and metrics)."""
         self._commits.add_commit_listener(listener)
 
+    def fullness(self) -> float:
+        """How full the fullest budget is (0 empty, 1 full): the bytes, the
+        keys, or the records of the author that signed the most. Cheap: the
+        largest author's count is looked for only when the store holds enough
+        records for any author to matter."""
+        lim, index = self._limits, self._index
+        full = max(index.bytes_total / lim.bytes_total_max, len(index) / lim.keys_max)
+        if index.record_count > full * lim.records_per_author_max:
+            full = max(full, max(index.author_counts.values(), default=0) / lim.records_per_author_max)
+        return full
+
     def budget(self) -> dict[str, int]:
         """What the store holds against its budgets (for ``/status``)."""
         lim, index = self._limits, self._index

@@ -12,6 +12,17 @@ republishes it meanwhile, cannot bring it back. A job that is not decided
 is never dropped: the sweep derives the job's state again just before it
 drops it.
 
+**Under pressure** a decided job goes before its time. A store has budgets
+(bytes, keys, and records per author: ``dht.records.StorageLimits``), and a
+replica signs about four facts per job it holds, so a 3-node mesh reached the
+records-per-author budget after some 23,000 jobs, within a retention of days
+and minutes of full load: every replica then refused the grants the next job
+needed, and accepted jobs waited for ever. Now, when the fullest budget is
+above :data:`PRESSURE_HIGH`, the sweep drops decided jobs, the one seen
+decided first first (its due time is the earliest), until it is below
+:data:`PRESSURE_LOW`; an undecided job is never dropped, so what a full store
+of live jobs refuses is new work, not the jobs it holds.
+
 The pure part is :func:`parse_duration` and :func:`expires_in_s`; the shell
 (:class:`Retention`) keeps a heap of due times on the node's monotonic clock
 and is driven by the node's task group (``run``), or by calling ``sweep``.
@@ -30,6 +41,11 @@ from workmesh.node import lifecycle
 RETENTION_S_DEFAULT = 7 * 86_400.0
 SWEEP_BATCH_MAX = 256  # keys dropped per sweep, then the loop yields
 SWEEP_INTERVAL_S_MAX = 1.0  # the sweep looks at its heap at least this often
+# The fullest storage budget above which decided jobs are dropped early, and
+# below which that stops (a band, so that drops come in batches, not one per job).
+PRESSURE_HIGH = 0.9
+PRESSURE_LOW = 0.8
+PRESSURE_BATCH = 32  # decided jobs dropped early per sweep; the next sweep looks again at once
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -69,6 +85,7 @@ class Retention:
         state_of: Callable[[bytes], lifecycle.JobState | None],
         on_dropped: Callable[[bytes], None] = lambda key: None,
         batch_max: int = SWEEP_BATCH_MAX,
+        pressure_batch: int = PRESSURE_BATCH,
     ) -> None:
         self.store = store
         self.retention_s = retention_s
@@ -77,10 +94,12 @@ class Retention:
         self._state_of = state_of
         self._on_dropped = on_dropped
         self._batch_max = batch_max
+        self._pressure_batch = pressure_batch
         self._due: list[tuple[float, bytes]] = []
         self._scheduled: set[bytes] = set()
         self._wakeup = asyncio.Event()
-        self.counters = {"jobs_dropped": 0, "facts_dropped": 0, "kept_undecided": 0}
+        self.counters = {"jobs_dropped": 0, "facts_dropped": 0, "kept_undecided": 0, "dropped_early": 0}
+        self.pressed = False  # between PRESSURE_HIGH and PRESSURE_LOW, on the way down
 
     def observe(self, key: bytes, state: lifecycle.JobState | None) -> None:
         """The store's state of ``key`` changed: schedule its drop once decided."""
@@ -90,18 +109,28 @@ class Retention:
         decided_ms = self.store.mark_decided(key, now_ms)
         due = self._monotonic() + expires_in_s(decided_ms, now_ms, self.retention_s)
         self._scheduled.add(key)
-        if not self._due or due < self._due[0][0]:
-            self._wakeup.set()
+        if not self._due or due < self._due[0][0] or (not self.pressed and self.store.fullness() > PRESSURE_HIGH):
+            self._wakeup.set()  # a sooner drop, or the store just came under pressure
         heapq.heappush(self._due, (due, key))
 
     def next_due_in(self, now: float) -> float | None:
         return max(0.0, self._due[0][0] - now) if self._due else None
 
     def sweep(self, now: float) -> int:
-        """Drop what is due at ``now`` (at most ``batch_max`` keys, in one
-        transaction); keys dropped."""
+        """Drop what is due at ``now``, and while the store is under pressure
+        what is due next (at most ``batch_max`` keys, in one transaction);
+        keys dropped."""
         due: list[bytes] = []
-        while self._due and self._due[0][0] <= now and len(due) < self._batch_max:
+        full = self.store.fullness()
+        if full > PRESSURE_HIGH:
+            self.pressed = True
+        elif full < PRESSURE_LOW:
+            self.pressed = False
+        early_count = 0
+        while self._due and len(due) < self._batch_max:
+            early = self._due[0][0] > now
+            if early and (not self.pressed or early_count >= self._pressure_batch):
+                break  # the next sweep sees what these drops freed
             _, key = heapq.heappop(self._due)
             self._scheduled.discard(key)
             state = self._state_of(key)
@@ -111,25 +140,30 @@ class Retention:
                 self.counters["kept_undecided"] += state is not None
                 continue
             due.append(key)
+            early_count += early
         if not due:
             return 0
         self.counters["facts_dropped"] += self.store.forget_many(due, self._wall_ms())
         self.counters["jobs_dropped"] += len(due)
+        self.counters["dropped_early"] += early_count
         for key in due:
             self._on_dropped(key)
         return len(due)
 
     async def run(self) -> None:
         """The sweep loop (one of the node's tasks)."""
+        dropped = 0
         while True:
-            wait = self.next_due_in(self._monotonic())
+            # Under pressure, sweep again at once while sweeps still drop.
+            wait = 0.0 if self.pressed and dropped else self.next_due_in(self._monotonic())
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), min(SWEEP_INTERVAL_S_MAX, wait if wait is not None else 1e9))
             except asyncio.TimeoutError:
                 pass
-            if self.sweep(self._monotonic()) >= self._batch_max:
+            dropped = self.sweep(self._monotonic())
+            if dropped >= self._batch_max:
                 await asyncio.sleep(0)
 
     def statistics(self) -> dict[str, Any]:
-        return {"retention_s": self.retention_s, "scheduled": len(self._scheduled), **self.counters}
+        return {"retention_s": self.retention_s, "scheduled": len(self._scheduled), "pressed": self.pressed, **self.counters}

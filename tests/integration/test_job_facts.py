@@ -17,19 +17,21 @@ import time
 
 from tests.integration.test_read_costs import wait_for
 from workmesh.dht.config import DHTConfig
+from workmesh.dht.records import StorageLimits
 from workmesh.node import facts as F
 from workmesh.node.config import NodeConfig
 from workmesh.node.node import Node
 
 
 @contextlib.asynccontextmanager
-async def three_replicas(tmp_path, workers_on_first: int):
+async def three_replicas(tmp_path, workers_on_first: int, store_limits: StorageLimits | None = None):
     """Three in-process nodes that know each other; r = 3, so each is a replica of every job."""
     nodes: list[Node] = []
+    extra = {} if store_limits is None else {"store_limits": store_limits}
     try:
         for i in range(3):
             workers = workers_on_first if i == 0 else 0
-            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=workers, dht=DHTConfig(replicas=3, quorum=2)))
+            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=workers, dht=DHTConfig(replicas=3, quorum=2), **extra))
             await node.start()
             nodes.append(node)
         for node in nodes[1:]:

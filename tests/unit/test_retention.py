@@ -101,7 +101,7 @@ def test_a_decided_job_is_dropped_after_its_retention_and_an_undecided_one_never
         assert ret.sweep(clock.mono) == 1
         assert dropped == [decided[0].job_id]
         assert not store.has(decided[0].job_id) and store.is_gone(decided[0].job_id)
-        assert ret.counters == {"jobs_dropped": 1, "facts_dropped": 4, "kept_undecided": 0}
+        assert ret.counters == {"jobs_dropped": 1, "facts_dropped": 4, "kept_undecided": 0, "dropped_early": 0}
         clock.advance(10 * 86_400)
         assert ret.sweep(clock.mono) == 0
         assert store.has(waiting[0].job_id)  # never decided, never dropped
@@ -122,6 +122,45 @@ def test_a_decided_job_is_dropped_after_its_retention_and_an_undecided_one_never
         ret = retention_over(store, clock2, 60.0)
         ret.observe(key, lifecycle.derive(store.get(key)))
         assert ret.next_due_in(clock2.mono) == pytest.approx(40.0)
+
+
+def test_a_store_under_pressure_drops_decided_jobs_early_oldest_decision_first_and_never_an_undecided_one(tmp_path):
+    # The submitter signs three records of each decided job (submit, place,
+    # cancel), and its budget is 40: one undecided job (2 records) and twelve
+    # decided ones (36) fill it to 0.95, above PRESSURE_HIGH. Without early
+    # drops, the next job's records would be refused until the retention
+    # (a week) passed: the stall of a 3-node mesh after ~23,000 jobs.
+    clock = Clock()
+    limits = StorageLimits(records_per_author_max=40)
+    with FactStore(tmp_path / "s.sqlite", validator, limits) as store:
+        dropped: list[bytes] = []
+        ret = Retention(store, 7 * 86_400.0, monotonic=lambda: clock.mono, wall_ms=lambda: clock.wall,
+                        state_of=lambda key: lifecycle.derive(store.get(key)), on_dropped=dropped.append,
+                        pressure_batch=1)
+        waiting = job(100)
+        store.merge(waiting[0].job_id, [*waiting])
+        ret.observe(waiting[0].job_id, lifecycle.derive(store.get(waiting[0].job_id)))
+        decided_order = []
+        for n in range(12):
+            submit, place = job(n)
+            store.merge(submit.job_id, [submit, place, *cancel(submit)])
+            ret.observe(submit.job_id, lifecycle.derive(store.get(submit.job_id)))
+            decided_order.append(submit.job_id)
+            clock.advance(1.0)
+        assert store.fullness() == pytest.approx(38 / 40)
+        late = job(200)
+        assert store.merge_all(late[0].job_id, [*late, *cancel(late[0])]) is None  # 41 > 40: refused
+        sweeps = 0
+        while ret.sweep(clock.mono):
+            sweeps += 1
+        # Dropped one per sweep (pressure_batch=1) until below PRESSURE_LOW
+        # (32 of 40): three jobs, the first decided first.
+        assert dropped == decided_order[:3] and sweeps == 3
+        assert store.fullness() == pytest.approx(29 / 40) and not ret.pressed
+        assert ret.counters["dropped_early"] == 3
+        assert store.has(waiting[0].job_id)
+        assert all(store.has(k) for k in decided_order[3:])
+        assert store.merge_all(late[0].job_id, [*late, *cancel(late[0])]) is not None  # room again
 
 
 def test_tombstones_are_bounded(tmp_path):
