@@ -55,10 +55,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 ALL_SYSTEMS = ("celery", "dramatiq", "workmesh3", "workmesh5")
 COLUMNS = ("system", "job", "drain/s", "drain xC", "p50 ms", "p50 xC", "p99 ms", "p99 xC",
-           "cpu ms/job", "cpu xC", "rss MiB", "rss xC", "note")
+           "cpu ms/job", "cpu xC", "rss MiB", "rss xC", "pss MiB", "pss xC", "note")
 # (figure, its column) pairs that get a ratio to Celery's.
 RATIO_OF = (("drain_jobs_per_s", "drain xC"), ("latency_p50_ms", "p50 xC"),
-            ("latency_p99_ms", "p99 xC"), ("cpu_ms_per_job", "cpu xC"), ("peak_rss_mib", "rss xC"))
+            ("latency_p99_ms", "p99 xC"), ("cpu_ms_per_job", "cpu xC"), ("peak_rss_mib", "rss xC"),
+            ("peak_pss_mib", "pss xC"))
 
 
 # --------------------------------------------------------------------------
@@ -88,6 +89,7 @@ class Row:
     latency_p99_ms: float | None = None
     cpu_ms_per_job: float | None = None
     peak_rss_mib: float | None = None
+    peak_pss_mib: float | None = None  # shared pages (a forked pool's) counted once, split among their sharers
     client_cpu_ms_per_job: float | None = None
     jobs: int = 0
     jobs_done: int = 0
@@ -120,7 +122,8 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-_DIGITS = {"drain_jobs_per_s": 0, "latency_p50_ms": 2, "latency_p99_ms": 2, "cpu_ms_per_job": 3, "peak_rss_mib": 1}
+_DIGITS = {"drain_jobs_per_s": 0, "latency_p50_ms": 2, "latency_p99_ms": 2, "cpu_ms_per_job": 3, "peak_rss_mib": 1,
+           "peak_pss_mib": 1}
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
@@ -201,6 +204,25 @@ def session_usage(sessions: set[int]) -> tuple[float, int]:
     return ticks / CLK_TCK, pages * PAGE_BYTES
 
 
+def session_pss(sessions: set[int]) -> int:
+    """PSS bytes summed over every live process of ``sessions``: a page shared
+    by n processes (a forked worker pool's, Celery's and workmesh's alike)
+    counts 1/n in each, where RSS counts it whole in every one."""
+    total_kb = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                if parse_stat(fh.read())[0] not in sessions:
+                    continue
+            with open(f"/proc/{entry.name}/smaps_rollup") as fh:
+                total_kb += next((int(line.split()[1]) for line in fh if line.startswith("Pss:")), 0)
+        except (OSError, ValueError, IndexError, StopIteration):
+            continue  # the process exited while we looked
+    return total_kb * 1024
+
+
 class PeakRss:
     """Samples the summed RSS of some sessions in a thread; ``stop()`` returns the peak."""
 
@@ -208,16 +230,19 @@ class PeakRss:
         self._sessions, self._interval_s = sessions, interval_s
         self._stop = threading.Event()
         self.peak_bytes = session_usage(sessions)[1]
+        self.peak_pss_bytes = session_pss(sessions)
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
             self.peak_bytes = max(self.peak_bytes, session_usage(self._sessions)[1])
+            self.peak_pss_bytes = max(self.peak_pss_bytes, session_pss(self._sessions))
 
     def stop(self) -> int:
         self._stop.set()
         self._thread.join(timeout=5)
+        self.peak_pss_bytes = max(self.peak_pss_bytes, session_pss(self._sessions))
         return max(self.peak_bytes, session_usage(self._sessions)[1])
 
 
@@ -599,6 +624,7 @@ def _measure(driver: Any, row: Row, sessions: set[int], cfg: Settings) -> None:
         cpu_s, client_s = session_usage(sessions)[0] - cpu0, client_cpu_s() - client0
     finally:
         row.peak_rss_mib = peak.stop() / 2**20
+        row.peak_pss_mib = peak.peak_pss_bytes / 2**20
     row.jobs_done, row.jobs_wrong, row.enqueue_s = out.done, out.wrong, out.enqueue_s
     if before is not None and (jobs := out.done + len(lat.samples_s)):
         after = counters()

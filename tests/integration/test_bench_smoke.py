@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "simulations" / "instruments" / "bench.py"
 COLUMNS = ("system", "job", "drain/s", "drain xC", "p50 ms", "p50 xC", "p99 ms", "p99 xC",
-           "cpu ms/job", "cpu xC", "rss MiB", "rss xC", "note")
+           "cpu ms/job", "cpu xC", "rss MiB", "rss xC", "pss MiB", "pss xC", "note")
 
 
 def _load_bench():
@@ -61,13 +61,14 @@ def test_cpu_and_rss_are_read_past_a_process_name_with_parens():
 def test_table_shows_every_column_and_ratios_to_celery():
     bench = _load_bench()
     rows = [bench.Row("celery", "noop", drain_jobs_per_s=400.0, latency_p50_ms=2.0, latency_p99_ms=4.0,
-                      cpu_ms_per_job=3.0, peak_rss_mib=100.0),
+                      cpu_ms_per_job=3.0, peak_rss_mib=100.0, peak_pss_mib=80.0),
             bench.Row("workmesh3", "noop", drain_jobs_per_s=800.0, latency_p50_ms=1.0, latency_p99_ms=2.0,
-                      cpu_ms_per_job=6.0, peak_rss_mib=50.0),
+                      cpu_ms_per_job=6.0, peak_rss_mib=50.0, peak_pss_mib=20.0),
             bench.Row("dramatiq", "noop", note="skipped: dramatiq missing")]
     records = bench.with_ratios(rows)
     assert records[1]["ratios_to_celery"] == {"drain_jobs_per_s": 2.0, "latency_p50_ms": 0.5,
-                                              "latency_p99_ms": 0.5, "cpu_ms_per_job": 2.0, "peak_rss_mib": 0.5}
+                                              "latency_p99_ms": 0.5, "cpu_ms_per_job": 2.0, "peak_rss_mib": 0.5,
+                                              "peak_pss_mib": 0.25}
     table = bench.format_table(records).splitlines()
     assert all(col in table[0] for col in COLUMNS)
     assert "skipped: dramatiq missing" in table[-1]
@@ -114,6 +115,7 @@ def test_smoke_bench_prints_every_column_and_skips_what_is_not_installed(tmp_pat
         if row["system"] == "workmesh3" or not _missing(row["system"]):  # must have run in full
             assert row["jobs_done"] == 20 and row["jobs_wrong"] == 0, row
             assert row["drain_jobs_per_s"] > 0 and row["peak_rss_mib"] > 0, row
+            assert 0 < row["peak_pss_mib"] <= row["peak_rss_mib"], row
             # CPU is read in clock ticks (10 ms): 20 of Dramatiq's no-op jobs
             # (about 0.5 ms each) may take less than one. A mesh takes many.
             assert row["cpu_ms_per_job"] >= 0 and (row["cpu_ms_per_job"] > 0 or row["system"] != "workmesh3"), row
