@@ -122,6 +122,7 @@ REASONS: dict[tuple[str, str], tuple[str, str]] = {
     ("dht", "store_rejected_gone"): ("store_records_rejected", "gone"),
     ("dht", "store_rejected_budget"): ("store_batches_rejected", "budget"),
     ("storage", "jobs_dropped"): ("storage_jobs_dropped", "retention"),
+    ("storage", "jobs_dropped_early"): ("storage_jobs_dropped", "pressure"),
     ("storage", "facts_dropped"): ("storage_facts_dropped", "retention"),
 }
 # /status sections that are not statistics (shown above, or configuration).

@@ -98,7 +98,8 @@ class Retention:
         self._due: list[tuple[float, bytes]] = []
         self._scheduled: set[bytes] = set()
         self._wakeup = asyncio.Event()
-        self.counters = {"jobs_dropped": 0, "facts_dropped": 0, "kept_undecided": 0, "dropped_early": 0}
+        # jobs_dropped: their retention passed; jobs_dropped_early: under pressure.
+        self.counters = {"jobs_dropped": 0, "facts_dropped": 0, "kept_undecided": 0, "jobs_dropped_early": 0}
         self.pressed = False  # between PRESSURE_HIGH and PRESSURE_LOW, on the way down
 
     def observe(self, key: bytes, state: lifecycle.JobState | None) -> None:
@@ -144,8 +145,8 @@ class Retention:
         if not due:
             return 0
         self.counters["facts_dropped"] += self.store.forget_many(due, self._wall_ms())
-        self.counters["jobs_dropped"] += len(due)
-        self.counters["dropped_early"] += early_count
+        self.counters["jobs_dropped"] += len(due) - early_count
+        self.counters["jobs_dropped_early"] += early_count
         for key in due:
             self._on_dropped(key)
         return len(due)

@@ -23,7 +23,7 @@ async def test_a_mesh_whose_stores_fill_up_drops_decided_jobs_and_runs_every_new
             view = await nodes[i % 3].submit("echo", {"i": i})
             done = await nodes[i % 3].get(bytes.fromhex(view.id), wait_s=20.0)
             assert (done.status, done.result) == ("done", {"i": i}), f"job {i} of 200: {done.status}"
-        early = sum(n.retention.counters["dropped_early"] for n in nodes)
+        early = sum(n.retention.counters["jobs_dropped_early"] for n in nodes)
         assert early > 0  # room was made: 200 jobs do not fit a budget of 300 records
         for node in nodes:
             budget = node.store.budget()

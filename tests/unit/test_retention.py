@@ -101,7 +101,7 @@ def test_a_decided_job_is_dropped_after_its_retention_and_an_undecided_one_never
         assert ret.sweep(clock.mono) == 1
         assert dropped == [decided[0].job_id]
         assert not store.has(decided[0].job_id) and store.is_gone(decided[0].job_id)
-        assert ret.counters == {"jobs_dropped": 1, "facts_dropped": 4, "kept_undecided": 0, "dropped_early": 0}
+        assert ret.counters == {"jobs_dropped": 1, "facts_dropped": 4, "kept_undecided": 0, "jobs_dropped_early": 0}
         clock.advance(10 * 86_400)
         assert ret.sweep(clock.mono) == 0
         assert store.has(waiting[0].job_id)  # never decided, never dropped
@@ -157,7 +157,7 @@ def test_a_store_under_pressure_drops_decided_jobs_early_oldest_decision_first_a
         # (32 of 40): three jobs, the first decided first.
         assert dropped == decided_order[:3] and sweeps == 3
         assert store.fullness() == pytest.approx(29 / 40) and not ret.pressed
-        assert ret.counters["dropped_early"] == 3
+        assert ret.counters["jobs_dropped_early"] == 3 and ret.counters["jobs_dropped"] == 0
         assert store.has(waiting[0].job_id)
         assert all(store.has(k) for k in decided_order[3:])
         assert store.merge_all(late[0].job_id, [*late, *cancel(late[0])]) is not None  # room again
