@@ -523,6 +523,10 @@ class FactStore:
         """Call ``listener(event)`` after each commit returned (a seam for tests and metrics)."""
         self._commits.add_commit_listener(listener)
 
+    def key_count(self) -> int:
+        """Keys held."""
+        return len(self._index)
+
     def fullness(self) -> float:
         """How full the fullest budget is (0 empty, 1 full): the bytes, the
         keys, or the records of the author that signed the most. Cheap: the

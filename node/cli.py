@@ -18,6 +18,7 @@ import sys
 from dataclasses import replace
 
 from workmesh.dht.config import DHTConfig
+from workmesh.dht.records import StorageLimits
 from workmesh.node import __version__, ballots
 from workmesh.node import cli_blobs
 from workmesh.node.config import NodeConfig
@@ -37,6 +38,12 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def _is_loopback(host: str) -> bool:
@@ -75,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--retention", type=_duration, default="7d", metavar="DURATION",
                        help="drop a decided job's facts this long after this node saw the decision: "
                        "seconds, or 90s, 30m, 12h, 7d (default 7d)")
+    start.add_argument("--store-jobs-max", type=_positive, default=StorageLimits().keys_max, metavar="N",
+                       help="jobs this node's store holds at most (default 200000); a node holds each in memory, "
+                       "about 15 KB per job, and past 90%% of this or another budget drops the oldest decided "
+                       "jobs before their retention")
     start.add_argument("--repair-after", type=_duration, default="3m", metavar="DURATION",
                        help="replace a job's placed replica that has not answered this long, through the job's "
                        "consensus (docs/protocol.md): seconds, or 90s, 30m, 12h (default 3m)")
@@ -150,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         job_timeout_s=args.job_timeout,
         rate_limit_per_s=args.rate_limit,
         retention_s=args.retention,
+        store_limits=replace(StorageLimits(), keys_max=args.store_jobs_max),
         repair_after_s=args.repair_after,
         repair_check_s=min(10.0, max(0.5, args.repair_after / 4)),
         reannounce_first_s=min(NodeConfig().reannounce_first_s, args.reannounce_max),

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -128,10 +129,13 @@ class Retention:
         elif full < PRESSURE_LOW:
             self.pressed = False
         early_count = 0
+        # About the share of held jobs above PRESSURE_LOW, at most a batch: the
+        # next sweep (at once) sees what these drops freed.
+        quota = min(self._pressure_batch, max(1, math.ceil((full - PRESSURE_LOW) / full * self.store.key_count()))) if full else 0
         while self._due and len(due) < self._batch_max:
             early = self._due[0][0] > now
-            if early and (not self.pressed or early_count >= self._pressure_batch):
-                break  # the next sweep sees what these drops freed
+            if early and (not self.pressed or early_count >= quota):
+                break
             _, key = heapq.heappop(self._due)
             self._scheduled.discard(key)
             state = self._state_of(key)

@@ -219,6 +219,32 @@ def test_a_budget_is_checked_before_the_policy_promises_anything():
     assert (ok, refused) == (False, [(0, REFUSED_GONE), (1, REFUSED_GONE)])
 
 
+def test_the_cli_bounds_the_jobs_a_store_holds_and_a_store_near_that_bound_is_under_pressure(tmp_path):
+    from workmesh.node.cli import build_parser, config_from_args
+
+    def limits(*extra: str) -> StorageLimits:
+        return config_from_args(build_parser().parse_args(["start", "--data-dir", "d", *extra])).store_limits
+
+    assert limits() == StorageLimits()
+    assert limits("--store-jobs-max", "10") == StorageLimits(keys_max=10)
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["start", "--data-dir", "d", "--store-jobs-max", bad])
+    clock = Clock()
+    with FactStore(tmp_path / "s.sqlite", validator, limits("--store-jobs-max", "10")) as store:
+        ret = retention_over(store, clock, 7 * 86_400.0)
+        for n in range(10):
+            submit, place = job(n)
+            store.merge(submit.job_id, [submit, place, *cancel(submit)])
+            ret.observe(submit.job_id, lifecycle.derive(store.get(submit.job_id)))
+        assert store.fullness() == 1.0
+        assert not store.merge(job(10)[0].job_id, [*job(10)])  # an eleventh job is refused
+        while ret.sweep(clock.mono):
+            pass
+        assert len(store.keys()) == 7  # under 80% of 10 again, the first decided gone first
+        assert store.merge(job(10)[0].job_id, [*job(10)])
+
+
 def test_the_cli_takes_a_retention_with_a_unit_and_defaults_to_seven_days():
     from workmesh.node.cli import build_parser, config_from_args
 
