@@ -643,15 +643,22 @@ class Model:
         c = F.sign(self.workers[w], F.CLAIM, F.Claim(self.job.job_id, n, self.next_ts()))
         self.everything.add(c)
         for rep in [self.draw(st.sampled_from(self.replicas))] if local else self.subset():
-            rep.receive([c], self.t)
-            out = decide_claim(rep.state(), c, rep.me, rep.obs, rep.now(self.t), RULES)
-            if isinstance(out, str):
-                continue
-            g = self.sign(rep, out)
-            rep.receive([g], self.t)
-            self.accepted.setdefault((n, w), {})[self.replicas.index(rep)] = self.t
-            if self.draw(st.sampled_from([True, True, False])):  # the reply may be lost
-                self.received.setdefault((n, w), set()).add(g)
+            self._judge_claim(rep, [c], n, w)
+
+    def _judge_claim(self, rep: SimReplica, sent: list[Fact], n: int, w: int, lossy: bool = True) -> Fact | None:
+        """``rep`` stores ``sent`` (the claim last) and judges the claim; its
+        grant, if any, reaches the worker unless the reply is lost."""
+        rep.receive(sent, self.t)
+        out = decide_claim(rep.state(), sent[-1], rep.me, rep.obs, rep.now(self.t), RULES)
+        if isinstance(out, str):
+            return None
+        g = self.sign(rep, out)
+        rep.receive([g], self.t)
+        self.accepted.setdefault((n, w), {})[self.replicas.index(rep)] = self.t
+        if lossy and not self.draw(st.sampled_from([True, True, False])):  # the reply may be lost
+            return None
+        self.received.setdefault((n, w), set()).add(g)
+        return g
 
     def claim_own_first(self) -> None:
         """A claim as ``Claims._store_own_first`` makes it (r = 3, quorum 2):
@@ -666,14 +673,9 @@ class Model:
         n = self.draw(st.sampled_from(sorted({known + 1, max(known, 1)})))
         c = F.sign(self.workers[w], F.CLAIM, F.Claim(self.job.job_id, n, self.next_ts()))
         self.everything.add(c)
-        local.receive([c], self.t)
-        out = decide_claim(local.state(), c, local.me, local.obs, local.now(self.t), RULES)
-        if isinstance(out, str):
+        own = self._judge_claim(local, [c], n, w, lossy=False)
+        if own is None:
             return
-        own = self.sign(local, out)
-        local.receive([own], self.t)
-        self.accepted.setdefault((n, w), {})[self.replicas.index(local)] = self.t
-        self.received.setdefault((n, w), set()).add(own)
         self.own_first[(n, w)] = (c, own, local)
         self._ask_others(n, w)
 
@@ -692,15 +694,7 @@ class Model:
         for rep in self.subset():
             if rep is local:
                 continue
-            rep.receive([c, own], self.t)
-            out = decide_claim(rep.state(), c, rep.me, rep.obs, rep.now(self.t), RULES)
-            if isinstance(out, str):
-                continue
-            g = self.sign(rep, out)
-            rep.receive([g], self.t)
-            self.accepted[(n, w)][self.replicas.index(rep)] = self.t
-            if self.draw(st.sampled_from([True, True, False])):  # the reply may be lost
-                self.received[(n, w)].add(g)
+            if self._judge_claim(rep, [own, c], n, w) is not None:
                 self.shown.setdefault((n, w), set()).add(rep.me)
 
     def confirm_local(self) -> None:
