@@ -36,8 +36,13 @@ class DHTConfig:
     inflight_requests_max: int = 2048
     # Outgoing requests waiting for replies at once.
     outstanding_max: int = 8192
-    # Republish every key to its current replicas (only what they lack).
+    # Republish to their current replicas (only what they lack) the keys that
+    # changed here since the last round, every this often...
     republish_interval_s: float = 60.0
+    # ...and every key at least this often: a slice of the unchanged ones each
+    # round (a decided job does not change, and checking every held key every
+    # round cost a sync round trip per key and replica: dht/upkeep.py).
+    republish_full_interval_s: float = 600.0
     # Refresh buckets nobody looked up for this long.
     refresh_interval_s: float = 600.0
     # ...but this often while the table holds fewer than k contacts: in a

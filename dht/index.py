@@ -198,6 +198,19 @@ class RecordIndex:
     def __len__(self) -> int:
         return len(self._records)
 
+    def change_mark(self) -> int:
+        """A mark for :meth:`changed_since`: every change from now on is at or above it."""
+        return self._version_next
+
+    def changed_since(self, mark: int) -> list[bytes]:
+        """Keys whose record set changed since :meth:`change_mark` gave ``mark``, most recent first."""
+        out = []
+        for key in reversed(self._touched):
+            if self._versions.get(key, 0) < mark:
+                break
+            out.append(key)
+        return out
+
     def touched_since(self, t: float) -> list[bytes]:
         """Keys whose record set changed at clock time >= ``t``, most recent first."""
         out = []

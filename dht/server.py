@@ -114,6 +114,7 @@ class DHTServer:
             "handoffs": 0,
             "handoffs_dropped": 0,
             "republished_records": 0,
+            "republished_keys": 0,
             "lookups": 0,
             "contacts_revived": 0,
             "rejoins_before_lookup": 0,

@@ -353,6 +353,14 @@ class FactStore:
     def __len__(self) -> int:
         return len(self._index)
 
+    def change_mark(self) -> int:
+        """A mark for :meth:`changed_since` (no clock: a process-wide change counter)."""
+        return self._index.change_mark()
+
+    def changed_since(self, mark: int) -> list[bytes]:
+        """Keys whose record set changed since ``mark`` (loading counts), most recent first."""
+        return self._index.changed_since(mark)
+
     def touched_since(self, t: float) -> list[bytes]:
         """Keys whose record set changed at clock time >= ``t``, most recent first.
 

@@ -21,13 +21,31 @@ The server calls :meth:`queue_handoff` for each new neighbour and
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.contacts import Contacts
 from workmesh.dht.routing import Contact, target_node
+
+
+def republish_round(changed: list[bytes], held: list[bytes], cursor: int, share: float) -> tuple[list[bytes], int]:
+    """The keys one republish round syncs, and the next round's cursor.
+
+    ``changed``: keys that changed since the last round (each goes); ``held``:
+    every key held, in a stable order; ``share``: the fraction of them a
+    round covers besides (interval / full interval), from ``cursor`` on,
+    wrapping, so that every held key goes at least once per full interval."""
+    if not held:
+        return list(changed), 0
+    count = min(len(held), math.ceil(len(held) * share))
+    start = cursor % len(held)
+    rest = held[start : start + count]
+    if len(rest) < count:
+        rest += held[: count - len(rest)]
+    return list(dict.fromkeys([*changed, *rest])), (start + count) % len(held)
 
 
 class Upkeep:
@@ -94,12 +112,15 @@ class Upkeep:
                 await asyncio.sleep(interval)
 
     # ------------------------------------------------------------ republish
-    async def republish(self) -> int:
-        """Send every key we hold to its current replicas, only what they lack."""
+    async def republish(self, keys: Iterable[bytes] | None = None) -> int:
+        """Send ``keys`` (default: every key we hold) to their current replicas, only what they lack."""
         sent = 0
         me = self.contacts.node.id
         holders = getattr(self.policy, "holders", None)
-        for key in self.records.keys():
+        for key in self.records.keys() if keys is None else keys:
+            if not self.records.has(key):
+                continue  # dropped since the round began
+            self.stats["republished_keys"] += 1
             replicas = await self.contacts.replicas_for(key)
             # Nodes the policy says must hold the key too (a fixed replica set).
             named = [i for i in (holders(self.records.get(key)) if holders else ()) if i not in {c.id for c in replicas}]
@@ -113,9 +134,22 @@ class Upkeep:
         return sent
 
     async def republish_loop(self) -> None:
+        """Each round, the keys that changed since the last one (a write that
+        reached a quorum reaches the other replicas here), and a slice of the
+        rest, so that each key goes at least once per full interval (a
+        replica that lost what it held). The first round covers what the
+        store loaded. Before, every round synced every held key: a sync round
+        trip per key and replica each minute, for decided jobs that never
+        change (0.05 of a core for 3 nodes idle at 12,000 jobs, rising with
+        the jobs held)."""
+        mark, cursor = 0, 0
+        share = min(1.0, self.config.republish_interval_s / max(self.config.republish_full_interval_s, 1e-9))
         while True:
             await asyncio.sleep(self.config.republish_interval_s)
-            await self.republish()
+            next_mark = self.records.change_mark()
+            keys, cursor = republish_round(self.records.changed_since(mark), self.records.keys(), cursor, share)
+            mark = next_mark
+            await self.republish(keys)
             self.save_contacts()
 
     # ------------------------------------------------------ revive, refresh

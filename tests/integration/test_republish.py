@@ -1,0 +1,84 @@
+"""Republish syncs what changed, and every held key once per full interval,
+not every held key every round (real UDP and SQLite, in-process nodes).
+
+Before, each node sent each held key's other replicas a sync round trip every
+``republish_interval_s`` (60 s): for decided jobs, which never change, that
+was the whole of an idle mesh's traffic, and it grew with the jobs held (0.05
+of a core for three nodes holding 12,000 jobs, and a round no longer fits its
+minute near the store's budget of 200,000 keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from tests.integration.test_read_costs import wait_for
+from workmesh.dht.config import DHTConfig
+from workmesh.dht.upkeep import republish_round
+from workmesh.node.config import NodeConfig
+from workmesh.node.node import Node
+
+INTERVAL_S = 0.25
+FULL_S = 2.5  # ten rounds
+JOBS = 40
+
+
+@contextlib.asynccontextmanager
+async def three_nodes(tmp_path):
+    dht = DHTConfig(replicas=3, quorum=2, republish_interval_s=INTERVAL_S, republish_full_interval_s=FULL_S)
+    nodes: list[Node] = []
+    try:
+        for i in range(3):
+            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=4 if i == 0 else 0, dht=dht))
+            await node.start()
+            nodes.append(node)
+        for node in nodes[1:]:
+            await node.join([nodes[0].dht.address])
+        await wait_for(lambda: all(len(n.dht.router) == 2 for n in nodes), 15.0, "every node knows the others")
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+async def test_an_idle_node_syncs_each_held_key_about_once_per_full_interval_not_every_round(tmp_path):
+    async with three_nodes(tmp_path) as nodes:
+        for i in range(JOBS):
+            view = await nodes[0].submit("echo", {"i": i})
+            assert (await nodes[0].get(bytes.fromhex(view.id), wait_s=20.0)).status == "done"
+        node = nodes[1]
+        held = len(node.store.keys())
+        assert held == JOBS
+        # Let the rounds that carry the jobs' last writes to every replica pass
+        # (changed keys go every round), then watch one full interval.
+        keys = node.store.keys()
+        await wait_for(lambda: all(len({frozenset(n.store.record_ids(k)) for n in nodes}) == 1 for k in keys),
+                       15.0, "every replica holds every record")
+        await asyncio.sleep(2 * INTERVAL_S)
+        sent0, keys0 = node.dht.protocol.counters["messages_out"], node.dht.stats["republished_keys"]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await wait_for(lambda: node.dht.stats["republished_keys"] - keys0 >= held, 4 * FULL_S, "every key synced once")
+        took = loop.time() - started
+        sent = node.dht.protocol.counters["messages_out"] - sent0
+        # A slice per round: every key once took about the full interval, not one round.
+        assert took >= 0.6 * FULL_S, took
+        # A sync round trip per key and other replica (2), and a few pings; the
+        # old code sent 2 x 40 = 80 in every round, about 800 in a full interval.
+        assert sent <= 3 * 2 * held, sent
+
+
+def test_a_round_takes_what_changed_and_a_slice_of_the_rest_and_every_key_within_the_full_interval():
+    held = [bytes([i]) for i in range(25)]
+    covered: set[bytes] = set()
+    cursor = 0
+    for _ in range(10):  # share 0.1: ten rounds make the full interval
+        keys, cursor = republish_round([], held, cursor, 0.1)
+        assert len(keys) == 3  # ceil(2.5)
+        covered |= set(keys)
+    assert covered == set(held)
+    keys, cursor = republish_round([held[7], b"new"], held, 24, 0.1)
+    assert keys == [held[7], b"new", held[24], held[0], held[1]]  # changed first, then the slice, wrapping
+    assert cursor == 2
+    assert republish_round([b"a"], [], 5, 0.1) == ([b"a"], 0)
