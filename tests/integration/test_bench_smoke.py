@@ -100,12 +100,13 @@ def test_smoke_bench_prints_every_column_and_skips_what_is_not_installed(tmp_pat
     """The smallest run of the real bench: a 3-node mesh always, the baselines when installed."""
     systems = ["celery", "dramatiq", "workmesh3"]
     out_json = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--systems", ",".join(systems),
+    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--systems", ",".join(systems), "--settle-s", "0.5",
                            "--json", str(out_json)], capture_output=True, text=True, timeout=240, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     lines = proc.stdout.splitlines()
     assert any(line.startswith("machine:") for line in lines), proc.stdout
+    assert any(line.startswith("cpu ms/job counted until 0.5 s after the drain") for line in lines), proc.stdout
     header = next(line for line in lines if line.startswith("system"))
     assert all(col in header for col in COLUMNS), header
     doc = json.loads(out_json.read_text())
@@ -120,6 +121,8 @@ def test_smoke_bench_prints_every_column_and_skips_what_is_not_installed(tmp_pat
             # (about 0.5 ms each) may take less than one. A mesh takes many.
             assert row["cpu_ms_per_job"] >= 0 and (row["cpu_ms_per_job"] > 0 or row["system"] != "workmesh3"), row
             assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"], row
+            # With --settle-s, the CPU counted until after the drain includes the drain's.
+            assert row["cpu_settled_ms_per_job"] >= row["cpu_ms_per_job"], row
         else:  # not installed: skipped, and the reason says what is missing
             assert row["note"].startswith("skipped:") and "missing" in row["note"], row
     mesh = [r for r in doc["rows"] if r["system"] == "workmesh3"]
