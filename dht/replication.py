@@ -340,8 +340,9 @@ class Replication:
             ok = ok and reply is not None and reply[0] is True
         return ok
 
-    async def sync_to(self, contact: Contact, key: bytes) -> int:
-        """Send ``contact`` only the records of ``key`` it lacks. Returns records sent."""
+    async def sync_to(self, contact: Contact, key: bytes) -> int | None:
+        """Send ``contact`` only the records of ``key`` it lacks. Returns records
+        sent, or None when it did not answer or did not take them all."""
         records = self.records.get(key)
         if not records:
             return 0
@@ -350,7 +351,9 @@ class Replication:
         cursor = b""
         for _ in range(PAGES_PER_READ_MAX):
             reply = await self.contacts.call(contact, "sync", [key, digest, cursor] if cursor else [key, digest])
-            if reply is None or len(reply) < 2 or reply[0] is True:
+            if reply is None:
+                return None
+            if len(reply) < 2 or reply[0] is True:
                 return 0
             if isinstance(reply[1], list):
                 theirs.update(i for i in reply[1] if isinstance(i, bytes))

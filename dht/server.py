@@ -295,7 +295,7 @@ class DHTServer:
 
     async def sync_to(self, contact: Contact, key: bytes) -> int:
         """Send ``contact`` only the records of ``key`` it lacks. Returns records sent."""
-        return await self.replication.sync_to(contact, key)
+        return (await self.replication.sync_to(contact, key)) or 0
 
     async def probe(
         self,

@@ -31,10 +31,14 @@ from workmesh.dht.contacts import Contacts
 from workmesh.dht.routing import Contact, target_node
 
 
+UNREACHED_MAX = 10_000  # keys a republish tries again next round, at most
+
+
 def republish_round(changed: list[bytes], held: list[bytes], cursor: int, share: float) -> tuple[list[bytes], int]:
     """The keys one republish round syncs, and the next round's cursor.
 
-    ``changed``: keys that changed since the last round (each goes); ``held``:
+    ``changed``: keys that changed since the last round, or that did not
+    reach every replica in it (each goes; deduplicated); ``held``:
     every key held, in a stable order; ``share``: the fraction of them a
     round covers besides (interval / full interval), from ``cursor`` on,
     wrapping, so that every held key goes at least once per full interval."""
@@ -68,6 +72,11 @@ class Upkeep:
         self.stats = stats
         self._handoff: OrderedDict[tuple[bytes, bytes], Contact] = OrderedDict()
         self._handoff_wakeup = asyncio.Event()
+        # Keys a republish round could not sync to every replica (one did not
+        # answer: down, restarting): the next round tries them again, so a
+        # replica back from a restart gets what changed while it was away
+        # within a round, not only when the slice comes round to the key.
+        self._unreached: OrderedDict[bytes, None] = OrderedDict()
         self.revive_interval_s = 5.0
         self.revive_per_round = 3
 
@@ -129,7 +138,11 @@ class Upkeep:
             if named:
                 replicas = replicas + await self.contacts.resolve(named)
             counts = await asyncio.gather(*(self.sync_to(c, key) for c in replicas if c.id != me))
-            sent += sum(counts)
+            sent += sum(c or 0 for c in counts)
+            if None in counts:
+                self._unreached[key] = None
+                if len(self._unreached) > UNREACHED_MAX:
+                    self._unreached.popitem(last=False)
         self.stats["republished_records"] += sent
         return sent
 
@@ -147,7 +160,10 @@ class Upkeep:
         while True:
             await asyncio.sleep(self.config.republish_interval_s)
             next_mark = self.records.change_mark()
-            keys, cursor = republish_round(self.records.changed_since(mark), self.records.keys(), cursor, share)
+            again = list(self._unreached)
+            self._unreached.clear()
+            changed = [*self.records.changed_since(mark), *again]
+            keys, cursor = republish_round(changed, self.records.keys(), cursor, share)
             mark = next_mark
             await self.republish(keys)
             self.save_contacts()
