@@ -342,7 +342,7 @@ class Replication:
 
     async def sync_to(self, contact: Contact, key: bytes) -> int | None:
         """Send ``contact`` only the records of ``key`` it lacks. Returns records
-        sent, or None when it did not answer or did not take them all."""
+        sent, or None when it did not answer."""
         records = self.records.get(key)
         if not records:
             return 0

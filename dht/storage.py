@@ -535,14 +535,15 @@ class FactStore:
         """Keys held."""
         return len(self._index)
 
-    def fullness(self) -> float:
+    def fullness(self, floor: float = 0.0) -> float:
         """How full the fullest budget is (0 empty, 1 full): the bytes, the
-        keys, or the records of the author that signed the most. Cheap: the
-        largest author's count is looked for only when the store holds enough
-        records for any author to matter."""
+        keys, or the records of the author that signed the most; exact
+        wherever it is at least ``floor``. Cheap: the largest author's count
+        is looked for only when the store holds enough records for one author
+        to reach above both the other budgets and ``floor``."""
         lim, index = self._limits, self._index
         full = max(index.bytes_total / lim.bytes_total_max, len(index) / lim.keys_max)
-        if index.record_count > full * lim.records_per_author_max:
+        if index.record_count > max(full, floor) * lim.records_per_author_max:
             full = max(full, max(index.author_counts.values(), default=0) / lim.records_per_author_max)
         return full
 

@@ -111,7 +111,7 @@ class Retention:
         decided_ms = self.store.mark_decided(key, now_ms)
         due = self._monotonic() + expires_in_s(decided_ms, now_ms, self.retention_s)
         self._scheduled.add(key)
-        if not self._due or due < self._due[0][0] or (not self.pressed and self.store.fullness() > PRESSURE_HIGH):
+        if not self._due or due < self._due[0][0] or (not self.pressed and self.store.fullness(PRESSURE_LOW) > PRESSURE_HIGH):
             self._wakeup.set()  # a sooner drop, or the store just came under pressure
         heapq.heappush(self._due, (due, key))
 
@@ -123,7 +123,7 @@ class Retention:
         what is due next (at most ``batch_max`` keys, in one transaction);
         keys dropped."""
         due: list[bytes] = []
-        full = self.store.fullness()
+        full = self.store.fullness(PRESSURE_LOW)
         if full > PRESSURE_HIGH:
             self.pressed = True
         elif full < PRESSURE_LOW:
