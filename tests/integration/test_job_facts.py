@@ -24,14 +24,18 @@ from workmesh.node.node import Node
 
 
 @contextlib.asynccontextmanager
-async def three_replicas(tmp_path, workers_on_first: int, store_limits: StorageLimits | None = None):
-    """Three in-process nodes that know each other; r = 3, so each is a replica of every job."""
+async def three_replicas(
+    tmp_path, workers_on_first: int, store_limits: StorageLimits | None = None, dht: DHTConfig | None = None
+):
+    """Three in-process nodes that know each other; r = 3, so each is a replica
+    of every job (``dht``: a DHTConfig with replicas=3 and quorum=2)."""
     nodes: list[Node] = []
     extra = {} if store_limits is None else {"store_limits": store_limits}
+    dht = dht or DHTConfig(replicas=3, quorum=2)
     try:
         for i in range(3):
             workers = workers_on_first if i == 0 else 0
-            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=workers, dht=DHTConfig(replicas=3, quorum=2), **extra))
+            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=workers, dht=dht, **extra))
             await node.start()
             nodes.append(node)
         for node in nodes[1:]:

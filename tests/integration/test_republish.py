@@ -11,35 +11,20 @@ minute near the store's budget of 200,000 keys).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
+from tests.integration.test_job_facts import three_replicas
 from tests.integration.test_read_costs import wait_for
 from workmesh.dht.config import DHTConfig
 from workmesh.dht.upkeep import republish_round
-from workmesh.node.config import NodeConfig
-from workmesh.node.node import Node
 
 INTERVAL_S = 0.25
 FULL_S = 2.5  # ten rounds
 JOBS = 40
 
 
-@contextlib.asynccontextmanager
-async def three_nodes(tmp_path):
+def three_nodes(tmp_path):
     dht = DHTConfig(replicas=3, quorum=2, republish_interval_s=INTERVAL_S, republish_full_interval_s=FULL_S)
-    nodes: list[Node] = []
-    try:
-        for i in range(3):
-            node = Node(NodeConfig(data_dir=str(tmp_path / f"n{i}"), workers=4 if i == 0 else 0, dht=dht))
-            await node.start()
-            nodes.append(node)
-        for node in nodes[1:]:
-            await node.join([nodes[0].dht.address])
-        await wait_for(lambda: all(len(n.dht.router) == 2 for n in nodes), 15.0, "every node knows the others")
-        yield nodes
-    finally:
-        for node in nodes:
-            await node.stop()
+    return three_replicas(tmp_path, workers_on_first=4, dht=dht)
 
 
 async def test_an_idle_node_syncs_each_held_key_about_once_per_full_interval_not_every_round(tmp_path):
